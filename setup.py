@@ -1,0 +1,12 @@
+# The only reason for this file: the native atomics/writer extension.
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "shmdiag._native",
+            sources=["shmdiag/_native.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+    ]
+)

@@ -1,0 +1,603 @@
+/*
+ * shmdiag._native — the parts of the writer path that need real atomics.
+ *
+ * Pure-Python stores have no ordering guarantees (and on aarch64 the CPU reorders them), so every
+ * word that publishes something to another process goes through a GCC __atomic builtin here.
+ * The record layout is NOT defined in this file: Python (shmdiag/_layout.py) hands the field
+ * offsets over as a dict when a Mapping is created, so the numpy reader and this writer derive
+ * from one definition.
+ *
+ * The write protocol for one event with sequence number s (see _layout.py for the word formats):
+ *
+ *   1. s = fetch_add(head, 1)                      global order; slot = s % capacity
+ *   2. journal = (s, CLAIMED)                       a dead writer's event can be accounted for
+ *   3. CAS the slot word from an older, non-busy value to BUSY(s)
+ *        a newer or busy occupant -> the event is dropped and counted as lost (never wait)
+ *   4. journal = (s, OWNED); payload stores; checksum
+ *   5. store-release slot word = COMMITTED(s)       readers acquire-load it before and after copying
+ *   6. journal = (s, COUNTING) with the counters' old values; counters = old + 1; journal = idle
+ *
+ * Step 6 stores "old + 1" rather than incrementing, so a reaper that finds a dead writer in
+ * COUNTING can redo it idempotently; in earlier phases the counters are untouched and the reaper
+ * applies them itself (shmdiag/_writer.py: reap_shard). Within one process the GIL serialises
+ * calls into write(), so each process owns one shard and its plain-store counters.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#define NWORDS_MAX 64
+
+static pid_t g_pid;
+static void after_fork_child(void) { g_pid = getpid(); }
+
+static PyObject *NoShardError;
+static PyObject *ClosedError;
+
+typedef struct {
+    /* header */
+    Py_ssize_t hdr_head, hdr_base, hdr_peers_untracked;
+    /* ring */
+    Py_ssize_t slots_off, slot_size, capacity;
+    Py_ssize_t slot_w, slot_seq, slot_ts_ns, slot_value, slot_checksum, slot_pid, slot_severity,
+        slot_kind, slot_flags, slot_lens, slot_text;
+    Py_ssize_t text_size, type_cap, peer_cap;
+    /* shards */
+    Py_ssize_t shards_off, shard_size, max_shards;
+    Py_ssize_t shard_base, shard_journal, shard_jmeta, shard_jts, shard_jprev, shard_jbefore,
+        shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
+        shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots;
+    /* peers */
+    Py_ssize_t peers_off, peer_size, max_peers;
+    Py_ssize_t peer_key_state, peer_life, peer_key_len, peer_key;
+    /* word formats */
+    Py_ssize_t w_state_bits, w_sev_bits, st_committed, st_busy, st_deleted;
+    Py_ssize_t j_phase_bits, ph_claimed, ph_owned, ph_counting;
+    Py_ssize_t out_clean, out_overwrote, out_lost;
+    Py_ssize_t flag_truncated, flag_life_connect, flag_life_disconnect;
+    Py_ssize_t metrics;
+} Layout;
+
+static const struct { const char *name; size_t off; } layout_keys[] = {
+#define K(f) {#f, offsetof(Layout, f)}
+    K(hdr_head), K(hdr_base), K(hdr_peers_untracked),
+    K(slots_off), K(slot_size), K(capacity),
+    K(slot_w), K(slot_seq), K(slot_ts_ns), K(slot_value), K(slot_checksum), K(slot_pid),
+    K(slot_severity), K(slot_kind), K(slot_flags), K(slot_lens), K(slot_text),
+    K(text_size), K(type_cap), K(peer_cap),
+    K(shards_off), K(shard_size), K(max_shards),
+    K(shard_base), K(shard_journal), K(shard_jmeta), K(shard_jts), K(shard_jprev), K(shard_jbefore),
+    K(shard_recorded), K(shard_overwritten), K(shard_lost), K(shard_abandoned), K(shard_expired),
+    K(shard_first_ts), K(shard_last_ts),
+    K(shard_sev), K(shard_type_count), K(type_slots),
+    K(peers_off), K(peer_size), K(max_peers),
+    K(peer_key_state), K(peer_life), K(peer_key_len), K(peer_key),
+    K(w_state_bits), K(w_sev_bits), K(st_committed), K(st_busy), K(st_deleted),
+    K(j_phase_bits), K(ph_claimed), K(ph_owned), K(ph_counting),
+    K(out_clean), K(out_overwrote), K(out_lost),
+    K(flag_truncated), K(flag_life_connect), K(flag_life_disconnect),
+    K(metrics),
+#undef K
+};
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    char *mem;              /* NULL once released */
+    Layout L;
+    uint64_t keys[NWORDS_MAX];
+    Py_ssize_t nwords;
+    char *shard;            /* this process's counter shard, or NULL */
+    pid_t shard_pid;
+    PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
+} Mapping;
+
+#define U64(p) ((uint64_t *)(p))
+#define I64(p) ((int64_t *)(p))
+
+static inline uint64_t ld_acq(char *p) { return __atomic_load_n(U64(p), __ATOMIC_ACQUIRE); }
+static inline uint64_t ld_rlx(char *p) { return __atomic_load_n(U64(p), __ATOMIC_RELAXED); }
+static inline void st_rel(char *p, uint64_t v) { __atomic_store_n(U64(p), v, __ATOMIC_RELEASE); }
+static inline void st_rlx(char *p, uint64_t v) { __atomic_store_n(U64(p), v, __ATOMIC_RELAXED); }
+
+static inline uint64_t w_make(const Layout *L, uint64_t seq, unsigned sev, uint64_t state) {
+    return ((seq + 1) << (L->w_state_bits + L->w_sev_bits)) | ((uint64_t)sev << L->w_state_bits) | state;
+}
+static inline uint64_t w_seq1(const Layout *L, uint64_t w) { return w >> (L->w_state_bits + L->w_sev_bits); }
+static inline uint64_t w_state(const Layout *L, uint64_t w) { return w & ((1u << L->w_state_bits) - 1); }
+static inline uint64_t j_make(const Layout *L, uint64_t seq, uint64_t phase) {
+    return ((seq + 1) << L->j_phase_bits) | phase;
+}
+
+/* Longest prefix of p[0:n] (n <= len) that does not split a UTF-8 sequence. */
+static inline Py_ssize_t utf8_floor(const char *p, Py_ssize_t len, Py_ssize_t n) {
+    if (n >= len) return len;
+    while (n > 0 && (((unsigned char)p[n]) & 0xC0) == 0x80) n--;
+    return n;
+}
+
+static int get_text(PyObject *o, const char **p, Py_ssize_t *n) {
+    if (PyUnicode_Check(o)) {
+        *p = PyUnicode_AsUTF8AndSize(o, n);   /* cached in the str object: no copy after first use */
+        return *p ? 0 : -1;
+    }
+    if (PyBytes_Check(o)) {
+        *p = PyBytes_AS_STRING(o);
+        *n = PyBytes_GET_SIZE(o);
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "text fields must be str or bytes, not %.100s", Py_TYPE(o)->tp_name);
+    return -1;
+}
+
+static uint64_t fnv1a(const char *p, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
+/* Lock-free insert-or-find of a peer key, then a CAS-max of its lifecycle word, so the entry
+ * always holds the highest-sequence lifecycle event whichever process recorded it. An entry
+ * whose key is still being written (BUSY) is skipped rather than waited for; a duplicate entry
+ * can result and the reader merges duplicates by key (max lifecycle word wins). */
+static int peer_update(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq, int connected) {
+    const Layout *L = &m->L;
+    if (n <= 0 || L->max_peers <= 0) return 0;
+    if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
+    uint64_t h = fnv1a(key, n);
+    uint64_t tag = (h << 2) | 2;
+    char *peers = m->mem + L->peers_off;
+    for (Py_ssize_t i = 0; i < L->max_peers; i++) {
+        char *e = peers + ((Py_ssize_t)((h + (uint64_t)i) % (uint64_t)L->max_peers)) * L->peer_size;
+        char *ks = e + L->peer_key_state;
+        uint64_t k = ld_acq(ks);
+        if (k == 0) {
+            uint64_t expect = 0;
+            if (__atomic_compare_exchange_n(U64(ks), &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                memcpy(e + L->peer_key, key, (size_t)n);
+                *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
+                st_rel(ks, tag);          /* key bytes before the tag that publishes them */
+                k = tag;
+            } else {
+                k = expect;
+            }
+        }
+        if (k == tag && *(unsigned char *)(e + L->peer_key_len) == n &&
+            memcmp(e + L->peer_key, key, (size_t)n) == 0) {
+            uint64_t want = ((seq + 1) << 1) | (connected ? 1u : 0u);
+            char *lp = e + L->peer_life;
+            uint64_t cur = ld_acq(lp);
+            for (int t = 0; t < 64 && (cur >> 1) < (want >> 1); t++) {
+                if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                    break;
+            }
+            return 1;
+        }
+    }
+    __atomic_fetch_add(U64(m->mem + L->hdr_peers_untracked), 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* ---- Mapping object ---------------------------------------------------------------------- */
+
+static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
+    PyObject *buf, *layout;
+    if (!PyArg_ParseTuple(args, "OO!", &buf, &PyDict_Type, &layout)) return -1;
+    if (self->mem) { PyErr_SetString(PyExc_RuntimeError, "Mapping already initialised"); return -1; }
+    for (size_t i = 0; i < sizeof(layout_keys) / sizeof(layout_keys[0]); i++) {
+        PyObject *v = PyDict_GetItemString(layout, layout_keys[i].name);
+        if (!v) { PyErr_Format(PyExc_KeyError, "layout is missing %s", layout_keys[i].name); return -1; }
+        Py_ssize_t x = PyLong_AsSsize_t(v);
+        if (x == -1 && PyErr_Occurred()) return -1;
+        if (x < 0) { PyErr_Format(PyExc_ValueError, "layout %s is negative", layout_keys[i].name); return -1; }
+        *(Py_ssize_t *)((char *)&self->L + layout_keys[i].off) = x;
+    }
+    PyObject *keys = PyDict_GetItemString(layout, "checksum_keys");
+    if (!keys || !PyBytes_Check(keys)) { PyErr_SetString(PyExc_KeyError, "layout is missing checksum_keys"); return -1; }
+    const Layout *L = &self->L;
+    self->nwords = L->slot_size / 8;
+    if (L->slot_size % 8 || self->nwords > NWORDS_MAX || PyBytes_GET_SIZE(keys) != self->nwords * 8) {
+        PyErr_SetString(PyExc_ValueError, "bad slot size or checksum keys");
+        return -1;
+    }
+    memcpy(self->keys, PyBytes_AS_STRING(keys), (size_t)(self->nwords * 8));
+    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) return -1;
+    Py_ssize_t need_slots = L->slots_off + L->capacity * L->slot_size;
+    Py_ssize_t need_shards = L->shards_off + L->max_shards * L->shard_size;
+    Py_ssize_t need_peers = L->peers_off + L->max_peers * L->peer_size;
+    if (L->capacity < 1 || need_slots > self->view.len || need_shards > self->view.len ||
+        need_peers > self->view.len || L->hdr_head + 8 > self->view.len || L->hdr_base + 8 > self->view.len ||
+        L->text_size > 255 || L->slot_text + L->text_size > L->slot_size ||
+        ((uintptr_t)self->view.buf) % 8) {
+        PyBuffer_Release(&self->view);
+        PyErr_SetString(PyExc_ValueError, "layout does not fit the buffer");
+        return -1;
+    }
+    self->mem = self->view.buf;
+    return 0;
+}
+
+static int Mapping_traverse(Mapping *self, visitproc visit, void *arg) {
+    Py_VISIT(self->provider);
+    return 0;
+}
+
+static int Mapping_clear(Mapping *self) {
+    Py_CLEAR(self->provider);
+    return 0;
+}
+
+static void Mapping_dealloc(Mapping *self) {
+    PyObject_GC_UnTrack(self);
+    Mapping_clear(self);
+    if (self->mem) { self->mem = NULL; PyBuffer_Release(&self->view); }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Mapping_set_provider(Mapping *self, PyObject *fn) {
+    if (fn != Py_None && !PyCallable_Check(fn)) { PyErr_SetString(PyExc_TypeError, "provider must be callable"); return NULL; }
+    PyObject *old = self->provider;
+    self->provider = fn == Py_None ? NULL : Py_NewRef(fn);
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+/* Make sure this process has a shard, asking the Python provider for one if needed. */
+static int ensure_shard(Mapping *self) {
+    if (self->shard && self->shard_pid == g_pid) return 0;
+    if (self->provider) {
+        PyObject *r = PyObject_CallNoArgs(self->provider);
+        if (!r) return -1;
+        Py_DECREF(r);
+        if (!self->mem) { PyErr_SetString(ClosedError, "recorder is closed"); return -1; }
+        if (self->shard && self->shard_pid == g_pid) return 0;
+    }
+    PyErr_SetString(NoShardError, "this process has no writer shard");
+    return -1;
+}
+
+static int check_open(Mapping *self) {
+    if (!self->mem) { PyErr_SetString(ClosedError, "recorder is closed"); return -1; }
+    return 0;
+}
+
+static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
+    /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
+    if (self->mem) { self->mem = NULL; self->shard = NULL; PyBuffer_Release(&self->view); }
+    Py_CLEAR(self->provider);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mapping_bind_shard(Mapping *self, PyObject *arg) {
+    if (check_open(self)) return NULL;
+    if (arg == Py_None) { self->shard = NULL; Py_RETURN_NONE; }
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
+    self->shard = self->mem + self->L.shards_off + i * self->L.shard_size;
+    self->shard_pid = g_pid;
+    Py_RETURN_NONE;
+}
+
+/* The first event of a new era (after a clear) zeroes the shard's counters; only the owning
+ * process writes them, so plain stores suffice. Readers ignore a shard whose base is stale. */
+static void sync_era(const Layout *L, char *sh, uint64_t base) {
+    if (ld_rlx(sh + L->shard_base) == base) return;
+    const Py_ssize_t scalars[] = {L->shard_recorded, L->shard_overwritten, L->shard_lost, L->shard_abandoned,
+                                  L->shard_expired, L->shard_first_ts, L->shard_last_ts};
+    for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) st_rlx(sh + scalars[i], 0);
+    for (int i = 0; i < 5; i++) st_rlx(sh + L->shard_sev + 8 * i, 0);
+    for (Py_ssize_t i = 0; i < L->type_slots; i++) st_rlx(sh + L->shard_type_count + 8 * i, 0);
+    st_rel(sh + L->shard_base, base);
+}
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < lo || v > hi) { PyErr_Format(PyExc_ValueError, "%s out of range: %ld", what, v); return -1; }
+    *out = v;
+    return 0;
+}
+
+/* write(kind, severity, flags, type_idx, ts_ns, value, event_type, peer_id, f1, f2, f3) -> seq
+ * ts_ns == 0 means "now". Every argument is converted before a sequence number is claimed, so a
+ * bad argument raises and leaves no trace in the ring. */
+static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 11) { PyErr_SetString(PyExc_TypeError, "write() takes 11 arguments"); return NULL; }
+    if (!self->mem) { PyErr_SetString(ClosedError, "recorder is closed"); return NULL; }
+    if (ensure_shard(self)) return NULL;
+    const Layout *L = &self->L;
+    long kind, sev, flags, tidx;
+    if (as_small(args[0], 0, 255, "kind", &kind) || as_small(args[1], 0, 4, "severity", &sev) ||
+        as_small(args[2], 0, 255, "flags", &flags) || as_small(args[3], 0, L->type_slots - 1, "type index", &tidx))
+        return NULL;
+    int64_t ts = PyLong_AsLongLong(args[4]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    int64_t value = PyLong_AsLongLong(args[5]);
+    if (value == -1 && PyErr_Occurred()) return NULL;
+    const char *tp[5];
+    Py_ssize_t tn[5];
+    for (int i = 0; i < 5; i++)
+        if (get_text(args[6 + i], &tp[i], &tn[i])) return NULL;
+    if (ts == 0) ts = now_ns();
+
+    /* Fit the five texts into the text area: event_type and peer_id have their own caps, the
+     * three free fields share what is left, in order. Cuts land on UTF-8 boundaries. */
+    unsigned char lens[5];
+    Py_ssize_t room = L->text_size;
+    for (int i = 0; i < 5; i++) {
+        Py_ssize_t cap = i == 0 ? L->type_cap : i == 1 ? L->peer_cap : room;
+        if (cap > room) cap = room;
+        Py_ssize_t n = utf8_floor(tp[i], tn[i], cap);
+        if (n < tn[i]) flags |= L->flag_truncated;
+        lens[i] = (unsigned char)n;
+        room -= n;
+    }
+
+    char *mem = self->mem, *sh = self->shard;
+    uint64_t seq = __atomic_fetch_add(U64(mem + L->hdr_head), 1, __ATOMIC_ACQ_REL);
+    /* base is the first sequence number after the last clear. Loading it after our claim decides
+     * which era the event belongs to, the same way for the ring (seq >= base) and the counters. */
+    uint64_t base = ld_acq(mem + L->hdr_base);
+    if (seq < base)  /* claimed before a concurrent clear_events(): it is part of what was cleared */
+        return PyLong_FromUnsignedLongLong(seq);
+    sync_era(L, sh, base);
+    st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16));
+    st_rlx(sh + L->shard_jts, (uint64_t)ts);
+    st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_claimed));
+
+    char *rec = mem + L->slots_off + (Py_ssize_t)(seq % (uint64_t)L->capacity) * L->slot_size;
+    char *wp = rec + L->slot_w;
+    uint64_t cur = ld_acq(wp);
+    uint64_t outcome = L->out_lost;
+    for (int t = 0; t < 8; t++) {
+        /* Never wait: a busy slot (a writer still in it, perhaps stopped) or a newer occupant
+         * (a writer a lap ahead got here first) means this event is dropped, and counted. */
+        if (cur != 0 && (w_seq1(L, cur) >= seq + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) break;
+        st_rlx(sh + L->shard_jprev, cur);   /* ordered before the CAS by its release half */
+        if (__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, seq, (unsigned)sev, L->st_busy), 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            int was_live = cur != 0 && w_state(L, cur) == (uint64_t)L->st_committed && w_seq1(L, cur) - 1 >= base;
+            outcome = was_live ? L->out_overwrote : L->out_clean;
+            break;
+        }
+    }
+    if (outcome != (uint64_t)L->out_lost) {
+        st_rlx(sh + L->shard_journal, j_make(L, seq, L->ph_owned));
+        *U64(rec + L->slot_seq) = seq;
+        *I64(rec + L->slot_ts_ns) = ts;
+        *I64(rec + L->slot_value) = value;
+        *(uint32_t *)(rec + L->slot_pid) = (uint32_t)g_pid;
+        *(unsigned char *)(rec + L->slot_severity) = (unsigned char)sev;
+        *(unsigned char *)(rec + L->slot_kind) = (unsigned char)kind;
+        *(unsigned char *)(rec + L->slot_flags) = (unsigned char)flags;
+        memcpy(rec + L->slot_lens, lens, 5);
+        char *text = rec + L->slot_text;
+        for (int i = 0; i < 5; i++) { memcpy(text, tp[i], lens[i]); text += lens[i]; }
+        /* The checksum covers every word but the slot word and itself, stale bytes included: a
+         * reader that finds it wrong has a torn or foreign record and never returns it. */
+        uint64_t sum = 0;
+        for (Py_ssize_t i = 0; i < self->nwords; i++) sum += U64(rec)[i] * self->keys[i];
+        *U64(rec + L->slot_checksum) = sum;
+        st_rel(wp, w_make(L, seq, (unsigned)sev, L->st_committed));   /* publish */
+    }
+    if (L->metrics && (flags & (L->flag_life_connect | L->flag_life_disconnect)))
+        peer_update(self, tp[1], tn[1], seq, (flags & L->flag_life_connect) != 0);
+
+    /* Counting: old values into the journal first, so a reaper can redo "old + 1" exactly. */
+    char *c_rec = sh + L->shard_recorded;
+    char *c_out = outcome == (uint64_t)L->out_overwrote ? sh + L->shard_overwritten
+                : outcome == (uint64_t)L->out_lost ? sh + L->shard_lost : NULL;
+    char *c_sev = sh + L->shard_sev + 8 * sev;
+    char *c_typ = sh + L->shard_type_count + 8 * tidx;
+    uint64_t b_rec = ld_rlx(c_rec), b_out = c_out ? ld_rlx(c_out) : 0;
+    uint64_t b_sev = ld_rlx(c_sev), b_typ = ld_rlx(c_typ);
+    char *jb = sh + L->shard_jbefore;
+    st_rlx(jb, b_rec); st_rlx(jb + 8, b_out); st_rlx(jb + 16, b_sev); st_rlx(jb + 24, b_typ);
+    st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24));
+    st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_counting));
+    if (L->metrics) {
+        st_rlx(c_sev, b_sev + 1);
+        st_rlx(c_typ, b_typ + 1);
+        int64_t first = (int64_t)ld_rlx(sh + L->shard_first_ts), last = (int64_t)ld_rlx(sh + L->shard_last_ts);
+        if (b_rec == 0 || ts < first) st_rlx(sh + L->shard_first_ts, (uint64_t)ts);
+        if (b_rec == 0 || ts > last) st_rlx(sh + L->shard_last_ts, (uint64_t)ts);
+    }
+    if (c_out) st_rlx(c_out, b_out + 1);
+    st_rel(c_rec, b_rec + 1);
+    st_rel(sh + L->shard_journal, 0);
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+/* ---- word primitives for the slow paths (clear, reap, shard ownership, cleanup) ---------- */
+
+static char *word_at(Mapping *self, PyObject *o) {
+    if (check_open(self)) return NULL;
+    Py_ssize_t off = PyLong_AsSsize_t(o);
+    if (off == -1 && PyErr_Occurred()) return NULL;
+    if (off < 0 || off % 8 || off + 8 > self->view.len) {
+        PyErr_Format(PyExc_IndexError, "word offset %zd outside the segment", off);
+        return NULL;
+    }
+    return self->mem + off;
+}
+
+static PyObject *Mapping_load(Mapping *self, PyObject *off) {
+    char *p = word_at(self, off);
+    return p ? PyLong_FromUnsignedLongLong(ld_acq(p)) : NULL;
+}
+
+static PyObject *Mapping_store(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "store(offset, value)"); return NULL; }
+    char *p = word_at(self, args[0]);
+    if (!p) return NULL;
+    uint64_t v = PyLong_AsUnsignedLongLong(args[1]);
+    if (v == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    st_rel(p, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mapping_cas(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "cas(offset, expected, desired)"); return NULL; }
+    char *p = word_at(self, args[0]);
+    if (!p) return NULL;
+    uint64_t e = PyLong_AsUnsignedLongLong(args[1]);
+    if (e == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    uint64_t d = PyLong_AsUnsignedLongLong(args[2]);
+    if (d == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(__atomic_compare_exchange_n(U64(p), &e, d, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *Mapping_fetch_add(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "fetch_add(offset, delta)"); return NULL; }
+    char *p = word_at(self, args[0]);
+    if (!p) return NULL;
+    uint64_t d = PyLong_AsUnsignedLongLong(args[1]);
+    if (d == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_fetch_add(U64(p), d, __ATOMIC_ACQ_REL));
+}
+
+/* retire(slots, expected, state) -> how many slot words went from expected[i] to the same
+ * sequence and severity in `state`. Used by retention cleanup (committed -> deleted): a record
+ * rewritten since the caller looked fails its CAS and is left alone. */
+static PyObject *Mapping_retire(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "retire(slots, expected, state)"); return NULL; }
+    if (check_open(self)) return NULL;
+    const Layout *L = &self->L;
+    Py_buffer sb, eb;
+    if (PyObject_GetBuffer(args[0], &sb, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &eb, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&sb); return NULL; }
+    long state = PyLong_AsLong(args[2]);
+    Py_ssize_t n = sb.len / 8, done = 0;
+    if ((state == -1 && PyErr_Occurred()) || sb.len % 8 || sb.len != eb.len) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "slots and expected must be equal-length uint64 buffers");
+        PyBuffer_Release(&sb); PyBuffer_Release(&eb);
+        return NULL;
+    }
+    const uint64_t *slots = sb.buf, *exp = eb.buf;
+    uint64_t mask = ~(uint64_t)((1u << L->w_state_bits) - 1);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (slots[i] >= (uint64_t)L->capacity) continue;
+        uint64_t e = exp[i];
+        char *wp = self->mem + L->slots_off + (Py_ssize_t)slots[i] * L->slot_size + L->slot_w;
+        if (__atomic_compare_exchange_n(U64(wp), &e, (exp[i] & mask) | (uint64_t)state, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            done++;
+    }
+    PyBuffer_Release(&sb); PyBuffer_Release(&eb);
+    return PyLong_FromSsize_t(done);
+}
+
+/* add_expired(n): count records retired by this process's retention cleanup, in its own shard. */
+static PyObject *Mapping_add_expired(Mapping *self, PyObject *arg) {
+    if (check_open(self)) return NULL;
+    if (ensure_shard(self)) return NULL;
+    uint64_t n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    const Layout *L = &self->L;
+    sync_era(L, self->shard, ld_acq(self->mem + L->hdr_base));
+    char *c = self->shard + L->shard_expired;
+    st_rel(c, ld_rlx(c) + n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "peer_update(peer_id, seq, connected)"); return NULL; }
+    if (check_open(self)) return NULL;
+    const char *p; Py_ssize_t n;
+    if (get_text(args[0], &p, &n)) return NULL;
+    uint64_t seq = PyLong_AsUnsignedLongLong(args[1]);
+    if (seq == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    int c = PyObject_IsTrue(args[2]);
+    if (c < 0) return NULL;
+    return PyBool_FromLong(peer_update(self, p, n, seq, c));
+}
+
+static PyObject *Mapping_fence(Mapping *self, PyObject *unused) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mapping_closed(Mapping *self, void *unused) { return PyBool_FromLong(self->mem == NULL); }
+
+static PyMethodDef Mapping_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))Mapping_write, METH_FASTCALL, "Record one event; returns its sequence number."},
+    {"set_provider", (PyCFunction)Mapping_set_provider, METH_O, "Callable that binds a shard on demand."},
+    {"bind_shard", (PyCFunction)Mapping_bind_shard, METH_O, "Use shard i for this process's counters."},
+    {"release", (PyCFunction)Mapping_release, METH_NOARGS, "Drop the buffer; later calls raise."},
+    {"load", (PyCFunction)Mapping_load, METH_O, "Acquire-load the u64 at a byte offset."},
+    {"store", (PyCFunction)(void (*)(void))Mapping_store, METH_FASTCALL, "Release-store a u64 at a byte offset."},
+    {"cas", (PyCFunction)(void (*)(void))Mapping_cas, METH_FASTCALL, "Compare-and-swap a u64; True on success."},
+    {"fetch_add", (PyCFunction)(void (*)(void))Mapping_fetch_add, METH_FASTCALL, "Atomic add; returns the old value."},
+    {"retire", (PyCFunction)(void (*)(void))Mapping_retire, METH_FASTCALL, "CAS slot words to another state."},
+    {"peer_update", (PyCFunction)(void (*)(void))Mapping_peer_update, METH_FASTCALL, "Apply a lifecycle event to the peer table."},
+    {"add_expired", (PyCFunction)Mapping_add_expired, METH_O, "Count n expired records in this process's shard."},
+    {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
+    {NULL},
+};
+
+static PyGetSetDef Mapping_getset[] = {
+    {"closed", (getter)Mapping_closed, NULL, "True once released.", NULL},
+    {NULL},
+};
+
+static PyTypeObject MappingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmdiag._native.Mapping",
+    .tp_basicsize = sizeof(Mapping),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Mapping_traverse,
+    .tp_clear = (inquiry)Mapping_clear,
+    .tp_doc = "A shared-memory ring segment seen through real atomics.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Mapping_init,
+    .tp_dealloc = (destructor)Mapping_dealloc,
+    .tp_methods = Mapping_methods,
+    .tp_getset = Mapping_getset,
+};
+
+static PyObject *set_closed_error(PyObject *mod, PyObject *cls) {
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)PyExc_Exception)) {
+        PyErr_SetString(PyExc_TypeError, "expected an exception class");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(ClosedError, cls);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_closed_error", set_closed_error, METH_O, "Exception class raised by a released Mapping."},
+    {NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "shmdiag._native", NULL, -1, module_methods,
+                                       NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    g_pid = getpid();
+    pthread_atfork(NULL, NULL, after_fork_child);
+    if (PyType_Ready(&MappingType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    NoShardError = PyErr_NewException("shmdiag._native.NoShard", PyExc_RuntimeError, NULL);
+    ClosedError = PyExc_ValueError;
+    Py_INCREF(ClosedError);
+    Py_INCREF(&MappingType);
+    if (PyModule_AddObject(m, "Mapping", (PyObject *)&MappingType) < 0 ||
+        PyModule_AddObject(m, "NoShard", NoShardError) < 0)
+        return NULL;
+    Py_INCREF(NoShardError);
+    return m;
+}

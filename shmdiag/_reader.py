@@ -1,0 +1,145 @@
+"""The reader path: find, copy and decode records without ever waiting for a writer.
+
+A seqlock-style read, after the Linux perf ring: acquire-copy the slot words, fence, copy the
+records, fence, copy the words again. A record is returned only if its word was COMMITTED and
+unchanged across the copy, its payload names the same sequence number, its checksum holds and
+every length in it is in bounds. Anything else (a writer mid-record, a stopped or dead writer,
+a record overwritten during the copy, foreign bytes) is skipped, never waited for.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import orjson
+
+from . import _layout as L
+from ._models import DiagnosticEvent, Severity
+from ._segment import Segment
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_KEYS = L.CHECKSUM_KEYS
+_SEVERITIES = list(Severity)
+_RETRIES = 3
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def datetime_to_ns(ts: datetime) -> int:
+    if not isinstance(ts, datetime):
+        raise TypeError(f"timestamp must be a datetime, not {type(ts).__name__}")
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        raise ValueError("timestamp must be timezone-aware (for example datetime.now(timezone.utc))")
+    return (ts - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def retained_slots(seg: Segment, min_severity: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Slot indices of retained records at or above ``min_severity``, with their slot words.
+
+    Retained: committed, in the current era (seq >= base), claimed (seq < head) and in the slot
+    its sequence number maps to. Validated here because the words are untrusted input.
+    """
+    head, base = seg.load("head"), seg.load("base")
+    seg.native.fence()
+    w = seg.slots["w"].copy()
+    seq = L.w_seq(w)
+    sev = L.w_severity(w)
+    ok = (w != 0) & (L.w_state(w) == L.ST_COMMITTED) & (seq >= base) & (seq < head) & (sev <= 4)
+    ok &= seq % np.uint64(seg.capacity) == np.arange(seg.capacity, dtype=np.uint64)
+    if min_severity > 0:
+        ok &= sev >= min_severity
+    idx = np.flatnonzero(ok)
+    return idx, w[idx]
+
+
+def newest(seg: Segment, idx: np.ndarray, w: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``limit`` highest-sequence entries (all if limit <= 0), oldest first."""
+    seq = L.w_seq(w)
+    if 0 < limit < len(idx):
+        top = np.argpartition(seq, len(seq) - limit)[len(seq) - limit:]
+        idx, w, seq = idx[top], w[top], seq[top]
+    order = np.argsort(seq, kind="stable")
+    return idx[order], w[order]
+
+
+def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the records at ``idx`` whose words still equal ``w``; return them and a valid mask."""
+    words = seg.slot_words[idx]    # fancy indexing copies, padding included
+    seg.native.fence()
+    w_after = seg.slots["w"][idx]
+    recs = words.view(L.SLOT).reshape(len(idx))
+    valid = (w_after == w) & (recs["seq"] == L.w_seq(w)) & (recs["severity"] == L.w_severity(w))
+    valid &= (words * _KEYS).sum(axis=1, dtype=np.uint64) == recs["checksum"]
+    lens = recs["lens"].astype(np.int64)
+    valid &= (lens[:, 0] <= L.TYPE_CAP) & (lens[:, 1] <= L.PEER_CAP) & (lens.sum(axis=1) <= L.TEXT_SIZE)
+    valid &= recs["kind"] <= L.KIND_ERROR
+    return recs, valid
+
+
+def read_events(seg: Segment, limit: int, min_severity: int) -> list[DiagnosticEvent]:
+    """Most recent ``limit`` retained events at or above ``min_severity``, oldest first."""
+    for attempt in range(_RETRIES):
+        idx, w = retained_slots(seg, min_severity)
+        idx, w = newest(seg, idx, w, limit)
+        recs, valid = copy_records(seg, idx, w)
+        # A record that changed under the copy was overwritten by a newer one: look again, so a
+        # full answer is returned when the ring is merely busy (bounded: never a wait).
+        if valid.all() or attempt == _RETRIES - 1:
+            return [decode(r) for r in recs[valid]]
+    raise AssertionError("unreachable")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def decode(rec: np.void) -> DiagnosticEvent:
+    """Turn one validated record into an event, rendering the helpers' text now, not at write time."""
+    lens = [int(x) for x in rec["lens"]]
+    text = rec["text"].tobytes()
+    parts, pos = [], 0
+    for n in lens:
+        parts.append(text[pos: pos + n])
+        pos += n
+    etype, peer, f1, f2, f3 = parts
+    kind, flags = int(rec["kind"]), int(rec["flags"])
+    truncated = bool(flags & L.F_TRUNCATED)
+    error = None
+    if kind == L.KIND_MESSAGE:
+        direction = "outbound" if flags & L.F_OUTBOUND else "inbound"
+        mtype, size = _text(f1), int(rec["value"])
+        etype_s, message = "message", f"Message {direction}: {mtype} ({size} bytes)"
+        metadata = {"message_type": mtype, "direction": direction, "size": size}
+    elif kind == L.KIND_CONNECT:
+        address = _text(f1)
+        etype_s, message, metadata = "peer_connected", f"Peer connected: {address}", {"address": address}
+    elif kind == L.KIND_DISCONNECT:
+        address, reason = _text(f1), _text(f2)
+        etype_s, message = "peer_disconnected", f"Peer disconnected: {address} ({reason})"
+        metadata = {"address": address, "reason": reason}
+    elif kind == L.KIND_ERROR:
+        operation = _text(f1)
+        etype_s, message, metadata = "error", f"Error in {operation}", {"operation": operation}
+        error = _text(f2)
+    else:
+        etype_s, message = _text(etype), _text(f3)
+        metadata = None
+        if flags & L.F_HAS_METADATA:
+            try:
+                metadata = orjson.loads(f1)
+            except orjson.JSONDecodeError:  # cannot happen for what the writer stores; never trust it
+                metadata, truncated = None, True
+        if flags & L.F_HAS_ERROR:
+            error = _text(f2)
+    return DiagnosticEvent(
+        event_type=etype_s, message=message, severity=_SEVERITIES[int(rec["severity"])], peer_id=_text(peer),
+        metadata=metadata, error=error, timestamp=ns_to_datetime(int(rec["ts_ns"])), pid=int(rec["pid"]),
+        seq=int(rec["seq"]), truncated=truncated,
+    )
+
+
+def count_retained(seg: Segment) -> int:
+    return len(retained_slots(seg)[0])

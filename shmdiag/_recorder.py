@@ -1,0 +1,384 @@
+"""Recorder: the Go original's API, over a ring that many processes share."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.util
+import os
+import threading
+import time
+from collections.abc import Mapping as _MappingABC
+
+import orjson
+
+from . import _export, _health, _layout as L, _reader, _stats
+from ._config import RecorderConfig
+from ._errors import RecorderClosedError
+from ._models import DiagnosticEvent, DiagnosticStats, HealthStatus, Severity
+from ._native import set_closed_error
+from ._segment import Segment
+from ._writer import ShardManager, _fit_utf8, process_alive
+
+set_closed_error(RecorderClosedError)
+
+_HEALTH_PERIOD = 30.0  # the creator's background health check, when enabled
+_LIFECYCLE = {"peer_connected": L.F_LIFE_CONNECT, "peer_disconnected": L.F_LIFE_DISCONNECT}
+_TYPE_MESSAGE = L.BUILTIN_TYPES.index("message")
+_TYPE_CONNECTED = L.BUILTIN_TYPES.index("peer_connected")
+_TYPE_DISCONNECTED = L.BUILTIN_TYPES.index("peer_disconnected")
+_TYPE_ERROR = L.BUILTIN_TYPES.index("error")
+
+
+def _need_str(value: object, what: str, *, nonempty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if nonempty and not value:
+        raise ValueError(f"{what} must not be empty")
+    return value
+
+
+def _severity(value: object) -> Severity:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return Severity(value)
+    except ValueError:
+        raise ValueError(f"severity must be a Severity (0-4), got {value!r}") from None
+
+
+def _encode_metadata(metadata: object, room: int) -> tuple[bytes, bool]:
+    """Metadata as JSON within ``room`` bytes. Whole keys that do not fit are dropped, in order,
+    so what is stored always parses; the second value says whether anything was dropped."""
+    if not isinstance(metadata, _MappingABC):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
+    try:
+        raw = orjson.dumps(metadata)
+    except TypeError:
+        for k, v in metadata.items():
+            if not isinstance(k, str):
+                raise TypeError(f"metadata key {k!r} is not a str") from None
+            try:
+                orjson.dumps(v)
+            except TypeError:
+                raise TypeError(f"metadata[{k!r}] is not JSON-serialisable ({type(v).__name__})") from None
+        raise
+    if len(raw) <= room:
+        return raw, False
+    kept: dict = {}
+    for k, v in metadata.items():
+        trial = {**kept, k: v}
+        if len(orjson.dumps(trial)) <= room:
+            kept = trial
+    return orjson.dumps(kept), True
+
+
+class Recorder:
+    """A diagnostics recorder on a named shared-memory ring.
+
+    ``Recorder(...)`` and ``Recorder.with_config(...)`` create a ring (and unlink it on close);
+    ``Recorder.attach(name)`` joins one from any process, to write and to read.
+    """
+
+    def __init__(self, max_events: int = 1000, logger: logging.Logger | None = None, *, name: str | None = None):
+        self._open(Segment.create(RecorderConfig(max_events=max_events, name=name)), logger)
+
+    @classmethod
+    def with_config(cls, config: RecorderConfig, logger: logging.Logger | None = None) -> Recorder:
+        if not isinstance(config, RecorderConfig):
+            raise TypeError(f"config must be a RecorderConfig, not {type(config).__name__}")
+        config.validate()
+        self = cls.__new__(cls)
+        self._open(Segment.create(config), logger)
+        return self
+
+    @classmethod
+    def attach(cls, name: str, logger: logging.Logger | None = None) -> Recorder:
+        self = cls.__new__(cls)
+        self._open(Segment.attach(name), logger)
+        return self
+
+    def _open(self, seg: Segment, logger: logging.Logger | None) -> None:
+        self._seg = seg
+        self._config = seg.config
+        self._name = seg.name
+        self._is_creator = seg.owner
+        self._creator_pid = os.getpid()
+        self._lock = threading.RLock()  # reads and close; writes are serialised by the GIL
+        self._closed = False
+        self._shards = ShardManager(seg, self._lock)
+        seg.native.set_provider(self._shards.ensure)
+        self._write = seg.native.write
+        self._logger = logger if logger is not None else logging.getLogger("shmdiag")
+        self._log_min = L.LOG_LEVELS.index(self._config.log_level.lower())
+        self._log_debug = self._log_min == 0
+        self._last_health: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._finalizer = multiprocessing.util.Finalize(self, _finalize, args=(seg, self._shards), exitpriority=100)
+        if self._is_creator:
+            self._thread = threading.Thread(target=self._maintain, name=f"shmdiag-maintain-{seg.name}", daemon=True)
+            self._thread.start()
+
+    # -- identity --------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The ring's name: hand it to other processes for ``Recorder.attach``."""
+        return self._name
+
+    @property
+    def config(self) -> RecorderConfig:
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Recorder {self._name!r} max_events={self._config.max_events} {state}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecorderClosedError(f"recorder {self._name!r} is closed")
+
+    # -- writing ---------------------------------------------------------------------------
+    def record_event(self, event: DiagnosticEvent) -> None:
+        """Record any event. The caller's object is not modified."""
+        if not isinstance(event, DiagnosticEvent):
+            raise TypeError(f"record_event() needs a DiagnosticEvent, not {type(event).__name__}")
+        self._check_open()
+        etype = _need_str(event.event_type, "event_type", nonempty=True)
+        peer = _need_str(event.peer_id, "peer_id")
+        message = _need_str(event.message, "message")
+        sev = _severity(event.severity)
+        error = event.error
+        if error is not None and not isinstance(error, str):
+            error = str(error)  # an exception object is welcome: its text is recorded
+        flags = _LIFECYCLE.get(etype, 0) if peer else 0
+        meta = b""
+        if event.metadata is not None:
+            room = L.TEXT_SIZE - len(_fit_utf8(etype.encode(), L.TYPE_CAP)) - len(_fit_utf8(peer.encode(), L.PEER_CAP))
+            meta, cut = _encode_metadata(event.metadata, room)
+            flags |= L.F_HAS_METADATA | (L.F_TRUNCATED if cut else 0)
+        if error is not None:
+            flags |= L.F_HAS_ERROR
+        ts = 0 if event.timestamp is None else (_reader.datetime_to_ns(event.timestamp) or 1)
+        tidx = self._shards.type_index(etype)
+        self._write(L.KIND_EVENT, sev, flags, tidx, ts, 0, etype, peer, meta, error or "", message)
+        if sev >= self._log_min:
+            self._log(sev, etype, peer, message)
+
+    def record_peer_connection(self, peer_id: str, address: str) -> None:
+        _need_str(peer_id, "peer_id", nonempty=True)
+        _need_str(address, "address")
+        self._write(L.KIND_CONNECT, 1, L.F_LIFE_CONNECT, _TYPE_CONNECTED, 0, 0, "", peer_id, address, "", "")
+        if self._log_min <= 1:
+            self._log(1, "peer_connected", peer_id, f"Peer connected: {address}")
+
+    def record_peer_disconnection(self, peer_id: str, address: str, reason: str) -> None:
+        _need_str(peer_id, "peer_id", nonempty=True)
+        _need_str(address, "address")
+        _need_str(reason, "reason")
+        self._write(L.KIND_DISCONNECT, 2, L.F_LIFE_DISCONNECT, _TYPE_DISCONNECTED, 0, 0, "", peer_id, address, reason, "")
+        if self._log_min <= 2:
+            self._log(2, "peer_disconnected", peer_id, f"Peer disconnected: {address} ({reason})")
+
+    def record_message(self, peer_id: str, msg_type: str, direction: str, size: int) -> None:
+        """The hot path: about a dozen bytecodes and one native call."""
+        if direction == "inbound":
+            flags = 0
+        elif direction == "outbound":
+            flags = L.F_OUTBOUND
+        else:
+            raise ValueError(f"direction must be 'inbound' or 'outbound', got {direction!r}")
+        if type(size) is not int or size < 0 or type(peer_id) is not str or not peer_id or type(msg_type) is not str:
+            _bad_message_args(peer_id, msg_type, size)
+        self._write(3, 0, flags, 2, 0, size, "", peer_id, msg_type, "", "")
+        if self._log_debug:
+            self._log(0, "message", peer_id, f"Message {direction}: {msg_type} ({size} bytes)")
+
+    def record_error(self, peer_id: str, err: BaseException | str, operation: str) -> None:
+        """ERROR for a peer's error; CRITICAL when no peer id is given (a node-wide failure)."""
+        _need_str(peer_id, "peer_id")
+        _need_str(operation, "operation")
+        if err is None:
+            raise TypeError("err must be an exception or a str, not None")
+        text = err if isinstance(err, str) else str(err) or type(err).__name__
+        sev = 3 if peer_id else 4
+        self._write(L.KIND_ERROR, sev, L.F_HAS_ERROR, _TYPE_ERROR, 0, 0, "", peer_id, operation, text, "")
+        if sev >= self._log_min:
+            self._log(sev, "error", peer_id, f"Error in {operation}: {text}")
+
+    def _log(self, sev: int, etype: str, peer: str, message: str) -> None:
+        # CRITICAL is logged like everything else: recording an event never ends the process.
+        if peer:
+            self._logger.log((sev + 1) * 10, "%s [%s] %s", etype, peer, message)
+        else:
+            self._logger.log((sev + 1) * 10, "%s %s", etype, message)
+
+    # -- reading ---------------------------------------------------------------------------
+    def get_events(self, limit: int = 100, min_severity: Severity | int = Severity.DEBUG) -> list[DiagnosticEvent]:
+        """The most recent ``limit`` retained events at or above ``min_severity``, oldest first;
+        ``limit <= 0`` means all retained."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+        sev = _severity(min_severity)
+        with self._lock:
+            self._check_open()
+            return _reader.read_events(self._seg, limit, int(sev))
+
+    def get_stats(self) -> DiagnosticStats:
+        """Exact counts since creation or the last clear, from every process, overwritten events included."""
+        with self._lock:
+            self._check_open()
+            return _stats.compute(self._seg)
+
+    def accounting(self) -> _stats.Accounting:
+        """Where every recorded event went; with ``retained`` from health_check().event_count,
+        recorded == retained + overwritten + lost + abandoned + expired."""
+        with self._lock:
+            self._check_open()
+            return _stats.accounting(self._seg)
+
+    def health_check(self) -> HealthStatus:
+        """Never raises: a closed recorder reports ``stopped``."""
+        with self._lock:
+            if self._closed:
+                return HealthStatus(status="stopped", message="recorder is closed", max_events=self._config.max_events)
+            seg = self._seg
+            self._shards.reap_all()
+            acct = _stats.accounting(seg)
+            stats = _stats.compute(seg)
+            alive, dead = self._writer_counts()
+            h = HealthStatus(
+                status="", message="", event_count=_reader.count_retained(seg), max_events=seg.capacity,
+                total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
+                writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
+                events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
+                error_rate=stats.error_rate,
+            )
+            h.status, h.message = _health.classify(h)
+            return h
+
+    def _writer_counts(self) -> tuple[int, int]:
+        owners = self._seg.shards["owner"].copy()
+        starts = self._seg.shards["start_time"].copy()
+        alive = dead = 0
+        for w, start in zip(owners, starts):
+            state, pid = int(w) & 0xFF, int(w) >> 8
+            if state == L.SH_ACTIVE:
+                if process_alive(pid, int(start)):
+                    alive += 1
+                else:
+                    dead += 1
+            elif state in (L.SH_DEAD, L.SH_REAPING):
+                dead += 1
+        return alive, dead
+
+    def export_events(self) -> bytes:
+        """All retained events, oldest first, with stats and health, as JSON bytes."""
+        with self._lock:
+            self._check_open()
+            events = _reader.read_events(self._seg, 0, 0)
+            return _export.export_json(self._name, self.get_stats(), self.health_check(), events)
+
+    # -- maintenance -----------------------------------------------------------------------
+    def clear_events(self) -> None:
+        """Forget every retained event and zero the stats, for every process.
+
+        Moving ``base`` to the current head is the whole operation: records and shard counters
+        of earlier sequence numbers stop counting everywhere at once, and each writer zeroes its
+        own counters at its next event (see sync_era in _native.c). Nothing waits for writers.
+        """
+        with self._lock:
+            self._check_open()
+            seg = self._seg
+            off = seg.header_word("base")
+            for _ in range(1000):  # base only moves forward, even with concurrent clears
+                cur, head = seg.native.load(off), seg.load("head")
+                if head <= cur or seg.native.cas(off, cur, head):
+                    break
+            seg.native.store(seg.header_word("peers_untracked"), 0)
+
+    def cleanup_old_events(self) -> int:
+        """Drop retained events older than ``retention_period``; returns how many."""
+        with self._lock:
+            self._check_open()
+            seg = self._seg
+            idx, w = _reader.retained_slots(seg)
+            seg.native.fence()
+            ts = seg.slots["ts_ns"][idx]
+            cutoff = time.time_ns() - int(self._config.retention_period * 1e9)
+            old = ts < cutoff
+            if not old.any():
+                return 0
+            n = seg.native.retire(idx[old].astype("<u8"), w[old].astype("<u8"), L.ST_DELETED)
+            if n:
+                seg.native.add_expired(n)
+            return n
+
+    def _maintain(self) -> None:
+        """The creator's background thread: retention cleanup every cleanup_interval, dead-writer
+        reaping and (when enabled) health checks whose transitions are logged."""
+        cfg = self._config
+        period = min(cfg.cleanup_interval, _HEALTH_PERIOD) if cfg.enable_health_check else cfg.cleanup_interval
+        next_cleanup = time.monotonic() + cfg.cleanup_interval
+        while not self._stop.wait(period):
+            try:
+                if time.monotonic() >= next_cleanup:
+                    n = self.cleanup_old_events()
+                    next_cleanup = time.monotonic() + cfg.cleanup_interval
+                    if n:
+                        self._logger.info("shmdiag %s: retention cleanup dropped %d events", self._name, n)
+                if cfg.enable_health_check:
+                    h = self.health_check()
+                    if h.status != self._last_health:
+                        level = logging.INFO if h.status == "healthy" else logging.WARNING
+                        self._logger.log(level, "shmdiag %s health: %s (%s)", self._name, h.status, h.message)
+                        self._last_health = h.status
+                else:
+                    with self._lock:
+                        if not self._closed:
+                            self._shards.reap_all()
+            except RecorderClosedError:
+                return
+            except Exception:  # keep maintaining; a bug here must not stop cleanup for good
+                self._logger.exception("shmdiag %s: maintenance failed", self._name)
+
+    def close(self) -> None:
+        """Detach (and, for the creating recorder, unlink the ring). Idempotent, any thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        with self._lock:
+            self._finalizer()
+
+
+def _finalize(seg: Segment, shards: ShardManager) -> None:
+    """Release this process's shard, unmap, and unlink if this process created the ring.
+    Also runs at interpreter exit and in multiprocessing children, for recorders never closed."""
+    shards.release()
+    if seg.owner and os.getpid() == seg.creator_pid:
+        seg.unlink()
+    seg.close()
+
+
+def _bad_message_args(peer_id: object, msg_type: object, size: object) -> None:
+    _need_str(peer_id, "peer_id", nonempty=True)
+    _need_str(msg_type, "msg_type")
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"size must be an int, not {type(size).__name__}")
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    if size >= 1 << 63:
+        raise ValueError(f"size is too large: {size}")

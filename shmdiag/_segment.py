@@ -1,0 +1,230 @@
+"""The named shared-memory segment: create it, attach to it, validate it, map it.
+
+This mirrors CPython's ``multiprocessing/shared_memory.py`` (``shm_open`` + ``mmap``) with two
+differences that matter across processes:
+
+* attaching never registers the segment with the resource tracker. On Python < 3.13 a tracked
+  attach unlinks the segment when the attaching process exits (CPython issue 82300);
+* the header is validated before anything trusts it: a segment that is not a shmdiag ring, of
+  another layout version, or with an inconsistent header is refused with a clear error.
+
+The creator does register (as ``SharedMemory(create=True)`` would), so a creator that dies
+without closing still has its segment unlinked, and unregisters when it unlinks.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import secrets
+import time
+from multiprocessing import resource_tracker
+
+import _posixshmem
+import numpy as np
+
+from . import _layout as L
+from ._config import MAX_EVENTS_LIMIT, RecorderConfig, validate_name
+from ._errors import (
+    CorruptRingError,
+    LayoutVersionError,
+    NotARingError,
+    RingNotFoundError,
+    RingPermissionError,
+    ShmDiagError,
+)
+from ._native import Mapping
+
+
+class RingExistsError(ShmDiagError, FileExistsError):
+    """A segment with that name already exists."""
+
+
+def generate_name() -> str:
+    return f"shmdiag-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class Segment:
+    """One mapped ring segment and the views both paths use.
+
+    ``native`` is the writer path's atomic view; ``header``, ``shards``, ``peers`` and ``slots``
+    are numpy views for the reader path. Read live words (head, base, slot words) through
+    ``native``; numpy loads of them carry no ordering.
+    """
+
+    def __init__(self, name: str, fd: int, mm: mmap.mmap, owner: bool) -> None:
+        self.name = name
+        self._fd = fd
+        self._mmap = mm
+        self.owner = owner
+        self.size = len(mm)
+        hdr = np.ndarray((), dtype=L.HEADER, buffer=mm)
+        self.header = hdr
+        self.capacity = int(hdr["capacity"])
+        self.max_shards = int(hdr["max_shards"])
+        self.max_peers = int(hdr["max_peers"])
+        self.slots_off = int(hdr["slots_off"])
+        self.shards_off = int(hdr["shards_off"])
+        self.peers_off = int(hdr["peers_off"])
+        self.created_ns = int(hdr["created_ns"])
+        self.creator_pid = int(hdr["creator_pid"])
+        flags = int(hdr["flags"])
+        self.metrics = bool(flags & L.HEADER_FLAG_METRICS)
+        self.config = RecorderConfig(
+            max_events=self.capacity,
+            cleanup_interval=float(hdr["cleanup_interval"]),
+            retention_period=float(hdr["retention_period"]),
+            enable_metrics=self.metrics,
+            enable_health_check=bool(flags & L.HEADER_FLAG_HEALTH),
+            log_level=L.LOG_LEVELS[int(hdr["log_level"])],
+            export_format=L.EXPORT_FORMATS[int(hdr["export_format"])],
+            name=name,
+            max_writers=self.max_shards,
+            max_peers=self.max_peers,
+        )
+        self.shards = np.ndarray((self.max_shards,), dtype=L.SHARD, buffer=mm, offset=self.shards_off)
+        self.peers = np.ndarray((self.max_peers,), dtype=L.PEER, buffer=mm, offset=self.peers_off)
+        self.slots = np.ndarray((self.capacity,), dtype=L.SLOT, buffer=mm, offset=self.slots_off)
+        # The same records as raw words: copy through this one. Numpy copies a structured dtype
+        # field by field and skips its padding, which the checksum covers.
+        self.slot_words = np.ndarray((self.capacity, L.SLOT_SIZE // 8), dtype="<u8", buffer=mm, offset=self.slots_off)
+        self.native = Mapping(mm, L.native_layout(hdr))
+
+    # -- offsets of live words, for the native atomics ------------------------------------
+    def header_word(self, field: str) -> int:
+        return L.HEADER.fields[field][1]
+
+    def shard_word(self, index: int, field: str, item: int = 0) -> int:
+        return self.shards_off + index * L.SHARD.itemsize + L.SHARD.fields[field][1] + 8 * item
+
+    def slot_word(self, slot: int) -> int:
+        return self.slots_off + slot * L.SLOT_SIZE
+
+    def load(self, field: str) -> int:
+        return self.native.load(self.header_word(field))
+
+    # -- lifetime --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: RecorderConfig) -> Segment:
+        name = config.name or generate_name()
+        offs = L.segment_offsets(config.max_events, config.max_writers, config.max_peers)
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        except FileExistsError:
+            raise RingExistsError(f"a shared-memory segment named {name!r} already exists") from None
+        except PermissionError as e:
+            raise RingPermissionError(f"cannot create shared-memory segment {name!r}: {e.strerror}") from None
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask: the ring is its owner's only
+            os.ftruncate(fd, offs["total_size"])
+            mm = mmap.mmap(fd, offs["total_size"])
+        except BaseException:
+            os.close(fd)
+            _posixshmem.shm_unlink("/" + name)
+            raise
+        resource_tracker.register("/" + name, "shared_memory")
+        hdr = np.ndarray((), dtype=L.HEADER, buffer=mm)
+        hdr["version"] = L.VERSION
+        hdr["header_size"] = L.HEADER_SIZE
+        hdr["slot_size"] = L.SLOT_SIZE
+        hdr["shard_size"] = L.SHARD.itemsize
+        hdr["peer_size"] = L.PEER.itemsize
+        hdr["text_size"] = L.TEXT_SIZE
+        hdr["capacity"] = config.max_events
+        hdr["max_shards"] = config.max_writers
+        hdr["max_peers"] = config.max_peers
+        for k, v in offs.items():
+            hdr[k] = v
+        hdr["created_ns"] = time.time_ns()
+        hdr["creator_pid"] = os.getpid()
+        hdr["flags"] = (L.HEADER_FLAG_METRICS if config.enable_metrics else 0) | (
+            L.HEADER_FLAG_HEALTH if config.enable_health_check else 0)
+        hdr["cleanup_interval"] = config.cleanup_interval
+        hdr["retention_period"] = config.retention_period
+        hdr["log_level"] = L.LOG_LEVELS.index(config.log_level.lower())
+        hdr["export_format"] = L.EXPORT_FORMATS.index(config.export_format.lower())
+        hdr["magic"] = L.MAGIC
+        hdr["header_crc"] = L.header_crc(mm[: L.HEADER_STATIC_SIZE])
+        del hdr
+        return cls(name, fd, mm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        validate_name(name)
+        try:
+            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        except FileNotFoundError:
+            raise RingNotFoundError(f"no shmdiag ring named {name!r} (no /dev/shm/{name})") from None
+        except PermissionError:
+            raise RingPermissionError(f"permission denied opening ring {name!r}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < L.HEADER_SIZE:
+                raise NotARingError(f"{name!r} is not a shmdiag ring ({size} bytes, smaller than a header)")
+            mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            _validate_header(name, mm)
+            return cls(name, fd, mm, owner=False)
+        except BaseException:
+            mm.close()
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        """Unmap. Every numpy view must go first: mmap refuses to close under an export."""
+        if self._mmap is None:
+            return
+        self.native.release()
+        for attr in ("header", "shards", "peers", "slots", "slot_words"):
+            setattr(self, attr, None)
+        self._mmap.close()
+        os.close(self._fd)
+        self._mmap = None
+
+    def unlink(self) -> None:
+        try:
+            _posixshmem.shm_unlink("/" + self.name)
+        except FileNotFoundError:
+            pass  # someone (shmdiag rm, a test) removed it already
+        if self.owner:
+            resource_tracker.unregister("/" + self.name, "shared_memory")
+
+
+def _validate_header(name: str, mm: mmap.mmap) -> None:
+    raw = mm[: L.HEADER_SIZE]
+    hdr = np.frombuffer(raw, dtype=L.HEADER, count=1)[0]
+    if bytes(hdr["magic"]) != L.MAGIC.rstrip(b"\x00"):
+        raise NotARingError(f"{name!r} is not a shmdiag ring (bad magic number)")
+    version = int(hdr["version"])
+    if version != L.VERSION:
+        raise LayoutVersionError(f"{name!r} is a shmdiag ring of layout version {version}; "
+                                 f"this shmdiag reads version {L.VERSION}")
+
+    def bad(what: str) -> CorruptRingError:
+        return CorruptRingError(f"{name!r} has a corrupt header: {what}")
+
+    if int(hdr["header_crc"]) != L.header_crc(raw):
+        raise bad("checksum mismatch")
+    for field, want in (("header_size", L.HEADER_SIZE), ("slot_size", L.SLOT_SIZE), ("shard_size", L.SHARD.itemsize),
+                        ("peer_size", L.PEER.itemsize), ("text_size", L.TEXT_SIZE)):
+        if int(hdr[field]) != want:
+            raise bad(f"{field} is {int(hdr[field])}, expected {want}")
+    cap, shards, peers = int(hdr["capacity"]), int(hdr["max_shards"]), int(hdr["max_peers"])
+    if not (1 <= cap <= MAX_EVENTS_LIMIT and 1 <= shards <= 4096 and 0 <= peers <= 1 << 24):
+        raise bad(f"capacity {cap}, {shards} shards, {peers} peers out of range")
+    offs = L.segment_offsets(cap, shards, peers)
+    for k, v in offs.items():
+        if int(hdr[k]) != v:
+            raise bad(f"{k} is {int(hdr[k])}, expected {v}")
+    if offs["total_size"] != len(mm):
+        raise bad(f"segment is {len(mm)} bytes, header says {offs['total_size']}")
+    if int(hdr["log_level"]) >= len(L.LOG_LEVELS) or int(hdr["export_format"]) >= len(L.EXPORT_FORMATS):
+        raise bad("unknown log level or export format")
+    for f in ("cleanup_interval", "retention_period"):
+        v = float(hdr[f])
+        if not math.isfinite(v) or v <= 0:
+            raise bad(f"{f} is {v}")

@@ -1,0 +1,252 @@
+"""The writer path's slow half: shard ownership, event-type registration, dead-writer reaping.
+
+The fast half is ``_native.Mapping.write``. Each writing process owns one *shard* of the
+segment: its counters (recorded, per severity, per type, overwritten, lost, ...) and a one-entry
+journal of the event it is writing. Only the owner writes a live shard, so the counters need no
+atomics; readers sum the shards. A shard outlives its process: its counts stay in the stats,
+and a later process may adopt it and keep adding.
+
+Ownership is one word, ``(pid << 8) | state``, changed only by CAS:
+
+    FREE --acquire--> ACTIVE --close--> EXITED --acquire--> ACTIVE ...
+                        |
+                        +--owner found dead--> REAPING --journal settled--> DEAD --acquire--> ...
+
+A reaper settles a dead owner's journal so its last event is counted exactly once: as
+committed, overwritten, lost or abandoned (see ``_native.c`` for the phases).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import psutil
+
+from . import _layout as L
+from ._errors import RecorderClosedError, TooManyWritersError
+from ._segment import Segment
+
+_OWNER_STATE_MASK = 0xFF
+
+
+def _start_ms(proc: psutil.Process) -> int:
+    return int(round(proc.create_time() * 1000))
+
+
+_own_start: dict[int, int] = {}
+
+
+def own_start_ms() -> int:
+    pid = os.getpid()
+    if pid not in _own_start:
+        _own_start[pid] = _start_ms(psutil.Process(pid))
+    return _own_start[pid]
+
+
+def process_alive(pid: int, start_ms: int) -> bool:
+    """True if ``pid`` runs and is the process that started at ``start_ms`` (not a reused pid)."""
+    if pid == os.getpid():
+        return True
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return start_ms == 0 or abs(_start_ms(proc) - start_ms) <= 20  # create_time has jiffy resolution
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def owner_word(pid: int, state: int) -> int:
+    return (pid << 8) | state
+
+
+class ShardManager:
+    """This process's claim on a shard of one segment, and reaping of other processes' shards."""
+
+    def __init__(self, seg: Segment, lock: threading.RLock) -> None:
+        self.seg = seg
+        self.index: int | None = None
+        self.pid: int | None = None
+        self.types: dict[str, int] = {}
+        self._lock = lock  # the recorder's: no close() while a shard is being taken
+
+    # -- owning a shard --------------------------------------------------------------------
+    def ensure(self) -> int:
+        """Bind a shard for the current process (called by the native writer on demand)."""
+        with self._lock:
+            if self.index is not None and self.pid == os.getpid():
+                return self.index
+            if self.seg.native.closed:
+                raise RecorderClosedError(f"recorder {self.seg.name!r} is closed")
+            self.index = None
+            self.types = {}
+            seg, me = self.seg, os.getpid()
+            start = own_start_ms()
+            # Prefer never-used shards, then cleanly released ones, and only then the shards of
+            # dead writers, so a dead writer stays visible to health checks as long as possible.
+            for wanted in (L.SH_FREE, L.SH_EXITED, L.SH_DEAD):
+                if wanted == L.SH_DEAD:
+                    self.reap_all()
+                for i in range(seg.max_shards):
+                    off = seg.shard_word(i, "owner")
+                    cur = seg.native.load(off)
+                    if cur & _OWNER_STATE_MASK != wanted:
+                        continue
+                    if seg.native.cas(off, cur, owner_word(me, L.SH_ACTIVE)):
+                        seg.native.store(seg.shard_word(i, "start_time"), start)
+                        self._load_types(i)
+                        seg.native.bind_shard(i)
+                        self.index, self.pid = i, me
+                        return i
+            raise TooManyWritersError(
+                f"all {seg.max_shards} writer shards of ring {seg.name!r} belong to live processes "
+                "(raise max_writers when creating the ring)")
+
+    def release(self) -> None:
+        """Give the shard back (its counts stay). Only the process that acquired it may."""
+        with self._lock:
+            if self.index is None or self.pid != os.getpid() or self.seg.native.closed:
+                return
+            off = self.seg.shard_word(self.index, "owner")
+            self.seg.native.cas(off, owner_word(self.pid, L.SH_ACTIVE), owner_word(self.pid, L.SH_EXITED))
+            self.seg.native.bind_shard(None)
+            self.index = None
+
+    def _load_types(self, i: int) -> None:
+        shard = self.seg.shards[i]
+        n = min(int(shard["ntypes"]), L.TYPE_SLOTS)
+        if n == 0:  # a new shard: the helpers' types sit at fixed indices in every shard
+            for t in L.BUILTIN_TYPES:
+                self._write_type(i, t)
+            return
+        names = shard["type_name"]
+        lens = shard["type_len"]
+        for j in range(n):
+            name = bytes(names[j])[: int(lens[j])].decode("utf-8", "replace")
+            self.types.setdefault(name, j)
+
+    def _write_type(self, i: int, name: str) -> int:
+        shard = self.seg.shards[i]
+        j = int(shard["ntypes"])
+        if j >= L.TYPE_SLOTS - 1:
+            j = L.TYPE_SLOTS - 1
+            name = L.OTHER_TYPE
+            if name in self.types:
+                return self.types[name]
+        raw = _fit_utf8(name.encode("utf-8"), L.TYPE_NAME_SIZE)
+        shard["type_name"][j] = raw
+        shard["type_len"][j] = len(raw)
+        # Name first, then the count that makes it visible (a release store).
+        self.seg.native.store(self.seg.shard_word(i, "ntypes"), max(int(shard["ntypes"]), j + 1))
+        self.types[name] = j
+        return j
+
+    def type_index(self, event_type: str) -> int:
+        """Index of ``event_type`` in this process's shard (registering it if new)."""
+        idx = self.types.get(event_type)
+        if idx is not None and self.pid == os.getpid():
+            return idx
+        key = _fit_utf8(event_type.encode("utf-8"), L.TYPE_NAME_SIZE).decode("utf-8")
+        with self._lock:
+            i = self.ensure()
+            idx = self.types.get(key)
+            if idx is None:
+                idx = self._write_type(i, key)
+            self.types[event_type] = idx
+            return idx
+
+    # -- dead writers ------------------------------------------------------------------------
+    def reap_all(self) -> int:
+        """Find shards whose owner died without releasing them; settle them. Returns how many."""
+        seg = self.seg
+        owners = seg.shards["owner"].copy()
+        n = 0
+        for i in range(seg.max_shards):
+            w = int(owners[i])
+            if w & _OWNER_STATE_MASK == L.SH_ACTIVE:
+                n += self.reap(i)
+        return n
+
+    def reap(self, i: int) -> bool:
+        seg = self.seg
+        off = seg.shard_word(i, "owner")
+        cur = seg.native.load(off)
+        pid, state = cur >> 8, cur & _OWNER_STATE_MASK
+        if state != L.SH_ACTIVE or process_alive(pid, seg.native.load(seg.shard_word(i, "start_time"))):
+            return False
+        if not seg.native.cas(off, cur, owner_word(pid, L.SH_REAPING)):
+            return False
+        self._settle_journal(i)
+        seg.native.store(off, owner_word(pid, L.SH_DEAD))
+        return True
+
+    def _settle_journal(self, i: int) -> None:
+        seg, nat = self.seg, self.seg.native
+        word = lambda f, k=0: seg.shard_word(i, f, k)  # noqa: E731
+        j = nat.load(word("journal"))
+        if j == 0:
+            return
+        seq, phase = (j >> L.J_PHASE_BITS) - 1, j & ((1 << L.J_PHASE_BITS) - 1)
+        meta = nat.load(word("jmeta"))
+        tidx, sev, flags, outcome = meta & 0xFF, (meta >> 8) & 0xFF, (meta >> 16) & 0xFF, (meta >> 24) & 0xFF
+        tidx, sev = min(tidx, L.TYPE_SLOTS - 1), min(sev, 4)
+        base = seg.load("base")
+        slot = seq % seg.capacity
+        woff = seg.slot_word(slot)
+        busy = L.w_make(seq, sev, L.ST_BUSY)
+        freed = nat.cas(woff, busy, L.w_make(seq, sev, L.ST_DELETED))
+        if seq < base or nat.load(word("base")) != base:
+            nat.store(word("journal"), 0)  # an event of a cleared era: nothing to count
+            return
+
+        def bump(field: str, item: int = 0, to: int | None = None) -> None:
+            off = word(field, item)
+            nat.store(off, nat.load(off) + 1 if to is None else to)
+
+        if phase == L.PH_COUNTING:
+            # The writer had the outcome and the old counter values: redo "old + 1" (idempotent).
+            before = [nat.load(word("jbefore", k)) for k in range(4)]
+            bump("recorded", to=before[0] + 1)
+            if outcome == L.OUT_OVERWROTE:
+                bump("overwritten", to=before[1] + 1)
+            elif outcome == L.OUT_LOST:
+                bump("lost", to=before[1] + 1)
+            if seg.metrics:
+                bump("sev", sev, to=before[2] + 1)
+                bump("type_count", tidx, to=before[3] + 1)
+        else:
+            committed = nat.load(woff) == L.w_make(seq, sev, L.ST_COMMITTED)
+            if freed or committed:  # its CAS took the slot from jprev
+                prev = nat.load(word("jprev"))
+                if prev and L.w_state(prev) == L.ST_COMMITTED and L.w_seq(prev) >= base:
+                    bump("overwritten")
+            if not committed:
+                bump("abandoned")
+            elif seg.metrics and flags & (L.F_LIFE_CONNECT | L.F_LIFE_DISCONNECT):
+                rec = seg.slots[slot]
+                lens = rec["lens"]
+                peer = rec["text"][int(lens[0]): int(lens[0]) + int(lens[1])].tobytes()
+                nat.peer_update(peer, seq, bool(flags & L.F_LIFE_CONNECT))
+            bump("recorded")
+            if seg.metrics:
+                bump("sev", sev)
+                bump("type_count", tidx)
+        if seg.metrics:
+            ts = nat.load(word("jts"))
+            ts = ts - (1 << 64) if ts >= 1 << 63 else ts
+            first, last = (seg.shards[i]["first_ts"]), (seg.shards[i]["last_ts"])
+            if int(first) == 0 or ts < int(first):
+                nat.store(word("first_ts"), ts & ((1 << 64) - 1))
+            if int(last) == 0 or ts > int(last):
+                nat.store(word("last_ts"), ts & ((1 << 64) - 1))
+        nat.store(word("journal"), 0)
+
+
+def _fit_utf8(raw: bytes, cap: int) -> bytes:
+    """The longest prefix of ``raw`` within ``cap`` bytes that does not split a character."""
+    if len(raw) <= cap:
+        return raw
+    return raw[:cap].decode("utf-8", "ignore").encode("utf-8")
