@@ -25,6 +25,7 @@ class Accounting:
     lost: int
     abandoned: int
     expired: int
+    in_flight: int = 0  # live writers inside a record right now: the books close when this is 0
 
 
 def _era_shards(seg: Segment) -> np.ndarray:
@@ -37,7 +38,8 @@ def _era_shards(seg: Segment) -> np.ndarray:
 
 def accounting(seg: Segment) -> Accounting:
     s = _era_shards(seg)
-    return Accounting(*(int(s[f].sum()) for f in ("recorded", "overwritten", "lost", "abandoned", "expired")))
+    busy = int(((s["journal"] != 0) & ((s["owner"] & 0xFF) == L.SH_ACTIVE)).sum())
+    return Accounting(*(int(s[f].sum()) for f in ("recorded", "overwritten", "lost", "abandoned", "expired")), busy)
 
 
 def compute(seg: Segment) -> DiagnosticStats:

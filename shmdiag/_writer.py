@@ -18,6 +18,7 @@ committed, overwritten, lost or abandoned (see ``_native.c`` for the phases).
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import threading
 
@@ -100,6 +101,9 @@ class ShardManager:
                         self._load_types(i)
                         seg.native.bind_shard(i)
                         self.index, self.pid = i, me
+                        # Give it back when this process exits, including multiprocessing children,
+                        # which leave through os._exit after running these finalizers.
+                        multiprocessing.util.Finalize(None, self.release, exitpriority=90)
                         return i
             raise TooManyWritersError(
                 f"all {seg.max_shards} writer shards of ring {seg.name!r} belong to live processes "
