@@ -106,8 +106,7 @@ HEADER = _struct(
     # live words, each hot one on a cache line of its own
     ("head", "<u8", 256),
     ("base", "<u8", 320),
-    ("peers_untracked", "<u8", 384),
-    ("closed", "<u8", 392),
+    ("peers_untracked", "<u8", 384),  # lifecycle events of peers that found the peer table full
 )
 HEADER_STATIC_SIZE = 124  # bytes covered by header_crc
 

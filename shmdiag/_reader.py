@@ -55,7 +55,7 @@ def retained_slots(seg: Segment, min_severity: int = 0) -> tuple[np.ndarray, np.
     return idx, w[idx]
 
 
-def newest(seg: Segment, idx: np.ndarray, w: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+def newest(idx: np.ndarray, w: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``limit`` highest-sequence entries (all if limit <= 0), oldest first."""
     seq = L.w_seq(w)
     if 0 < limit < len(idx):
@@ -79,11 +79,39 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
     return recs, valid
 
 
+def newest_window(seg: Segment, limit: int, min_severity: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The newest ``limit`` retained records, found by looking only at the slots of the newest
+    sequence numbers, widening the window until it holds enough; None if that needs a full scan.
+
+    Correct because a slot outside the window [head - k, head) can only hold a sequence number
+    below head - k: anything found inside the window at or above head - k is newer.
+    """
+    head, base = seg.load("head"), seg.load("base")
+    seg.native.fence()
+    k = max(4 * limit, 4096)
+    while k < seg.capacity:
+        lo = max(base, head - k)
+        seqs = np.arange(lo, head, dtype=np.uint64)
+        pos = seqs % np.uint64(seg.capacity)
+        w = seg.slots["w"][pos]
+        ok = (w == (((seqs + np.uint64(1)) << np.uint64(L.W_SEQ_SHIFT)) | (L.w_severity(w) << np.uint64(L.W_STATE_BITS))
+                    | np.uint64(L.ST_COMMITTED))) & (L.w_severity(w) >= min_severity) & (L.w_severity(w) <= 4)
+        found = np.flatnonzero(ok)
+        if len(found) >= limit or lo == base:  # lo == base: the window holds the whole era
+            found = found[-limit:]
+            return pos[found].astype(np.intp), w[found]
+        k *= 4
+    return None
+
+
 def read_events(seg: Segment, limit: int, min_severity: int) -> list[DiagnosticEvent]:
     """Most recent ``limit`` retained events at or above ``min_severity``, oldest first."""
     for attempt in range(_RETRIES):
-        idx, w = retained_slots(seg, min_severity)
-        idx, w = newest(seg, idx, w, limit)
+        picked = newest_window(seg, limit, min_severity) if limit > 0 else None
+        if picked is None:
+            idx, w = newest(*retained_slots(seg, min_severity), limit)
+        else:
+            idx, w = picked
         recs, valid = copy_records(seg, idx, w)
         # A record that changed under the copy was overwritten by a newer one: look again, so a
         # full answer is returned when the ring is merely busy (bounded: never a wait).
