@@ -27,6 +27,12 @@ HEADER_SIZE = 4096
 SLOT_SIZE = 256
 CACHE_LINE = 64
 
+# The head word carries the clear generation with the sequence number, so the one fetch_add
+# that claims a sequence number also tells the writer which era (which clear) it belongs to.
+SEQ_BITS = 48
+SEQ_MASK = (1 << SEQ_BITS) - 1
+BASE_SLOTS = 16
+
 # Slot word states.
 ST_COMMITTED, ST_BUSY, ST_DELETED = 0, 1, 2
 W_STATE_BITS, W_SEV_BITS = 2, 3
@@ -104,8 +110,8 @@ HEADER = _struct(
     ("export_format", "<u1", 113),
     ("header_crc", "<u4", 124),
     # live words, each hot one on a cache line of its own
-    ("head", "<u8", 256),
-    ("base", "<u8", 320),
+    ("head", "<u8", 256),                 # (generation << SEQ_BITS) | next sequence number
+    ("base_of", "<u8", (BASE_SLOTS,), 320),  # first sequence number of generation g, at g % BASE_SLOTS
     ("peers_untracked", "<u8", 384),  # lifecycle events of peers that found the peer table full
 )
 HEADER_STATIC_SIZE = 124  # bytes covered by header_crc
@@ -214,7 +220,7 @@ def native_layout(header: np.void) -> dict[str, object]:
         capacity=int(header["capacity"]), slot_size=SLOT_SIZE, slots_off=int(header["slots_off"]),
         shards_off=int(header["shards_off"]), shard_size=SHARD.itemsize, max_shards=int(header["max_shards"]),
         peers_off=int(header["peers_off"]), peer_size=PEER.itemsize, max_peers=int(header["max_peers"]),
-        text_size=TEXT_SIZE, type_cap=TYPE_CAP, peer_cap=PEER_CAP, type_slots=TYPE_SLOTS,
+        seq_bits=SEQ_BITS, base_slots=BASE_SLOTS, text_size=TEXT_SIZE, type_cap=TYPE_CAP, peer_cap=PEER_CAP, type_slots=TYPE_SLOTS,
         w_state_bits=W_STATE_BITS, w_sev_bits=W_SEV_BITS,
         st_committed=ST_COMMITTED, st_busy=ST_BUSY, st_deleted=ST_DELETED,
         j_phase_bits=J_PHASE_BITS, ph_claimed=PH_CLAIMED, ph_owned=PH_OWNED, ph_counting=PH_COUNTING,

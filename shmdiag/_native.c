@@ -41,7 +41,7 @@ static PyObject *ClosedError;
 
 typedef struct {
     /* header */
-    Py_ssize_t hdr_head, hdr_base, hdr_peers_untracked;
+    Py_ssize_t hdr_head, hdr_base_of, hdr_peers_untracked, seq_bits, base_slots;
     /* ring */
     Py_ssize_t slots_off, slot_size, capacity;
     Py_ssize_t slot_w, slot_seq, slot_ts_ns, slot_value, slot_checksum, slot_pid, slot_severity,
@@ -65,7 +65,7 @@ typedef struct {
 
 static const struct { const char *name; size_t off; } layout_keys[] = {
 #define K(f) {#f, offsetof(Layout, f)}
-    K(hdr_head), K(hdr_base), K(hdr_peers_untracked),
+    K(hdr_head), K(hdr_base_of), K(hdr_peers_untracked), K(seq_bits), K(base_slots),
     K(slots_off), K(slot_size), K(capacity),
     K(slot_w), K(slot_seq), K(slot_ts_ns), K(slot_value), K(slot_checksum), K(slot_pid),
     K(slot_severity), K(slot_kind), K(slot_flags), K(slot_lens), K(slot_text),
@@ -211,7 +211,8 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
     Py_ssize_t need_shards = L->shards_off + L->max_shards * L->shard_size;
     Py_ssize_t need_peers = L->peers_off + L->max_peers * L->peer_size;
     if (L->capacity < 1 || need_slots > self->view.len || need_shards > self->view.len ||
-        need_peers > self->view.len || L->hdr_head + 8 > self->view.len || L->hdr_base + 8 > self->view.len ||
+        need_peers > self->view.len || L->hdr_head + 8 > self->view.len || L->hdr_base_of + 8 * L->base_slots > self->view.len ||
+        L->base_slots < 1 || L->seq_bits < 32 || L->seq_bits > 56 ||
         L->text_size > 255 || L->slot_text + L->text_size > L->slot_size ||
         ((uintptr_t)self->view.buf) % 8) {
         PyBuffer_Release(&self->view);
@@ -296,6 +297,12 @@ static void sync_era(const Layout *L, char *sh, uint64_t base) {
     st_rel(sh + L->shard_base, base);
 }
 
+/* First sequence number of the era that a head word value belongs to. */
+static inline uint64_t era_base(Mapping *m, uint64_t head) {
+    uint64_t gen = head >> m->L.seq_bits;
+    return ld_acq(m->mem + m->L.hdr_base_of + 8 * (Py_ssize_t)(gen % (uint64_t)m->L.base_slots));
+}
+
 static inline int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -346,12 +353,12 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     }
 
     char *mem = self->mem, *sh = self->shard;
-    uint64_t seq = __atomic_fetch_add(U64(mem + L->hdr_head), 1, __ATOMIC_ACQ_REL);
-    /* base is the first sequence number after the last clear. Loading it after our claim decides
-     * which era the event belongs to, the same way for the ring (seq >= base) and the counters. */
-    uint64_t base = ld_acq(mem + L->hdr_base);
-    if (seq < base)  /* claimed before a concurrent clear_events(): it is part of what was cleared */
-        return PyLong_FromUnsignedLongLong(seq);
+    /* One atomic claims the sequence number and names its era: clear_events() starts a new
+     * generation by CAS on this same word, after publishing the generation's first sequence
+     * number (base) in base_of. So base_of[gen] is visible here and seq >= base, always. */
+    uint64_t head = __atomic_fetch_add(U64(mem + L->hdr_head), 1, __ATOMIC_ACQ_REL);
+    uint64_t seq = head & (((uint64_t)1 << L->seq_bits) - 1);
+    uint64_t base = era_base(self, head);
     sync_era(L, sh, base);
     st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16));
     st_rlx(sh + L->shard_jts, (uint64_t)ts);
@@ -499,6 +506,26 @@ static PyObject *Mapping_retire(Mapping *self, PyObject *const *args, Py_ssize_t
     return PyLong_FromSsize_t(done);
 }
 
+/* new_era() -> base: start a new clear generation whose first sequence number is the current
+ * head. The base is published in base_of before the CAS that makes the generation visible.
+ * The window between load and CAS is a few instructions, so writers' fetch_adds rarely make
+ * it retry; each retry means they made progress. */
+static PyObject *Mapping_new_era(Mapping *self, PyObject *unused) {
+    if (check_open(self)) return NULL;
+    const Layout *L = &self->L;
+    char *hp = self->mem + L->hdr_head;
+    uint64_t mask = ((uint64_t)1 << L->seq_bits) - 1;
+    uint64_t cur = ld_acq(hp);
+    for (;;) {
+        uint64_t gen = ((cur >> L->seq_bits) + 1) & ((~(uint64_t)0) >> L->seq_bits);
+        uint64_t base = cur & mask;
+        st_rel(self->mem + L->hdr_base_of + 8 * (Py_ssize_t)(gen % (uint64_t)L->base_slots), base);
+        if (__atomic_compare_exchange_n(U64(hp), &cur, (gen << L->seq_bits) | base, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE))
+            return PyLong_FromUnsignedLongLong(base);
+    }
+}
+
 /* add_expired(n): count records retired by this process's retention cleanup, in its own shard. */
 static PyObject *Mapping_add_expired(Mapping *self, PyObject *arg) {
     if (check_open(self)) return NULL;
@@ -506,7 +533,7 @@ static PyObject *Mapping_add_expired(Mapping *self, PyObject *arg) {
     uint64_t n = PyLong_AsUnsignedLongLong(arg);
     if (n == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     const Layout *L = &self->L;
-    sync_era(L, self->shard, ld_acq(self->mem + L->hdr_base));
+    sync_era(L, self->shard, era_base(self, ld_acq(self->mem + L->hdr_head)));
     char *c = self->shard + L->shard_expired;
     st_rel(c, ld_rlx(c) + n);
     Py_RETURN_NONE;
@@ -542,6 +569,7 @@ static PyMethodDef Mapping_methods[] = {
     {"fetch_add", (PyCFunction)(void (*)(void))Mapping_fetch_add, METH_FASTCALL, "Atomic add; returns the old value."},
     {"retire", (PyCFunction)(void (*)(void))Mapping_retire, METH_FASTCALL, "CAS slot words to another state."},
     {"peer_update", (PyCFunction)(void (*)(void))Mapping_peer_update, METH_FASTCALL, "Apply a lifecycle event to the peer table."},
+    {"new_era", (PyCFunction)Mapping_new_era, METH_NOARGS, "Start a new clear generation; returns its base."},
     {"add_expired", (PyCFunction)Mapping_add_expired, METH_O, "Count n expired records in this process's shard."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
     {NULL},

@@ -42,7 +42,7 @@ def retained_slots(seg: Segment, min_severity: int = 0) -> tuple[np.ndarray, np.
     Retained: committed, in the current era (seq >= base), claimed (seq < head) and in the slot
     its sequence number maps to. Validated here because the words are untrusted input.
     """
-    head, base = seg.load("head"), seg.load("base")
+    head, base = seg.era()
     seg.native.fence()
     w = seg.slots["w"].copy()
     seq = L.w_seq(w)
@@ -86,7 +86,7 @@ def newest_window(seg: Segment, limit: int, min_severity: int) -> tuple[np.ndarr
     Correct because a slot outside the window [head - k, head) can only hold a sequence number
     below head - k: anything found inside the window at or above head - k is newer.
     """
-    head, base = seg.load("head"), seg.load("base")
+    head, base = seg.era()
     seg.native.fence()
     k = max(4 * limit, 4096)
     while k < seg.capacity:

@@ -292,19 +292,17 @@ class Recorder:
     def clear_events(self) -> None:
         """Forget every retained event and zero the stats, for every process.
 
-        Moving ``base`` to the current head is the whole operation: records and shard counters
-        of earlier sequence numbers stop counting everywhere at once, and each writer zeroes its
-        own counters at its next event (see sync_era in _native.c). Nothing waits for writers.
+        A clear starts a new generation in the head word, whose first sequence number is the
+        head at that moment: records and shard counters of earlier sequence numbers stop counting
+        everywhere at once, and each writer zeroes its own counters at its next event (sync_era
+        in _native.c). The generation's base is published before the CAS that starts it, so a
+        writer that claims a sequence number in the new generation always finds its base.
+        Nothing waits for writers.
         """
         with self._lock:
             self._check_open()
-            seg = self._seg
-            off = seg.header_word("base")
-            for _ in range(1000):  # base only moves forward, even with concurrent clears
-                cur, head = seg.native.load(off), seg.load("head")
-                if head <= cur or seg.native.cas(off, cur, head):
-                    break
-            seg.native.store(seg.header_word("peers_untracked"), 0)
+            self._seg.native.new_era()
+            self._seg.native.store(self._seg.header_word("peers_untracked"), 0)
 
     def cleanup_old_events(self) -> int:
         """Drop retained events older than ``retention_period``; returns how many."""

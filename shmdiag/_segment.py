@@ -104,6 +104,15 @@ class Segment:
     def load(self, field: str) -> int:
         return self.native.load(self.header_word(field))
 
+    def base_word(self, gen: int) -> int:
+        return self.header_word("base_of") + 8 * (gen % L.BASE_SLOTS)
+
+    def era(self) -> tuple[int, int]:
+        """(head, base): the next sequence number, and the first one since the last clear.
+        Records and shard counters of sequence numbers below base belong to a cleared era."""
+        head = self.load("head")
+        return head & L.SEQ_MASK, self.native.load(self.base_word(head >> L.SEQ_BITS))
+
     # -- lifetime --------------------------------------------------------------------------
     @classmethod
     def create(cls, config: RecorderConfig) -> Segment:

@@ -29,7 +29,7 @@ class Accounting:
 
 
 def _era_shards(seg: Segment) -> np.ndarray:
-    base = seg.load("base")
+    _, base = seg.era()
     seg.native.fence()
     shards = seg.shards.copy()
     used = (shards["owner"] & 0xFF) != L.SH_FREE
@@ -70,7 +70,7 @@ def compute(seg: Segment) -> DiagnosticStats:
 
 def connected_peers(seg: Segment) -> set[str]:
     """Peer ids whose latest lifecycle event (by sequence number) since the last clear is a connect."""
-    base = seg.load("base")
+    _, base = seg.era()
     seg.native.fence()
     peers = seg.peers.copy()
     ready = (peers["key_state"] & 3) == 2

@@ -197,7 +197,7 @@ class ShardManager:
         meta = nat.load(word("jmeta"))
         tidx, sev, flags, outcome = meta & 0xFF, (meta >> 8) & 0xFF, (meta >> 16) & 0xFF, (meta >> 24) & 0xFF
         tidx, sev = min(tidx, L.TYPE_SLOTS - 1), min(sev, 4)
-        base = seg.load("base")
+        _, base = seg.era()
         slot = seq % seg.capacity
         woff = seg.slot_word(slot)
         busy = L.w_make(seq, sev, L.ST_BUSY)
