@@ -371,11 +371,18 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     for (int t = 0; t < 8; t++) {
         /* Never wait: a busy slot (a writer still in it, perhaps stopped) or a newer occupant
          * (a writer a lap ahead got here first) means this event is dropped, and counted. */
-        if (cur != 0 && (w_seq1(L, cur) >= seq + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) break;
+        if (cur != 0 && (w_seq1(L, cur) >= seq + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) {
+            /* ...unless the occupant names a sequence number nobody has claimed yet: that word is
+             * garbage (a corrupted segment), and waiting it out would lose this slot for good. */
+            uint64_t claimed = ld_acq(mem + L->hdr_head) & (((uint64_t)1 << L->seq_bits) - 1);
+            if (w_seq1(L, cur) - 1 < claimed) break;
+        }
         st_rlx(sh + L->shard_jprev, cur);   /* ordered before the CAS by its release half */
         if (__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, seq, (unsigned)sev, L->st_busy), 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            int was_live = cur != 0 && w_state(L, cur) == (uint64_t)L->st_committed && w_seq1(L, cur) - 1 >= base;
+            /* a live record of this era, older than ours (a garbage word is neither) */
+            int was_live = cur != 0 && w_state(L, cur) == (uint64_t)L->st_committed && w_seq1(L, cur) - 1 >= base &&
+                           w_seq1(L, cur) - 1 < seq;
             outcome = was_live ? L->out_overwrote : L->out_clean;
             break;
         }

@@ -33,7 +33,10 @@ def datetime_to_ns(ts: datetime) -> int:
         raise TypeError(f"timestamp must be a datetime, not {type(ts).__name__}")
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError("timestamp must be timezone-aware (for example datetime.now(timezone.utc))")
-    return (ts - _EPOCH) // timedelta(microseconds=1) * 1000
+    ns = (ts - _EPOCH) // timedelta(microseconds=1) * 1000
+    if not -(1 << 63) < ns < 1 << 63:
+        raise ValueError(f"timestamp {ts.isoformat()} is outside 1677-09-21..2262-04-11 (int64 nanoseconds)")
+    return ns
 
 
 def retained_slots(seg: Segment, min_severity: int = 0) -> tuple[np.ndarray, np.ndarray]:

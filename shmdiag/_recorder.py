@@ -199,7 +199,10 @@ class Recorder:
             raise ValueError(f"direction must be 'inbound' or 'outbound', got {direction!r}")
         if type(size) is not int or size < 0 or type(peer_id) is not str or not peer_id or type(msg_type) is not str:
             _bad_message_args(peer_id, msg_type, size)
-        self._write(3, 0, flags, 2, 0, size, "", peer_id, msg_type, "", "")
+        try:
+            self._write(3, 0, flags, 2, 0, size, "", peer_id, msg_type, "", "")
+        except OverflowError:  # raised before anything is claimed: nothing recorded
+            raise ValueError(f"size is too large: {size}") from None
         if self._log_debug:
             self._log(0, "message", peer_id, f"Message {direction}: {msg_type} ({size} bytes)")
 
@@ -378,5 +381,3 @@ def _bad_message_args(peer_id: object, msg_type: object, size: object) -> None:
         raise TypeError(f"size must be an int, not {type(size).__name__}")
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
-    if size >= 1 << 63:
-        raise ValueError(f"size is too large: {size}")

@@ -194,6 +194,9 @@ class ShardManager:
         if j == 0:
             return
         seq, phase = (j >> L.J_PHASE_BITS) - 1, j & ((1 << L.J_PHASE_BITS) - 1)
+        if seq > L.SEQ_MASK or seq >= seg.era()[0]:
+            nat.store(word("journal"), 0)  # not a sequence number a writer could hold: corrupt, drop it
+            return
         meta = nat.load(word("jmeta"))
         tidx, sev, flags, outcome = meta & 0xFF, (meta >> 8) & 0xFF, (meta >> 16) & 0xFF, (meta >> 24) & 0xFF
         tidx, sev = min(tidx, L.TYPE_SLOTS - 1), min(sev, 4)
@@ -225,7 +228,7 @@ class ShardManager:
             committed = nat.load(woff) == L.w_make(seq, sev, L.ST_COMMITTED)
             if freed or committed:  # its CAS took the slot from jprev
                 prev = nat.load(word("jprev"))
-                if prev and L.w_state(prev) == L.ST_COMMITTED and L.w_seq(prev) >= base:
+                if prev and L.w_state(prev) == L.ST_COMMITTED and base <= L.w_seq(prev) < seq:
                     bump("overwritten")
             if not committed:
                 bump("abandoned")
