@@ -171,14 +171,14 @@ class Recorder:
         ts = 0 if event.timestamp is None else (_reader.datetime_to_ns(event.timestamp) or 1)
         tidx = self._shards.type_index(etype)
         self._write(L.KIND_EVENT, sev, flags, tidx, ts, 0, etype, peer, meta, error or "", message)
-        if sev >= self._log_min:
+        if sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
             self._log(sev, etype, peer, message)
 
     def record_peer_connection(self, peer_id: str, address: str) -> None:
         _need_str(peer_id, "peer_id", nonempty=True)
         _need_str(address, "address")
         self._write(L.KIND_CONNECT, 1, L.F_LIFE_CONNECT, _TYPE_CONNECTED, 0, 0, "", peer_id, address, "", "")
-        if self._log_min <= 1:
+        if self._log_min <= 1 and self._logger.isEnabledFor(logging.INFO):
             self._log(1, "peer_connected", peer_id, f"Peer connected: {address}")
 
     def record_peer_disconnection(self, peer_id: str, address: str, reason: str) -> None:
@@ -186,7 +186,7 @@ class Recorder:
         _need_str(address, "address")
         _need_str(reason, "reason")
         self._write(L.KIND_DISCONNECT, 2, L.F_LIFE_DISCONNECT, _TYPE_DISCONNECTED, 0, 0, "", peer_id, address, reason, "")
-        if self._log_min <= 2:
+        if self._log_min <= 2 and self._logger.isEnabledFor(logging.WARNING):
             self._log(2, "peer_disconnected", peer_id, f"Peer disconnected: {address} ({reason})")
 
     def record_message(self, peer_id: str, msg_type: str, direction: str, size: int) -> None:
@@ -203,7 +203,7 @@ class Recorder:
             self._write(3, 0, flags, 2, 0, size, "", peer_id, msg_type, "", "")
         except OverflowError:  # raised before anything is claimed: nothing recorded
             raise ValueError(f"size is too large: {size}") from None
-        if self._log_debug:
+        if self._log_debug and self._logger.isEnabledFor(logging.DEBUG):
             self._log(0, "message", peer_id, f"Message {direction}: {msg_type} ({size} bytes)")
 
     def record_error(self, peer_id: str, err: BaseException | str, operation: str) -> None:
@@ -215,10 +215,11 @@ class Recorder:
         text = err if isinstance(err, str) else str(err) or type(err).__name__
         sev = 3 if peer_id else 4
         self._write(L.KIND_ERROR, sev, L.F_HAS_ERROR, _TYPE_ERROR, 0, 0, "", peer_id, operation, text, "")
-        if sev >= self._log_min:
+        if sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
             self._log(sev, "error", peer_id, f"Error in {operation}: {text}")
 
     def _log(self, sev: int, etype: str, peer: str, message: str) -> None:
+        # Callers check log_level and isEnabledFor first, so no text is built for a silent logger.
         # CRITICAL is logged like everything else: recording an event never ends the process.
         if peer:
             self._logger.log((sev + 1) * 10, "%s [%s] %s", etype, peer, message)

@@ -72,13 +72,12 @@ def connected_peers(seg: Segment) -> set[str]:
     """Peer ids whose latest lifecycle event (by sequence number) since the last clear is a connect."""
     _, base = seg.era()
     seg.native.fence()
-    peers = seg.peers.copy()
-    ready = (peers["key_state"] & 3) == 2
-    peers = peers[ready & (peers["life"] != 0)]
-    life = peers["life"]
-    keep = (life >> 1) - 1 >= base
+    life = seg.peers["life"].copy()  # two columns, not the whole table: keys only where needed
+    ready = ((seg.peers["key_state"] & 3) == 2) & (life != 0)
+    keep = np.flatnonzero(ready & ((life >> 1) - 1 >= base))
+    rows = seg.peers[keep]
     latest: dict[bytes, int] = {}
-    for key, n, lw in zip(peers["key"][keep], peers["key_len"][keep], life[keep]):
+    for key, n, lw in zip(rows["key"], rows["key_len"], life[keep]):
         k = bytes(key)[: int(n)]
         if int(lw) > latest.get(k, 0):  # duplicates of a key (racing inserts) merge: newest wins
             latest[k] = int(lw)
