@@ -9,7 +9,8 @@
  *
  * The write protocol for one event with sequence number s (see _layout.py for the word formats):
  *
- *   1. s = fetch_add(head, 1)                      global order; slot = s % capacity
+ *   1. s = fetch_add(head, 1)                      global order; slot = s % capacity; the head word
+ *                                                  also carries the clear generation (era) of s
  *   2. journal = (s, CLAIMED)                       a dead writer's event can be accounted for
  *   3. CAS the slot word from an older, non-busy value to BUSY(s)
  *        a newer or busy occupant -> the event is dropped and counted as lost (never wait)
