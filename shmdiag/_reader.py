@@ -97,8 +97,8 @@ def newest_window(seg: Segment, limit: int, min_severity: int) -> tuple[np.ndarr
         seqs = np.arange(lo, head, dtype=np.uint64)
         pos = seqs % np.uint64(seg.capacity)
         w = seg.slots["w"][pos]
-        ok = (w == (((seqs + np.uint64(1)) << np.uint64(L.W_SEQ_SHIFT)) | (L.w_severity(w) << np.uint64(L.W_STATE_BITS))
-                    | np.uint64(L.ST_COMMITTED))) & (L.w_severity(w) >= min_severity) & (L.w_severity(w) <= 4)
+        sev = L.w_severity(w)
+        ok = (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev >= min_severity) & (sev <= 4)
         found = np.flatnonzero(ok)
         if len(found) >= limit or lo == base:  # lo == base: the window holds the whole era
             found = found[-limit:]
