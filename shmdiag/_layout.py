@@ -47,7 +47,8 @@ OUT_CLEAN, OUT_OVERWROTE, OUT_LOST = 0, 1, 2
 SH_FREE, SH_ACTIVE, SH_EXITED, SH_DEAD, SH_REAPING = 0, 1, 2, 3, 4
 
 # Record kinds: helpers store typed fields and their text is rendered at read time.
-KIND_EVENT, KIND_CONNECT, KIND_DISCONNECT, KIND_MESSAGE, KIND_ERROR = 0, 1, 2, 3, 4
+KIND_EVENT, KIND_CONNECT, KIND_DISCONNECT, KIND_MESSAGE, KIND_ERROR, KIND_LATENCY = 0, 1, 2, 3, 4, 5
+KIND_MAX = KIND_LATENCY
 
 # Record flags.
 F_TRUNCATED = 1
@@ -67,12 +68,12 @@ PEER_CAP = 64
 TYPE_SLOTS = 64
 TYPE_NAME_SIZE = 32
 OTHER_TYPE = "(other)"
-BUILTIN_TYPES = ("peer_connected", "peer_disconnected", "message", "error")
+BUILTIN_TYPES = ("peer_connected", "peer_disconnected", "message", "error", "latency")
 
 HEADER_FLAG_METRICS = 1
 HEADER_FLAG_HEALTH = 2
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-EXPORT_FORMATS = ("json",)
+EXPORT_FORMATS = ("json", "ndjson")
 
 
 def _struct(itemsize: int, *fields: tuple) -> np.dtype:

@@ -78,7 +78,7 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
     valid &= (words * _KEYS).sum(axis=1, dtype=np.uint64) == recs["checksum"]
     lens = recs["lens"].astype(np.int64)
     valid &= (lens[:, 0] <= L.TYPE_CAP) & (lens[:, 1] <= L.PEER_CAP) & (lens.sum(axis=1) <= L.TEXT_SIZE)
-    valid &= recs["kind"] <= L.KIND_ERROR
+    valid &= recs["kind"] <= L.KIND_MAX
     return recs, valid
 
 
@@ -155,6 +155,12 @@ def decode(rec: np.void) -> DiagnosticEvent:
         operation = _text(f1)
         etype_s, message, metadata = "error", f"Error in {operation}", {"operation": operation}
         error = _text(f2)
+    elif kind == L.KIND_LATENCY:
+        op, seconds = _text(f1), int(rec["value"]) / 1e9
+        etype_s, message = "latency", f"{op} took {seconds * 1e3:.3f} ms"
+        metadata = {"op": op, "seconds": seconds}
+        if flags & L.F_HAS_ERROR:
+            error = _text(f2)
     else:
         etype_s, message = _text(etype), _text(f3)
         metadata = None
