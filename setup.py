@@ -6,6 +6,7 @@ setup(
         Extension(
             "shmdiag._native",
             sources=["shmdiag/_native.c"],
+            libraries=["m"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]

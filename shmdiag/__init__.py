@@ -17,7 +17,17 @@ from ._errors import (
     ShmDiagError,
     TooManyWritersError,
 )
-from ._models import DiagnosticEvent, DiagnosticStats, HealthStatus, Severity
+from ._loghandler import LoggingHandler
+from ._models import (
+    DiagnosticEvent,
+    DiagnosticStats,
+    HealthStatus,
+    LatencyStats,
+    NetworkDiagnostic,
+    PeerDiagnostic,
+    Severity,
+    WriterInfo,
+)
 from ._recorder import Recorder
 from ._segment import RingExistsError
 
@@ -26,8 +36,12 @@ __all__ = [
     "DiagnosticEvent",
     "DiagnosticStats",
     "HealthStatus",
+    "LatencyStats",
     "LayoutVersionError",
+    "LoggingHandler",
+    "NetworkDiagnostic",
     "NotARingError",
+    "PeerDiagnostic",
     "Recorder",
     "RecorderClosedError",
     "RecorderConfig",
@@ -37,6 +51,7 @@ __all__ = [
     "Severity",
     "ShmDiagError",
     "TooManyWritersError",
+    "WriterInfo",
 ]
 
 __version__ = "0.1.0"

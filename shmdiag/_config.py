@@ -36,7 +36,7 @@ class RecorderConfig:
     export_format: str = "json"
     name: str | None = None
     max_writers: int = 128
-    max_peers: int = 16384
+    max_peers: int = 4096
 
     @classmethod
     def default(cls) -> RecorderConfig:

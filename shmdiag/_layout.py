@@ -6,7 +6,8 @@ here changes both, and bumps :data:`VERSION` so older readers refuse the new seg
 
 Segment::
 
-    [ header: 4096 bytes ][ shards: max_shards x SHARD ][ peers: max_peers x PEER ][ slots: capacity x SLOT ]
+    [ header: 4096 bytes ][ shards: max_shards x SHARD ][ peers: 2 max_peers x PEER ][ ops: OP_SLOTS x OP ]
+    [ slots: capacity x SLOT ]
 
 Slot word ``w`` (first u64 of every slot), published with a release store::
 
@@ -17,12 +18,13 @@ so the reader finds sequence, severity and state of every record from one array 
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 4096
 SLOT_SIZE = 256
 CACHE_LINE = 64
@@ -70,6 +72,28 @@ TYPE_NAME_SIZE = 32
 OTHER_TYPE = "(other)"
 BUILTIN_TYPES = ("peer_connected", "peer_disconnected", "message", "error", "latency")
 
+# Message types, named once for the whole ring (header registry), so each peer entry can count
+# bytes per message type as Bitcoin Core's getpeerinfo does; the last entry collects the rest.
+MSG_TYPES = 47
+MSG_NAME_SIZE = 16
+OTHER_MSG = "*other*"
+
+# Peer table: open addressing over 2 x max_peers entries, at most max_peers of them used, so a
+# lookup ends at an empty entry after a few probes even when the cap is reached.
+PEER_TABLE_FACTOR = 2
+ADDR_CAP = 72
+
+# Timed operations (spans, record_latency): a log-bucketed histogram per operation, as in
+# DDSketch. Bucket i >= 1 holds durations d (ns) with gamma**(i-1) < d <= gamma**i; reporting
+# 2 gamma**i / (gamma + 1) is within LATENCY_ALPHA of every value in the bucket.
+OP_SLOTS = 32
+OP_NAME_SIZE = 32
+OP_BUCKETS = 1536
+LATENCY_ALPHA = 0.01
+LATENCY_GAMMA = (1 + LATENCY_ALPHA) / (1 - LATENCY_ALPHA)
+OTHER_OP = "(other)"
+PING_OPS = ("ping", "pong")  # latency of these operations, for a peer, is that peer's ping time
+
 HEADER_FLAG_METRICS = 1
 HEADER_FLAG_HEALTH = 2
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -109,11 +133,17 @@ HEADER = _struct(
     ("retention_period", "<f8", 104),
     ("log_level", "<u1", 112),
     ("export_format", "<u1", 113),
+    ("ops_off", "<u8", 116),
     ("header_crc", "<u4", 124),
     # live words, each hot one on a cache line of its own
     ("head", "<u8", 256),                 # (generation << SEQ_BITS) | next sequence number
     ("base_of", "<u8", (BASE_SLOTS,), 320),  # first sequence number of generation g, at g % BASE_SLOTS
-    ("peers_untracked", "<u8", 384),  # lifecycle events of peers that found the peer table full
+    ("peers_untracked", "<u8", 384),        # connects of peers that found the peer table full
+    ("peer_events_untracked", "<u8", 392),  # events of any kind for peers not in the table
+    ("peers_used", "<u8", 448),             # entries claimed in the peer table (at most max_peers)
+    ("clear_lock", "<u8", 512),             # pid of the process clearing, or 0: clears are serialised
+    ("msg_state", "<u8", (MSG_TYPES,), 1024),  # 0 empty, 1 being named, (hash << 8) | (len << 2) | 2
+    ("msg_name", f"S{MSG_NAME_SIZE}", (MSG_TYPES,), 1408),
 )
 HEADER_STATIC_SIZE = 124  # bytes covered by header_crc
 
@@ -142,11 +172,48 @@ SHARD = _struct(
 )
 
 PEER = _struct(
-    96,
+    1024,
     ("key_state", "<u8", 0),  # 0 empty, 1 key being written, (fnv1a(key) << 2) | 2 ready
     ("life", "<u8", 8),       # ((seq + 1) << 1) | connected, of the latest lifecycle event
-    ("key_len", "<u1", 16),
-    ("key", f"S{PEER_CAP}", 24),
+    ("era", "<u8", 16),       # base + 1 of the clear generation the counters below belong to
+    ("key_len", "<u1", 24),
+    ("addr_len", "<u1", 25),
+    ("connected_at", "<i8", 32),   # ns, of the latest connect
+    ("last_activity", "<i8", 40),  # ns, of the latest event of any kind
+    ("msgs_sent", "<u8", 48),
+    ("msgs_recv", "<u8", 56),
+    ("bytes_sent", "<u8", 64),
+    ("bytes_recv", "<u8", 72),
+    ("errors", "<u8", 80),         # events at ERROR or CRITICAL
+    ("ping_count", "<u8", 88),
+    ("ping_sum_ns", "<u8", 96),
+    ("ping_last_ns", "<u8", 104),
+    ("ping_min_ns", "<u8", 112),
+    ("events", "<u8", 120),
+    ("key", f"S{PEER_CAP}", 128),
+    ("addr", f"S{ADDR_CAP}", 192),
+    ("bytes_sent_per_msg", "<u8", (MSG_TYPES,), 264),
+    ("bytes_recv_per_msg", "<u8", (MSG_TYPES,), 264 + 8 * MSG_TYPES),
+)
+PEER_COUNTERS = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns",
+                 "ping_last_ns", "ping_min_ns", "events")  # zeroed when a clear starts a new generation
+
+OP_BANK = _struct(
+    32 + 8 * OP_BUCKETS,
+    ("count", "<u8", 0),     # durations in the histogram
+    ("errors", "<u8", 8),    # spans that raised: counted, not timed
+    ("sum_ns", "<u8", 16),
+    ("max_ns", "<u8", 24),
+    ("buckets", "<u8", (OP_BUCKETS,), 32),
+)
+
+# Two banks per operation, used by alternate clear generations: the clearer zeroes the next
+# generation's bank before it starts, so no writer ever adds into a bank being zeroed.
+OP = _struct(
+    64 + 2 * OP_BANK.itemsize,
+    ("name_state", "<u8", 0),  # as msg_state
+    ("name", f"S{OP_NAME_SIZE}", 16),
+    ("banks", OP_BANK, (2,), 64),
 )
 
 SLOT = _struct(
@@ -202,9 +269,24 @@ def segment_offsets(capacity: int, max_shards: int, max_peers: int) -> dict[str,
     """Where each region starts, and the segment's total size, for a ring of this shape."""
     shards_off = HEADER_SIZE
     peers_off = _align(shards_off + max_shards * SHARD.itemsize, CACHE_LINE)
-    slots_off = _align(peers_off + max_peers * PEER.itemsize, 4096)
-    return {"shards_off": shards_off, "peers_off": peers_off, "slots_off": slots_off,
+    ops_off = _align(peers_off + PEER_TABLE_FACTOR * max_peers * PEER.itemsize, CACHE_LINE)
+    slots_off = _align(ops_off + OP_SLOTS * OP.itemsize, 4096)
+    return {"shards_off": shards_off, "peers_off": peers_off, "ops_off": ops_off, "slots_off": slots_off,
             "total_size": slots_off + capacity * SLOT_SIZE}
+
+
+def latency_bucket(ns: int) -> int:
+    """The histogram bucket of a duration; the native writer computes the same (tests check)."""
+    if ns <= 1:
+        return 0
+    return min(OP_BUCKETS - 1, max(1, math.ceil(math.log(ns) / math.log(LATENCY_GAMMA))))
+
+
+def latency_value(bucket: int) -> float:
+    """The duration (ns) a bucket stands for: within LATENCY_ALPHA of all it holds."""
+    if bucket <= 0:
+        return 0.0
+    return 2 * LATENCY_GAMMA**bucket / (LATENCY_GAMMA + 1)
 
 
 def header_crc(raw: bytes) -> int:
@@ -214,13 +296,20 @@ def header_crc(raw: bytes) -> int:
 def native_layout(header: np.void) -> dict[str, object]:
     """Every offset and constant the native writer needs, derived from the dtypes above."""
     out: dict[str, object] = {}
-    for prefix, dt in (("hdr_", HEADER), ("slot_", SLOT), ("shard_", SHARD), ("peer_", PEER)):
+    for prefix, dt in (("hdr_", HEADER), ("slot_", SLOT), ("shard_", SHARD), ("peer_", PEER), ("op_", OP),
+                       ("bank_", OP_BANK)):
         for name in dt.names:
             out[prefix + name] = dt.fields[name][1]
     out.update(
         capacity=int(header["capacity"]), slot_size=SLOT_SIZE, slots_off=int(header["slots_off"]),
         shards_off=int(header["shards_off"]), shard_size=SHARD.itemsize, max_shards=int(header["max_shards"]),
         peers_off=int(header["peers_off"]), peer_size=PEER.itemsize, max_peers=int(header["max_peers"]),
+        peer_slots=PEER_TABLE_FACTOR * int(header["max_peers"]), addr_cap=ADDR_CAP,
+        msg_types=MSG_TYPES, msg_name_size=MSG_NAME_SIZE,
+        ops_off=int(header["ops_off"]), op_size=OP.itemsize, op_slots=OP_SLOTS, op_name_size=OP_NAME_SIZE,
+        bank_size=OP_BANK.itemsize, op_buckets=OP_BUCKETS, flag_has_error=F_HAS_ERROR, flag_outbound=F_OUTBOUND,
+        kind_message=KIND_MESSAGE, kind_latency=KIND_LATENCY,
+        log_gamma=math.log(LATENCY_GAMMA),
         seq_bits=SEQ_BITS, base_slots=BASE_SLOTS, text_size=TEXT_SIZE, type_cap=TYPE_CAP, peer_cap=PEER_CAP, type_slots=TYPE_SLOTS,
         w_state_bits=W_STATE_BITS, w_sev_bits=W_SEV_BITS,
         st_committed=ST_COMMITTED, st_busy=ST_BUSY, st_deleted=ST_DELETED,

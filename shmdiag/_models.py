@@ -71,3 +71,63 @@ class HealthStatus:
     events_abandoned: int = 0
     events_expired: int = 0
     error_rate: float = 0.0
+
+
+@dataclass
+class PeerDiagnostic:
+    """One peer, over everything recorded since creation or the last clear (overwritten events
+    included). The per-message dicts are keyed by message type, as Bitcoin Core's getpeerinfo."""
+
+    peer_id: str
+    address: str = ""
+    connected_at: datetime | None = None
+    last_activity: datetime | None = None
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent_per_msg: dict[str, int] = field(default_factory=dict)
+    bytes_recv_per_msg: dict[str, int] = field(default_factory=dict)
+    latency: float | None = None  # seconds: the latest ping round trip, None before the first
+    error_count: int = 0
+    status: str = "disconnected"  # "connected" while its latest lifecycle event is a connect
+
+
+@dataclass
+class NetworkDiagnostic:
+    """All tracked peers, and how many were beyond the peer table's cap (``max_peers``)."""
+
+    total_peers: int = 0
+    active_peers: int = 0
+    disconnected_peers: int = 0
+    network_latency: float | None = None  # seconds: mean ping round trip over all peers
+    peer_diagnostics: list[PeerDiagnostic] = field(default_factory=list)
+    untracked_peers: int = 0   # connects of peers that found the table full
+    untracked_events: int = 0  # events of any kind for such peers
+
+
+@dataclass
+class LatencyStats:
+    """One timed operation, in seconds. Percentiles are within 1% of the exact ones (a
+    log-bucketed histogram); count, mean and max are exact. ``errors``: spans that raised."""
+
+    count: int = 0
+    errors: int = 0
+    mean: float = 0.0
+    p50: float = 0.0
+    p90: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+
+@dataclass
+class WriterInfo:
+    """A process that has written to the ring, with its counts since the last clear."""
+
+    pid: int
+    state: str  # "active", "exited" (released its shard) or "dead" (died holding it)
+    alive: bool
+    recorded: int = 0
+    overwritten: int = 0
+    lost: int = 0
+    abandoned: int = 0

@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -42,7 +43,8 @@ static PyObject *ClosedError;
 
 typedef struct {
     /* header */
-    Py_ssize_t hdr_head, hdr_base_of, hdr_peers_untracked, seq_bits, base_slots;
+    Py_ssize_t hdr_head, hdr_base_of, hdr_peers_untracked, hdr_peer_events_untracked, hdr_peers_used,
+        hdr_msg_state, hdr_msg_name, seq_bits, base_slots;
     /* ring */
     Py_ssize_t slots_off, slot_size, capacity;
     Py_ssize_t slot_w, slot_seq, slot_ts_ns, slot_value, slot_checksum, slot_pid, slot_severity,
@@ -54,19 +56,28 @@ typedef struct {
         shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
         shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots;
     /* peers */
-    Py_ssize_t peers_off, peer_size, max_peers;
-    Py_ssize_t peer_key_state, peer_life, peer_key_len, peer_key;
+    Py_ssize_t peers_off, peer_size, max_peers, peer_slots, addr_cap, msg_types, msg_name_size;
+    Py_ssize_t peer_key_state, peer_life, peer_era, peer_key_len, peer_addr_len, peer_connected_at,
+        peer_last_activity, peer_msgs_sent, peer_msgs_recv, peer_bytes_sent, peer_bytes_recv, peer_errors,
+        peer_ping_count, peer_ping_sum_ns, peer_ping_last_ns, peer_ping_min_ns, peer_events, peer_key, peer_addr,
+        peer_bytes_sent_per_msg, peer_bytes_recv_per_msg;
+    /* timed operations */
+    Py_ssize_t ops_off, op_size, op_slots, op_name_size, op_name_state, op_name, op_banks;
+    Py_ssize_t bank_size, bank_count, bank_errors, bank_sum_ns, bank_max_ns, bank_buckets, op_buckets;
     /* word formats */
     Py_ssize_t w_state_bits, w_sev_bits, st_committed, st_busy, st_deleted;
     Py_ssize_t j_phase_bits, ph_claimed, ph_owned, ph_counting;
     Py_ssize_t out_clean, out_overwrote, out_lost;
-    Py_ssize_t flag_truncated, flag_life_connect, flag_life_disconnect;
+    Py_ssize_t flag_truncated, flag_life_connect, flag_life_disconnect, flag_has_error, flag_outbound;
+    Py_ssize_t kind_message, kind_latency;
     Py_ssize_t metrics;
+    double log_gamma;   /* not in layout_keys: read as a float */
 } Layout;
 
 static const struct { const char *name; size_t off; } layout_keys[] = {
 #define K(f) {#f, offsetof(Layout, f)}
-    K(hdr_head), K(hdr_base_of), K(hdr_peers_untracked), K(seq_bits), K(base_slots),
+    K(hdr_head), K(hdr_base_of), K(hdr_peers_untracked), K(hdr_peer_events_untracked), K(hdr_peers_used),
+    K(hdr_msg_state), K(hdr_msg_name), K(seq_bits), K(base_slots),
     K(slots_off), K(slot_size), K(capacity),
     K(slot_w), K(slot_seq), K(slot_ts_ns), K(slot_value), K(slot_checksum), K(slot_pid),
     K(slot_severity), K(slot_kind), K(slot_flags), K(slot_lens), K(slot_text),
@@ -76,12 +87,18 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_recorded), K(shard_overwritten), K(shard_lost), K(shard_abandoned), K(shard_expired),
     K(shard_first_ts), K(shard_last_ts),
     K(shard_sev), K(shard_type_count), K(type_slots),
-    K(peers_off), K(peer_size), K(max_peers),
-    K(peer_key_state), K(peer_life), K(peer_key_len), K(peer_key),
+    K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(addr_cap), K(msg_types), K(msg_name_size),
+    K(peer_key_state), K(peer_life), K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
+    K(peer_last_activity), K(peer_msgs_sent), K(peer_msgs_recv), K(peer_bytes_sent), K(peer_bytes_recv),
+    K(peer_errors), K(peer_ping_count), K(peer_ping_sum_ns), K(peer_ping_last_ns), K(peer_ping_min_ns),
+    K(peer_events), K(peer_key), K(peer_addr), K(peer_bytes_sent_per_msg), K(peer_bytes_recv_per_msg),
+    K(ops_off), K(op_size), K(op_slots), K(op_name_size), K(op_name_state), K(op_name), K(op_banks),
+    K(bank_size), K(bank_count), K(bank_errors), K(bank_sum_ns), K(bank_max_ns), K(bank_buckets), K(op_buckets),
     K(w_state_bits), K(w_sev_bits), K(st_committed), K(st_busy), K(st_deleted),
     K(j_phase_bits), K(ph_claimed), K(ph_owned), K(ph_counting),
     K(out_clean), K(out_overwrote), K(out_lost),
-    K(flag_truncated), K(flag_life_connect), K(flag_life_disconnect),
+    K(flag_truncated), K(flag_life_connect), K(flag_life_disconnect), K(flag_has_error), K(flag_outbound),
+    K(kind_message), K(kind_latency),
     K(metrics),
 #undef K
 };
@@ -142,46 +159,182 @@ static uint64_t fnv1a(const char *p, Py_ssize_t n) {
     return h;
 }
 
-/* Lock-free insert-or-find of a peer key, then a CAS-max of its lifecycle word, so the entry
- * always holds the highest-sequence lifecycle event whichever process recorded it. An entry
- * whose key is still being written (BUSY) is skipped rather than waited for; a duplicate entry
- * can result and the reader merges duplicates by key (max lifecycle word wins). */
-static int peer_update(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq, int connected) {
+static inline void add_rlx(char *p, uint64_t v) { __atomic_fetch_add(U64(p), v, __ATOMIC_RELAXED); }
+
+static inline void max_rlx(char *p, uint64_t v) {
+    uint64_t cur = ld_rlx(p);
+    while (cur < v && !__atomic_compare_exchange_n(U64(p), &cur, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+}
+
+/* Find or name `key` in a small ring-wide registry (message types, timed operations) of n
+ * entries: state words at st + j * sstride, names at nm + j * nstride. The state word is 0
+ * (empty), 1 (a name being written) or (hash << 8) | (len << 2) | 2, published with a release
+ * store after the name bytes, so a matching state word means the name beside it is complete.
+ * An entry being named is skipped, not waited for; a racing second entry for the same name can
+ * result, and readers merge entries by name. Returns -1 when the registry is full. */
+static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize_t nstride, Py_ssize_t n,
+                                const char *key, Py_ssize_t klen) {
+    if (klen <= 0 || klen > 63 || n <= 0) return -1;
+    uint64_t h = fnv1a(key, klen);
+    uint64_t tag = ((h & 0x00FFFFFFFFFFFFFFULL) << 8) | ((uint64_t)klen << 2) | 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t j = (Py_ssize_t)((h + (uint64_t)i) % (uint64_t)n);
+        char *s = st + j * sstride;
+        uint64_t k = ld_acq(s);
+        if (k == 0) {
+            uint64_t expect = 0;
+            if (__atomic_compare_exchange_n(U64(s), &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                memcpy(nm + j * nstride, key, (size_t)klen);
+                st_rel(s, tag);
+                return j;
+            }
+            k = expect;
+        }
+        if (k == tag && memcmp(nm + j * nstride, key, (size_t)klen) == 0) return j;
+    }
+    return -1;
+}
+
+/* Lock-free find-or-insert of a peer's entry. The table has peer_slots = 2 x max_peers entries
+ * and at most max_peers are claimed (peers_used), so a lookup of an absent key stops at an
+ * empty entry after a few probes, even once the cap is reached. An entry whose key is still
+ * being written is skipped rather than waited for; a duplicate entry can result and the reader
+ * merges duplicates by key. NULL: the table is full (the caller counts the event untracked). */
+static char *peer_find(Mapping *m, const char *key, Py_ssize_t n) {
     const Layout *L = &m->L;
-    if (n <= 0 || L->max_peers <= 0) return 0;
+    if (n <= 0 || L->peer_slots <= 0) return NULL;
     if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
     uint64_t h = fnv1a(key, n);
     uint64_t tag = (h << 2) | 2;
     char *peers = m->mem + L->peers_off;
-    for (Py_ssize_t i = 0; i < L->max_peers; i++) {
-        char *e = peers + ((Py_ssize_t)((h + (uint64_t)i) % (uint64_t)L->max_peers)) * L->peer_size;
+    for (Py_ssize_t i = 0; i < L->peer_slots; i++) {
+        char *e = peers + ((Py_ssize_t)((h + (uint64_t)i) % (uint64_t)L->peer_slots)) * L->peer_size;
         char *ks = e + L->peer_key_state;
         uint64_t k = ld_acq(ks);
         if (k == 0) {
+            if (ld_rlx(m->mem + L->hdr_peers_used) >= (uint64_t)L->max_peers) return NULL;
             uint64_t expect = 0;
             if (__atomic_compare_exchange_n(U64(ks), &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                add_rlx(m->mem + L->hdr_peers_used, 1);
                 memcpy(e + L->peer_key, key, (size_t)n);
                 *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
                 st_rel(ks, tag);          /* key bytes before the tag that publishes them */
-                k = tag;
-            } else {
-                k = expect;
+                return e;
             }
+            k = expect;
         }
-        if (k == tag && *(unsigned char *)(e + L->peer_key_len) == n &&
-            memcmp(e + L->peer_key, key, (size_t)n) == 0) {
-            uint64_t want = ((seq + 1) << 1) | (connected ? 1u : 0u);
-            char *lp = e + L->peer_life;
-            uint64_t cur = ld_acq(lp);
-            for (int t = 0; t < 64 && (cur >> 1) < (want >> 1); t++) {
-                if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                    break;
-            }
-            return 1;
+        if (k == tag && *(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/* CAS-max of the entry's lifecycle word, so it holds the highest-sequence lifecycle event
+ * whichever process recorded it. Returns 1 if this event is now the latest. */
+static int peer_life(const Layout *L, char *e, uint64_t seq, int connected) {
+    uint64_t want = ((seq + 1) << 1) | (connected ? 1u : 0u);
+    char *lp = e + L->peer_life;
+    uint64_t cur = ld_acq(lp);
+    while ((cur >> 1) < (want >> 1)) {
+        if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return 1;
+    }
+    return 0;
+}
+
+/* Per-peer counters of the current clear generation, named by its base (first sequence number,
+ * which only grows). The first event of a new generation to reach an entry zeroes its counters
+ * (the CAS on the entry's era word elects one zeroer); an event of an older
+ * generation arriving late leaves them alone. Another process adding to the same peer in the
+ * instant of that zeroing could lose its add: the documented condition (a peer's events come
+ * from one process at a time) rules that out. Identity (key, address, lifecycle) survives. */
+static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
+    char *gp = e + L->peer_era;
+    uint64_t want = base + 1, eg = ld_acq(gp);
+    if (eg == want) return 1;
+    if (eg > want) return 0;
+    if (!__atomic_compare_exchange_n(U64(gp), &eg, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return eg == want;
+    const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                            L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
+                            L->peer_ping_min_ns, L->peer_events};
+    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) st_rlx(e + c[i], 0);
+    for (Py_ssize_t i = 0; i < L->msg_types; i++) {
+        st_rlx(e + L->peer_bytes_sent_per_msg + 8 * i, 0);
+        st_rlx(e + L->peer_bytes_recv_per_msg + 8 * i, 0);
+    }
+    return 1;
+}
+
+static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
+    if (ns <= 1) return 0;
+    double b = ceil(log((double)ns) / L->log_gamma);
+    if (b < 1) return 1;
+    if (b > (double)(L->op_buckets - 1)) return L->op_buckets - 1;
+    return (Py_ssize_t)b;
+}
+
+/* Everything an event adds beyond the ring and the shard counters: its peer's entry and, for a
+ * timed operation, that operation's histogram in the bank of its clear generation. Relaxed
+ * atomic adds: exact however many processes record, and no ordering is needed between them. */
+static void account_extras(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq, long kind, long sev, long flags, int64_t ts,
+                           int64_t value, const char *peer, Py_ssize_t peer_n, const char *f1, Py_ssize_t f1_n,
+                           Py_ssize_t f1_stored) {
+    const Layout *L = &m->L;
+    char *mem = m->mem;
+    int failed = (flags & L->flag_has_error) != 0;
+    if (kind == L->kind_latency) {
+        Py_ssize_t n = utf8_floor(f1, f1_n, L->op_name_size);
+        char *ops = mem + L->ops_off;
+        Py_ssize_t j = registry_find(ops + L->op_name_state, L->op_size, ops + L->op_name, L->op_size,
+                                     L->op_slots - 1, f1, n);
+        if (j < 0) j = L->op_slots - 1;
+        char *bank = ops + j * L->op_size + L->op_banks + (Py_ssize_t)(gen & 1) * L->bank_size;
+        if (failed) {
+            add_rlx(bank + L->bank_errors, 1);
+        } else {
+            add_rlx(bank + L->bank_buckets + 8 * latency_bucket(L, (uint64_t)value), 1);
+            add_rlx(bank + L->bank_sum_ns, (uint64_t)value);
+            max_rlx(bank + L->bank_max_ns, (uint64_t)value);
+            add_rlx(bank + L->bank_count, 1);
         }
     }
-    __atomic_fetch_add(U64(m->mem + L->hdr_peers_untracked), 1, __ATOMIC_RELAXED);
-    return 0;
+    if (peer_n <= 0) return;
+    char *e = peer_find(m, peer, peer_n);
+    int life = (flags & (L->flag_life_connect | L->flag_life_disconnect)) != 0;
+    if (!e) {
+        add_rlx(mem + L->hdr_peer_events_untracked, 1);
+        if (flags & L->flag_life_connect) add_rlx(mem + L->hdr_peers_untracked, 1);
+        return;
+    }
+    if (life && peer_life(L, e, seq, (flags & L->flag_life_connect) != 0)) {
+        /* The latest lifecycle event names the address. */
+        Py_ssize_t an = utf8_floor(f1, f1_stored, L->addr_cap);
+        memcpy(e + L->peer_addr, f1, (size_t)an);
+        *(unsigned char *)(e + L->peer_addr_len) = (unsigned char)an;
+        if (flags & L->flag_life_connect) st_rlx(e + L->peer_connected_at, (uint64_t)ts);
+    }
+    if (!peer_counters_current(L, e, base)) return;
+    add_rlx(e + L->peer_events, 1);
+    max_rlx(e + L->peer_last_activity, (uint64_t)ts);
+    if (sev >= 3) add_rlx(e + L->peer_errors, 1);
+    if (kind == L->kind_message) {
+        int out = (flags & L->flag_outbound) != 0;
+        Py_ssize_t t = f1_n <= L->msg_name_size
+            ? registry_find(mem + L->hdr_msg_state, 8, mem + L->hdr_msg_name, L->msg_name_size, L->msg_types - 1, f1, f1_n)
+            : -1;
+        if (t < 0) t = L->msg_types - 1;
+        add_rlx(e + (out ? L->peer_msgs_sent : L->peer_msgs_recv), 1);
+        add_rlx(e + (out ? L->peer_bytes_sent : L->peer_bytes_recv), (uint64_t)value);
+        add_rlx(e + (out ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * t, (uint64_t)value);
+    } else if (kind == L->kind_latency && !failed && f1_n == 4 && (memcmp(f1, "ping", 4) == 0 || memcmp(f1, "pong", 4) == 0)) {
+        add_rlx(e + L->peer_ping_sum_ns, (uint64_t)value);
+        st_rlx(e + L->peer_ping_last_ns, (uint64_t)value);
+        char *mp = e + L->peer_ping_min_ns;   /* 0: no ping yet */
+        uint64_t cur = ld_rlx(mp);
+        while ((cur == 0 || (uint64_t)value < cur) &&
+               !__atomic_compare_exchange_n(U64(mp), &cur, (uint64_t)value, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+        add_rlx(e + L->peer_ping_count, 1);
+    }
 }
 
 /* ---- Mapping object ---------------------------------------------------------------------- */
@@ -198,6 +351,11 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
         if (x < 0) { PyErr_Format(PyExc_ValueError, "layout %s is negative", layout_keys[i].name); return -1; }
         *(Py_ssize_t *)((char *)&self->L + layout_keys[i].off) = x;
     }
+    PyObject *lg = PyDict_GetItemString(layout, "log_gamma");
+    if (!lg) { PyErr_SetString(PyExc_KeyError, "layout is missing log_gamma"); return -1; }
+    self->L.log_gamma = PyFloat_AsDouble(lg);
+    if (self->L.log_gamma == -1.0 && PyErr_Occurred()) return -1;
+    if (!(self->L.log_gamma > 0)) { PyErr_SetString(PyExc_ValueError, "log_gamma must be positive"); return -1; }
     PyObject *keys = PyDict_GetItemString(layout, "checksum_keys");
     if (!keys || !PyBytes_Check(keys)) { PyErr_SetString(PyExc_KeyError, "layout is missing checksum_keys"); return -1; }
     const Layout *L = &self->L;
@@ -210,9 +368,13 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
     if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) return -1;
     Py_ssize_t need_slots = L->slots_off + L->capacity * L->slot_size;
     Py_ssize_t need_shards = L->shards_off + L->max_shards * L->shard_size;
-    Py_ssize_t need_peers = L->peers_off + L->max_peers * L->peer_size;
+    Py_ssize_t need_peers = L->peers_off + L->peer_slots * L->peer_size;
+    Py_ssize_t need_ops = L->ops_off + L->op_slots * L->op_size;
     if (L->capacity < 1 || need_slots > self->view.len || need_shards > self->view.len ||
-        need_peers > self->view.len || L->hdr_head + 8 > self->view.len || L->hdr_base_of + 8 * L->base_slots > self->view.len ||
+        need_peers > self->view.len || need_ops > self->view.len || L->op_slots < 1 || L->msg_types < 1 ||
+        L->peer_slots < L->max_peers || L->op_buckets < 2 ||
+        L->hdr_msg_state + 8 * L->msg_types > self->view.len || L->hdr_msg_name + L->msg_name_size * L->msg_types > self->view.len ||
+        L->hdr_head + 8 > self->view.len || L->hdr_base_of + 8 * L->base_slots > self->view.len ||
         L->base_slots < 1 || L->seq_bits < 32 || L->seq_bits > 56 ||
         L->text_size > 255 || L->slot_text + L->text_size > L->slot_size ||
         ((uintptr_t)self->view.buf) % 8) {
@@ -407,8 +569,8 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         *U64(rec + L->slot_checksum) = sum;
         st_rel(wp, w_make(L, seq, (unsigned)sev, L->st_committed));   /* publish */
     }
-    if (L->metrics && (flags & (L->flag_life_connect | L->flag_life_disconnect)))
-        peer_update(self, tp[1], tn[1], seq, (flags & L->flag_life_connect) != 0);
+    if (L->metrics)
+        account_extras(self, head >> L->seq_bits, base, seq, kind, sev, flags, ts, value, tp[1], tn[1], tp[2], tn[2], lens[2]);
 
     /* Counting: old values into the journal first, so a reaper can redo "old + 1" exactly. */
     char *c_rec = sh + L->shard_recorded;
@@ -556,7 +718,9 @@ static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ss
     if (seq == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     int c = PyObject_IsTrue(args[2]);
     if (c < 0) return NULL;
-    return PyBool_FromLong(peer_update(self, p, n, seq, c));
+    char *e = peer_find(self, p, n);
+    if (e) peer_life(&self->L, e, seq, c);
+    return PyBool_FromLong(e != NULL);
 }
 
 static PyObject *Mapping_fence(Mapping *self, PyObject *unused) {

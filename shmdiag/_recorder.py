@@ -11,10 +11,19 @@ from collections.abc import Mapping as _MappingABC
 
 import orjson
 
-from . import _export, _health, _layout as L, _reader, _stats
+from . import _export, _health, _latency, _layout as L, _peers, _reader, _stats
 from ._config import RecorderConfig
 from ._errors import RecorderClosedError
-from ._models import DiagnosticEvent, DiagnosticStats, HealthStatus, Severity
+from ._models import (
+    DiagnosticEvent,
+    DiagnosticStats,
+    HealthStatus,
+    LatencyStats,
+    NetworkDiagnostic,
+    PeerDiagnostic,
+    Severity,
+    WriterInfo,
+)
 from ._native import set_closed_error
 from ._segment import Segment
 from ._writer import ShardManager, _fit_utf8, process_alive
@@ -27,6 +36,8 @@ _TYPE_MESSAGE = L.BUILTIN_TYPES.index("message")
 _TYPE_CONNECTED = L.BUILTIN_TYPES.index("peer_connected")
 _TYPE_DISCONNECTED = L.BUILTIN_TYPES.index("peer_disconnected")
 _TYPE_ERROR = L.BUILTIN_TYPES.index("error")
+_TYPE_LATENCY = L.BUILTIN_TYPES.index("latency")
+_MAX_NS = (1 << 63) - 1
 
 
 def _need_str(value: object, what: str, *, nonempty: bool = False) -> str:
@@ -150,6 +161,9 @@ class Recorder:
     # -- writing ---------------------------------------------------------------------------
     def record_event(self, event: DiagnosticEvent) -> None:
         """Record any event. The caller's object is not modified."""
+        self._record_event(event, log=True)
+
+    def _record_event(self, event: DiagnosticEvent, log: bool) -> None:
         if not isinstance(event, DiagnosticEvent):
             raise TypeError(f"record_event() needs a DiagnosticEvent, not {type(event).__name__}")
         self._check_open()
@@ -171,7 +185,7 @@ class Recorder:
         ts = 0 if event.timestamp is None else (_reader.datetime_to_ns(event.timestamp) or 1)
         tidx = self._shards.type_index(etype)
         self._write(L.KIND_EVENT, sev, flags, tidx, ts, 0, etype, peer, meta, error or "", message)
-        if sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
+        if log and sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
             self._log(sev, etype, peer, message)
 
     def record_peer_connection(self, peer_id: str, address: str) -> None:
@@ -217,6 +231,31 @@ class Recorder:
         self._write(L.KIND_ERROR, sev, L.F_HAS_ERROR, _TYPE_ERROR, 0, 0, "", peer_id, operation, text, "")
         if sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
             self._log(sev, "error", peer_id, f"Error in {operation}: {text}")
+
+    def record_latency(self, op: str, seconds: float, peer_id: str = "") -> None:
+        """Record a measured duration of ``op``. It feeds the operation's percentiles
+        (get_latency_stats) and, for "ping" or "pong" with a peer, that peer's latency."""
+        _need_str(op, "op", nonempty=True)
+        _need_str(peer_id, "peer_id")
+        self._write_latency(op, _duration_ns(seconds), peer_id, None)
+
+    def span(self, op: str, peer_id: str = "") -> _Span:
+        """``with rec.span("handshake", peer_id="p1"):`` times the block and records it as
+        record_latency does. An exception inside is recorded as an error of ``op`` (counted in
+        its ``errors``, not in its percentiles) and re-raised."""
+        _need_str(op, "op", nonempty=True)
+        _need_str(peer_id, "peer_id")
+        self._check_open()
+        return _Span(self, op, peer_id)
+
+    def _write_latency(self, op: str, ns: int, peer_id: str, error: BaseException | None) -> None:
+        if error is None:
+            self._write(L.KIND_LATENCY, 0, 0, _TYPE_LATENCY, 0, ns, "", peer_id, op, "", "")
+            return
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self._write(L.KIND_LATENCY, 3, L.F_HAS_ERROR, _TYPE_LATENCY, 0, ns, "", peer_id, op, text, "")
+        if self._log_min <= 3 and self._logger.isEnabledFor(logging.ERROR):
+            self._log(3, "latency", peer_id, f"{op} failed: {text}")
 
     def _log(self, sev: int, etype: str, peer: str, message: str) -> None:
         # Callers check log_level and isEnabledFor first, so no text is built for a silent logger.
@@ -285,6 +324,44 @@ class Recorder:
                 dead += 1
         return alive, dead
 
+    def get_latency_stats(self) -> dict[str, LatencyStats]:
+        """Per timed operation, across all processes since the last clear: count, errors, mean,
+        p50, p90, p99 and max, in seconds."""
+        with self._lock:
+            self._check_open()
+            return _latency.read(self._seg)
+
+    def get_peer_diagnostics(self) -> list[PeerDiagnostic]:
+        """Every tracked peer with an event since the last clear, or connected now."""
+        return self.get_network_diagnostic().peer_diagnostics
+
+    def get_network_diagnostic(self) -> NetworkDiagnostic:
+        """The peers, and how many events and connects concerned peers beyond ``max_peers``."""
+        with self._lock:
+            self._check_open()
+            return _peers.read(self._seg)
+
+    def get_writers(self) -> list[WriterInfo]:
+        """Every process that has written to the ring, with its counts since the last clear."""
+        with self._lock:
+            self._check_open()
+            seg = self._seg
+            _, base = seg.era()
+            seg.native.fence()
+            shards = seg.shards.copy()
+        out = []
+        for sh in shards:
+            w = int(sh["owner"])
+            state, pid = w & 0xFF, w >> 8
+            if state == L.SH_FREE:
+                continue
+            alive = state == L.SH_ACTIVE and process_alive(pid, int(sh["start_time"]))
+            name = "active" if alive else "exited" if state == L.SH_EXITED else "dead"
+            cur = int(sh["base"]) == base
+            out.append(WriterInfo(pid=pid, state=name, alive=alive,
+                                  **{f: int(sh[f]) if cur else 0 for f in ("recorded", "overwritten", "lost", "abandoned")}))
+        return out
+
     def export_events(self) -> bytes:
         """All retained events, oldest first, with stats and health, as JSON bytes."""
         with self._lock:
@@ -305,8 +382,16 @@ class Recorder:
         """
         with self._lock:
             self._check_open()
-            self._seg.native.new_era()
-            self._seg.native.store(self._seg.header_word("peers_untracked"), 0)
+            seg = self._seg
+            with _clear_lock(seg):
+                # Only a clear changes the generation, and clears are serialised: the bank the
+                # next generation will use is idle (its last writers were two clears ago), so it
+                # is zeroed here and published by new_era's CAS on the head word.
+                nxt = ((seg.load("head") >> L.SEQ_BITS) + 1) & 1
+                seg.ops["banks"][:, nxt] = 0
+                seg.native.new_era()
+                seg.native.store(seg.header_word("peers_untracked"), 0)
+                seg.native.store(seg.header_word("peer_events_untracked"), 0)
 
     def cleanup_old_events(self) -> int:
         """Drop retained events older than ``retention_period``; returns how many."""
@@ -364,6 +449,60 @@ class Recorder:
             self._thread.join()
         with self._lock:
             self._finalizer()
+
+
+class _Span:
+    """The context manager of Recorder.span: a plain class, cheaper than a generator."""
+
+    __slots__ = ("_rec", "_op", "_peer", "_t0")
+
+    def __init__(self, rec: Recorder, op: str, peer: str) -> None:
+        self._rec, self._op, self._peer = rec, op, peer
+
+    def __enter__(self) -> _Span:
+        self._t0 = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        ns = time.perf_counter_ns() - self._t0
+        if exc_type is None:
+            self._rec._write_latency(self._op, ns, self._peer, None)
+        elif issubclass(exc_type, Exception):  # not KeyboardInterrupt, SystemExit, GeneratorExit
+            self._rec._write_latency(self._op, ns, self._peer, exc)
+        return False
+
+
+def _duration_ns(seconds: object) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
+    if not 0 <= seconds < 9.2e9:  # also refuses NaN
+        raise ValueError(f"seconds must be a duration from 0 to 9.2e9, got {seconds!r}")
+    return min(round(seconds * 1e9), _MAX_NS)
+
+
+class _clear_lock:
+    """Serialise clears across processes with a header word holding the clearer's pid. A
+    holder that died is taken over; a live one is waited for (a clear takes microseconds)."""
+
+    def __init__(self, seg: Segment) -> None:
+        self._seg = seg
+        self._off = seg.header_word("clear_lock")
+
+    def __enter__(self) -> None:
+        nat, me = self._seg.native, os.getpid()
+        deadline = time.monotonic() + 10.0
+        while True:
+            cur = nat.load(self._off)
+            if cur == 0 or (cur != me and not process_alive(cur, 0)):
+                if nat.cas(self._off, cur, me):
+                    return
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"ring {self._seg.name!r}: process {cur} has been clearing it for 10 s")
+            else:
+                time.sleep(0.0005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._seg.native.store(self._off, 0)
 
 
 def _finalize(seg: Segment, shards: ShardManager) -> None:

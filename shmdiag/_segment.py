@@ -48,8 +48,8 @@ def generate_name() -> str:
 class Segment:
     """One mapped ring segment and the views both paths use.
 
-    ``native`` is the writer path's atomic view; ``header``, ``shards``, ``peers`` and ``slots``
-    are numpy views for the reader path. Read live words (head, base, slot words) through
+    ``native`` is the writer path's atomic view; ``header``, ``shards``, ``peers``, ``ops`` and
+    ``slots`` are numpy views for the reader path. Read live words (head, base, slot words) through
     ``native``; numpy loads of them carry no ordering.
     """
 
@@ -67,6 +67,7 @@ class Segment:
         self.slots_off = int(hdr["slots_off"])
         self.shards_off = int(hdr["shards_off"])
         self.peers_off = int(hdr["peers_off"])
+        self.ops_off = int(hdr["ops_off"])
         self.created_ns = int(hdr["created_ns"])
         self.creator_pid = int(hdr["creator_pid"])
         flags = int(hdr["flags"])
@@ -84,7 +85,8 @@ class Segment:
             max_peers=self.max_peers,
         )
         self.shards = np.ndarray((self.max_shards,), dtype=L.SHARD, buffer=mm, offset=self.shards_off)
-        self.peers = np.ndarray((self.max_peers,), dtype=L.PEER, buffer=mm, offset=self.peers_off)
+        self.peers = np.ndarray((L.PEER_TABLE_FACTOR * self.max_peers,), dtype=L.PEER, buffer=mm, offset=self.peers_off)
+        self.ops = np.ndarray((L.OP_SLOTS,), dtype=L.OP, buffer=mm, offset=self.ops_off)
         self.slots = np.ndarray((self.capacity,), dtype=L.SLOT, buffer=mm, offset=self.slots_off)
         # The same records as raw words: copy through this one. Numpy copies a structured dtype
         # field by field and skips its padding, which the checksum covers.
@@ -188,7 +190,7 @@ class Segment:
         if self._mmap is None:
             return
         self.native.release()
-        for attr in ("header", "shards", "peers", "slots", "slot_words"):
+        for attr in ("header", "shards", "peers", "ops", "slots", "slot_words"):
             setattr(self, attr, None)
         self._mmap.close()
         os.close(self._fd)

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _layout as L
 from ._models import DiagnosticStats, Severity
+from ._peers import connected_peers
 from ._reader import ns_to_datetime
 from ._segment import Segment
 
@@ -66,19 +67,3 @@ def compute(seg: Segment) -> DiagnosticStats:
     stats.active_peers = len(connected_peers(seg))
     stats.error_rate = (int(sev[Severity.ERROR]) + int(sev[Severity.CRITICAL])) / total if total else 0.0
     return stats
-
-
-def connected_peers(seg: Segment) -> set[str]:
-    """Peer ids whose latest lifecycle event (by sequence number) since the last clear is a connect."""
-    _, base = seg.era()
-    seg.native.fence()
-    life = seg.peers["life"].copy()  # two columns, not the whole table: keys only where needed
-    ready = ((seg.peers["key_state"] & 3) == 2) & (life != 0)
-    keep = np.flatnonzero(ready & ((life >> 1) - 1 >= base))
-    rows = seg.peers[keep]
-    latest: dict[bytes, int] = {}
-    for key, n, lw in zip(rows["key"], rows["key_len"], life[keep]):
-        k = bytes(key)[: int(n)]
-        if int(lw) > latest.get(k, 0):  # duplicates of a key (racing inserts) merge: newest wins
-            latest[k] = int(lw)
-    return {k.decode("utf-8", "replace") for k, lw in latest.items() if lw & 1}

@@ -23,7 +23,7 @@ def test_defaults_exactly():
     assert c.export_format == "json"
     assert c.name is None
     assert c.max_writers == 128
-    assert c.max_peers == 16384
+    assert c.max_peers == 4096
 
 
 def test_default_returns_fresh_object_each_time():

@@ -480,7 +480,7 @@ def test_clear_events(rec):
     assert s.events_by_type == {}
     assert s.events_by_severity == {sev: 0 for sev in Severity}
     assert s.first_event is None and s.last_event is None
-    assert s.active_peers == 0
+    assert s.active_peers == 1  # a clear forgets events, not connections: p1 never disconnected
     assert s.error_rate == 0.0
     h = rec.health_check()
     assert (h.event_count, h.total_events, h.status) == (0, 0, "healthy")
