@@ -15,8 +15,7 @@ import logging
 
 import pytest
 
-from _benchlib import ERROR_EVERY, FULL_RING, N_PEERS, fill_messages, machine
-from shmdiag import Recorder
+from _benchlib import FULL_RING, N_PEERS, build_ring, machine
 
 
 _SUMMARY: list[tuple[str, float, int]] = []
@@ -68,27 +67,21 @@ def pytest_terminal_summary(terminalreporter):
         tr.write_line(f"{name:<60} {shown}   ({ops:,} per round)")
 
 
-@pytest.fixture(scope="module")
-def full_ring():
-    """A FULL 1,000,000-event ring: record_message events, one error per ERROR_EVERY events and
-    N_PEERS connected peers. Built once per module (about 1 s, most of it first-touch page faults)."""
-    rec = Recorder(max_events=FULL_RING)
+READ_SIZES = (1_000, 100_000, FULL_RING)
+READ_IDS = ("1k", "100k", "1m")
+
+
+@pytest.fixture(scope="module", params=READ_SIZES, ids=READ_IDS)
+def ring(request):
+    """A FULL ring of 1,000 / 100,000 / 1,000,000 events (record_message events, one error per
+    ERROR_EVERY events, N_PEERS connected peers), built once per module and size: pytest groups the
+    read benchmarks by size, so only one big ring exists at a time (1M: ~0.7 s to fill)."""
+    size = request.param
+    rec = build_ring(size)
     try:
-        peers = [f"peer-{i}" for i in range(N_PEERS)]
-        for i, p in enumerate(peers):
-            rec.record_peer_connection(p, f"203.0.113.{i}:8333")
-        chunk = ERROR_EVERY - 1
-        done = N_PEERS
-        while done < FULL_RING:
-            n = min(chunk, FULL_RING - done)
-            fill_messages(rec, n)
-            done += n
-            if done < FULL_RING:
-                rec.record_error(peers[done % N_PEERS], TimeoutError("no pong in 20s"), "ping")
-                done += 1
         stats = rec.get_stats()
-        assert stats.total_events == FULL_RING
-        assert rec.health_check().event_count == FULL_RING  # every slot holds a retained event
+        assert stats.total_events == size
+        assert rec.health_check().event_count == size  # every slot holds a retained event
         assert stats.active_peers == N_PEERS
         yield rec
     finally:

@@ -180,3 +180,35 @@ def decode(rec: np.void) -> DiagnosticEvent:
 
 def count_retained(seg: Segment) -> int:
     return len(retained_slots(seg)[0])
+
+
+# -- export: a snapshot of what is retained, then copies of it chunk by chunk ----------------
+
+def export_snapshot(seg: Segment) -> tuple[np.ndarray, np.ndarray]:
+    """Slot indices and slot words of every retained record, oldest first (by sequence number):
+    the records an export will write. 16 bytes per record; the records themselves are copied
+    later, chunk by chunk (:func:`export_chunks`)."""
+    return newest(*retained_slots(seg), 0)
+
+
+def export_chunks(seg: Segment, idx: np.ndarray, w: np.ndarray, chunk: int):
+    """Copy the snapshot ``(idx, w)`` ``chunk`` records at a time, in its order.
+
+    Yields ``(raw, skipped, done)``: ``raw`` is a C-contiguous ``(k, SLOT_SIZE)`` uint8 array of
+    the records that passed every check of :func:`copy_records`; ``skipped`` how many of this
+    chunk's records did not (overwritten by a newer record since the snapshot, or being rewritten
+    during the copy: they are gone, and never waited for); ``done`` the snapshot entries handled
+    so far. A record is only ever returned if its slot word still equals the snapshot's, so no
+    record is returned twice and every one is the event the snapshot named.
+    """
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    total = len(idx)
+    for lo in range(0, total, chunk):
+        hi = min(lo + chunk, total)
+        recs, valid = copy_records(seg, idx[lo:hi], w[lo:hi])
+        raw = recs.view(np.uint8).reshape(hi - lo, L.SLOT_SIZE)
+        nvalid = int(np.count_nonzero(valid))
+        if nvalid != hi - lo:
+            raw = raw[valid]
+        yield raw, hi - lo - nvalid, hi
