@@ -31,87 +31,96 @@ def message_types(seg: Segment) -> list[str]:
 
 
 def _ready_rows(seg: Segment) -> np.ndarray:
+    """A copy of every entry whose key is published (key_state, acquired, before the rest)."""
     seg.native.fence()
     ks = seg.peers["key_state"].copy()
-    seg.native.fence()  # key_state (acquire) before the rest of each entry
+    seg.native.fence()
     return seg.peers[np.flatnonzero((ks & 3) == 2)]
 
 
-def _key(row: np.void) -> str:
-    return bytes(row["key"])[: int(row["key_len"])].decode("utf-8", "replace")
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique keys and, for each row, its group: racing inserts can leave one key twice."""
+    return np.unique(keys, return_inverse=True)
 
 
 def connected_peers(seg: Segment) -> set[str]:
     """Peer ids whose latest lifecycle event is a connect. Connections are facts about the
     present, so a clear (which forgets events) does not disconnect anyone."""
-    latest: dict[str, int] = {}
-    for row in _ready_rows(seg):
-        lw = int(row["life"])
-        k = _key(row)
-        if lw > latest.get(k, 0):  # duplicates of a key merge: the newest lifecycle event wins
-            latest[k] = lw
-    return {k for k, lw in latest.items() if lw & 1}
+    seg.native.fence()
+    ks = seg.peers["key_state"].copy()
+    seg.native.fence()
+    life = seg.peers["life"].copy()  # three columns, not the whole table
+    sel = np.flatnonzero(((ks & 3) == 2) & (life != 0))
+    uniq, inv = _groups(seg.peers["key"][sel])
+    latest = _merge(np.maximum, np.zeros(len(uniq), np.uint64), inv, life[sel])  # newest lifecycle wins
+    return {k.decode("utf-8", "replace") for k in uniq[(latest & 1) == 1].tolist()}
+
+
+def _merge(op: np.ufunc, acc: np.ndarray, inv: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """Fold rows into their key's group; a plain scatter when no key is duplicated (usual)."""
+    if len(inv) == len(acc):
+        acc[inv] = col
+    else:
+        op.at(acc, inv, col)
+    return acc
 
 
 def read(seg: Segment) -> NetworkDiagnostic:
     """Peers with an event since the last clear, and peers connected now."""
     _, base = seg.era()
     rows = _ready_rows(seg)
+    current = rows["era"] == base + 1
+    keep = current | ((rows["life"] & 1) == 1)
+    rows, current = rows[keep], current[keep]
+    uniq, inv = _groups(rows["key"])
+    g = len(uniq)
+    sums = {}
+    for f in _SUMMED + ("bytes_sent_per_msg", "bytes_recv_per_msg"):
+        col = np.where(current.reshape((-1,) + (1,) * (rows[f].ndim - 1)), rows[f], 0).astype(np.uint64)
+        sums[f] = _merge(np.add, np.zeros((g,) + col.shape[1:], np.uint64), inv, col)
+    # Per key, the row with the latest lifecycle event names the address; the row with the latest
+    # activity gives the latest ping.
+    by_life = np.lexsort((rows["life"], inv))
+    life_row = by_life[np.r_[np.flatnonzero(np.diff(inv[by_life])), len(by_life) - 1]] if len(rows) else by_life
+    activity = np.where(current, rows["last_activity"], 0)
+    by_act = np.lexsort((activity, inv))
+    act_row = by_act[np.r_[np.flatnonzero(np.diff(inv[by_act])), len(by_act) - 1]] if len(rows) else by_act
     names = message_types(seg)
-    merged: dict[str, dict] = {}
-    for row in rows:
-        current = int(row["era"]) == base + 1
-        life = int(row["life"])
-        if not current and not life & 1:
-            continue
-        k = _key(row)
-        m = merged.get(k)
-        if m is None:
-            m = merged[k] = {"life": 0, "addr": "", "connected_at": 0, "last": 0, "ping_last": 0, "ping_seq": -1,
-                             "sent": np.zeros(L.MSG_TYPES, np.uint64), "recv": np.zeros(L.MSG_TYPES, np.uint64),
-                             **{f: 0 for f in _SUMMED}}
-        if life > m["life"]:
-            m["life"] = life
-            m["addr"] = bytes(row["addr"])[: int(row["addr_len"])].decode("utf-8", "replace")
-            m["connected_at"] = int(row["connected_at"])
-        if not current:
-            continue
-        for f in _SUMMED:
-            m[f] += int(row[f])
-        m["last"] = max(m["last"], int(row["last_activity"]))
-        if int(row["ping_count"]) and int(row["last_activity"]) >= m["ping_seq"]:
-            m["ping_last"], m["ping_seq"] = int(row["ping_last_ns"]), int(row["last_activity"])
-        m["sent"] += row["bytes_sent_per_msg"]
-        m["recv"] += row["bytes_recv_per_msg"]
+    sent = _per_msg(names, sums["bytes_sent_per_msg"])
+    recv = _per_msg(names, sums["bytes_recv_per_msg"])
+    lr, ar = rows[life_row], rows[act_row]
+    addrs = [bytes(a)[:n].decode("utf-8", "replace") for a, n in zip(lr["addr"].tolist(), lr["addr_len"].tolist())]
+    connected_at, lives = lr["connected_at"].tolist(), lr["life"].tolist()
+    last = activity[act_row].tolist()
+    ping_last = np.where(ar["ping_count"] > 0, ar["ping_last_ns"], 0).tolist()
+    cols = {f: sums[f].tolist() for f in _SUMMED}
 
     net = NetworkDiagnostic(untracked_peers=seg.load("peers_untracked"),
                             untracked_events=seg.load("peer_events_untracked"))
-    pings = ping_ns = 0
-    for k, m in merged.items():
-        p = PeerDiagnostic(
-            peer_id=k, address=m["addr"],
-            connected_at=ns_to_datetime(m["connected_at"]) if m["connected_at"] else None,
-            last_activity=ns_to_datetime(m["last"]) if m["last"] else None,
-            messages_sent=m["msgs_sent"], messages_received=m["msgs_recv"],
-            bytes_sent=m["bytes_sent"], bytes_received=m["bytes_recv"],
-            bytes_sent_per_msg=_per_msg(names, m["sent"]), bytes_recv_per_msg=_per_msg(names, m["recv"]),
-            latency=m["ping_last"] / 1e9 if m["ping_count"] else None,
-            error_count=m["errors"], status="connected" if m["life"] & 1 else "disconnected",
-        )
-        net.peer_diagnostics.append(p)
-        pings += m["ping_count"]
-        ping_ns += m["ping_sum_ns"]
-    net.peer_diagnostics.sort(key=lambda p: p.peer_id)
+    for i, key in enumerate(uniq.tolist()):
+        net.peer_diagnostics.append(PeerDiagnostic(
+            peer_id=key.decode("utf-8", "replace"), address=addrs[i],
+            connected_at=ns_to_datetime(connected_at[i]) if connected_at[i] else None,
+            last_activity=ns_to_datetime(last[i]) if last[i] else None,
+            messages_sent=cols["msgs_sent"][i], messages_received=cols["msgs_recv"][i],
+            bytes_sent=cols["bytes_sent"][i], bytes_received=cols["bytes_recv"][i],
+            bytes_sent_per_msg=sent[i], bytes_recv_per_msg=recv[i],
+            latency=ping_last[i] / 1e9 if cols["ping_count"][i] and ping_last[i] else None,
+            error_count=cols["errors"][i], status="connected" if lives[i] & 1 else "disconnected",
+        ))
     net.total_peers = len(net.peer_diagnostics)
     net.active_peers = sum(p.status == "connected" for p in net.peer_diagnostics)
     net.disconnected_peers = net.total_peers - net.active_peers
-    net.network_latency = ping_ns / pings / 1e9 if pings else None
+    pings = int(sums["ping_count"].sum())
+    net.network_latency = int(sums["ping_sum_ns"].sum()) / pings / 1e9 if pings else None
     return net
 
 
-def _per_msg(names: list[str], counts: np.ndarray) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for j in np.flatnonzero(counts):
-        name = names[j] or L.OTHER_MSG  # an entry still being named when read
-        out[name] = out.get(name, 0) + int(counts[j])
+def _per_msg(names: list[str], counts: np.ndarray) -> list[dict[str, int]]:
+    """One {message type: bytes} dict per row of a (peers x MSG_TYPES) matrix."""
+    out: list[dict[str, int]] = [{} for _ in range(len(counts))]
+    rows, cols = np.nonzero(counts)
+    for r, c, v in zip(rows.tolist(), cols.tolist(), counts[rows, cols].tolist()):
+        name = names[c] or L.OTHER_MSG  # an entry still being named when read
+        out[r][name] = out[r].get(name, 0) + v
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 
 from shmdiag import DiagnosticEvent, NetworkDiagnostic, PeerDiagnostic, Recorder, Severity
@@ -185,3 +186,24 @@ def test_many_processes_each_count_exactly(make_recorder):
     net = r.get_network_diagnostic()
     assert (net.active_peers, net.disconnected_peers) == (2, 3)  # w0, w2 connected; w1, w3 and "shared" not
     assert net.network_latency == pytest.approx(sum((w + 1) / 1000 for w in range(writers)) / writers)
+
+
+def test_duplicate_entries_of_one_key_are_merged(make_recorder):
+    """Racing inserts of one key can leave two entries; readers merge them (forged here)."""
+    r = make_recorder(100, max_peers=8)
+    r.record_peer_connection("dup", "old:1")
+    r.record_message("dup", "inv", "inbound", 37)
+    r.record_latency("ping", 0.5, peer_id="dup")
+    table = r._seg.peers
+    src = int(np.flatnonzero((table["key_state"] & 3) == 2)[0])
+    dst = (src + 3) % len(table)
+    table[dst] = table[src]
+    table["life"][dst] = table["life"][src] + 8  # a later lifecycle event, a disconnect
+    table["addr"][dst], table["addr_len"][dst] = b"new:2", 5
+    table["last_activity"][dst] = table["last_activity"][src] + 1
+    table["ping_last_ns"][dst] = 250_000_000
+    (p,) = r.get_peer_diagnostics()
+    assert p.bytes_received == 74 and p.bytes_recv_per_msg == {"inv": 74}
+    assert p.status == "disconnected" and p.address == "new:2"
+    assert p.latency == pytest.approx(0.25)
+    assert r.get_stats().active_peers == 0
