@@ -198,7 +198,7 @@ def test_duplicate_entries_of_one_key_are_merged(make_recorder):
     src = int(np.flatnonzero((table["key_state"] & 3) == 2)[0])
     dst = (src + 3) % len(table)
     table[dst] = table[src]
-    table["life"][dst] = table["life"][src] + 8  # a later lifecycle event, a disconnect
+    table["life"][dst] = (int(table["life"][src]) + 8) & ~1  # a later lifecycle event, a disconnect
     table["addr"][dst], table["addr_len"][dst] = b"new:2", 5
     table["last_activity"][dst] = table["last_activity"][src] + 1
     table["ping_last_ns"][dst] = 250_000_000
