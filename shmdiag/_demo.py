@@ -30,14 +30,17 @@ def _worker(name: str, worker: int, peers: int, seconds: float) -> None:
                 pid = f"w{worker}-peer{n}"
                 addr = f"10.{worker}.{n % 256}.{rng.randrange(1, 255)}:8333"
                 rec.record_peer_connection(pid, addr)
-                for msg, size in _HANDSHAKE:
-                    rec.record_message(pid, msg, "outbound", size)
-                    rec.record_message(pid, msg, "inbound", size)
+                with rec.span("handshake", peer_id=pid):
+                    for msg, size in _HANDSHAKE:
+                        rec.record_message(pid, msg, "outbound", size)
+                        rec.record_message(pid, msg, "inbound", size)
                 live[pid] = addr
             elif live:
                 pid = rng.choice(list(live))
                 msg, size, _ = rng.choices(_TRAFFIC, weights=[t[2] for t in _TRAFFIC])[0]
                 rec.record_message(pid, msg, rng.choice(("inbound", "outbound")), size)
+                if msg == "pong":  # a round trip: 20-300 ms, as over the internet
+                    rec.record_latency("ping", rng.lognormvariate(-2.5, 0.6), peer_id=pid)
                 roll = rng.random()
                 if roll < 0.01:
                     op, err = rng.choice(_ERRORS)
@@ -47,6 +50,10 @@ def _worker(name: str, worker: int, peers: int, seconds: float) -> None:
             n += 1
             if n % 200 == 0:
                 time.sleep(0.001)  # a node is not a busy loop
+
+
+def _secs(s: float) -> str:
+    return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
 def run(writers: int = 4, seconds: float = 2.0, max_events: int = 10_000) -> int:
@@ -67,6 +74,14 @@ def run(writers: int = 4, seconds: float = 2.0, max_events: int = 10_000) -> int
         print(f"\nhealth: {health.status} - {health.message}")
         print(f"  retained {health.event_count}/{health.max_events}, overwritten {health.events_overwritten}, "
               f"lost {health.events_lost}, writers alive {health.writers_alive}, uptime {health.uptime:.1f}s")
+        net = rec.get_network_diagnostic()
+        lat = ", ".join(f"{op} p50 {_secs(s.p50)} p99 {_secs(s.p99)} (n={s.count})"
+                        for op, s in rec.get_latency_stats().items())
+        print(f"\npeers: {net.total_peers} seen, {net.active_peers} connected; latency: {lat}")
+        for p in sorted(net.peer_diagnostics, key=lambda p: -(p.bytes_sent + p.bytes_received))[:3]:
+            ping = f"{p.latency * 1e3:.0f} ms" if p.latency is not None else "-"
+            print(f"  {p.peer_id:<14} {p.address:<20} {p.status:<12} sent {p.bytes_sent:>9} B  "
+                  f"recv {p.bytes_received:>9} B  ping {ping}")
         print("\nlast events (INFO and above):")
         for e in rec.get_events(10, Severity.INFO):
             print(f"  {e.timestamp:%H:%M:%S.%f} pid={e.pid:<7} {e.severity!s:<8} {e.peer_id:<14} {e.message}")
