@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from _benchlib import ERROR_EVERY, FULL_RING, N_PEERS, fill_messages, writer_main
+from _benchlib import FULL_RING, N_PEERS, errors_in, fill_messages, segment_bytes, writer_main
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity
 
 INNER = 10_000  # record_message / baseline calls per round
@@ -155,15 +155,27 @@ def test_record_message_first_lap(benchmark, per_op):
 HELPER_INNER = 2_000
 _EVENT = DiagnosticEvent("block_validated", "block 871234 valid", Severity.INFO, peer_id="peer-7",
                          metadata={"height": 871234, "ms": 41, "txs": 3120})
+_EVENT_PLAIN = DiagnosticEvent("block_validated", "block 871234 valid", Severity.INFO, peer_id="peer-7")
+
+
+def _span(rec):
+    with rec.span("ping", peer_id="peer-7"):
+        pass
+
+
 _HELPERS = {
-    # name: (call, expected event_type read back)
-    "record_event": (lambda rec: rec.record_event(_EVENT), "block_validated"),
+    # name: (call, expected event_type read back or None: not checked, required Recorder attribute)
+    "record_event": (lambda rec: rec.record_event(_EVENT), "block_validated", None),
+    "record_event_nometa": (lambda rec: rec.record_event(_EVENT_PLAIN), "block_validated", None),
     "record_peer_connection": (lambda rec: rec.record_peer_connection("peer-7", "203.0.113.5:8333"),
-                               "peer_connected"),
+                               "peer_connected", None),
     "record_peer_disconnection": (
         lambda rec: rec.record_peer_disconnection("peer-7", "203.0.113.5:8333", "ping timeout"),
-        "peer_disconnected"),
-    "record_error": (lambda rec: rec.record_error("peer-7", TimeoutError("no pong in 20s"), "ping"), "error"),
+        "peer_disconnected", None),
+    "record_error": (lambda rec: rec.record_error("peer-7", TimeoutError("no pong in 20s"), "ping"), "error", None),
+    # timed spans and latencies (added by the lead engineer; skipped where the API is not there yet)
+    "record_latency": (lambda rec: rec.record_latency("ping", 0.0123, peer_id="peer-7"), None, "record_latency"),
+    "span": (_span, None, "span"),
 }
 
 
@@ -173,7 +185,9 @@ _HELPERS = {
 def test_helper(benchmark, per_op, helper, log_level):
     """Each helper with the default log_level ("info": WARNING and above go through the stdlib
     ``logging`` call, as in the Go original) and with log_level="critical" (recording alone)."""
-    call, etype = _HELPERS[helper]
+    call, etype, needs = _HELPERS[helper]
+    if needs is not None and not hasattr(Recorder, needs):
+        pytest.skip(f"Recorder.{needs} does not exist (yet)")
     rec = Recorder.with_config(RecorderConfig(max_events=WRITE_RING, log_level=log_level))
     try:
         fill_messages(rec, WRITE_RING)
@@ -188,9 +202,13 @@ def test_helper(benchmark, per_op, helper, log_level):
         per_op(HELPER_INNER)
         stats = rec.get_stats()
         assert stats.total_events == WRITE_RING + calls[0] * HELPER_INNER
-        assert stats.events_by_type[etype] == calls[0] * HELPER_INNER
         last = rec.get_events(1)[0]
-        assert last.event_type == etype and last.peer_id == "peer-7"
+        assert last.peer_id == "peer-7"
+        if etype is not None:
+            assert stats.events_by_type[etype] == calls[0] * HELPER_INNER
+            assert last.event_type == etype
+        else:
+            benchmark.extra_info["event_type"] = last.event_type
         if helper == "record_event":
             assert last.metadata == _EVENT.metadata and not last.truncated
     finally:
@@ -254,71 +272,73 @@ def test_concurrent_record_message(benchmark, per_op, writers):
         assert stats.events_by_type["message"] == expected  # every writer's shard reaches the reader
 
 
-# -- reading -------------------------------------------------------------------------------------
+# -- reading: rings of 1,000 / 100,000 / 1,000,000 events (the module-scoped `ring` fixture) --------
 
-@pytest.fixture(scope="module")
-def small_ring():
-    with Recorder(max_events=1000) as rec:
-        fill_messages(rec, 1000)
-        yield rec
+def _size(rec) -> int:
+    return rec.config.max_events
 
 
 @pytest.mark.benchmark(group="read")
-def test_get_stats_1k(benchmark, per_op, small_ring):
-    stats = benchmark.pedantic(small_ring.get_stats, rounds=200, warmup_rounds=5)
+def test_get_stats(benchmark, per_op, ring):
+    size = _size(ring)
+    stats = benchmark.pedantic(ring.get_stats, rounds=100 if size < FULL_RING else 50, warmup_rounds=3)
     per_op(1, "call")
-    assert stats.total_events == 1000
-    assert sum(stats.events_by_severity.values()) == 1000
-
-
-@pytest.mark.benchmark(group="read")
-def test_get_stats_full_1m(benchmark, per_op, full_ring):
-    stats = benchmark.pedantic(full_ring.get_stats, rounds=100, warmup_rounds=2)
-    per_op(1, "call")
-    assert stats.total_events == FULL_RING
+    assert stats.total_events == size
     assert stats.active_peers == N_PEERS
-    assert stats.events_by_type["error"] == (FULL_RING - N_PEERS) // ERROR_EVERY
+    assert stats.events_by_type.get("error", 0) == errors_in(size)
+    assert sum(stats.events_by_severity.values()) == size
+    seg = segment_bytes(ring)
+    benchmark.extra_info["segment_bytes"] = seg
+    benchmark.extra_info["segment_bytes_per_event"] = round(seg / size, 1)
 
 
 def _check_newest(events, n, head):
     seqs = [e.seq for e in events]
     assert len(events) == n
     assert seqs == sorted(seqs) and len(set(seqs)) == n  # oldest first, no duplicates
-    assert seqs[-1] < head
+    assert not seqs or seqs[-1] < head
 
 
 @pytest.mark.benchmark(group="read")
-def test_get_events_100_full_1m(benchmark, per_op, full_ring):
-    events = benchmark.pedantic(lambda: full_ring.get_events(100), rounds=30, warmup_rounds=2)
+def test_get_events_100(benchmark, per_op, ring):
+    size = _size(ring)
+    events = benchmark.pedantic(lambda: ring.get_events(100), rounds=30, warmup_rounds=2)
     per_op(1, "call")
-    _check_newest(events, 100, FULL_RING)
-    assert events[-1].seq == FULL_RING - 1  # exactly the newest 100
-    assert events[0].seq == FULL_RING - 100
+    _check_newest(events, 100, size)
+    assert events[-1].seq == size - 1  # exactly the newest 100
+    assert events[0].seq == size - 100
 
 
 @pytest.mark.benchmark(group="read")
-def test_get_events_100_error_full_1m(benchmark, per_op, full_ring):
-    events = benchmark.pedantic(lambda: full_ring.get_events(100, Severity.ERROR), rounds=30, warmup_rounds=2)
+def test_get_events_100_error(benchmark, per_op, ring):
+    size = _size(ring)
+    events = benchmark.pedantic(lambda: ring.get_events(100, Severity.ERROR), rounds=30, warmup_rounds=2)
     per_op(1, "call")
-    _check_newest(events, 100, FULL_RING)
+    _check_newest(events, min(100, errors_in(size)), size)
     assert all(e.severity >= Severity.ERROR and e.event_type == "error" for e in events)
 
 
 @pytest.mark.benchmark(group="read")
-def test_health_check_full_1m(benchmark, per_op, full_ring):
-    h = benchmark.pedantic(full_ring.health_check, rounds=30, warmup_rounds=2)
+def test_health_check(benchmark, per_op, ring):
+    size = _size(ring)
+    h = benchmark.pedantic(ring.health_check, rounds=30, warmup_rounds=2)
     per_op(1, "call")
-    assert h.event_count == FULL_RING and h.total_events == FULL_RING
+    assert h.event_count == size and h.total_events == size
 
 
 @pytest.mark.benchmark(group="export")
-@pytest.mark.parametrize("size,rounds", [(1000, 20), (100_000, 3)], ids=["1k", "100k"])
-def test_export_events(benchmark, per_op, size, rounds):
-    with Recorder(max_events=size) as rec:
-        fill_messages(rec, size)
-        out = benchmark.pedantic(rec.export_events, rounds=rounds, warmup_rounds=0 if size > 1000 else 1)
-        per_op(1, "call")
-        doc = orjson.loads(out)
-        assert len(doc["events"]) == size
-        assert doc["stats"]["total_events"] == size
-        assert [e["seq"] for e in doc["events"][-3:]] == [size - 3, size - 2, size - 1]
+def test_export_events(benchmark, per_op, ring):
+    """export_events() of the whole ring; figures are per call, events/s in extra_info."""
+    size = _size(ring)
+    rounds = {1000: 20, 100_000: 3}.get(size, 2)
+    out = benchmark.pedantic(ring.export_events, rounds=rounds, warmup_rounds=1 if size <= 1000 else 0)
+    per_op(1, "call")
+    benchmark.extra_info["events"] = size
+    benchmark.extra_info["bytes"] = len(out)
+    if getattr(benchmark, "stats", None) is not None:
+        benchmark.extra_info["events_per_s"] = round(size / benchmark.stats.stats.median)
+    doc = orjson.loads(out)
+    del out
+    assert len(doc["events"]) == size
+    assert doc["stats"]["total_events"] == size
+    assert [e["seq"] for e in doc["events"][-3:]] == [size - 3, size - 2, size - 1]
