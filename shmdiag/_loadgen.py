@@ -16,6 +16,9 @@ What is compared at the end, and why it is honest:
   writers recorded (when nobody else writes to the ring). Without kills the writers' total must
   equal that growth; with kills the difference is reported and must lie within
   ``kills x (most events a writer records between two publishes)``;
+* the ring also counts per writer process (``get_writers()``: each process's shard), so a killed
+  writer's exact total is known as long as no shard changed hands (a fresh ring has 128 never-used
+  shards; reuse starts only when they run out): the report gives both counts per writer;
 * after the writers stop, ``recorded == retained + overwritten + lost + abandoned + expired``
   (``retained`` from ``health_check().event_count``) must hold exactly; a killed writer's event
   in flight is settled by the health check's reaping and counted once, as abandoned or recorded.
@@ -214,6 +217,16 @@ class Simulation:
                 n += 3
         return n
 
+    def shutdown(self) -> int:
+        """Disconnect every connected peer, as a node does when it stops; returns how many."""
+        n = 0
+        for s, is_up in enumerate(self.up):
+            if is_up:
+                self.rec.record_peer_disconnection(self.ids[s], self.addrs[s], P.SHUTDOWN_REASON)
+                self.up[s] = False
+                n += 1
+        return n
+
     def single(self, k: int) -> int:
         """``k`` one-event steps, to end exactly on an event quota."""
         for _ in range(k):
@@ -260,19 +273,20 @@ def _write(name: str, wid: int, seed: int, peers: int, quota: int, rate: float, 
         out[_STATE] = _RUNNING
         n = 0
         next_pub = t0 + PUBLISH_PERIOD
+        # With a quota, keep one event per peer for the disconnections at the end.
+        budget = quota - peers if quota else 1 << 62
         while ctl[_STOP] == 0.0:
             now = time.monotonic()
             if deadline and now >= deadline:
                 break
-            left = quota - n if quota else 1 << 62
-            if left <= 0:
+            if n >= budget:
                 break
-            n += sim.ping_due(now, left)
-            k = batch if not quota else min(batch, (quota - n) // MAX_STEP)
+            n += sim.ping_due(now, budget - n)
+            k = min(batch, (budget - n) // MAX_STEP)
             if k > 0:
                 n += sim.steps(k)
-            elif quota > n:
-                n += sim.single(quota - n)
+            else:
+                n += sim.single(max(0, budget - n))
             out[_EVENTS] = n
             out[_T_LAST] = time.monotonic()
             if rate:
@@ -282,6 +296,9 @@ def _write(name: str, wid: int, seed: int, peers: int, quota: int, rate: float, 
                 out[_RSS] = me.memory_info().rss
                 out[_PINGS] = sim.pings
                 next_pub = now + PUBLISH_PERIOD
+        if quota and ctl[_STOP] == 0.0:
+            n += sim.single(max(0, quota - n - sum(sim.up)))  # exactly `quota`, with the disconnections
+        n += sim.shutdown()
         out[_EVENTS] = n
         out[_T_LAST] = time.monotonic()
         out[_CPU] = sum(me.cpu_times()[:2]) - cpu0
@@ -351,27 +368,24 @@ class _Cpu:
 def _check(writers: int, duration: float | None, events: int | None, rate: float | None, max_events: int | None,
            peers: int, chaos: float | None, ring: str | None) -> None:
     """Raise ValueError naming the first bad argument (CLI spelling)."""
-    def bad(msg: str) -> ValueError:
-        return ValueError(msg)
-
     if isinstance(writers, bool) or not isinstance(writers, int) or not 1 <= writers <= MAX_WRITERS:
-        raise bad(f"--writers must be from 1 to {MAX_WRITERS}, got {writers!r}")
+        raise ValueError(f"--writers must be from 1 to {MAX_WRITERS}, got {writers!r}")
     if duration is not None and events is not None:
-        raise bad("give --duration or --events, not both")
+        raise ValueError("give --duration or --events, not both")
     if duration is not None and not (isinstance(duration, (int, float)) and math.isfinite(duration) and duration > 0):
-        raise bad(f"--duration must be a positive number of seconds, got {duration!r}")
+        raise ValueError(f"--duration must be a positive number of seconds, got {duration!r}")
     if events is not None and (isinstance(events, bool) or not isinstance(events, int) or events < writers):
-        raise bad(f"--events must be an integer of at least --writers ({writers}), got {events!r}")
+        raise ValueError(f"--events must be an integer of at least --writers ({writers}), got {events!r}")
     if rate is not None and not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-        raise bad(f"--rate must be a positive number of events per second, got {rate!r}")
+        raise ValueError(f"--rate must be a positive number of events per second, got {rate!r}")
     if max_events is not None:
         if ring is not None:
-            raise bad("--max-events sizes a ring loadgen creates; it does not apply with --ring")
+            raise ValueError("--max-events sizes a ring loadgen creates; it does not apply with --ring")
         RecorderConfig(max_events=max_events)  # its own ValueError names the limits
     if isinstance(peers, bool) or not isinstance(peers, int) or not 1 <= peers <= 1000:
-        raise bad(f"--peers must be from 1 to 1000, got {peers!r}")
+        raise ValueError(f"--peers must be from 1 to 1000, got {peers!r}")
     if chaos is not None and not (isinstance(chaos, (int, float)) and math.isfinite(chaos) and chaos >= 0.2):
-        raise bad(f"--chaos must be at least 0.2 seconds between kills, got {chaos!r}")
+        raise ValueError(f"--chaos must be at least 0.2 seconds between kills, got {chaos!r}")
     if ring is not None:
         RecorderConfig(name=ring)
 
@@ -417,6 +431,7 @@ class _Run:
         self.kills = 0
         self.interrupted = False
         self.t_go = 0.0
+        self.shards_before: set[int] = set()
         creator = int(getattr(rec._seg, "creator_pid", 0)) if not created else os.getpid()
         self.collector = _Cpu(creator or os.getpid(), "loadgen (ring creator)" if created else "ring creator")
         self.self_cpu = _Cpu(os.getpid(), "loadgen")
@@ -448,6 +463,7 @@ class _Run:
             self.spawn(q)
         self._wait_ready()
         before = self.rec.accounting().recorded
+        self.shards_before = {w.pid for w in self.rec.get_writers()}
         self.collector.start()
         self.self_cpu.start()
         self.t_go = time.monotonic()
@@ -577,6 +593,7 @@ class _Run:
     def _report(self, before: int, t_end: float, collector: dict, own: dict) -> dict:
         health, acct, retained, ok = self._settle()
         stats = self.rec.get_stats()
+        by_pid = {i.pid: i.recorded for i in self.rec.get_writers()}
         wall = max((w.value(_T_LAST) for w in self.writers if w.value(_T_LAST) > 0), default=t_end) - self.t_go
         wall = max(wall, 1e-9)
         rows = []
@@ -589,6 +606,7 @@ class _Run:
                 "seconds": round(secs, 3), "events_per_s": round(n / secs) if secs > 0 else 0,
                 "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / secs, 1) if secs > 0 else 0.0,
                 "rss_bytes": int(w.value(_RSS)) or None, "pings": int(w.value(_PINGS)),
+                "ring_recorded": by_pid.get(w.proc.pid),
                 **({"replaces": w.replaces} if w.replaces is not None else {}),
                 **({"error": w.error} if w.error else {}),
             })
@@ -605,6 +623,20 @@ class _Run:
             match = total == delta
             unreported, within = 0, match
         writers_cpu = sum(r["cpu_s"] for r in rows)
+        # The ring's count per writer process (its shard): exact, killed writers included, as long
+        # as no shard changed hands (a shard is adopted only when no never-used one is left).
+        ours = [r for r in rows if r["events"] or r["ring_recorded"]]
+        exact = self.shards_before <= by_pid.keys() and all(r["ring_recorded"] is not None for r in ours)
+        ring_sum = sum(r["ring_recorded"] or 0 for r in ours)
+        per_writer = {
+            "exact": exact,
+            "sum": ring_sum if exact else None,
+            "sum_equals_delta": ring_sum == delta if exact else None,
+            "clean_exits_equal": all(r["ring_recorded"] == r["events"] for r in ours if r["status"] == "exited")
+            if exact else None,
+            "killed_unreported": [r["ring_recorded"] - r["events"] for r in ours if r["status"] == "killed"]
+            if exact else None,
+        }
         return {
             "ring": self.rec.name,
             "created": self.created,
@@ -630,6 +662,7 @@ class _Run:
             "unreported_by_killed": unreported,
             "unreported_bound": bound,
             "writers_within_bound": within,
+            "ring_per_writer": per_writer,
             "cpu": {
                 "writers_cpu_s": round(writers_cpu, 3),
                 "writers_cpu_pct": round(100 * writers_cpu / wall, 1),
@@ -645,8 +678,10 @@ class _Run:
 # == the command =================================================================================
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add loadgen's options to ``parser`` (``shmdiag loadgen`` and ``tools/loadgen.py``)."""
-    parser.description = ("Start writer processes that record a Bitcoin node's P2P traffic into a ring, "
-                          "then report throughput, CPU/RSS and whether the ring's accounting reconciles.")
+    if not parser.description:
+        parser.description = ("Start writer processes that record a Bitcoin node's P2P traffic into a ring, "
+                              "then report throughput, CPU/RSS and whether the ring's accounting reconciles.")
+    parser.set_defaults(loadgen_prog=parser.prog)  # errors name the command as the user typed it
     parser.add_argument("--ring", metavar="NAME", help="attach to this existing ring (e.g. a running "
                         "`shmdiag serve`); default: create one, and remove it at the end")
     parser.add_argument("--max-events", type=int, metavar="N",
@@ -671,7 +706,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """The command: 0 when the run reconciles, 1 when it does not (or a writer failed, or the
     ring cannot be opened), 2 for bad arguments, 130 when interrupted."""
-    prog = "loadgen"
+    prog = getattr(args, "loadgen_prog", None) or "loadgen"
     live = not args.quiet and sys.stderr.isatty()
     try:
         report = run_load(writers=args.writers, duration=args.duration, events=args.events, rate=args.rate,
@@ -696,7 +731,9 @@ def run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if report["interrupted"]:
         return 130
-    good = report["reconciles"] and report["writers_within_bound"] and not report["failed_writers"]
+    pw = report["ring_per_writer"]
+    good = (report["reconciles"] and report["writers_within_bound"] and not report["failed_writers"]
+            and pw["sum_equals_delta"] is not False and pw["clean_exits_equal"] is not False)
     return 0 if good else 1
 
 
@@ -747,6 +784,13 @@ def format_report(r: dict) -> str:
     else:
         lines.append(f"writers reported {r['writers_total']:,}; the ring recorded {r['ring_recorded_delta']:,}: "
                      + ("equal" if r["writers_match_ring"] else "DIFFERENT"))
+    pw = r["ring_per_writer"]
+    if pw["exact"]:
+        lines.append(f"the ring's count per writer: sum {pw['sum']:,} "
+                     + ("= recorded" if pw["sum_equals_delta"] else "!= RECORDED")
+                     + ("; clean exits equal their own count" if pw["clean_exits_equal"] else "; a clean exit DIFFERS")
+                     + (f"; killed writers recorded {', '.join(f'+{k:,}' for k in pw['killed_unreported'])} "
+                        "after their last report" if pw["killed_unreported"] else ""))
     s, h = r["stats"], r["health"]
     lines += [
         f"stats: {s['total_events']:,} events, {s['active_peers']} peers connected, error rate {s['error_rate']:.2%}",

@@ -188,6 +188,7 @@ ERRORS: dict[str, ErrorKind] = {
     "oversized": ErrorKind("read", "oversized message (4000001 bytes)", 1, "misbehaving"),
     "send_timeout": ErrorKind("write", "timeout: send buffer full for 20 min", 1, "timeout"),
 }
+SHUTDOWN_REASON = "shutdown"  # a writer that stops cleanly disconnects its peers with this
 DISCONNECT_REASONS: dict[str, float] = {
     "inactivity timeout": 3,
     "evicted: inbound slots full": 3,

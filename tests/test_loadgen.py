@@ -127,6 +127,7 @@ def test_cli_json_reconciles():
     assert report["writers_match_ring"] is True and report["ring_recorded_delta"] == report["events"]
     assert report["accounting"]["overwritten"] > 0  # 1 s at full speed laps a 20,000-event ring
     assert report["stats"]["total_events"] == report["accounting"]["recorded"]
+    assert report["stats"]["active_peers"] == 0 and report["stats"]["events_by_type"]["peer_disconnected"] > 0
     assert report["health"]["total_events"] == report["accounting"]["recorded"]
     assert len(report["writers"]) == 2 and all(w["status"] == "exited" for w in report["writers"])
     assert all(w["events"] > 0 and w["cpu_s"] > 0 and w["rss_bytes"] > 0 for w in report["writers"])
@@ -148,10 +149,14 @@ def test_run_load_against_the_tests_ring(make_recorder):
         acct.recorded, acct.overwritten, acct.lost, acct.abandoned, acct.expired)
     assert a["retained"] == health.event_count == 5000 and a["overwritten"] == 2000
     assert report["stats"]["events_by_type"] == stats.events_by_type
-    assert report["stats"]["active_peers"] == stats.active_peers
+    assert report["stats"]["active_peers"] == stats.active_peers == 0  # clean stops disconnect their peers
     assert sum(stats.events_by_type.values()) == 7000
     assert {"message", "peer_connected", "latency"} <= set(stats.events_by_type)
     assert [w["events"] for w in report["writers"]] == [2334, 2333, 2333]  # the total, split evenly
+    # Per writer, the ring's count (the test's own get_writers()) equals the writer's.
+    ring_by_pid = {i.pid: i.recorded for i in rec.get_writers()}
+    assert all(ring_by_pid[w["pid"]] == w["ring_recorded"] == w["events"] for w in report["writers"])
+    assert report["ring_per_writer"]["exact"] and report["ring_per_writer"]["sum_equals_delta"]
     # The collector is the ring's creator: this process.
     assert report["cpu"]["collector"]["pid"] == os.getpid()
     # Each peer's events come from one process only, and it is the writer that owns the peer.
@@ -186,6 +191,11 @@ def test_chaos_kills_and_replaces_writers_and_the_ring_reconciles():
     assert len(report["writers"]) == 3 + len(replaced)
     assert report["writers_match_ring"] is None  # a killed writer cannot report its last events
     assert report["writers_within_bound"], report
+    # The ring's own per-process counts say exactly what the killed writers did after their last report.
+    pw = report["ring_per_writer"]
+    assert pw["exact"] and pw["sum_equals_delta"] and pw["clean_exits_equal"], pw
+    assert sum(pw["killed_unreported"]) == report["unreported_by_killed"]
+    assert all(k >= 0 for k in pw["killed_unreported"])
     assert 0 <= report["unreported_by_killed"] <= report["unreported_bound"]
     h = report["health"]
     assert h["events_abandoned"] == report["accounting"]["abandoned"]  # settled, and in the books

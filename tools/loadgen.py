@@ -11,10 +11,17 @@ import argparse
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag gives one line on stderr (exit 2), not the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from shmdiag import _loadgen
 
-    parser = argparse.ArgumentParser(prog="loadgen")
+    parser = _Parser(prog="loadgen")
     _loadgen.configure_parser(parser)
     return _loadgen.run(parser.parse_args(argv))
 
