@@ -60,8 +60,8 @@ DEFAULT_DURATION = 5.0
 DEFAULT_MAX_EVENTS = 100_000
 DEFAULT_PEERS = 8
 BATCH = 256  # steps between two looks at the clock, the stop flag and the published count
-TAPE_LEN = 1 << 16  # steps drawn from the profile per writer, then replayed (peers picked apart)
-PEER_TAPE_LEN = 65521  # prime, so step and peer sequences do not repeat together for a long time
+TAPE_LEN = 1 << 14  # steps drawn from the profile per writer, then replayed (peers picked apart)
+PEER_TAPE_LEN = 16381  # prime, so step and peer sequences repeat together only after 2.7e8 steps
 PUBLISH_PERIOD = 0.25  # seconds between a writer's CPU/RSS publishes
 PROGRESS_PERIOD = 0.5
 START_TIMEOUT = 60.0
@@ -96,9 +96,10 @@ def build_tape(rng: random.Random, n: int = TAPE_LEN) -> list[tuple]:
     ev_weights = [e.weight for e in P.NODE_EVENTS]
     height = 870_000 + rng.randrange(10_000)
     tape: list[tuple] = []
+    types = iter(rng.choices(msgs, mw, k=n))
     for kind in rng.choices(steps, sw, k=n):
         if kind == "message":
-            t = rng.choices(msgs, mw)[0]
+            t = next(types)
             m = P.MESSAGE_MIX[t]
             d = "inbound" if rng.random() < m.inbound else "outbound"
             k = rng.randint(*m.burst)
