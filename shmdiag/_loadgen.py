@@ -5,7 +5,8 @@ Writers are real processes (multiprocessing *spawn*: they find the ring by name 
 ``Recorder.attach`` and record through the public API, following ``_profile``. Writer ``i``
 simulates peers ``w{i}-p{j}``: connect and handshake, steady traffic, pings with their round
 trips (``record_latency``), errors, disconnects and reconnects; no other process records those
-peers' lifecycle.
+peers' lifecycle. A writer that stops cleanly disconnects its peers ("shutdown"); a killed one
+leaves them connected in the ring's peer table, as a crashed node would.
 
 What is compared at the end, and why it is honest:
 
@@ -17,8 +18,8 @@ What is compared at the end, and why it is honest:
   equal that growth; with kills the difference is reported and must lie within
   ``kills x (most events a writer records between two publishes)``;
 * the ring also counts per writer process (``get_writers()``: each process's shard), so a killed
-  writer's exact total is known as long as no shard changed hands (a fresh ring has 128 never-used
-  shards; reuse starts only when they run out): the report gives both counts per writer;
+  writer's exact total is known as long as no shard changed hands (a process takes a never-used
+  shard first; reuse starts only when ``max_writers`` of them have been used): the report gives both counts per writer;
 * after the writers stop, ``recorded == retained + overwritten + lost + abandoned + expired``
   (``retained`` from ``health_check().event_count``) must hold exactly; a killed writer's event
   in flight is settled by the health check's reaping and counted once, as abandoned or recorded.
