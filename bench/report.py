@@ -239,8 +239,11 @@ def build(data: dict) -> str:  # noqa: C901 (one straight-line document)
         "- `get_events(100, ERROR)` is on a ring where 0.1% of events are errors (the 1,000-event ring holds none).",
         "- Read rings are built once per size (`ring` fixture in conftest.py): 100 peer connections, then "
         "`record_message` events with one `record_error` per 1,000, filled by a tight loop in one process.",
-        "- Helpers whose API does not exist at the measured commit (`record_latency`, `span`) are skipped "
-        "and absent from the table.",
+        "- Helper benchmarks whose API does not exist at the measured commit are skipped and absent from the table"
+        + (": " + ", ".join(f"`{h}`" for h in ("record_latency", "span")
+                            if f"test_helper[{h}-info]" not in by_name) + "." if any(
+            f"test_helper[{h}-info]" not in by_name for h in ("record_latency", "span")) else
+           " (none at this run). `span` times an empty `with` body: entering and leaving it plus one record."),
         "- The comparison against multiprocessing.Queue, logging, JSON lines, sqlite and prometheus_client "
         "is `bench/compare.py` -> `compare.md`.",
         "- The concurrent rows are the noisiest: on the 2-vCPU machine they were measured on, the 2-writer "

@@ -22,7 +22,7 @@ def test_compare_quick_writes_valid_json(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "compare.json").read_text())
     assert res["config"]["mode"] == "quick"
-    assert set(res["summary"]) == BACKENDS | {"null"}
+    assert set(res["summary"]) == BACKENDS | {"shmdiag_private", "null"}
     for name, s in res["summary"].items():
         sw = s["single_writer"]
         assert sw["end_to_end_ns_per_event"] > 0 and sw["caller_ns_per_event"] > 0, name
