@@ -1,4 +1,8 @@
-"""JSON export through orjson: quotes, newlines and any Unicode round-trip; nothing is dropped."""
+"""JSON export through orjson: quotes, newlines and any Unicode round-trip; nothing is dropped.
+
+``write_export`` streams an export (json or ndjson) a chunk of records at a time, rendered with
+numpy (over 1,000,000 events/s); ``event_to_dict``/``export_json`` are the per-event path, kept
+as the reference the fast path is tested against."""
 
 from __future__ import annotations
 
@@ -58,23 +62,25 @@ def export_json(name: str, stats: DiagnosticStats, health: HealthStatus, events:
 
 # -- streaming export ---------------------------------------------------------------------------
 #
-# Events are rendered a chunk of records at a time, with numpy, never one Python object per
-# event. Each event of a chunk becomes one row of a byte matrix assembled from column pieces:
-# literal JSON text (keys, punctuation), field text gathered from the records' text areas,
-# decimal digits, timestamps, words picked from small tables. Every piece is as wide as its
-# widest row in the chunk and shorter values are padded with zero bytes; rendered JSON never
-# contains a zero byte (a NUL in a text field is written as \u0000), so dropping every zero byte
-# of the matrix leaves exactly the events, one after another, in order.
+# Events are rendered a chunk of records at a time with numpy, never one Python object per
+# event. An event is a sequence of pieces: literal JSON text (keys, punctuation) and "cells",
+# each made for all rows of the chunk at once: timestamps (date and time-of-day tables),
+# field text gathered from the records' text areas, decimal digits, words picked from small
+# tables (severity, direction, true/false). Row lengths give every row its place in the
+# output buffer; each piece is then written for every row by one numpy scatter of w-byte
+# items (see render_events). Rows are grouped by kind (and by whether an error is present),
+# since each kind has its own sequence of pieces; the groups' rows keep their places, so the
+# output is in sequence order.
 #
 # Text is copied as is where every byte is printable ASCII other than '"' and '\'; any other
-# field (control characters, quotes, backslashes, non-ASCII, invalid UTF-8) is decoded as
-# decode() does (invalid UTF-8 becomes U+FFFD) and escaped by orjson, in Python, for that field
-# only. Metadata (JSON stored by record_event) is parsed and re-serialised by orjson, as the
-# per-event path does, so a foreign record can never put invalid JSON into an export. Latency
-# figures (float formatting) are also made per event. The result means exactly what
-# ``orjson.dumps(event_to_dict(decode(record)), option=OPT_UTC_Z)`` means for every record
-# (tests/test_export_fast.py compares the two); only insignificant details such as float
-# spelling may differ.
+# field (control characters, quotes, backslashes, non-ASCII, invalid UTF-8, NUL) is decoded as
+# decode() does (invalid UTF-8 becomes U+FFFD) and escaped by orjson, in Python, for that
+# field only (remembered: the same texts recur). Metadata (JSON stored by record_event) is
+# parsed and re-serialised by orjson per event, as the per-event path does, so a foreign record
+# can never put invalid JSON into an export. Latency figures (float formatting) are also made
+# per event. The result means exactly what ``orjson.dumps(event_to_dict(decode(record)),
+# option=OPT_UTC_Z)`` means for every record (tests/test_export_fast.py compares the two,
+# parsed); only insignificant details such as float spelling may differ.
 
 CHUNK = 16384  # records per chunk: a few MB of working memory, whatever the ring's size
 
@@ -261,8 +267,19 @@ def _timestamps(ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, lens
 
 
-def _escape(raw: bytes) -> bytes:
-    return orjson.dumps(raw.decode("utf-8", "replace"))[1:-1]
+class _Escaper(dict):
+    """Field bytes -> their JSON string contents (as decode() reads them: invalid UTF-8 becomes
+    U+FFFD), remembered: a node repeats the same few texts many times."""
+
+    def __missing__(self, raw: bytes) -> bytes:
+        esc = orjson.dumps(raw.decode("utf-8", "replace"))[1:-1]
+        if len(self) >= 65_536:  # bounded, whatever the texts
+            self.clear()
+        self[raw] = esc
+        return esc
+
+
+_ESCAPED = _Escaper()
 
 
 class _Chunk:
@@ -305,7 +322,8 @@ class _Chunk:
             special = _SPECIAL[block].any(axis=1) | (np.count_nonzero(block, axis=1) != length)
             sp = np.flatnonzero(special)
             buf = self.buf
-            esc, esc_lens = _cell_of([_escape(bytes(buf[s: s + n])) for s, n in zip(start[sp].tolist(), length[sp].tolist())])
+            esc = _ESCAPED
+            esc, esc_lens = _cell_of([esc[bytes(buf[s: s + n])] for s, n in zip(start[sp].tolist(), length[sp].tolist())])
             if esc.shape[1] > cap:
                 block = np.concatenate([block, np.zeros((m, esc.shape[1] - cap), dtype=_U8)], axis=1)
             block[sp, : esc.shape[1]] = esc
@@ -540,15 +558,21 @@ def render_events(raw: np.ndarray, lead: bytes = b"", trail: bytes = b"\n") -> n
     for rows, parts in plans:
         end = ends[rows]
         off = end - rowlen[rows]
+        tail = sum(len(p) for p in parts if isinstance(p, bytes))  # literal bytes from here to the row's end
         for p in parts:
             if isinstance(p, bytes):
                 w = len(p)
                 _window(out, w)[off] = np.frombuffer(p, dtype=f"V{w}")
                 off += w
+                tail -= w
                 continue
             block, lens = p
             w = block.shape[1]
             items = _v(block)
+            if w <= tail:  # what it writes past a row's text is inside that row, whatever the lengths
+                _window(out, w)[off] = items
+                off += lens
+                continue
             past = off + w > end
             if not past.any():
                 _window(out, w)[off] = items
@@ -578,6 +602,16 @@ class ExportCount(int):
 
     def __repr__(self) -> str:
         return f"ExportCount(written={int(self)}, skipped={self.skipped})"
+
+
+def _write_all(fp: BinaryIO, data) -> None:
+    """fp.write until all of ``data`` is written (a raw, unbuffered file may take part of it)."""
+    view = memoryview(data)
+    while len(view):
+        n = fp.write(view)
+        if n is None or n >= len(view):  # a file-like whose write() returns None took it all
+            return
+        view = view[n:]
 
 
 def write_export(seg, fp: BinaryIO, fmt: str, head: dict, progress: Progress | None = None, *,
@@ -610,16 +644,16 @@ def write_export(seg, fp: BinaryIO, fmt: str, head: dict, progress: Progress | N
     total = len(idx)
     head_b = orjson.dumps(head, option=_OPTS)
     if fmt == "json":
-        fp.write(head_b[:-1] + (b',"events":[' if len(head_b) > 2 else b'"events":['))
+        _write_all(fp, head_b[:-1] + (b',"events":[' if len(head_b) > 2 else b'"events":['))
         lead, trail = b",", b""
     else:
-        fp.write(head_b + b"\n")
+        _write_all(fp, head_b + b"\n")
         lead, trail = b"", b"\n"
     written = skipped = 0
     for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk):
         data = render_events(raw, lead, trail)
         if len(data):
-            fp.write(memoryview(data)[1:] if lead and not written else memoryview(data))
+            _write_all(fp, memoryview(data)[1:] if lead and not written else memoryview(data))
         written += len(raw)
         skipped += lost
         del data
@@ -628,7 +662,7 @@ def write_export(seg, fp: BinaryIO, fmt: str, head: dict, progress: Progress | N
     if total == 0 and progress is not None:
         progress(0, 0)
     if fmt == "json":
-        fp.write(b"]}")
+        _write_all(fp, b"]}")
     return ExportCount(written, skipped)
 
 

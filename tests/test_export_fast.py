@@ -236,6 +236,25 @@ def test_write_export_to_a_real_file(rec, tmp_path):
         assert events == slow_events(rec)
 
 
+def test_short_writes_are_completed(rec):
+    """A raw file may take part of what it is given: the rest is written, not lost."""
+    fill_every_kind(rec)
+
+    class Short:
+        def __init__(self):
+            self.data = bytearray()
+
+        def write(self, b) -> int:
+            b = bytes(b)[:777]
+            self.data += b
+            return len(b)
+
+    sink = Short()
+    n = rec.write_export(sink, "ndjson")
+    _, events = ndjson_events(bytes(sink.data))
+    assert n == len(events) and events == slow_events(rec)
+
+
 def test_empty_ring(rec):
     for fmt in ("json", "ndjson"):
         calls = []
