@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing.util
 import os
@@ -366,12 +367,40 @@ class Recorder:
                                   **{f: int(sh[f]) if cur else 0 for f in ("recorded", "overwritten", "lost", "abandoned")}))
         return out
 
-    def export_events(self) -> bytes:
-        """All retained events, oldest first, with stats and health, as JSON bytes."""
+    def export_events(self, format: str = "json") -> bytes:
+        """All retained events, oldest first, with name, stats and health, as bytes.
+
+        ``"json"``: one document {name, exported_at, stats, health, latency, events: [...]}.
+        ``"ndjson"``: a first line {name, exported_at, stats, health, latency}, then one event per line.
+        The whole export is built in memory: for large rings use :meth:`write_export`.
+        """
+        _export.check_format(format)
         with self._lock:
             self._check_open()
-            events = _reader.read_events(self._seg, 0, 0)
-            return _export.export_json(self._name, self.get_stats(), self.health_check(), events)
+            return _export.export_bytes(self._seg, format, self._export_head())
+
+    def write_export(self, fp: _export.BinaryIO, format: str = "json",
+                     progress: _export.Progress | None = None) -> int:
+        """Stream the export of :meth:`export_events` into the binary file ``fp`` a chunk at a
+        time (memory stays bounded whatever the ring's size); return the number of events written.
+
+        ``progress(done, total)``, if given, is called after every chunk. The events are those
+        retained when the export starts, oldest first; one that a writer overwrites before the
+        export reaches it is skipped, never waited for: the returned count's ``.skipped`` says how
+        many (see ``_export.write_export``). Other threads of this process wait for the export
+        to finish before reading or closing this Recorder; writers never wait.
+        """
+        _export.check_format(format)
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+        with self._lock:
+            self._check_open()
+            return _export.write_export(self._seg, fp, format, self._export_head(), progress)
+
+    def _export_head(self) -> dict:
+        """Everything an export carries besides its events."""
+        latency = {op: dataclasses.asdict(st) for op, st in _latency.read(self._seg).items()}
+        return _export.export_head(self._name, self.get_stats(), self.health_check(), latency=latency)
 
     # -- maintenance -----------------------------------------------------------------------
     def clear_events(self) -> None:

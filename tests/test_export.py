@@ -34,7 +34,7 @@ def export(r) -> dict:
 
 def test_export_empty_ring(rec):
     doc = export(rec)
-    assert set(doc) == {"name", "exported_at", "stats", "health", "events"}
+    assert set(doc) == {"name", "exported_at", "stats", "health", "latency", "events"}
     assert doc["name"] == rec.name
     assert doc["events"] == []
     assert doc["stats"]["total_events"] == 0
@@ -161,3 +161,13 @@ def test_export_truncated_event(rec):
     assert e["metadata"] == {"b": 1}
     assert ("日本" * 200).startswith(e["message"])
     assert "\ufffd" not in e["message"]
+
+
+def test_export_carries_latency_percentiles(rec):
+    for ms in (10, 20, 30, 40):
+        rec.record_latency("handshake", ms / 1000, peer_id="p")
+    for fmt in ("json", "ndjson"):
+        raw = rec.export_events(format=fmt)
+        head = orjson.loads(raw if fmt == "json" else raw.split(b"\n", 1)[0])
+        lat = head["latency"]["handshake"]
+        assert lat["count"] == 4 and lat["max"] == pytest.approx(0.04) and lat["mean"] == pytest.approx(0.025)

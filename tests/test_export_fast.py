@@ -22,7 +22,7 @@ from shmdiag import _export, _layout as L, _reader
 
 UTC = timezone.utc
 NASTY = 'quote " backslash \\ newline \n tab \t cr \r ñ 日本 😀 \x01 \x1f \x7f </script> \u2028'
-HEAD_KEYS = ["name", "exported_at", "stats", "health"]
+HEAD_KEYS = ["name", "exported_at", "stats", "health", "latency"]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
