@@ -434,7 +434,7 @@ class _Run:
         self.interrupted = False
         self.t_go = 0.0
         self.shards_before: set[int] = set()
-        creator = int(getattr(rec._seg, "creator_pid", 0)) if not created else os.getpid()
+        creator = rec.creator_pid if not created else os.getpid()
         self.collector = _Cpu(creator or os.getpid(), "loadgen (ring creator)" if created else "ring creator")
         self.self_cpu = _Cpu(os.getpid(), "loadgen")
 

@@ -114,7 +114,6 @@ class Recorder:
         self._config = seg.config
         self._name = seg.name
         self._is_creator = seg.owner
-        self._creator_pid = os.getpid()
         self._lock = threading.RLock()  # reads and close; writes are serialised by the GIL
         self._closed = False
         self._shards = ShardManager(seg, self._lock)
@@ -140,6 +139,11 @@ class Recorder:
     @property
     def config(self) -> RecorderConfig:
         return self._config
+
+    @property
+    def creator_pid(self) -> int:
+        """The process that created the ring (the collector, for ``shmdiag serve``)."""
+        return self._seg.creator_pid
 
     @property
     def closed(self) -> bool:
