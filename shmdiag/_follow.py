@@ -1,0 +1,229 @@
+"""``shmdiag tail``: the last events of a ring, and following it without missing or repeating one.
+
+The follower keeps a cursor: the next sequence number to deliver. Sequence numbers are claimed
+by writers in order (one fetch_add on the head) and name their slot (``seq % capacity``), so at
+each poll every sequence number in [cursor, head) is in exactly one of these states, read from
+its slot word (``_layout.w_seq``/``w_state``):
+
+* the slot holds it, committed: deliver it (copied and validated as the reader path does:
+  words, fence, records, fence, words again, checksum);
+* the slot holds a newer sequence number: the ring went round and overwrote it before we read
+  it (or its writer found the slot taken and dropped it): counted, reported as *overwritten*;
+* the slot holds it, deleted: retention cleanup expired it, or a reaper freed the slot of a
+  writer that died inside the record: counted, reported as *unreadable*;
+* the slot holds an older sequence number, or it busy: its writer is inside the record right
+  now. Delivery stops there, to keep sequence order, and looks again at the next poll. Writers
+  finish a record in microseconds, so one that has not within ``pending_timeout`` of the claim
+  was stopped, died or dropped the event (a dropped event leaves no trace in its slot): the
+  follower gives up on it and counts it as *unreadable* rather than stall forever.
+
+Nothing here writes to the ring. A clear (``clear_events``) does not touch slots or sequence
+numbers, so a follower goes on as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _layout as L
+from ._models import DiagnosticEvent
+from ._reader import copy_records, decode
+from ._segment import Segment
+
+_DELIVER, _OVERWRITTEN, _UNREADABLE, _FILTERED = 0, 1, 2, 3
+_START_WINDOW = 4096  # how far below the head to look for records still being written at start
+
+
+@dataclass
+class Gap:
+    """Events the follower could not deliver, between two it did (or at the end of a poll)."""
+
+    overwritten: int = 0  # the ring overwrote them before the follower read them
+    unreadable: int = 0   # never completed in time (writer stopped, died or dropped them) or expired
+    first_seq: int = -1
+    last_seq: int = -1
+
+    @property
+    def skipped(self) -> int:
+        return self.overwritten + self.unreadable
+
+    def add(self, kind: int, first: int, last: int) -> None:
+        if kind == _OVERWRITTEN:
+            self.overwritten += last - first + 1
+        else:
+            self.unreadable += last - first + 1
+        if self.first_seq < 0:
+            self.first_seq = first
+        self.last_seq = last
+
+
+Accept = Callable[[DiagnosticEvent], bool]
+
+
+def _words(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Slot positions of ``seqs``, their words, and the sequence number each word holds
+    (garbage where the word is 0: callers mask with ``w != 0``)."""
+    pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
+    seg.native.fence()
+    w = seg.slots["w"][pos]  # fancy indexing copies
+    return pos, w, L.w_seq(w)
+
+
+def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+    """Claimed but not yet written: the slot holds an older sequence number (or nothing), or
+    holds this one, busy."""
+    nz = w != 0
+    return ~nz | (ws < seqs) | ((ws == seqs) & (L.w_state(w) == L.ST_BUSY))
+
+
+def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None
+            ) -> tuple[list[DiagnosticEvent], int]:
+    """The last ``n`` retained events at or above ``min_severity`` that ``accept`` takes, oldest
+    first, and the sequence number a follower should start from so that it neither repeats one
+    of them nor misses a record that was still being written while they were read.
+
+    Looks at the newest sequence numbers first, widening the window, so a filter that matches
+    often costs little on a large ring.
+    """
+    head, base = seg.era()
+    lo = max(base, head - min(seg.capacity, _START_WINDOW))
+    seqs = np.arange(lo, head, dtype=np.uint64)
+    _, w, ws = _words(seg, seqs)
+    busy = np.flatnonzero(_in_flight(w, ws, seqs))
+    cursor = lo + int(busy[0]) if len(busy) else head
+    if n <= 0:
+        return [], cursor
+    floor = max(base, head - seg.capacity)
+    found: list[DiagnosticEvent] = []
+    hi, k = cursor, 256
+    while hi > floor and len(found) < n:
+        lo = max(floor, hi - k)
+        seqs = np.arange(lo, hi, dtype=np.uint64)
+        pos, w, ws = _words(seg, seqs)
+        sev = L.w_severity(w)
+        ok = (w != 0) & (ws == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev >= min_severity) & (sev <= 4)
+        idx = np.flatnonzero(ok)
+        recs, valid = copy_records(seg, pos[idx], w[idx])
+        for rec in recs[valid][::-1]:
+            e = decode(rec)
+            if accept is None or accept(e):
+                found.append(e)
+                if len(found) == n:
+                    break
+        hi, k = lo, min(k * 4, 1 << 16)
+    found.reverse()
+    return found, cursor
+
+
+class Follower:
+    """Delivers every event from ``cursor`` on, in sequence order, exactly once, and a Gap for
+    every run of events it could not. Call ``poll()`` every few tens of milliseconds."""
+
+    def __init__(self, seg: Segment, cursor: int, *, min_severity: int = 0, accept: Accept | None = None,
+                 pending_timeout: float = 1.0, batch: int = 1 << 16) -> None:
+        self.seg = seg
+        self.cursor = cursor
+        self.min_severity = min_severity
+        self.accept = accept
+        self.pending_timeout = pending_timeout
+        self.batch = batch
+        self.delivered = 0
+        self.overwritten = 0
+        self.unreadable = 0
+        # (head, time) at each poll where the head moved: a sequence number below head_i was
+        # claimed no later than time_i, which bounds how long a record has been in flight.
+        self._heads: list[int] = []
+        self._times: list[float] = []
+        self._gap = Gap()
+
+    def _note_head(self, head: int, now: float) -> None:
+        if not self._heads or head > self._heads[-1]:
+            self._heads.append(head)
+            self._times.append(now)
+        # Forget checkpoints no sequence number at or past the cursor needs.
+        drop = 0
+        while drop < len(self._heads) - 1 and self._heads[drop] <= self.cursor:
+            drop += 1
+        if drop:
+            del self._heads[:drop], self._times[:drop]
+
+    def _claimed_at(self, seqs: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(np.asarray(self._heads, dtype=np.uint64), seqs, side="right")
+        return np.asarray(self._times)[np.minimum(k, len(self._times) - 1)]
+
+    def _flush_gap(self, out: list) -> None:
+        if self._gap.skipped:
+            out.append(self._gap)
+            self._gap = Gap()
+
+    def poll(self, now: float | None = None) -> list[DiagnosticEvent | Gap]:
+        """Everything that became deliverable since the last poll: events, and Gaps before the
+        event they precede (or at the end)."""
+        seg = self.seg
+        head, _ = seg.era()
+        now = time.monotonic() if now is None else now
+        self._note_head(head, now)
+        out: list[DiagnosticEvent | Gap] = []
+        while self.cursor < head:
+            start = self.cursor
+            seqs = np.arange(start, min(head, start + self.batch), dtype=np.uint64)
+            pos, w, ws = _words(seg, seqs)
+            nz = w != 0
+            state = L.w_state(w)
+            same = nz & (ws == seqs)
+            committed = same & (state == L.ST_COMMITTED)
+            gone = nz & (ws > seqs)
+            deleted = same & (state == L.ST_DELETED)
+            cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
+            cls[gone] = _OVERWRITTEN
+            cls[deleted] = _UNREADABLE
+            sev = L.w_severity(w)
+            filtered = committed & (sev < self.min_severity)
+            cls[filtered] = _FILTERED
+            want = np.flatnonzero(committed & ~filtered)
+            recs, valid = copy_records(seg, pos[want], w[want])
+            # A record that changed under the copy was overwritten meanwhile, or holds bad bytes:
+            # it stays in flight and the next poll sees which.
+            cls[want[valid]] = _DELIVER
+            rec_of = np.full(len(seqs), -1, dtype=np.intp)
+            rec_of[want] = np.arange(len(want))
+            flying = np.flatnonzero(cls < 0)
+            if len(flying):
+                stale = now - self._claimed_at(seqs[flying]) > self.pending_timeout
+                cls[flying[stale]] = _UNREADABLE
+                blocking = flying[~stale]
+                stop = int(blocking[0]) if len(blocking) else len(seqs)
+            else:
+                stop = len(seqs)
+            self._emit(cls[:stop], recs, rec_of, start, out)
+            self.cursor = start + stop
+            if stop < len(seqs):
+                break
+        self._flush_gap(out)
+        return out
+
+    def _emit(self, cls: np.ndarray, recs: np.ndarray, rec_of: np.ndarray, start: int, out: list) -> None:
+        if not len(cls):
+            return
+        edges = np.flatnonzero(np.diff(cls)) + 1
+        bounds = [0, *edges.tolist(), len(cls)]
+        accept = self.accept
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            kind = int(cls[a])
+            if kind == _DELIVER:
+                for i in range(a, b):
+                    e = decode(recs[rec_of[i]])
+                    if accept is None or accept(e):
+                        self._flush_gap(out)
+                        out.append(e)
+                        self.delivered += 1
+            elif kind in (_OVERWRITTEN, _UNREADABLE):
+                self._gap.add(kind, start + a, start + b - 1)
+                if kind == _OVERWRITTEN:
+                    self.overwritten += b - a
+                else:
+                    self.unreadable += b - a

@@ -1,0 +1,663 @@
+"""The ``shmdiag`` command, driven as a user would: subprocesses against real rings, with real
+writer processes. Every error path must give one line on stderr and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import orjson
+import pytest
+
+from shmdiag import Recorder, RecorderConfig, Severity
+
+from conftest import shm_path, unique_name, unlink_quietly
+
+CLI = [sys.executable, "-m", "shmdiag"]
+
+# A writer process: attaches by name and records the operations given as JSON, then closes.
+WRITER = textwrap.dedent(
+    """
+    import json, sys, time
+    from shmdiag import DiagnosticEvent, Recorder, Severity
+    name, ops = sys.argv[1], json.loads(sys.argv[2])
+    with Recorder.attach(name) as rec:
+        for op in ops:
+            kind, args = op[0], op[1:]
+            if kind == "msg":
+                rec.record_message(*args)
+            elif kind == "conn":
+                rec.record_peer_connection(*args)
+            elif kind == "disc":
+                rec.record_peer_disconnection(*args)
+            elif kind == "err":
+                rec.record_error(*args)
+            elif kind == "lat":
+                rec.record_latency(*args)
+            elif kind == "event":
+                etype, message, sev, peer = args
+                rec.record_event(DiagnosticEvent(etype, message, Severity(sev), peer_id=peer))
+            elif kind == "many":  # n numbered probe events
+                n, tag = args
+                for i in range(n):
+                    rec.record_event(DiagnosticEvent("probe", f"{tag}:{i}", Severity.INFO, peer_id=tag))
+            elif kind == "sleep":
+                time.sleep(args[0])
+    print("done", flush=True)
+    """
+)
+
+
+def run_cli(*args: str, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def write(name: str, ops: list) -> None:
+    """Record ``ops`` from a separate writer process, and wait for it."""
+    cp = subprocess.run([sys.executable, "-c", WRITER, name, json.dumps(ops)], capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+
+
+def assert_one_error_line(cp: subprocess.CompletedProcess, status: int, *needles: str) -> str:
+    assert cp.returncode == status, (cp.returncode, cp.stdout, cp.stderr)
+    assert "Traceback" not in cp.stderr, cp.stderr
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, cp.stderr
+    assert lines[0].startswith("shmdiag: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def attachable(name: str) -> bool:
+    try:
+        Recorder.attach(name).close()
+        return True
+    except Exception:
+        return False
+
+
+class LineReader:
+    """Lines from a child's stdout pipe, with a deadline (never blocks the test forever)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.buf = b""
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(proc.stdout, selectors.EVENT_READ)
+        self.eof = False
+
+    def lines_until(self, done, timeout: float = 20.0) -> list[bytes]:
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                out.append(line)
+                if done(line, out):
+                    return out
+            if self.eof or time.monotonic() > deadline:
+                raise AssertionError(f"output ended or timed out; got {len(out)} lines, last: {out[-3:]}")
+            if self.sel.select(timeout=0.2):
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    self.eof = True
+                self.buf += chunk
+
+
+@pytest.fixture
+def procs():
+    """Processes started by a test; killed (and reaped) at teardown whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            p.kill()
+        p.wait(timeout=10)
+        for f in (p.stdout, p.stderr):
+            if f is not None:
+                f.close()
+
+
+@pytest.fixture
+def shm_names():
+    """Names of segments a test makes under /dev/shm by other means; removed at teardown."""
+    names: list[str] = []
+    yield names
+    for n in names:
+        unlink_quietly(n)
+
+
+# -- serve ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_is_attachable_and_a_signal_unlinks_it(procs, shm_names, sig):
+    name = unique_name("serve")
+    shm_names.append(name)
+    p = subprocess.Popen([*CLI, "serve", name, "--max-events", "500"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    procs.append(p)
+    wait_for(lambda: attachable(name) or p.poll() is not None, what="serve to create the ring")
+    assert p.poll() is None, p.stderr.read()
+    write(name, [["msg", "peer-1", "inv", "inbound", 37]])
+    with Recorder.attach(name) as rec:
+        assert rec.config.max_events == 500
+        assert [e.peer_id for e in rec.get_events(10)] == ["peer-1"]
+    os.kill(p.pid, sig)
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert not os.path.exists(shm_path(name))
+    assert b"Traceback" not in err
+    text = out.decode()
+    assert f"shmdiag tail {name} -f" in text and f"Recorder.attach({name!r})" in text
+
+
+def test_serve_config_file_and_override(procs, shm_names, tmp_path):
+    name = unique_name("cfg")
+    shm_names.append(name)
+    cfg = tmp_path / "ring.toml"
+    cfg.write_text("[shmdiag]\nmax_events = 300\ncleanup_interval = 0.2\nretention_period = 3600\n"
+                   'log_level = "warning"\nmax_writers = 8\n')
+    p = subprocess.Popen([*CLI, "serve", name, "--config", str(cfg), "--max-events", "250"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(p)
+    wait_for(lambda: attachable(name) or p.poll() is not None, what="serve to create the ring")
+    with Recorder.attach(name) as rec:
+        c = rec.config
+        assert (c.max_events, c.cleanup_interval, c.retention_period, c.log_level, c.max_writers) == (
+            250, 0.2, 3600.0, "warning", 8)
+    # The collector's health check runs every cleanup_interval here; its first result is logged.
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 0
+    assert f"shmdiag {name} health: healthy" in err.decode(), err
+    assert not os.path.exists(shm_path(name))
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("max_events = 0\n", "max_events"),
+    ("max_evnts = 100\n", "max_evnts"),
+    ('log_level = "loud"\n', "log_level"),
+    ("cleanup_interval = -1\n", "cleanup_interval"),
+    ("enable_metrics = 1\n", "enable_metrics"),
+    ("max_events = [1, \n", "not valid TOML"),
+    ('name = "other"\n', "name"),
+])
+def test_serve_bad_config_exits_2_naming_the_field(tmp_path, shm_names, content, needle):
+    name = unique_name("badcfg")
+    shm_names.append(name)
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(content)
+    cp = run_cli("serve", name, "--config", str(cfg))
+    assert_one_error_line(cp, 2, needle)
+    assert not os.path.exists(shm_path(name))
+
+
+def test_serve_usage_errors(tmp_path, make_recorder):
+    assert_one_error_line(run_cli("serve", unique_name(), "--config", str(tmp_path / "missing.toml")), 2, "missing.toml")
+    assert_one_error_line(run_cli("serve", unique_name(), "--max-events", "-5"), 2, "--max-events")
+    assert_one_error_line(run_cli("serve", "bad/name"), 2, "not a valid ring name")
+    rec = make_recorder(100)
+    assert_one_error_line(run_cli("serve", rec.name), 1, "already exists")
+
+
+# -- ls / rm --------------------------------------------------------------------------------
+STALE = textwrap.dedent(
+    """
+    import sys, time
+    from multiprocessing import resource_tracker
+    from shmdiag import Recorder, RecorderConfig
+    rec = Recorder.with_config(RecorderConfig(name=sys.argv[1], max_events=64))
+    for i in range(100):
+        rec.record_message("p", "inv", "inbound", i)
+    # Without this, the tracker would unlink the ring once this process is killed.
+    resource_tracker.unregister("/" + rec.name, "shared_memory")
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def make_stale(name: str, procs: list) -> int:
+    """A ring whose creator was SIGKILLed (and whose tracker let it be): the creator's pid."""
+    p = subprocess.Popen([sys.executable, "-c", STALE, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(p)
+    assert p.stdout.readline() == b"ready\n", p.stderr.read()
+    p.kill()
+    p.wait(timeout=10)
+    assert os.path.exists(shm_path(name))
+    return p.pid
+
+
+def test_ls_lists_live_and_stale_rings(make_recorder, procs, shm_names):
+    live = make_recorder(200)
+    write(live.name, [["msg", "a", "inv", "inbound", 1]] * 30)
+    stale = unique_name("stale")
+    shm_names.append(stale)
+    dead_pid = make_stale(stale, procs)
+
+    cp = run_cli("ls", "--json")
+    assert cp.returncode == 0, cp.stderr
+    rows = {r["name"]: r for r in json.loads(cp.stdout)}
+    r = rows[live.name]
+    assert (r["owner_pid"], r["owner_alive"], r["capacity"], r["retained"], r["total_events"], r["note"]) == (
+        os.getpid(), True, 200, 30, 30, "")
+    assert r["live_writers"] == 0 and 0 <= r["age"] < 600
+    s = rows[stale]
+    assert (s["owner_pid"], s["owner_alive"], s["capacity"], s["retained"], s["total_events"]) == (
+        dead_pid, False, 64, 64, 100)
+
+    cp = run_cli("ls")
+    assert cp.returncode == 0
+    lines = cp.stdout.splitlines()
+    assert lines[0].split()[:4] == ["NAME", "OWNER", "CAPACITY", "RETAINED"]
+    live_line = next(x for x in lines if x.startswith(live.name + " "))
+    stale_line = next(x for x in lines if x.startswith(stale + " "))
+    assert f"{os.getpid()} (alive)" in live_line
+    assert f"{dead_pid} (dead)" in stale_line
+
+
+def test_ls_notes_a_corrupt_ring_and_skips_foreign_files(make_recorder, shm_names):
+    from conftest import raw_segment
+
+    rec = make_recorder(100)
+    with raw_segment(rec.name) as mm:
+        mm[40:44] = b"\xff\xff\xff\xff"  # max_shards, without fixing the header checksum
+    foreign = unique_name("foreign")
+    shm_names.append(foreign)
+    with open(shm_path(foreign), "wb") as f:
+        f.write(os.urandom(8192))
+    cp = run_cli("ls", "--json")
+    assert cp.returncode == 0, cp.stderr
+    rows = {r["name"]: r for r in json.loads(cp.stdout)}
+    assert foreign not in rows
+    assert "corrupt header" in rows[rec.name]["note"]
+    assert rows[rec.name]["owner_pid"] == os.getpid()
+
+
+def test_rm_refuses_live_removes_stale_and_refuses_foreign(make_recorder, procs, shm_names):
+    live = make_recorder(100)
+    assert_one_error_line(run_cli("rm", live.name), 1, "in use", str(os.getpid()))
+    assert os.path.exists(shm_path(live.name))
+
+    stale = unique_name("stale")
+    shm_names.append(stale)
+    make_stale(stale, procs)
+    cp = run_cli("rm", stale)
+    assert cp.returncode == 0, cp.stderr
+    assert not os.path.exists(shm_path(stale))
+
+    foreign = unique_name("foreign")
+    shm_names.append(foreign)
+    with open(shm_path(foreign), "wb") as f:
+        f.write(b"not a ring at all" * 500)
+    for args in (["rm", foreign], ["rm", foreign, "--force"]):
+        assert_one_error_line(run_cli(*args), 1, "not a shmdiag ring")
+        assert os.path.exists(shm_path(foreign))
+
+    assert_one_error_line(run_cli("rm", unique_name("nosuch")), 1, "no shmdiag ring")
+    cp = run_cli("rm", live.name, "--force")
+    assert cp.returncode == 0 and not os.path.exists(shm_path(live.name))
+    live.close()  # the creator's own unlink finds it gone: no error
+
+
+# -- stats / health / peers ------------------------------------------------------------------
+def _traffic(tag: str = "") -> list:
+    return ([["conn", f"p1{tag}", "203.0.113.5:8333"], ["conn", f"p2{tag}", "198.51.100.7:8333"]]
+            + [["msg", f"p1{tag}", "inv", "inbound", 37]] * 20 + [["msg", f"p2{tag}", "tx", "outbound", 250]] * 10
+            + [["err", f"p2{tag}", "bad checksum", "read"], ["lat", "ping", 0.05, f"p1{tag}"],
+               ["lat", "handshake", 0.012, f"p1{tag}"], ["disc", f"p2{tag}", "198.51.100.7:8333", "timeout"],
+               ["event", "block_validated", "block 871234 valid", 1, ""]])
+
+
+def test_stats_text_and_json(make_recorder):
+    rec = make_recorder(1000)
+    write(rec.name, _traffic())
+    cp = run_cli("stats", rec.name, "--json")
+    assert cp.returncode == 0, cp.stderr
+    d = json.loads(cp.stdout)
+    s = rec.get_stats()
+    assert d["total_events"] == s.total_events == 37
+    assert d["events_by_type"] == s.events_by_type and d["events_by_type"]["message"] == 30
+    assert d["events_by_severity"] == {str(k): v for k, v in s.events_by_severity.items()}
+    assert d["active_peers"] == 1
+    cp = run_cli("stats", rec.name)
+    assert cp.returncode == 0
+    assert "total events:  37" in cp.stdout
+    assert any(line.split()[:2] == ["message", "30"] for line in cp.stdout.splitlines())
+    assert any(line.split()[:2] == ["ERROR", "1"] for line in cp.stdout.splitlines())
+
+
+def test_health_text_json_and_exit_codes(make_recorder):
+    rec = make_recorder(1000)
+    write(rec.name, [["msg", "p", "inv", "inbound", 1]] * 40)
+    cp = run_cli("health", rec.name)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert cp.stdout.startswith("healthy: ")
+    # 4 errors in 44 events: 9% error rate, a warning
+    write(rec.name, [["err", "p", "boom", "read"]] * 4)
+    cp = run_cli("health", rec.name, "--json")
+    assert cp.returncode == 1
+    d = json.loads(cp.stdout)
+    assert d["status"] == "warning" and d["total_events"] == 44 and d["writers_dead"] == 0
+    # 60 errors in 100: 60%, an error
+    write(rec.name, [["err", "p", "boom", "read"]] * 56)
+    cp = run_cli("health", rec.name)
+    assert cp.returncode == 2
+    assert cp.stdout.startswith("error: error rate 60.0%")
+    assert rec.health_check().status == "error"
+
+
+def test_peers_text_and_json(make_recorder):
+    rec = make_recorder(1000)
+    write(rec.name, _traffic())
+    cp = run_cli("peers", rec.name, "--json")
+    assert cp.returncode == 0, cp.stderr
+    d = json.loads(cp.stdout)
+    assert (d["total_peers"], d["active_peers"], d["disconnected_peers"]) == (2, 1, 1)
+    by_id = {p["peer_id"]: p for p in d["peer_diagnostics"]}
+    assert by_id["p1"]["bytes_received"] == 20 * 37 and by_id["p1"]["status"] == "connected"
+    assert by_id["p2"]["bytes_sent_per_msg"] == {"tx": 2500} and by_id["p2"]["error_count"] == 1
+    assert by_id["p1"]["latency"] == pytest.approx(0.05, rel=0.02)
+    cp = run_cli("peers", rec.name)
+    assert cp.returncode == 0
+    lines = cp.stdout.splitlines()
+    assert lines[0].startswith("2 peers: 1 connected, 1 disconnected")
+    rows = [x.split() for x in lines[2:]]
+    assert rows[0][:3] == ["PEER", "ADDRESS", "STATUS"]
+    assert rows[1][:3] == ["p2", "198.51.100.7:8333", "disconnected"]  # the busiest first
+    assert rows[2][:3] == ["p1", "203.0.113.5:8333", "connected"]
+
+
+# -- tail -----------------------------------------------------------------------------------
+def _json_lines(text: str) -> list[dict]:
+    return [orjson.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def test_tail_last_n_and_filters(make_recorder):
+    rec = make_recorder(1000)
+    write(rec.name, _traffic())
+    everything = rec.get_events(0)
+
+    cp = run_cli("tail", rec.name, "-n", "3", "--json")
+    assert cp.returncode == 0, cp.stderr
+    got = _json_lines(cp.stdout)
+    assert [g["seq"] for g in got] == [e.seq for e in everything[-3:]]
+    assert got[-1]["event_type"] == "block_validated" and got[-1]["message"] == "block 871234 valid"
+
+    cp = run_cli("tail", rec.name, "--json")
+    assert [g["seq"] for g in _json_lines(cp.stdout)] == [e.seq for e in everything[-10:]]
+
+    cp = run_cli("tail", rec.name, "-n", "100", "--type", "message", "--peer", "p2", "--json")
+    got = _json_lines(cp.stdout)
+    assert len(got) == 10 and {(g["event_type"], g["peer_id"]) for g in got} == {("message", "p2")}
+
+    cp = run_cli("tail", rec.name, "-n", "100", "--min-severity", "warning", "--json")
+    got = _json_lines(cp.stdout)
+    want = [e for e in everything if e.severity >= Severity.WARNING]
+    assert [g["seq"] for g in got] == [e.seq for e in want] and len(want) == 2
+
+    cp = run_cli("tail", rec.name, "-n", "2", "--type", "error", "--type", "peer_connected")
+    lines = cp.stdout.splitlines()
+    assert len(lines) == 2
+    assert "ERROR" in lines[1] and "p2" in lines[1] and "Error in read" in lines[1] and "bad checksum" in lines[1]
+    assert "INFO" in lines[0] and "Peer connected: 198.51.100.7:8333" in lines[0]
+
+
+def _start_tail(name: str, procs: list, *extra: str) -> tuple[subprocess.Popen, LineReader]:
+    """tail -f, started after a marker event, so that the marker's line proves it is following."""
+    marker = f"marker-{time.monotonic_ns()}"
+    write(name, [["event", "marker", marker, 1, ""]])
+    p = subprocess.Popen([*CLI, "tail", name, "-f", "-n", "1", *extra], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    procs.append(p)
+    reader = LineReader(p)
+    reader.lines_until(lambda line, _: marker.encode() in line)
+    return p, reader
+
+
+def test_tail_follow_sees_new_events_in_order(make_recorder, procs):
+    rec = make_recorder(10_000)
+    p, reader = _start_tail(rec.name, procs, "--json")
+    # Two writer processes at once, then an end marker after both.
+    ws = [subprocess.Popen([sys.executable, "-c", WRITER, rec.name, json.dumps([["many", 300, tag]])],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for tag in ("a", "b")]
+    procs.extend(ws)
+    for w in ws:
+        assert w.wait(timeout=60) == 0
+    write(rec.name, [["event", "marker", "the-end", 1, ""]])
+    lines = reader.lines_until(lambda line, _: b"the-end" in line)
+    got = [orjson.loads(x) for x in lines]
+    assert not [g for g in got if "skipped" in g]
+    seqs = [g["seq"] for g in got]
+    assert seqs == sorted(set(seqs)), "in order, no repeats"
+    msgs = [g["message"] for g in got if g["event_type"] == "probe"]
+    assert sorted(msgs) == sorted(f"{t}:{i}" for t in "ab" for i in range(300))
+    for t in "ab":  # each writer's events in the order it wrote them
+        assert [m for m in msgs if m.startswith(t)] == [f"{t}:{i}" for i in range(300)]
+    # Everything the ring holds since the start marker was delivered: nothing missed.
+    ring_seqs = [e.seq for e in rec.get_events(0) if e.seq > seqs[0] - 1]
+    assert seqs == ring_seqs
+    os.kill(p.pid, signal.SIGINT)
+    assert p.wait(timeout=10) == 0
+    assert p.stderr.read() == b""
+
+
+def test_tail_follow_filters(make_recorder, procs):
+    rec = make_recorder(1000)
+    p, reader = _start_tail(rec.name, procs, "--json", "--type", "probe", "--type", "marker", "--peer", "b",
+                            "--peer", "")
+    write(rec.name, [["many", 50, "a"], ["many", 50, "b"], ["msg", "b", "inv", "inbound", 1],
+                     ["event", "marker", "the-end", 1, ""]])
+    got = [orjson.loads(x) for x in reader.lines_until(lambda line, _: b"the-end" in line)]
+    assert [g["message"] for g in got[:-1]] == [f"b:{i}" for i in range(50)]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_tail_follow_reports_overwritten_events(make_recorder, procs, as_json):
+    rec = make_recorder(64)
+    p, reader = _start_tail(rec.name, procs, *(["--json"] if as_json else []))
+    start_seq = rec.get_events(1)[0].seq  # the marker tail printed
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        write(rec.name, [["many", 1000, "flood"]])
+        write(rec.name, [["event", "marker", "the-end", 1, ""]])
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    end_seq = rec.get_events(1)[0].seq
+    lines = reader.lines_until(lambda line, _: b"the-end" in line)
+    if as_json:
+        got = [orjson.loads(x) for x in lines]
+        delivered = [g["seq"] for g in got if "seq" in g]
+        gaps = [g for g in got if "skipped" in g]
+        assert gaps, "an overwrite must be reported"
+        skipped = sum(g["skipped"] for g in gaps)
+        assert skipped == sum(g["overwritten"] for g in gaps) >= 1000 - 64
+        covered = set(delivered)
+        for g in gaps:  # gap ranges never contain a delivered event
+            assert not covered & set(range(g["first_seq"], g["last_seq"] + 1))
+        assert delivered == sorted(set(delivered))
+        assert len(delivered) + skipped == end_seq - start_seq
+        # What was delivered is what the ring still holds (nothing it could deliver was skipped).
+        assert delivered[-64:] == [e.seq for e in rec.get_events(0)]
+    else:
+        notes = [x for x in lines if x.startswith(b"-- ")]
+        assert notes and all(b"events overwritten before they could be read --" in x for x in notes)
+        skipped = sum(int(x.split()[1]) for x in notes)
+        events = [x for x in lines if not x.startswith(b"-- ")]
+        assert len(events) + skipped == end_seq - start_seq
+        assert events[-1].split()[-1] == b"the-end"
+
+
+def test_tail_follow_survives_a_closed_pipe(make_recorder, procs):
+    rec = make_recorder(1000)
+    write(rec.name, [["many", 20, "x"]])
+    p = subprocess.Popen([*CLI, "tail", rec.name, "-f", "-n", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(p)
+    LineReader(p).lines_until(lambda line, out: len(out) == 2)  # like `| head -n 2`
+    p.stdout.close()
+    write(rec.name, [["many", 20, "y"]])
+    assert p.wait(timeout=20) == 0
+    assert b"Traceback" not in p.stderr.read()
+
+
+def test_tail_follow_stops_when_the_ring_is_removed(procs, shm_names):
+    name = unique_name("gone")
+    shm_names.append(name)
+    s = subprocess.Popen([*CLI, "serve", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(s)
+    wait_for(lambda: attachable(name) or s.poll() is not None, what="serve")
+    p, _ = _start_tail(name, procs)
+    s.send_signal(signal.SIGTERM)
+    assert s.wait(timeout=20) == 0
+    assert p.wait(timeout=20) == 0, p.stderr.read()
+    assert b"was removed" in p.stderr.read()
+
+
+# -- export / clear ---------------------------------------------------------------------------
+def test_export_json_and_ndjson(make_recorder, tmp_path):
+    rec = make_recorder(500)
+    write(rec.name, _traffic() + [["many", 600, "x"]])  # overwrites: 500 retained
+    events = rec.get_events(0)
+    assert len(events) == 500
+
+    cp = subprocess.run([*CLI, "export", rec.name], capture_output=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    d = orjson.loads(cp.stdout)
+    assert d["name"] == rec.name and d["stats"]["total_events"] == 637
+    assert [(e["seq"], e["message"]) for e in d["events"]] == [(e.seq, e.message) for e in events]
+    assert cp.stderr == b""  # no progress bar when stderr is not a terminal
+
+    out = tmp_path / "x.ndjson"
+    cp = run_cli("export", rec.name, "--format", "ndjson", "-o", str(out))
+    assert cp.returncode == 0, cp.stderr
+    assert not (tmp_path / "x.ndjson.tmp").exists()
+    rows = [orjson.loads(x) for x in out.read_bytes().splitlines() if x.strip()]
+    ev_rows = [r for r in rows if "seq" in r and "event_type" in r]
+    assert [(r["seq"], r["message"]) for r in ev_rows] == [(e.seq, e.message) for e in events]
+
+    out = tmp_path / "x.json"
+    cp = run_cli("export", rec.name, "-o", str(out))
+    assert cp.returncode == 0
+    assert len(orjson.loads(out.read_bytes())["events"]) == 500
+    assert_one_error_line(run_cli("export", rec.name, "-o", str(tmp_path / "no" / "dir.json")), 1)
+
+
+def test_clear(make_recorder):
+    rec = make_recorder(100)
+    write(rec.name, _traffic())
+    cp = run_cli("clear", rec.name)
+    assert cp.returncode == 0, cp.stderr
+    assert "37 retained events dropped" in cp.stdout
+    assert rec.get_stats().total_events == 0 and rec.get_events(0) == []
+
+
+# -- errors a person can make ------------------------------------------------------------------
+@pytest.mark.parametrize("cmd", ["stats", "health", "peers", "tail", "export", "clear"])
+def test_unknown_ring_is_one_line(cmd):
+    name = unique_name("nosuch")
+    cp = run_cli(cmd, name)
+    assert_one_error_line(cp, 1, name, "no shmdiag ring")
+
+
+def test_not_a_ring_is_one_line(shm_names):
+    name = unique_name("foreign")
+    shm_names.append(name)
+    with open(shm_path(name), "wb") as f:
+        f.write(b"\x01" * 10000)
+    for cmd in ("stats", "tail", "health"):
+        assert_one_error_line(run_cli(cmd, name), 1, "not a shmdiag ring")
+    with open(shm_path(name), "wb") as f:
+        f.write(b"tiny")
+    assert_one_error_line(run_cli("stats", name), 1, "not a shmdiag ring")
+
+
+def test_corrupt_and_other_version_rings_are_one_line(make_recorder):
+    from shmdiag import _layout as L
+
+    from conftest import fix_header_crc, raw_segment, write_field
+
+    rec = make_recorder(100)
+    with raw_segment(rec.name) as mm:
+        write_field(mm, L.HEADER, "version", 99)
+        fix_header_crc(mm)
+    assert_one_error_line(run_cli("stats", rec.name), 1, "layout version 99")
+    with raw_segment(rec.name) as mm:
+        write_field(mm, L.HEADER, "version", L.VERSION)
+        write_field(mm, L.HEADER, "capacity", 7)
+    assert_one_error_line(run_cli("tail", rec.name), 1, "corrupt header")
+
+
+def test_permission_problem_is_one_line(make_recorder):
+    if os.geteuid() == 0:
+        pytest.skip("root may open any segment")
+    rec = make_recorder(100)
+    os.chmod(shm_path(rec.name), 0o000)
+    try:
+        assert_one_error_line(run_cli("stats", rec.name), 1, "permission denied")
+    finally:
+        os.chmod(shm_path(rec.name), 0o600)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["tail", "R", "-n", "x"], "-n"),
+    (["tail", "R", "-n", "-3"], "-n"),
+    (["tail", "R", "--min-severity", "loud"], "severity"),
+    (["export", "R", "--format", "xml"], "--format"),
+    (["stats"], "NAME"),
+    (["frobnicate"], "invalid choice"),
+    (["stats", "R", "--bogus"], "--bogus"),
+    (["stats", "../etc/passwd"], "not a valid ring name"),
+    ([], "required"),
+])
+def test_bad_usage_exits_2_with_one_line(args, needle):
+    cp = run_cli(*args)
+    assert_one_error_line(cp, 2, needle)
+
+
+def test_top_refuses_without_a_terminal(make_recorder):
+    rec = make_recorder(100)
+    cp = run_cli("top", rec.name, stdin=subprocess.DEVNULL)
+    assert_one_error_line(cp, 1, "terminal")
+
+
+def test_loadgen_is_wired():
+    try:
+        import shmdiag._loadgen as lg  # noqa: F401
+    except ImportError:
+        cp = run_cli("loadgen")
+        assert_one_error_line(cp, 1, "loadgen")
+        return
+    cp = run_cli("loadgen", "--help")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.startswith("usage: shmdiag loadgen")
+
+
+def test_inspectors_do_not_write_into_the_ring(make_recorder):
+    rec = make_recorder(200)
+    write(rec.name, _traffic())
+    before = [(w.pid, w.state) for w in rec.get_writers()]
+    for args in (["stats", rec.name], ["health", rec.name], ["peers", rec.name], ["tail", rec.name],
+                 ["export", rec.name], ["ls"]):
+        assert run_cli(*args).returncode == 0
+    assert [(w.pid, w.state) for w in rec.get_writers()] == before  # no shard was taken
+    assert rec.get_stats().total_events == 37
