@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the shmdiag benchmarks and write bench/results/RESULTS.md.
 
-    python bench/report.py                  # run `python -m pytest bench/test_bench_core.py -q --benchmark-json=...`, then report
+    python bench/report.py                  # run `python -m pytest bench/test_bench_*.py -q --benchmark-json=...`, then report
     python bench/report.py --from-json F    # report from an existing pytest-benchmark json (no run)
 
 Figures are medians per operation: each benchmark round times an inner loop of
@@ -78,7 +78,8 @@ TARGETS = {  # name -> (limit ns/op, text)
 
 def run_benchmarks(json_path: Path) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "bench/test_bench_core.py", f"--benchmark-json={json_path}", "-q"]
+    files = sorted(str(f.relative_to(ROOT)) for f in BENCH.glob("test_bench_*.py"))  # not the compare smoke test
+    cmd = [sys.executable, "-m", "pytest", *files, f"--benchmark-json={json_path}", "-q"]
     print("+", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=ROOT)
     if rc != 0:
@@ -154,7 +155,7 @@ def build(data: dict) -> str:  # noqa: C901 (one straight-line document)
         + (f" ({mach['note']})" if "note" in mach else ""),
         f"- Python {mach['python']}; {pkgs}",
         f"- shmdiag commit: {mach['shmdiag_commit']}",
-        "- command: `python -m pytest bench/test_bench_core.py -q --benchmark-json=bench/results/latest.json` "
+        "- command: `python -m pytest bench/test_bench_*.py -q --benchmark-json=bench/results/latest.json` "
         "(raw figures in `latest.json`)",
         "",
         "Medians per operation; every round times an inner loop (\"ops/round\"), so the harness's own "
