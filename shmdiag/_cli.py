@@ -26,6 +26,7 @@ import orjson
 
 from ._errors import ShmDiagError
 from ._models import DiagnosticEvent, Severity
+from ._tables import clean
 
 _JSON_OPTS = orjson.OPT_UTC_Z
 _POLL = 0.025  # tail -f: a new event shows within ~25 ms plus the time to print it
@@ -271,7 +272,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(health_to_dict(h))
     else:
-        _out(f"{h.status}: {h.message}")
+        _out(clean(f"{h.status}: {h.message}"))
         _out(kv([("retained", f"{h.event_count} of {h.max_events}"), ("total events", h.total_events),
                  ("overwritten", h.events_overwritten), ("lost", h.events_lost), ("abandoned", h.events_abandoned),
                  ("expired", h.events_expired), ("error rate", f"{h.error_rate:.2%}"),
@@ -325,7 +326,7 @@ def format_event(e: DiagnosticEvent) -> str:
         line += f"  error: {e.error}"
     if e.truncated:
         line += "  [truncated]"
-    return line.replace("\n", "\\n")
+    return clean(line)
 
 
 def format_gap(gap) -> str:
@@ -443,7 +444,11 @@ _PROGRESS_MIN = 50_000  # retained events from which an export is slow enough to
 
 def _export_to(rec, fp, fmt: str, progress) -> None:
     if hasattr(rec, "write_export"):
-        rec.write_export(fp, format=fmt, progress=progress)
+        n = rec.write_export(fp, format=fmt, progress=progress)
+        skipped = getattr(n, "skipped", 0)
+        if skipped:
+            sys.stderr.write(f"shmdiag: {skipped} events were overwritten by writers while exporting and are "
+                             "not in the export\n")
         return
     # Until Recorder.write_export lands: the whole export in memory.
     from ._export import event_to_dict
@@ -522,6 +527,35 @@ def cmd_loadgen(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 # -- the parser ----------------------------------------------------------------------------
+_SERVE_EPILOG = """\
+The collector owns the ring: retention cleanup every cleanup_interval, dead writers reaped,
+and a periodic health check whose changes are logged to stderr. It unlinks the ring on exit.
+
+Config file (TOML): RecorderConfig fields, all at the top level or all under [shmdiag]:
+  [shmdiag]
+  max_events = 100000        # --max-events overrides it
+  cleanup_interval = 300     # seconds
+  retention_period = 86400   # seconds
+  enable_metrics = true
+  enable_health_check = true
+  log_level = "info"         # debug, info, warning, error, critical
+  export_format = "json"     # json or ndjson
+  max_writers = 128
+  max_peers = 4096
+The ring's name comes from NAME only. An unknown key or a bad value exits with status 2."""
+
+_TAIL_EPILOG = """\
+With -f, every event recorded after the last one shown is printed once, in sequence order,
+within about 50 ms. Events tail could not read are reported where they were, in order:
+  -- N events overwritten before they could be read --
+      the ring went round before tail read them (tail was slower than the writers, or stopped)
+  -- N events never completed by their writers (stopped, died or dropped) or expired --
+      a writer claimed a sequence number and did not finish its record within 1 s, or the
+      record was removed by retention cleanup
+With --json these are JSON lines of their own:
+  {"skipped": N, "overwritten": N1, "unreadable": N2, "first_seq": A, "last_seq": B}
+A clear does not interrupt following. When the ring is removed, tail -f says so and exits 0."""
+
 def build_parser() -> _Parser:
     p = _Parser(prog="shmdiag", description="Multi-process P2P diagnostics recorder: a collector and inspectors "
                                               "for shared-memory rings.")
@@ -530,8 +564,9 @@ def build_parser() -> _Parser:
     p.add_argument("--version", action="version", version=f"shmdiag {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, help: str, func, *, json: bool = False, ring: bool = True) -> _Parser:
-        sp = sub.add_parser(name, help=help, description=help)
+    def cmd(name: str, help: str, func, *, json: bool = False, ring: bool = True, epilog: str | None = None) -> _Parser:
+        sp = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if ring:
             sp.add_argument("name", metavar="NAME", help="the ring's name (as in /dev/shm)")
         if json:
@@ -539,7 +574,7 @@ def build_parser() -> _Parser:
         sp.set_defaults(func=func)
         return sp
 
-    sp = cmd("serve", "create a ring and run its collector until SIGINT/SIGTERM", cmd_serve)
+    sp = cmd("serve", "create a ring and run its collector until SIGINT/SIGTERM", cmd_serve, epilog=_SERVE_EPILOG)
     sp.add_argument("--max-events", type=int, metavar="N", help="ring capacity (overrides the config file)")
     sp.add_argument("--config", metavar="FILE",
                     help="TOML file of RecorderConfig fields, at the top level or under [shmdiag]")
@@ -551,7 +586,7 @@ def build_parser() -> _Parser:
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
     sp.add_argument("--limit", type=_positive_int, default=50, metavar="N",
                     help="show the N busiest peers (default 50, 0 = all)")
-    sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True)
+    sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG)
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
     sp.add_argument("-n", type=_positive_int, default=10, metavar="N", help="how many past events (default 10)")
     sp.add_argument("--min-severity", type=_severity, default=Severity.DEBUG, metavar="S",

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+# Text read from a ring is untrusted: control characters (an escape sequence, a NUL) must not
+# reach the terminal. They are shown escaped, like repr() would.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+
+
+def clean(text: object) -> str:
+    """``text`` for a terminal: control characters escaped."""
+    return str(text).translate(_CONTROL)
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = (),
           indent: str = "") -> str:
     """Rows under headers, columns padded to their widest cell; columns in ``right`` (indices) are
     right-aligned, which is what numbers want. The last column is never padded on the right."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[clean(h) for h in headers]] + [["" if c is None else clean(c) for c in r] for r in rows]
     ncol = len(headers)
     widths = [max(len(r[i]) for r in cells) for i in range(ncol)]
     lines = []

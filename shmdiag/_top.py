@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ._errors import ShmDiagError
 from ._models import HealthStatus, Severity
-from ._tables import human_bytes, human_count, human_duration, table
+from ._tables import clean, human_bytes, human_count, human_duration, table
 
 _HEALTH_STYLE = {"healthy": "ok", "warning": "warn"}
 
@@ -208,7 +208,7 @@ def _draw(win, lines: list[tuple[str, str]], styles: dict[str, int]) -> None:
         if n <= 0:
             continue
         try:
-            win.addnstr(y, 0, text, n, styles.get(style, 0))
+            win.addnstr(y, 0, clean(text), n, styles.get(style, 0))
         except curses.error:
             pass
     win.refresh()

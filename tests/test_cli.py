@@ -11,11 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import datetime, timezone
 
 import orjson
 import pytest
 
-from shmdiag import Recorder, RecorderConfig, Severity
+from shmdiag import DiagnosticEvent, Recorder, Severity
 
 from conftest import shm_path, unique_name, unlink_quietly
 
@@ -95,11 +96,12 @@ def attachable(name: str) -> bool:
 class LineReader:
     """Lines from a child's stdout pipe, with a deadline (never blocks the test forever)."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen, stream=None) -> None:
         self.proc = proc
+        self.stream = proc.stdout if stream is None else stream
         self.buf = b""
         self.sel = selectors.DefaultSelector()
-        self.sel.register(proc.stdout, selectors.EVENT_READ)
+        self.sel.register(self.stream, selectors.EVENT_READ)
         self.eof = False
 
     def lines_until(self, done, timeout: float = 20.0) -> list[bytes]:
@@ -114,7 +116,7 @@ class LineReader:
             if self.eof or time.monotonic() > deadline:
                 raise AssertionError(f"output ended or timed out; got {len(out)} lines, last: {out[-3:]}")
             if self.sel.select(timeout=0.2):
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                chunk = os.read(self.stream.fileno(), 65536)
                 if not chunk:
                     self.eof = True
                 self.buf += chunk
@@ -185,11 +187,10 @@ def test_serve_config_file_and_override(procs, shm_names, tmp_path):
         assert (c.max_events, c.cleanup_interval, c.retention_period, c.log_level, c.max_writers) == (
             250, 0.2, 3600.0, "warning", 8)
     # The collector's health check runs every cleanup_interval here; its first result is logged.
-    time.sleep(1.0)
+    LineReader(p, p.stderr).lines_until(lambda line, _: f"shmdiag {name} health: healthy".encode() in line)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=20)
-    assert p.returncode == 0
-    assert f"shmdiag {name} health: healthy" in err.decode(), err
+    assert p.returncode == 0, err
     assert not os.path.exists(shm_path(name))
 
 
@@ -508,6 +509,53 @@ def test_tail_follow_reports_overwritten_events(make_recorder, procs, as_json):
         assert events[-1].split()[-1] == b"the-end"
 
 
+def test_follower_gives_up_on_a_record_never_written_and_says_so(make_recorder):
+    """A writer that claimed a sequence number and died before writing leaves nothing in its
+    slot: the follower waits (keeping order), then skips it as unreadable and goes on. An
+    expired record is reported the same way. Driven in-process with a fake clock."""
+    from shmdiag._follow import Follower, Gap, history
+
+    rec = make_recorder(100)
+    seg = rec._seg
+    rec.record_message("p", "inv", "inbound", 1)
+    _, cursor = history(seg, 0)
+    f = Follower(seg, cursor, pending_timeout=1.0)
+    seg.native.fetch_add(seg.header_word("head"), 1)  # claimed, never written
+    for i in range(3):
+        rec.record_message("p", "inv", "inbound", 10 + i)
+    t0 = time.monotonic()
+    assert f.poll(t0) == []  # in flight: nothing after it is delivered before it
+    assert f.poll(t0 + 0.5) == []
+    out = f.poll(t0 + 1.5)
+    assert isinstance(out[0], Gap) and (out[0].unreadable, out[0].overwritten) == (1, 0)
+    assert out[0].first_seq == out[0].last_seq == cursor
+    assert [e.metadata["size"] for e in out[1:]] == [10, 11, 12]
+    assert (f.delivered, f.unreadable, f.overwritten) == (3, 1, 0)
+
+    # Retention cleanup deletes a record before the follower reads it.
+    rec.record_event(DiagnosticEvent("old", "from the past", timestamp=datetime(2000, 1, 1, tzinfo=timezone.utc)))
+    rec.record_message("p", "inv", "inbound", 99)
+    assert rec.cleanup_old_events() == 1
+    out = f.poll()
+    assert isinstance(out[0], Gap) and out[0].unreadable == 1
+    assert [e.metadata["size"] for e in out[1:]] == [99]
+    assert f.poll() == []
+
+
+def test_history_starts_following_below_a_record_in_flight(make_recorder):
+    from shmdiag._follow import history
+
+    rec = make_recorder(100)
+    for i in range(5):
+        rec.record_message("p", "inv", "inbound", i)
+    head0 = rec._seg.era()[0]
+    rec._seg.native.fetch_add(rec._seg.header_word("head"), 1)  # in flight
+    rec.record_message("p", "inv", "inbound", 5)
+    events, cursor = history(rec._seg, 3)
+    assert [e.metadata["size"] for e in events] == [2, 3, 4]
+    assert cursor == head0  # the follower starts at the record in flight, then delivers size 5
+
+
 def test_tail_follow_survives_a_closed_pipe(make_recorder, procs):
     rec = make_recorder(1000)
     write(rec.name, [["many", 20, "x"]])
@@ -531,6 +579,22 @@ def test_tail_follow_stops_when_the_ring_is_removed(procs, shm_names):
     assert s.wait(timeout=20) == 0
     assert p.wait(timeout=20) == 0, p.stderr.read()
     assert b"was removed" in p.stderr.read()
+
+
+def test_human_output_escapes_control_characters(make_recorder):
+    rec = make_recorder(100)
+    write(rec.name, [["conn", "evil\x1b[2J\x00", "10.0.0.9:8333"], ["err", "evil\x1b[2J\x00", "bad\nline", "read"]])
+    write(rec.name, [["msg", "p", "inv", "inbound", 1]] * 30)  # keep it healthy (exit 0)
+    for args in (["tail", rec.name], ["peers", rec.name], ["stats", rec.name], ["health", rec.name]):
+        cp = run_cli(*args)
+        assert cp.returncode == 0, cp.stderr
+        assert "\x1b" not in cp.stdout and "\x00" not in cp.stdout
+    cp = run_cli("tail", rec.name, "--min-severity", "info")
+    lines = cp.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].endswith("error: bad\\nline")
+    assert "evil\\x1b[2J\\x00" in lines[0]
+    cp = run_cli("tail", rec.name, "--json", "--min-severity", "info")  # JSON keeps the exact text
+    assert [orjson.loads(x)["peer_id"] for x in cp.stdout.splitlines()] == ["evil\x1b[2J\x00"] * 2
 
 
 # -- export / clear ---------------------------------------------------------------------------
@@ -560,6 +624,23 @@ def test_export_json_and_ndjson(make_recorder, tmp_path):
     assert cp.returncode == 0
     assert len(orjson.loads(out.read_bytes())["events"]) == 500
     assert_one_error_line(run_cli("export", rec.name, "-o", str(tmp_path / "no" / "dir.json")), 1)
+
+
+def test_export_shows_progress_on_a_terminal_for_a_large_ring(make_recorder, tmp_path):
+    import pexpect
+
+    rec = make_recorder(60_000)
+    for i in range(60_000):
+        rec.record_message("p", "inv", "inbound", i)
+    out = tmp_path / "big.ndjson"
+    child = pexpect.spawn(sys.executable, ["-m", "shmdiag", "export", rec.name, "--format", "ndjson", "-o", str(out)],
+                          dimensions=(24, 80), timeout=60)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    tty = child.before.decode()
+    assert "exporting [" in tty and "100% 60000/60000 events" in tty, tty[-300:]
+    assert sum(1 for line in out.read_bytes().splitlines() if b'"seq"' in line) == 60_000
 
 
 def test_clear(make_recorder):

@@ -172,6 +172,22 @@ def test_top_ctrl_c_restores_the_terminal(make_recorder, terms):
     assert raw.rfind(RMCUP) > raw.rfind(SMCUP) and b"Traceback" not in raw
 
 
+def test_top_shows_hostile_ring_text_escaped(make_recorder, terms):
+    """Text in a ring is untrusted: a NUL (which curses refuses) or an escape sequence in a peer
+    id or event type must neither crash top nor reach the terminal."""
+    from shmdiag import DiagnosticEvent
+
+    rec = make_recorder(100)
+    rec.record_peer_connection("evil\x00\x1b[2Jpeer", "10.0.0.9:8333")
+    rec.record_message("evil\x00\x1b[2Jpeer", "inv", "inbound", 5000)
+    rec.record_event(DiagnosticEvent("ty\x1b]0;pwned\x07pe", "m"))
+    t = Term(["-m", "shmdiag", "top", rec.name, "--interval", "0.3"])
+    terms.append(t)
+    t.wait_for(lambda s: "evil\\x00\\x1b[2Jpeer" in s and "ty\\x1b]0;pwned\\x07pe" in s)
+    assert b"pwned\x07" not in bytes(t.raw) and b"\x1b[2Jpeer" not in bytes(t.raw)
+    assert t.quit() == 0
+
+
 def test_top_unknown_ring_is_one_line(terms):
     t = Term(["-m", "shmdiag", "top", "shmdiag-test-no-such-ring"])
     terms.append(t)
