@@ -161,6 +161,7 @@ def _load_config(path: str | None, name: str, max_events: int | None):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._recorder import Recorder
+    from ._segment import RingExistsError
     from ._tables import human_bytes
 
     cfg = _load_config(args.config, args.name, args.max_events)
@@ -178,7 +179,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    rec = Recorder.with_config(cfg)
+    try:
+        rec = Recorder.with_config(cfg)
+    except RingExistsError:
+        alive = ""
+        try:
+            from ._rings import ring_info
+
+            info = ring_info(cfg.name)
+            if info.owner_pid is not None:
+                alive = f" by pid {info.owner_pid}, {'still running' if info.owner_alive else 'no longer running'}"
+        except ShmDiagError:
+            pass
+        raise ShmDiagError(f"a ring named {cfg.name!r} already exists (created{alive}); "
+                           f"'shmdiag rm {cfg.name}' removes a stale one") from None
     try:
         size = os.stat(f"/dev/shm/{rec.name}").st_size
         n = rec.name

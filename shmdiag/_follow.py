@@ -17,7 +17,8 @@ its slot word (``_layout.w_seq``/``w_state``):
   was stopped, died or dropped the event (a dropped event leaves no trace in its slot): the
   follower gives up on it and counts it as *unreadable* rather than stall forever.
 
-Nothing here writes to the ring. A clear (``clear_events``) does not touch slots or sequence
+A follower more than two laps behind counts the older part of its lag as overwritten in one
+step (see ``_LAPS``). Nothing here writes to the ring. A clear (``clear_events``) does not touch slots or sequence
 numbers, so a follower goes on as if nothing happened.
 """
 
@@ -36,6 +37,10 @@ from ._segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _FILTERED = 0, 1, 2, 3
 _START_WINDOW = 4096  # how far below the head to look for records still being written at start
+# A sequence number two laps below the head is counted as overwritten without reading its slot:
+# the next claimant of its slot overwrites a committed record, so it can still be there only if
+# the claimants of both later laps are stuck between claiming and writing.
+_LAPS = 2
 
 
 @dataclass
@@ -168,6 +173,12 @@ class Follower:
         now = time.monotonic() if now is None else now
         self._note_head(head, now)
         out: list[DiagnosticEvent | Gap] = []
+        far = head - _LAPS * seg.capacity
+        if self.cursor < far:
+            # Too far behind to read one by one (and a corrupt head must not make a poll spin).
+            self._gap.add(_OVERWRITTEN, self.cursor, far - 1)
+            self.overwritten += far - self.cursor
+            self.cursor = far
         while self.cursor < head:
             start = self.cursor
             seqs = np.arange(start, min(head, start + self.batch), dtype=np.uint64)

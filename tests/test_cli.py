@@ -218,7 +218,7 @@ def test_serve_usage_errors(tmp_path, make_recorder):
     assert_one_error_line(run_cli("serve", unique_name(), "--max-events", "-5"), 2, "--max-events")
     assert_one_error_line(run_cli("serve", "bad/name"), 2, "not a valid ring name")
     rec = make_recorder(100)
-    assert_one_error_line(run_cli("serve", rec.name), 1, "already exists")
+    assert_one_error_line(run_cli("serve", rec.name), 1, "already exists", f"pid {os.getpid()}, still running")
 
 
 # -- ls / rm --------------------------------------------------------------------------------
@@ -473,6 +473,16 @@ def test_tail_follow_filters(make_recorder, procs):
     assert [g["message"] for g in got[:-1]] == [f"b:{i}" for i in range(50)]
 
 
+def test_tail_follow_goes_on_across_a_clear(make_recorder, procs):
+    rec = make_recorder(1000)
+    p, reader = _start_tail(rec.name, procs, "--json")
+    write(rec.name, [["many", 5, "a"]])
+    assert run_cli("clear", rec.name).returncode == 0
+    write(rec.name, [["many", 5, "b"], ["event", "marker", "the-end", 1, ""]])
+    got = [orjson.loads(x) for x in reader.lines_until(lambda line, _: b"the-end" in line)]
+    assert [g.get("message") for g in got] == [f"a:{i}" for i in range(5)] + [f"b:{i}" for i in range(5)] + ["the-end"]
+
+
 @pytest.mark.parametrize("as_json", [True, False])
 def test_tail_follow_reports_overwritten_events(make_recorder, procs, as_json):
     rec = make_recorder(64)
@@ -540,6 +550,26 @@ def test_follower_gives_up_on_a_record_never_written_and_says_so(make_recorder):
     assert isinstance(out[0], Gap) and out[0].unreadable == 1
     assert [e.metadata["size"] for e in out[1:]] == [99]
     assert f.poll() == []
+
+
+def test_follower_survives_a_corrupt_head(make_recorder):
+    """A head word far beyond anything written (foreign bytes, a bug) must not make a poll
+    read 2**48 slots one batch at a time: the far part is counted in one step."""
+    from shmdiag import _layout as L
+    from shmdiag._follow import Follower, Gap
+
+    rec = make_recorder(100)
+    seg = rec._seg
+    rec.record_message("p", "inv", "inbound", 1)
+    f = Follower(seg, seg.era()[0])
+    gen = seg.load("head") >> L.SEQ_BITS
+    bogus = L.SEQ_MASK - 10
+    seg.native.store(seg.header_word("head"), (gen << L.SEQ_BITS) | bogus)
+    t0 = time.monotonic()
+    first = f.poll(t0)
+    assert len(first) == 1 and isinstance(first[0], Gap) and first[0].overwritten == bogus - 200 - 1
+    out = f.poll(t0 + 5)  # the last two laps: never written, given up after the timeout
+    assert len(out) == 1 and out[0].unreadable == 200 and f.cursor == bogus
 
 
 def test_history_starts_following_below_a_record_in_flight(make_recorder):
