@@ -111,12 +111,12 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
     lines.append((_fit(f"health: {status} - {h.message}", width), style))
     nd = cur.network
     summary = (f"{_fmt_rate(total_rate)} ev/s  total {human_count(st.total_events)}  "
-               f"errors {st.error_rate:.1%}" + (f" (now {recent_err:.1%}, {_fmt_rate(err_rate)}/s)" if recent_err is not None else "")
-               + f"  retained {human_count(h.event_count)}/{human_count(h.max_events)}"
+               f"errors {st.error_rate:.1%}" + (f" (now {recent_err:.1%})" if recent_err is not None else "")
                + f"  peers {nd.active_peers}/{nd.total_peers}")
     lines.append((_fit(summary, width), ""))
-    loss = f"overwritten {human_count(h.events_overwritten)}  lost {h.events_lost}  abandoned {h.events_abandoned}  " \
-           f"expired {h.events_expired}  writers {h.writers_alive} alive, {h.writers_dead} dead"
+    loss = (f"retained {human_count(h.event_count)}/{human_count(h.max_events)}  overwritten "
+            f"{human_count(h.events_overwritten)}  lost {h.events_lost}  abandoned {h.events_abandoned}  "
+            f"expired {human_count(h.events_expired)}")
     lines.append((_fit(loss, width), ""))
 
     two = width >= 60
@@ -135,7 +135,7 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
         type_rows.append((r or 0.0, n, t, r))
     type_rows.sort(key=lambda x: (-x[0], -x[1], x[2]))
     types = _block("EVENTS BY TYPE", _table(["TYPE", "EV/S", "TOTAL"],
-                                            [[_fit(t, 20), _fmt_rate(r), human_count(n)] for _, n, t, r in type_rows[:7]],
+                                            [[_fit(t, 20), _fmt_rate(r), human_count(n)] for _, n, t, r in type_rows[:5]],
                                             (1, 2), col), col)
 
     w_rows = []
@@ -143,14 +143,10 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
         before = prev.recorded_by_pid.get(w.pid) if prev is not None else None
         r = _rate(cur.recorded_by_pid.get(w.pid, 0), before, dt) if w.alive else None
         w_rows.append([w.pid, w.state, _fmt_rate(r), human_count(w.recorded), w.lost + w.abandoned])
-    writers = _block(f"WRITERS ({sum(w.alive for w in cur.writers)} alive)",
-                     _table(["PID", "STATE", "EV/S", "RECORDED", "LOST"], w_rows[:7], (0, 2, 3, 4), col), col)
-
     l_rows = [[_fit(op, 12), human_count(ls.count), human_duration(ls.p50), human_duration(ls.p90),
                human_duration(ls.p99), human_duration(ls.max)]
-              for op, ls in sorted(cur.latency.items(), key=lambda kv: -kv[1].count)[:7]]
-    latency = _block("LATENCY", _table(["OP", "N", "P50", "P90", "P99", "MAX"], l_rows, (1, 2, 3, 4, 5), col)
-                     if l_rows else "(no timed operations)", col)
+              for op, ls in sorted(cur.latency.items(), key=lambda kv: (-kv[1].count, kv[0]))]
+    peers = sorted(nd.peer_diagnostics, key=lambda p: (-(p.bytes_sent + p.bytes_received), p.peer_id))
 
     def pair(a: list, b: list) -> None:
         if not two:
@@ -162,13 +158,27 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
             lb, sb = b[i] if i < len(b) else ("", "")
             lines.append((la.ljust(col) + "  " + lb, sa or sb))
 
-    lines.append(("", ""))
+    # Rows left for the writer/latency tables and the peers, shared between them: blank
+    # separators only on a tall terminal, the severity/type pair is fixed (title, header, 5).
+    spacer = height >= 30
+    gap = [("", "")] if spacer else []
+    used = len(lines) + len(gap) + (7 if two else 14) + 2 * len(gap) + 2 + 2 + 1
+    if not two:
+        used += 2  # latency's title and header on lines of their own
+    rest = max(0, height - used)
+    wl = max(len(w_rows), len(l_rows), 1)
+    k = min(wl, max(1, rest // 2), 7) if peers else min(wl, max(1, rest), 7)
+    room = max(0, rest - k)
+
+    writers = _block(f"WRITERS ({sum(w.alive for w in cur.writers)} alive)",
+                     _table(["PID", "STATE", "EV/S", "RECORDED", "LOST"], w_rows[:k], (0, 2, 3, 4), col), col)
+    latency = _block("LATENCY", _table(["OP", "N", "P50", "P90", "P99", "MAX"], l_rows[:k], (1, 2, 3, 4, 5), col)
+                     if l_rows else "(no timed operations)", col)
+    lines.extend(gap)
     pair(sev, types)
-    lines.append(("", ""))
+    lines.extend(gap)
     pair(writers, latency)
-    lines.append(("", ""))
-    peers = sorted(nd.peer_diagnostics, key=lambda p: (-(p.bytes_sent + p.bytes_received), p.peer_id))
-    room = max(0, height - 1 - len(lines) - 2)
+    lines.extend(gap)
     p_rows = [[_fit(p.peer_id, 16), _fit(p.address or "-", 21), p.status[:4], human_bytes(p.bytes_sent),
                human_bytes(p.bytes_received), human_count(p.messages_sent + p.messages_received),
                human_duration(p.latency), p.error_count] for p in peers[:room]]
