@@ -213,6 +213,19 @@ def test_serve_bad_config_exits_2_naming_the_field(tmp_path, shm_names, content,
     assert not os.path.exists(shm_path(name))
 
 
+def test_serve_config_without_a_toml_reader_says_what_is_needed(tmp_path, monkeypatch, capsys):
+    """Python 3.10 has no tomllib: without the tomli package, --config says so (one line, 2)."""
+    from shmdiag import _cli
+
+    monkeypatch.setitem(sys.modules, "tomllib", None)
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max_events = 10\n")
+    assert _cli.main(["serve", unique_name(), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tomli" in err and err.startswith("shmdiag: error: ")
+
+
 def test_serve_usage_errors(tmp_path, make_recorder):
     assert_one_error_line(run_cli("serve", unique_name(), "--config", str(tmp_path / "missing.toml")), 2, "missing.toml")
     assert_one_error_line(run_cli("serve", unique_name(), "--max-events", "-5"), 2, "--max-events")
@@ -727,6 +740,22 @@ def test_permission_problem_is_one_line(make_recorder):
         assert_one_error_line(run_cli("stats", rec.name), 1, "permission denied")
     finally:
         os.chmod(shm_path(rec.name), 0o600)
+
+
+def test_permission_problem_is_one_line_simulated(make_recorder, monkeypatch, capsys):
+    """The same path as above for root (who may open anything): shm_open says EACCES."""
+    from shmdiag import _cli, _segment
+
+    rec = make_recorder(100)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_segment._posixshmem, "shm_open", denied)
+    for cmd in ("stats", "tail", "health"):
+        assert _cli.main([cmd, rec.name]) == 1
+        err = capsys.readouterr().err
+        assert err == f"shmdiag: error: permission denied opening ring {rec.name!r}\n"
 
 
 @pytest.mark.parametrize("args, needle", [
