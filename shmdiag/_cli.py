@@ -387,8 +387,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     with _attached(args.name) as rec:
         seg = rec._seg
         path = f"/dev/shm/{args.name}"
-        fd = getattr(seg, "_fd", None)  # the segment we mapped, even if it was removed already
-        ino = os.fstat(fd).st_ino if isinstance(fd, int) else os.stat(path).st_ino
+        ino = os.fstat(seg.fileno()).st_ino  # the segment we mapped, even if it was removed already
         events, cursor = history(seg, args.n, int(args.min_severity), filt)
         write(events)
         if not args.follow:

@@ -185,6 +185,10 @@ class Segment:
             os.close(fd)
             raise
 
+    def fileno(self) -> int:
+        """The segment's file descriptor: its inode tells whether /dev/shm/<name> is still it."""
+        return self._fd
+
     def close(self) -> None:
         """Unmap. Every numpy view must go first: mmap refuses to close under an export."""
         if self._mmap is None:
