@@ -7,6 +7,7 @@ as the reference the fast path is tested against."""
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import BinaryIO
@@ -682,20 +683,10 @@ def export_head(name: str, stats: DiagnosticStats, health: HealthStatus, **secti
     return head
 
 
-class _Collect:
-    """A write-only sink that keeps what it is given, for :func:`export_bytes`."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, b) -> int:
-        self.parts.append(bytes(b))
-        return len(b)
-
-
 def export_bytes(seg, fmt: str, head: dict) -> bytes:
     """:func:`write_export` into one bytes object (the whole export in memory: for small rings
-    and for ``Recorder.export_events``; stream large ones with ``write_export``)."""
-    sink = _Collect()
+    and for ``Recorder.export_events``; stream large ones with ``write_export``). A BytesIO
+    copies each chunk once and hands its buffer over without another copy."""
+    sink = io.BytesIO()
     write_export(seg, sink, fmt, head)
-    return b"".join(sink.parts)
+    return sink.getvalue()
