@@ -35,6 +35,14 @@
 
 #define NWORDS_MAX 64
 
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() do { } while (0)
+#endif
+
 static pid_t g_pid;
 static void after_fork_child(void) { g_pid = getpid(); }
 
@@ -242,27 +250,38 @@ static int peer_life(const Layout *L, char *e, uint64_t seq, int connected) {
 }
 
 /* Per-peer counters of the current clear generation, named by its base (first sequence number,
- * which only grows). The first event of a new generation to reach an entry zeroes its counters
- * (the CAS on the entry's era word elects one zeroer); an event of an older
- * generation arriving late leaves them alone. Another process adding to the same peer in the
- * instant of that zeroing could lose its add: the documented condition (a peer's events come
- * from one process at a time) rules that out. Identity (key, address, lifecycle) survives. */
+ * which only grows) + 1 in the entry's era word. A fresh entry (era 0) is already zero and is
+ * simply adopted. An entry of an older generation is zeroed by the one writer whose CAS moves
+ * its era word to ZEROING; others wait for the release store of the new era (the zeroing is a
+ * hundred stores), and give up after a bounded spin rather than wait on a writer that died
+ * mid-zeroing. An event of an older generation arriving late leaves the counters alone.
+ * Returns 1: count into them; 0: an older generation's event, skip; -1: gave up. */
+#define ERA_ZEROING UINT64_MAX
 static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
     char *gp = e + L->peer_era;
-    uint64_t want = base + 1, eg = ld_acq(gp);
-    if (eg == want) return 1;
-    if (eg > want) return 0;
-    if (!__atomic_compare_exchange_n(U64(gp), &eg, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        return eg == want;
-    const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
-                            L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
-                            L->peer_ping_min_ns, L->peer_events};
-    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) st_rlx(e + c[i], 0);
-    for (Py_ssize_t i = 0; i < L->msg_types; i++) {
-        st_rlx(e + L->peer_bytes_sent_per_msg + 8 * i, 0);
-        st_rlx(e + L->peer_bytes_recv_per_msg + 8 * i, 0);
+    uint64_t want = base + 1;
+    for (int spin = 0; spin < 100000; spin++) {
+        uint64_t eg = ld_acq(gp);
+        if (eg == want) return 1;
+        if (eg == ERA_ZEROING) { CPU_RELAX(); continue; }
+        if (eg > want) return 0;
+        if (eg == 0) {
+            if (__atomic_compare_exchange_n(U64(gp), &eg, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return 1;
+            continue;
+        }
+        if (!__atomic_compare_exchange_n(U64(gp), &eg, ERA_ZEROING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+        const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                                L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
+                                L->peer_ping_min_ns, L->peer_events};
+        for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) st_rlx(e + c[i], 0);
+        for (Py_ssize_t i = 0; i < L->msg_types; i++) {
+            st_rlx(e + L->peer_bytes_sent_per_msg + 8 * i, 0);
+            st_rlx(e + L->peer_bytes_recv_per_msg + 8 * i, 0);
+        }
+        st_rel(gp, want);   /* the zeroes before the era that lets others add */
+        return 1;
     }
-    return 1;
+    return -1;
 }
 
 static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
@@ -313,7 +332,9 @@ static void account_extras(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq
         *(unsigned char *)(e + L->peer_addr_len) = (unsigned char)an;
         if (flags & L->flag_life_connect) st_rlx(e + L->peer_connected_at, (uint64_t)ts);
     }
-    if (!peer_counters_current(L, e, base)) return;
+    int cur = peer_counters_current(L, e, base);
+    if (cur < 0) add_rlx(mem + L->hdr_peer_events_untracked, 1);
+    if (cur <= 0) return;
     add_rlx(e + L->peer_events, 1);
     max_rlx(e + L->peer_last_activity, (uint64_t)ts);
     if (sev >= 3) add_rlx(e + L->peer_errors, 1);
