@@ -165,13 +165,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ._tables import human_bytes
 
     cfg = _load_config(args.config, args.name, args.max_events)
-    # Wait for SIGINT/SIGTERM without polling. Not sigwait with the signals blocked: threads
+    # Wait for SIGINT/SIGTERM/SIGHUP without polling. Not sigwait with the signals blocked: threads
     # that already exist (numpy's BLAS pool) do not have them blocked, and the kernel may hand
     # the signal to one of them. A handler plus a wakeup fd works whichever thread gets it.
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    for s in (signal.SIGINT, signal.SIGTERM):
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: its terminal was closed
+    for s in stops:
         signal.signal(s, lambda *_: None)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -206,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         while True:
             got = os.read(wake_r, 64)
-            if got and got[-1] in (signal.SIGINT, signal.SIGTERM):
+            if got and got[-1] in stops:
                 sig = got[-1]
                 break
     finally:
@@ -388,7 +389,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         seg = rec._seg
         path = f"/dev/shm/{args.name}"
         ino = os.fstat(seg.fileno()).st_ino  # the segment we mapped, even if it was removed already
-        events, cursor = history(seg, args.n, int(args.min_severity), filt)
+        events, cursor = history(seg, args.n, int(args.min_severity), filt, follow=args.follow)
         write(events)
         if not args.follow:
             return 0
@@ -563,7 +564,7 @@ within about 50 ms. Events tail could not read are reported where they were, in 
   -- N events overwritten before they could be read --
       the ring went round before tail read them (tail was slower than the writers, or stopped)
   -- N events never completed by their writers (stopped, died or dropped) or expired --
-      a writer claimed a sequence number and did not finish its record within 1 s, or the
+      a writer claimed a sequence number and did not finish its record within 2 s, or the
       record was removed by retention cleanup
 With --json these are JSON lines of their own:
   {"skipped": N, "overwritten": N1, "unreadable": N2, "first_seq": A, "last_seq": B}

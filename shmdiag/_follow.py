@@ -85,11 +85,15 @@ def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray) -> np.ndarray:
     return ~nz | (ws < seqs) | ((ws == seqs) & (L.w_state(w) == L.ST_BUSY))
 
 
-def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None
-            ) -> tuple[list[DiagnosticEvent], int]:
+def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None, *,
+            follow: bool = True) -> tuple[list[DiagnosticEvent], int]:
     """The last ``n`` retained events at or above ``min_severity`` that ``accept`` takes, oldest
-    first, and the sequence number a follower should start from so that it neither repeats one
-    of them nor misses a record that was still being written while they were read.
+    first, and the sequence number a follower should start from.
+
+    With ``follow``, the events end below the oldest record still being written, and the
+    follower starts there: it delivers that record and everything after it, so nothing is
+    missed or repeated. Without, the events are simply the newest ones (a record in flight, or
+    one whose writer died, must not hide newer ones from a one-off look).
 
     Looks at the newest sequence numbers first, widening the window, so a filter that matches
     often costs little on a large ring.
@@ -104,7 +108,7 @@ def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None =
         return [], cursor
     floor = max(base, head - seg.capacity)
     found: list[DiagnosticEvent] = []
-    hi, k = cursor, 256
+    hi, k = (cursor if follow else head), 256
     while hi > floor and len(found) < n:
         lo = max(floor, hi - k)
         seqs = np.arange(lo, hi, dtype=np.uint64)
@@ -129,7 +133,7 @@ class Follower:
     every run of events it could not. Call ``poll()`` every few tens of milliseconds."""
 
     def __init__(self, seg: Segment, cursor: int, *, min_severity: int = 0, accept: Accept | None = None,
-                 pending_timeout: float = 1.0, batch: int = 1 << 16) -> None:
+                 pending_timeout: float = 2.0, batch: int = 1 << 16) -> None:
         self.seg = seg
         self.cursor = cursor
         self.min_severity = min_severity

@@ -705,11 +705,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress line, and no text report")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     """The command: 0 when the run reconciles, 1 when it does not (or a writer failed, or the
     ring cannot be opened), 2 for bad arguments, 130 when interrupted."""
     prog = getattr(args, "loadgen_prog", None) or "loadgen"
     live = not args.quiet and sys.stderr.isatty()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop as Ctrl-C does: writers stopped, our ring removed
+        signal.signal(sig, _interrupt)
     try:
         report = run_load(writers=args.writers, duration=args.duration, events=args.events, rate=args.rate,
                           ring=args.ring, max_events=args.max_events, peers=args.peers, chaos=args.chaos,

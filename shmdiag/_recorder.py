@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping as _MappingABC
 
 import orjson
+import psutil
 
 from . import _export, _health, _latency, _layout as L, _peers, _reader, _stats
 from ._config import RecorderConfig
@@ -27,7 +28,7 @@ from ._models import (
 )
 from ._native import set_closed_error
 from ._segment import Segment
-from ._writer import ShardManager, _fit_utf8, process_alive
+from ._writer import ShardManager, _fit_utf8, own_start_ms, process_alive
 
 set_closed_error(RecorderClosedError)
 
@@ -518,28 +519,44 @@ def _duration_ns(seconds: object) -> int:
 
 
 class _clear_lock:
-    """Serialise clears across processes with a header word holding the clearer's pid. A
-    holder that died is taken over; a live one is waited for (a clear takes microseconds)."""
+    """Serialise clears across processes with a header word naming the clearer: its pid and the
+    low 32 bits of its start time (ms), so a dead holder whose pid was reused is still seen to
+    be dead and taken over. A live holder is waited for (a clear takes microseconds)."""
 
     def __init__(self, seg: Segment) -> None:
         self._seg = seg
         self._off = seg.header_word("clear_lock")
 
     def __enter__(self) -> None:
-        nat, me = self._seg.native, os.getpid()
+        nat = self._seg.native
+        me = (os.getpid() << 32) | (own_start_ms() & 0xFFFFFFFF)
         deadline = time.monotonic() + 10.0
         while True:
             cur = nat.load(self._off)
-            if cur == 0 or (cur != me and not process_alive(cur, 0)):
+            if cur == 0 or (cur != me and not _holder_alive(cur)):
                 if nat.cas(self._off, cur, me):
                     return
             elif time.monotonic() > deadline:
-                raise TimeoutError(f"ring {self._seg.name!r}: process {cur} has been clearing it for 10 s")
+                raise TimeoutError(f"ring {self._seg.name!r}: process {cur >> 32} has been clearing it for 10 s")
             else:
                 time.sleep(0.0005)
 
     def __exit__(self, *exc: object) -> None:
         self._seg.native.store(self._off, 0)
+
+
+def _holder_alive(word: int) -> bool:
+    pid, start_lo = word >> 32, word & 0xFFFFFFFF
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        d = (round(proc.create_time() * 1000) - start_lo) & 0xFFFFFFFF
+        return min(d, (1 << 32) - d) <= 20  # create_time has jiffy resolution
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def _finalize(seg: Segment, shards: ShardManager) -> None:

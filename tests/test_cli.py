@@ -150,7 +150,7 @@ def shm_names():
 
 
 # -- serve ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_serve_is_attachable_and_a_signal_unlinks_it(procs, shm_names, sig):
     name = unique_name("serve")
     shm_names.append(name)
@@ -597,6 +597,21 @@ def test_history_starts_following_below_a_record_in_flight(make_recorder):
     events, cursor = history(rec._seg, 3)
     assert [e.metadata["size"] for e in events] == [2, 3, 4]
     assert cursor == head0  # the follower starts at the record in flight, then delivers size 5
+    events, _ = history(rec._seg, 3, follow=False)  # a one-off look is not hidden by it
+    assert [e.metadata["size"] for e in events] == [3, 4, 5]
+
+
+def test_tail_without_follow_shows_the_newest_past_a_stuck_record(make_recorder):
+    rec = make_recorder(100)
+    for i in range(5):
+        rec.record_message("p", "inv", "inbound", i)
+    rec._seg.native.fetch_add(rec._seg.header_word("head"), 1)  # claimed, never written
+    for i in range(5, 8):
+        rec.record_message("p", "inv", "inbound", i)
+    out = subprocess.run([*CLI, "tail", rec.name, "-n", "3", "--json"], capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    sizes = [orjson.loads(line)["metadata"]["size"] for line in out.stdout.splitlines()]
+    assert sizes == [5, 6, 7]
 
 
 def test_tail_follow_survives_a_closed_pipe(make_recorder, procs):

@@ -4,6 +4,7 @@ however many events the ring has overwritten."""
 from __future__ import annotations
 
 import math
+import os
 import multiprocessing as mp
 import time
 
@@ -170,3 +171,15 @@ def test_percentiles_across_processes(make_recorder):
     xs = np.concatenate([samples(s, n) for s in seeds])
     with Recorder.attach(r.name) as inspector:
         check_against_exact(inspector.get_latency_stats()["rpc"], xs)
+
+
+def test_a_clear_takes_over_the_lock_of_a_dead_clearer(rec):
+    """A clearer SIGKILLed inside clear_events leaves the lock word behind: pid and start time
+    name a process that is gone (here: a real pid with the wrong start time, as after reuse)."""
+    seg = rec._seg
+    stale = (os.getppid() << 32) | 12345  # a live pid, but not the process that took the lock
+    seg.native.store(seg.header_word("clear_lock"), stale)
+    rec.record_latency("op", 0.1)
+    rec.clear_events()  # does not wait 10 s and fail
+    assert rec.get_latency_stats() == {}
+    assert seg.native.load(seg.header_word("clear_lock")) == 0

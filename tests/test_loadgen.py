@@ -176,7 +176,7 @@ def test_rate_limits_roughly():
     assert report["writers_match_ring"]
     for w in report["writers"]:
         assert 300 <= w["events"] <= 1000 * w["seconds"] * 1.5 + 200, w  # full speed would be ~1e6/s
-        assert w["cpu_pct"] < 60, w  # it sleeps rather than spins
+        assert w["cpu_pct"] < 85, w  # it sleeps rather than spins (start-up included)
 
 
 def test_chaos_kills_and_replaces_writers_and_the_ring_reconciles():
