@@ -1,9 +1,10 @@
 """``shmdiag tail``: the last events of a ring, and following it without missing or repeating one.
 
-The follower keeps a cursor: the next sequence number to deliver. Sequence numbers are claimed
-by writers in order (one fetch_add on the head) and name their slot (``seq % capacity``), so at
-each poll every sequence number in [cursor, head) is in exactly one of these states, read from
-its slot word (``_layout.w_seq``/``w_state``):
+The follower keeps a cursor: the next sequence number to deliver. Writers claim sequence
+numbers in runs (one fetch_add on the head per run, see ``_layout.RUN_MAX``) and each names its
+slot (``seq % capacity``), so at each poll every sequence number in [cursor, head) is in exactly
+one of these states, read from its slot word (``_layout.w_seq``/``w_state``) and the writers'
+shards:
 
 * the slot holds it, committed: deliver it (copied and validated as the reader path does:
   words, fence, records, fence, words again, checksum);
@@ -11,14 +12,20 @@ its slot word (``_layout.w_seq``/``w_state``):
   it (or its writer found the slot taken and dropped it): counted, reported as *overwritten*;
 * the slot holds it, deleted: retention cleanup expired it, or a reaper freed the slot of a
   writer that died inside the record: counted, reported as *unreadable*;
-* the slot holds an older sequence number, or it busy: its writer is inside the record right
-  now. Delivery stops there, to keep sequence order, and looks again at the next poll. Writers
-  finish a record in microseconds, so one that has not within ``pending_timeout`` of the claim
-  was stopped, died or dropped the event (a dropped event leaves no trace in its slot): the
-  follower gives up on it and counts it as *unreadable* rather than stall forever.
+* the slot holds it, busy: its writer is inside the record right now. Delivery stops there,
+  to keep sequence order, and looks again at the next poll. Writers finish a record in
+  microseconds, so one that has not within ``pending_timeout`` of the claim was stopped or
+  died: the follower gives up on it and counts it as *unreadable* rather than stall forever;
+* the slot holds an older sequence number (or nothing), and a writer's current run, claimed
+  less than ``RUN_TTL_NS`` ago, holds it: it may still be written. Delivery stops there too;
+* the slot holds an older sequence number and no such run holds it: it never will be written
+  (the unused end of a run, a writer that died or dropped the event). Not an event: skipped
+  without a word. A writer checks its run's age after taking a slot and gives the slot back if
+  the run is older than ``RUN_TTL_NS``, so this cannot change after the follower has looked.
 
 A follower more than two laps behind counts the older part of its lag as overwritten in one
-step (see ``_LAPS``). Nothing here writes to the ring. A clear (``clear_events``) does not touch slots or sequence
+step (see ``_LAPS``); it may count there a few never-written sequence numbers as overwritten.
+Nothing here writes to the ring. A clear (``clear_events``) does not touch slots or sequence
 numbers, so a follower goes on as if nothing happened.
 """
 
@@ -35,7 +42,7 @@ from ._models import DiagnosticEvent
 from ._reader import copy_records, decode
 from ._segment import Segment
 
-_DELIVER, _OVERWRITTEN, _UNREADABLE, _FILTERED = 0, 1, 2, 3
+_DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
 _START_WINDOW = 4096  # how far below the head to look for records still being written at start
 # A sequence number two laps below the head is counted as overwritten without reading its slot:
 # the next claimant of its slot overwrites a committed record, so it can still be there only if
@@ -78,11 +85,38 @@ def _words(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return pos, w, L.w_seq(w)
 
 
-def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray) -> np.ndarray:
-    """Claimed but not yet written: the slot holds an older sequence number (or nothing), or
-    holds this one, busy."""
-    nz = w != 0
-    return ~nz | (ws < seqs) | ((ws == seqs) & (L.w_state(w) == L.ST_BUSY))
+class _Runs:
+    """The runs of sequence numbers writers may still write into, read after the head and
+    before any slot word (the order ``claim_run`` in ``_native.c`` relies on)."""
+
+    def __init__(self, seg: Segment, now_ns: int | None = None) -> None:
+        # Read before the slot words: a run older than RUN_TTL_NS at this moment is done with.
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        seg.native.fence()
+        run = seg.shards["run"].copy()
+        seg.native.fence()
+        t0 = seg.shards["run_t0"].astype(np.int64)
+        seg.native.fence()
+        fresh = (now - t0 <= L.RUN_TTL_NS) & (run != L.RUN_NONE)
+        self.claiming = bool((fresh & (run == L.RUN_CLAIMING)).any())
+        live = run[fresh & (run > L.RUN_CLAIMING)]
+        order = np.argsort(live >> np.uint64(L.RUN_LEN_BITS))
+        self.first = (live[order] >> np.uint64(L.RUN_LEN_BITS)) - np.uint64(2)
+        self.end = self.first + (live[order] & np.uint64((1 << L.RUN_LEN_BITS) - 1))
+
+    def pending(self, seqs: np.ndarray) -> np.ndarray:
+        """Which of ``seqs`` (not yet written) a writer may still write."""
+        if self.claiming:  # a writer between its fetch_add and saying which run it got
+            return np.ones(len(seqs), dtype=bool)
+        k = np.searchsorted(self.first, seqs, side="right") - 1
+        return (k >= 0) & (seqs < self.end[np.maximum(k, 0)]) if len(self.first) else np.zeros(len(seqs), dtype=bool)
+
+
+def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray, runs: _Runs) -> np.ndarray:
+    """Claimed but not yet written: the slot holds this one, busy, or an older sequence number
+    (or nothing) while a writer's run may still write it."""
+    unwritten = (w == 0) | (ws < seqs)
+    return ((w != 0) & (ws == seqs) & (L.w_state(w) == L.ST_BUSY)) | (unwritten & runs.pending(seqs))
 
 
 def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None, *,
@@ -99,10 +133,11 @@ def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None =
     often costs little on a large ring.
     """
     head, base = seg.era()
+    runs = _Runs(seg)
     lo = max(base, head - min(seg.capacity, _START_WINDOW))
     seqs = np.arange(lo, head, dtype=np.uint64)
     _, w, ws = _words(seg, seqs)
-    busy = np.flatnonzero(_in_flight(w, ws, seqs))
+    busy = np.flatnonzero(_in_flight(w, ws, seqs, runs))
     cursor = lo + int(busy[0]) if len(busy) else head
     if n <= 0:
         return [], cursor
@@ -174,6 +209,7 @@ class Follower:
         event they precede (or at the end)."""
         seg = self.seg
         head, _ = seg.era()
+        runs = _Runs(seg, None if now is None else int(now * 1e9))
         now = time.monotonic() if now is None else now
         self._note_head(head, now)
         out: list[DiagnosticEvent | Gap] = []
@@ -194,11 +230,13 @@ class Follower:
             gone = nz & (ws > seqs)
             deleted = same & (state == L.ST_DELETED)
             cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
+            unwritten = ~nz | (ws < seqs)
+            cls[unwritten & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
             cls[gone] = _OVERWRITTEN
             cls[deleted] = _UNREADABLE
             sev = L.w_severity(w)
             filtered = committed & (sev < self.min_severity)
-            cls[filtered] = _FILTERED
+            cls[filtered] = _QUIET
             want = np.flatnonzero(committed & ~filtered)
             recs, valid = copy_records(seg, pos[want], w[want])
             # A record that changed under the copy was overwritten meanwhile, or holds bad bytes:

@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 2
+VERSION = 3
 HEADER_SIZE = 4096
 SLOT_SIZE = 256
 CACHE_LINE = 64
@@ -34,6 +34,28 @@ CACHE_LINE = 64
 SEQ_BITS = 48
 SEQ_MASK = (1 << SEQ_BITS) - 1
 BASE_SLOTS = 16
+
+# Runs of sequence numbers: a writer claims several sequence numbers with one fetch_add and
+# fills their slots alone, so two cores do not write interleaved neighbouring records (16
+# slots share a page). A run is as long as the events its process recorded in the last
+# RUN_TTL_NS (a power of two, at most run_max(capacity)), so a slow writer claims one seq at a
+# time and leaves no unused ones behind. A run is used for at most RUN_TTL_NS after it was
+# claimed; the writer checks that after taking a slot, so a reader that finds a sequence number
+# unwritten later than that knows it never will be (see _follow.runs_pending).
+RUN_MAX = 64
+RUN_TTL_NS = 10_000_000
+RUN_NONE, RUN_CLAIMING = 0, 1  # shard word "run": none, one being claimed, or
+RUN_LEN_BITS = 8               # ((first seq + 2) << RUN_LEN_BITS) | length
+
+
+def run_max(capacity: int) -> int:
+    """The longest run: RUN_MAX on rings of 64Ki events and more, a power of two no larger
+    than capacity / 1024 below that (1, one seq per claim, on rings under 2048 events)."""
+    k = 1
+    while k < RUN_MAX and k * 2 * 1024 <= capacity:
+        k *= 2
+    return k
+
 
 # Slot word states.
 ST_COMMITTED, ST_BUSY, ST_DELETED = 0, 1, 2
@@ -148,7 +170,7 @@ HEADER = _struct(
 HEADER_STATIC_SIZE = 124  # bytes covered by header_crc
 
 SHARD = _struct(
-    2816,
+    2880,
     ("owner", "<u8", 0),           # (pid << 8) | SH_* state, changed by CAS only
     ("start_time", "<u8", 8),      # owner's process start time (ms), to tell a reused pid
     ("base", "<u8", 16),           # era (header base) these counters belong to
@@ -169,6 +191,8 @@ SHARD = _struct(
     ("type_count", "<u8", (TYPE_SLOTS,), 192),
     ("type_len", "<u1", (TYPE_SLOTS,), 704),
     ("type_name", f"S{TYPE_NAME_SIZE}", (TYPE_SLOTS,), 768),
+    ("run", "<u8", 2816),          # the run of sequence numbers in use (RUN_*)
+    ("run_t0", "<u8", 2824),       # CLOCK_MONOTONIC ns, read before that run was claimed
 )
 
 PEER = _struct(
@@ -315,6 +339,8 @@ def native_layout(header: np.void) -> dict[str, object]:
         st_committed=ST_COMMITTED, st_busy=ST_BUSY, st_deleted=ST_DELETED,
         j_phase_bits=J_PHASE_BITS, ph_claimed=PH_CLAIMED, ph_owned=PH_OWNED, ph_counting=PH_COUNTING,
         out_clean=OUT_CLEAN, out_overwrote=OUT_OVERWROTE, out_lost=OUT_LOST,
+        run_max=run_max(int(header["capacity"])), run_ttl_ns=RUN_TTL_NS, run_claiming=RUN_CLAIMING,
+        run_len_bits=RUN_LEN_BITS,
         flag_truncated=F_TRUNCATED, flag_life_connect=F_LIFE_CONNECT, flag_life_disconnect=F_LIFE_DISCONNECT,
         metrics=int(bool(int(header["flags"]) & HEADER_FLAG_METRICS)),
         checksum_keys=CHECKSUM_KEYS.astype("<u8").tobytes(),

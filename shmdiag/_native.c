@@ -62,7 +62,8 @@ typedef struct {
     Py_ssize_t shards_off, shard_size, max_shards;
     Py_ssize_t shard_base, shard_journal, shard_jmeta, shard_jts, shard_jprev, shard_jbefore,
         shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
-        shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots;
+        shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0;
+    Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
     Py_ssize_t peers_off, peer_size, max_peers, peer_slots, addr_cap, msg_types, msg_name_size;
     Py_ssize_t peer_key_state, peer_life, peer_era, peer_key_len, peer_addr_len, peer_connected_at,
@@ -94,7 +95,8 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_base), K(shard_journal), K(shard_jmeta), K(shard_jts), K(shard_jprev), K(shard_jbefore),
     K(shard_recorded), K(shard_overwritten), K(shard_lost), K(shard_abandoned), K(shard_expired),
     K(shard_first_ts), K(shard_last_ts),
-    K(shard_sev), K(shard_type_count), K(type_slots),
+    K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
+    K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
     K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(addr_cap), K(msg_types), K(msg_name_size),
     K(peer_key_state), K(peer_life), K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
     K(peer_last_activity), K(peer_msgs_sent), K(peer_msgs_recv), K(peer_bytes_sent), K(peer_bytes_recv),
@@ -121,6 +123,13 @@ typedef struct {
     char *shard;            /* this process's counter shard, or NULL */
     pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
+    /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
+     * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
+     * win_count events since win_start, rate_n in the window before. */
+    uint64_t bnext, bend, bhead, bbase, win_count, rate_n;
+    int64_t bt0, last_mono, win_start;
+    char *bshard;
+    pid_t bpid;
 } Mapping;
 
 #define U64(p) ((uint64_t *)(p))
@@ -396,7 +405,8 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
         L->peer_slots < L->max_peers || L->op_buckets < 2 ||
         L->hdr_msg_state + 8 * L->msg_types > self->view.len || L->hdr_msg_name + L->msg_name_size * L->msg_types > self->view.len ||
         L->hdr_head + 8 > self->view.len || L->hdr_base_of + 8 * L->base_slots > self->view.len ||
-        L->base_slots < 1 || L->seq_bits < 32 || L->seq_bits > 56 ||
+        L->base_slots < 1 || L->seq_bits < 32 || L->seq_bits > 56 || L->run_max < 1 || L->run_max > L->capacity ||
+        L->run_len_bits < 7 || L->run_max >= ((Py_ssize_t)1 << L->run_len_bits) || L->run_len_bits + L->seq_bits > 62 ||
         L->text_size > 255 || L->slot_text + L->text_size > L->slot_size ||
         ((uintptr_t)self->view.buf) % 8) {
         PyBuffer_Release(&self->view);
@@ -493,6 +503,46 @@ static inline int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static inline int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Claim a new run of sequence numbers for this process: as many as it recorded in the last
+ * run_ttl_ns, rounded down to a power of two, at most run_max.
+ *
+ * Readers (tail -f) must tell a sequence number that will never be written (the rest of a run
+ * its writer gave up, or a dead writer's) from one still to come, without writing anything.
+ * The shard says which run the process uses and when it claimed it: t0 is read, then the shard
+ * says CLAIMING (release: t0 first), then the fetch_add (acq_rel), then the run itself. A
+ * reader loads the head (acquire) before the shard words, so for any seq below that head it
+ * sees this run's t0 with CLAIMING or the run itself — or a later run, which this process only
+ * starts after it has finished with every seq it took from this one. */
+static void claim_run(Mapping *self, char *sh) {
+    const Layout *L = &self->L;
+    int64_t t0 = mono_ns();
+    if (t0 - self->win_start >= L->run_ttl_ns) {
+        self->rate_n = t0 - self->win_start < 2 * L->run_ttl_ns ? self->win_count : 0;
+        self->win_start = t0;
+        self->win_count = 0;
+    }
+    uint64_t n = 1;
+    while (n * 2 <= self->rate_n && n * 2 <= (uint64_t)L->run_max) n *= 2;
+    st_rlx(sh + L->shard_run_t0, (uint64_t)t0);
+    st_rel(sh + L->shard_run, (uint64_t)L->run_claiming);
+    uint64_t head = __atomic_fetch_add(U64(self->mem + L->hdr_head), n, __ATOMIC_ACQ_REL);
+    uint64_t lo = head & (((uint64_t)1 << L->seq_bits) - 1);
+    st_rel(sh + L->shard_run, ((lo + 2) << L->run_len_bits) | n);
+    self->bhead = head;
+    self->bbase = era_base(self, head);
+    self->bnext = lo;
+    self->bend = lo + n;
+    self->bt0 = self->last_mono = t0;
+    self->bshard = sh;
+    self->bpid = g_pid;
+}
+
 static int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
     long v = PyLong_AsLong(o);
     if (v == -1 && PyErr_Occurred()) return -1;
@@ -537,39 +587,72 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     }
 
     char *mem = self->mem, *sh = self->shard;
-    /* One atomic claims the sequence number and names its era: clear_events() starts a new
-     * generation by CAS on this same word, after publishing the generation's first sequence
-     * number (base) in base_of. So base_of[gen] is visible here and seq >= base, always. */
-    uint64_t head = __atomic_fetch_add(U64(mem + L->hdr_head), 1, __ATOMIC_ACQ_REL);
-    uint64_t seq = head & (((uint64_t)1 << L->seq_bits) - 1);
-    uint64_t base = era_base(self, head);
-    sync_era(L, sh, base);
-    st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16));
-    st_rlx(sh + L->shard_jts, (uint64_t)ts);
-    st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_claimed));
-
-    char *rec = mem + L->slots_off + (Py_ssize_t)(seq % (uint64_t)L->capacity) * L->slot_size;
-    char *wp = rec + L->slot_w;
-    uint64_t cur = ld_acq(wp);
+    uint64_t seq_mask = ((uint64_t)1 << L->seq_bits) - 1;
+    uint64_t head = 0, seq = 0, base = 0, cur = 0;
     uint64_t outcome = L->out_lost;
-    for (int t = 0; t < 8; t++) {
-        /* Never wait: a busy slot (a writer still in it, perhaps stopped) or a newer occupant
-         * (a writer a lap ahead got here first) means this event is dropped, and counted. */
-        if (cur != 0 && (w_seq1(L, cur) >= seq + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) {
-            /* ...unless the occupant names a sequence number nobody has claimed yet: that word is
-             * garbage (a corrupted segment), and waiting it out would lose this slot for good. */
-            uint64_t claimed = ld_acq(mem + L->hdr_head) & (((uint64_t)1 << L->seq_bits) - 1);
-            if (w_seq1(L, cur) - 1 < claimed) break;
+    char *rec = NULL, *wp = NULL;
+    for (int attempt = 0; attempt < 4 && outcome == (uint64_t)L->out_lost; attempt++) {
+        /* Take the next sequence number of this process's run, or claim a new run: when it is
+         * used up, was claimed by another process (fork) or for another shard, is older than
+         * block_ttl_ns (as of this process's last look at the clock), or belongs to an earlier
+         * clear generation. The relaxed head load costs a cache miss only when another writer
+         * claimed a run since, once per run. The generation check makes every event of a
+         * generation's run carry a seq of that generation; an event racing the clear lands in
+         * the old one, as it would had it claimed its seq just before the clear. */
+        uint64_t h = ld_rlx(mem + L->hdr_head);
+        if (self->bpid != g_pid || self->bshard != sh || self->bnext >= self->bend ||
+            (h >> L->seq_bits) != (self->bhead >> L->seq_bits) || self->last_mono - self->bt0 > L->run_ttl_ns)
+            claim_run(self, sh);
+        self->win_count++;
+        head = self->bhead;
+        base = self->bbase;
+        seq = self->bnext++;
+        sync_era(L, sh, base);
+        st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16));
+        st_rlx(sh + L->shard_jts, (uint64_t)ts);
+        st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_claimed));
+
+        rec = mem + L->slots_off + (Py_ssize_t)(seq % (uint64_t)L->capacity) * L->slot_size;
+        wp = rec + L->slot_w;
+        cur = ld_acq(wp);
+        int retry = 0;
+        for (int t = 0; t < 8; t++) {
+            /* Never wait. A busy slot (a writer still in it, perhaps stopped) drops this event,
+             * counted as lost. A newer occupant means the ring went round while this run sat
+             * unused: start a new run and try again. */
+            if (cur != 0 && (w_seq1(L, cur) >= seq + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) {
+                /* ...unless the occupant names a sequence number nobody has claimed yet: that word
+                 * is garbage (a corrupted segment), and waiting it out would lose this slot for good. */
+                uint64_t claimed = ld_acq(mem + L->hdr_head) & seq_mask;
+                if (w_seq1(L, cur) - 1 < claimed) {
+                    retry = w_state(L, cur) != (uint64_t)L->st_busy || w_seq1(L, cur) >= seq + 1;
+                    break;
+                }
+            }
+            st_rlx(sh + L->shard_jprev, cur);   /* ordered before the CAS by its release half */
+            if (__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, seq, (unsigned)sev, L->st_busy), 0,
+                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                /* The slot is ours. If the run is now older than block_ttl_ns, a reader may
+                 * already have decided this seq will never be written: put the old word back
+                 * (nothing else of the slot was touched) and take a seq of a new run. This check
+                 * comes after the CAS, so a writer stopped between taking the seq and the CAS
+                 * cannot slip a record in behind such a reader. */
+                int64_t now = mono_ns();
+                self->last_mono = now;
+                if (now - self->bt0 > L->run_ttl_ns) {
+                    st_rel(wp, cur);
+                    retry = 1;
+                    break;
+                }
+                /* a live record of this era, older than ours (a garbage word is neither) */
+                int was_live = cur != 0 && w_state(L, cur) == (uint64_t)L->st_committed && w_seq1(L, cur) - 1 >= base &&
+                               w_seq1(L, cur) - 1 < seq;
+                outcome = was_live ? L->out_overwrote : L->out_clean;
+                break;
+            }
         }
-        st_rlx(sh + L->shard_jprev, cur);   /* ordered before the CAS by its release half */
-        if (__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, seq, (unsigned)sev, L->st_busy), 0,
-                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            /* a live record of this era, older than ours (a garbage word is neither) */
-            int was_live = cur != 0 && w_state(L, cur) == (uint64_t)L->st_committed && w_seq1(L, cur) - 1 >= base &&
-                           w_seq1(L, cur) - 1 < seq;
-            outcome = was_live ? L->out_overwrote : L->out_clean;
-            break;
-        }
+        if (!retry) break;
+        self->bnext = self->bend;   /* give up the rest of this run */
     }
     if (outcome != (uint64_t)L->out_lost) {
         st_rlx(sh + L->shard_journal, j_make(L, seq, L->ph_owned));

@@ -532,10 +532,29 @@ def test_tail_follow_reports_overwritten_events(make_recorder, procs, as_json):
         assert events[-1].split()[-1] == b"the-end"
 
 
-def test_follower_gives_up_on_a_record_never_written_and_says_so(make_recorder):
-    """A writer that claimed a sequence number and died before writing leaves nothing in its
-    slot: the follower waits (keeping order), then skips it as unreadable and goes on. An
-    expired record is reported the same way. Driven in-process with a fake clock."""
+def _claim_unwritten(seg, busy: bool = False) -> int:
+    """Do what a writer does before it writes a record: claim a run of one sequence number
+    (published in a spare shard, as claim_run does) and, with ``busy``, take its slot. Return it."""
+    from shmdiag import _layout as L
+
+    spare = seg.max_shards - 1
+    t0 = time.monotonic_ns()
+    seg.native.store(seg.shard_word(spare, "run_t0"), t0)
+    seq = seg.native.fetch_add(seg.header_word("head"), 1) & L.SEQ_MASK
+    seg.native.store(seg.shard_word(spare, "run"), ((seq + 2) << L.RUN_LEN_BITS) | 1)
+    if busy:
+        woff = seg.slot_word(seq % seg.capacity)
+        assert seg.native.cas(woff, seg.native.load(woff), L.w_make(seq, 0, L.ST_BUSY))
+    return seq
+
+
+def test_follower_waits_for_a_claimed_record_and_says_so_when_it_never_comes(make_recorder):
+    """A sequence number a writer claimed holds back everything after it, to keep order: while
+    the writer's run is fresh (it may still write it), and while its slot is busy (the writer is
+    inside the record) up to pending_timeout, after which it is reported unreadable. One whose
+    run expired unwritten was never an event: skipped without a word. An expired record is
+    reported as unreadable too. Driven in-process with a fake clock."""
+    from shmdiag import _layout as L
     from shmdiag._follow import Follower, Gap, history
 
     rec = make_recorder(100)
@@ -543,17 +562,25 @@ def test_follower_gives_up_on_a_record_never_written_and_says_so(make_recorder):
     rec.record_message("p", "inv", "inbound", 1)
     _, cursor = history(seg, 0)
     f = Follower(seg, cursor, pending_timeout=1.0)
-    seg.native.fetch_add(seg.header_word("head"), 1)  # claimed, never written
+    t0 = time.monotonic()
+    _claim_unwritten(seg)  # claimed, never written, no slot taken
     for i in range(3):
         rec.record_message("p", "inv", "inbound", 10 + i)
+    assert f.poll(t0) == []  # it may still come: nothing after it is delivered before it
+    out = f.poll(t0 + 2 * L.RUN_TTL_NS / 1e9)  # its run expired: it never will
+    assert [e.metadata["size"] for e in out] == [10, 11, 12]
+    assert (f.delivered, f.unreadable, f.overwritten) == (3, 0, 0)
+
     t0 = time.monotonic()
-    assert f.poll(t0) == []  # in flight: nothing after it is delivered before it
+    seq = _claim_unwritten(seg, busy=True)  # a writer inside the record, stopped or dead
+    rec.record_message("p", "inv", "inbound", 13)
+    assert f.poll(t0) == []
     assert f.poll(t0 + 0.5) == []
     out = f.poll(t0 + 1.5)
     assert isinstance(out[0], Gap) and (out[0].unreadable, out[0].overwritten) == (1, 0)
-    assert out[0].first_seq == out[0].last_seq == cursor
-    assert [e.metadata["size"] for e in out[1:]] == [10, 11, 12]
-    assert (f.delivered, f.unreadable, f.overwritten) == (3, 1, 0)
+    assert out[0].first_seq == out[0].last_seq == seq
+    assert [e.metadata["size"] for e in out[1:]] == [13]
+    assert (f.delivered, f.unreadable, f.overwritten) == (4, 1, 0)
 
     # Retention cleanup deletes a record before the follower reads it.
     rec.record_event(DiagnosticEvent("old", "from the past", timestamp=datetime(2000, 1, 1, tzinfo=timezone.utc)))
@@ -581,8 +608,8 @@ def test_follower_survives_a_corrupt_head(make_recorder):
     t0 = time.monotonic()
     first = f.poll(t0)
     assert len(first) == 1 and isinstance(first[0], Gap) and first[0].overwritten == bogus - 200 - 1
-    out = f.poll(t0 + 5)  # the last two laps: never written, given up after the timeout
-    assert len(out) == 1 and out[0].unreadable == 200 and f.cursor == bogus
+    assert f.cursor == bogus  # the last two laps: no writer's run holds them, so never written
+    assert f.poll(t0 + 5) == []
 
 
 def test_history_starts_following_below_a_record_in_flight(make_recorder):
@@ -592,7 +619,7 @@ def test_history_starts_following_below_a_record_in_flight(make_recorder):
     for i in range(5):
         rec.record_message("p", "inv", "inbound", i)
     head0 = rec._seg.era()[0]
-    rec._seg.native.fetch_add(rec._seg.header_word("head"), 1)  # in flight
+    assert _claim_unwritten(rec._seg) == head0  # in flight
     rec.record_message("p", "inv", "inbound", 5)
     events, cursor = history(rec._seg, 3)
     assert [e.metadata["size"] for e in events] == [2, 3, 4]
@@ -605,7 +632,7 @@ def test_tail_without_follow_shows_the_newest_past_a_stuck_record(make_recorder)
     rec = make_recorder(100)
     for i in range(5):
         rec.record_message("p", "inv", "inbound", i)
-    rec._seg.native.fetch_add(rec._seg.header_word("head"), 1)  # claimed, never written
+    _claim_unwritten(rec._seg, busy=True)  # a writer stopped inside its record
     for i in range(5, 8):
         rec.record_message("p", "inv", "inbound", i)
     out = subprocess.run([*CLI, "tail", rec.name, "-n", "3", "--json"], capture_output=True, timeout=30)
