@@ -17,7 +17,8 @@ shards:
   microseconds, so one that has not within ``pending_timeout`` of the claim was stopped or
   died: the follower gives up on it and counts it as *unreadable* rather than stall forever;
 * the slot holds an older sequence number (or nothing), and a writer's current run, claimed
-  less than ``RUN_TTL_NS`` ago, holds it: it may still be written. Delivery stops there too;
+  less than ``RUN_TTL_NS`` (plus the writers' clock resolution) ago, holds it: it may still be
+  written. Delivery stops there too;
 * the slot holds an older sequence number and no such run holds it: it never will be written
   (the unused end of a run, a writer that died or dropped the event). Not an event: skipped
   without a word. A writer checks its run's age after taking a slot and gives the slot back if
@@ -38,12 +39,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _layout as L
+from . import _native
 from ._models import DiagnosticEvent
 from ._reader import copy_records, decode
 from ._segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
 _START_WINDOW = 4096  # how far below the head to look for records still being written at start
+# Writers time their runs with a coarse clock that lags CLOCK_MONOTONIC by up to its resolution
+# (see mono_ns in _native.c): a run is done with once RUN_TTL_NS plus that has passed.
+_RUN_DONE_NS = L.RUN_TTL_NS + _native.run_clock_slack_ns()
 # A sequence number two laps below the head is counted as overwritten without reading its slot:
 # the next claimant of its slot overwrites a committed record, so it can still be there only if
 # the claimants of both later laps are stuck between claiming and writing.
@@ -90,14 +95,15 @@ class _Runs:
     before any slot word (the order ``claim_run`` in ``_native.c`` relies on)."""
 
     def __init__(self, seg: Segment, now_ns: int | None = None) -> None:
-        # Read before the slot words: a run older than RUN_TTL_NS at this moment is done with.
+        # Read before the slot words: a run older than _RUN_DONE_NS at this moment is done with.
         now = time.monotonic_ns() if now_ns is None else now_ns
         seg.native.fence()
         run = seg.shards["run"].copy()
         seg.native.fence()
         t0 = seg.shards["run_t0"].astype(np.int64)
         seg.native.fence()
-        fresh = (now - t0 <= L.RUN_TTL_NS) & (run != L.RUN_NONE)
+        age = now - t0
+        fresh = (age >= 0) & (age <= _RUN_DONE_NS) & (run != L.RUN_NONE)  # a time ahead of now: foreign bytes
         self.claiming = bool((fresh & (run == L.RUN_CLAIMING)).any())
         live = run[fresh & (run > L.RUN_CLAIMING)]
         order = np.argsort(live >> np.uint64(L.RUN_LEN_BITS))

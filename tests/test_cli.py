@@ -555,19 +555,19 @@ def test_follower_waits_for_a_claimed_record_and_says_so_when_it_never_comes(mak
     run expired unwritten was never an event: skipped without a word. An expired record is
     reported as unreadable too. Driven in-process with a fake clock."""
     from shmdiag import _layout as L
-    from shmdiag._follow import Follower, Gap, history
+    from shmdiag._follow import _RUN_DONE_NS, Follower, Gap, history
 
     rec = make_recorder(100)
     seg = rec._seg
     rec.record_message("p", "inv", "inbound", 1)
     _, cursor = history(seg, 0)
     f = Follower(seg, cursor, pending_timeout=1.0)
-    t0 = time.monotonic()
     _claim_unwritten(seg)  # claimed, never written, no slot taken
+    t0 = time.monotonic()
     for i in range(3):
         rec.record_message("p", "inv", "inbound", 10 + i)
     assert f.poll(t0) == []  # it may still come: nothing after it is delivered before it
-    out = f.poll(t0 + 2 * L.RUN_TTL_NS / 1e9)  # its run expired: it never will
+    out = f.poll(t0 + 2 * _RUN_DONE_NS / 1e9)  # its run expired: it never will
     assert [e.metadata["size"] for e in out] == [10, 11, 12]
     assert (f.delivered, f.unreadable, f.overwritten) == (3, 0, 0)
 

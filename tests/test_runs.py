@@ -14,13 +14,13 @@ from pathlib import Path
 import orjson
 
 from shmdiag import _layout as L
-from shmdiag._follow import Follower, history
+from shmdiag._follow import _RUN_DONE_NS, Follower, history
 
 from test_cli import LineReader, _start_tail, procs, write  # noqa: F401  (procs: a fixture)
 from test_multiprocess import _popen_writer, check_intact, reconcile
 
 BIG = 1 << 16  # run_max(BIG) == RUN_MAX
-TTL = L.RUN_TTL_NS / 1e9
+TTL = _RUN_DONE_NS / 1e9  # a run's life, plus the resolution of the clock writers time it with
 
 
 def test_run_length_grows_with_the_ring():
