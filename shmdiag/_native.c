@@ -9,11 +9,14 @@
  *
  * The write protocol for one event with sequence number s (see _layout.py for the word formats):
  *
- *   1. s = fetch_add(head, 1)                      global order; slot = s % capacity; the head word
- *                                                  also carries the clear generation (era) of s
+ *   1. s = the next seq of this process's run; a new run is claimed with fetch_add(head, n)
+ *      (claim_run) when the run is used up, 10 ms old or of an earlier clear generation. The
+ *      head word also carries the clear generation (era) of the run. slot = s % capacity
  *   2. journal = (s, CLAIMED)                       a dead writer's event can be accounted for
  *   3. CAS the slot word from an older, non-busy value to BUSY(s)
- *        a newer or busy occupant -> the event is dropped and counted as lost (never wait)
+ *        a busy occupant -> the event is dropped and counted as lost (never wait)
+ *        a newer occupant (the ring lapped this run) -> new run, back to 1
+ *        the run turned out older than 10 ms -> slot word put back, new run, back to 1
  *   4. journal = (s, OWNED); payload stores; checksum
  *   5. store-release slot word = COMMITTED(s)       readers acquire-load it before and after copying
  *   6. journal = (s, COUNTING) with the counters' old values; counters = old + 1; journal = idle
