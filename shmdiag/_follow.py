@@ -47,8 +47,8 @@ from ._segment import Segment
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
 _START_WINDOW = 4096  # how far below the head to look for records still being written at start
 # Writers time their runs with a coarse clock that lags CLOCK_MONOTONIC by up to its resolution
-# (see mono_ns in _native.c): a run is done with once RUN_TTL_NS plus that has passed.
-_RUN_DONE_NS = L.RUN_TTL_NS + _native.run_clock_slack_ns()
+# (see mono_ns in _native.c): a run is done with once RUN_TTL_NS plus twice that has passed.
+_RUN_DONE_NS = L.RUN_TTL_NS + 2 * _native.run_clock_slack_ns()
 # A sequence number two laps below the head is counted as overwritten without reading its slot:
 # the next claimant of its slot overwrites a committed record, so it can still be there only if
 # the claimants of both later laps are stuck between claiming and writing.

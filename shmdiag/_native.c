@@ -605,7 +605,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     for (int attempt = 0; attempt < 4 && outcome == (uint64_t)L->out_lost; attempt++) {
         /* Take the next sequence number of this process's run, or claim a new run: when it is
          * used up, was claimed by another process (fork) or for another shard, is older than
-         * block_ttl_ns (as of this process's last look at the clock), or belongs to an earlier
+         * run_ttl_ns (as of this process's last look at the clock), or belongs to an earlier
          * clear generation. The relaxed head load costs a cache miss only when another writer
          * claimed a run since, once per run. The generation check makes every event of a
          * generation's run carry a seq of that generation; an event racing the clear lands in
@@ -643,7 +643,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
             st_rlx(sh + L->shard_jprev, cur);   /* ordered before the CAS by its release half */
             if (__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, seq, (unsigned)sev, L->st_busy), 0,
                                             __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                /* The slot is ours. If the run is now older than block_ttl_ns, a reader may
+                /* The slot is ours. If the run is now older than run_ttl_ns, a reader may
                  * already have decided this seq will never be written: put the old word back
                  * (nothing else of the slot was touched) and take a seq of a new run. This check
                  * comes after the CAS, so a writer stopped between taking the seq and the CAS
