@@ -41,7 +41,7 @@ BASE_SLOTS = 16
 # RUN_TTL_NS (a power of two, at most run_max(capacity)), so a slow writer claims one seq at a
 # time and leaves no unused ones behind. A run is used for at most RUN_TTL_NS after it was
 # claimed; the writer checks that after taking a slot, so a reader that finds a sequence number
-# unwritten later than that knows it never will be (see _follow.runs_pending).
+# unwritten later than that knows it never will be (see _follow._Runs).
 RUN_MAX = 64
 RUN_TTL_NS = 10_000_000
 RUN_NONE, RUN_CLAIMING = 0, 1  # shard word "run": none, one being claimed, or
@@ -192,7 +192,7 @@ SHARD = _struct(
     ("type_len", "<u1", (TYPE_SLOTS,), 704),
     ("type_name", f"S{TYPE_NAME_SIZE}", (TYPE_SLOTS,), 768),
     ("run", "<u8", 2816),          # the run of sequence numbers in use (RUN_*)
-    ("run_t0", "<u8", 2824),       # CLOCK_MONOTONIC ns, read before that run was claimed
+    ("run_t0", "<u8", 2824),       # CLOCK_MONOTONIC_COARSE ns, read before that run was claimed
 )
 
 PEER = _struct(
