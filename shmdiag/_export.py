@@ -527,7 +527,7 @@ def render_events(raw: np.ndarray, lead: bytes = b"", trail: bytes = b"\n") -> n
         groups.append((rows, mid))
     ts = _timestamps(c.recs["ts_ns"])
     pid = _digits(c.recs["pid"])
-    seq = _digits(c.recs["seq"])
+    seq = _digits(L.w_seq(c.recs["w"]))
     trunc = _BOOL(c.trunc.astype(np.intp))  # after the groups: bad metadata sets it
     rowlen = np.empty(n, dtype=np.intp)
     plans = []

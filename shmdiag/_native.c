@@ -58,7 +58,7 @@ typedef struct {
         hdr_msg_state, hdr_msg_name, seq_bits, base_slots;
     /* ring */
     Py_ssize_t slots_off, slot_size, capacity;
-    Py_ssize_t slot_w, slot_seq, slot_ts_ns, slot_value, slot_checksum, slot_pid, slot_severity,
+    Py_ssize_t slot_w, slot_ts_ns, slot_value, slot_checksum, slot_pid, slot_severity,
         slot_kind, slot_flags, slot_lens, slot_text;
     Py_ssize_t text_size, type_cap, peer_cap;
     /* shards */
@@ -91,7 +91,7 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(hdr_head), K(hdr_base_of), K(hdr_peers_untracked), K(hdr_peer_events_untracked), K(hdr_peers_used),
     K(hdr_msg_state), K(hdr_msg_name), K(seq_bits), K(base_slots),
     K(slots_off), K(slot_size), K(capacity),
-    K(slot_w), K(slot_seq), K(slot_ts_ns), K(slot_value), K(slot_checksum), K(slot_pid),
+    K(slot_w), K(slot_ts_ns), K(slot_value), K(slot_checksum), K(slot_pid),
     K(slot_severity), K(slot_kind), K(slot_flags), K(slot_lens), K(slot_text),
     K(text_size), K(type_cap), K(peer_cap),
     K(shards_off), K(shard_size), K(max_shards),
@@ -667,7 +667,6 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     }
     if (outcome != (uint64_t)L->out_lost) {
         st_rlx(sh + L->shard_journal, j_make(L, seq, L->ph_owned));
-        *U64(rec + L->slot_seq) = seq;
         *I64(rec + L->slot_ts_ns) = ts;
         *I64(rec + L->slot_value) = value;
         *(uint32_t *)(rec + L->slot_pid) = (uint32_t)g_pid;

@@ -77,7 +77,9 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
     seg.native.fence()
     w_after = seg.slots["w"][idx]
     recs = words.view(L.SLOT).reshape(len(idx))
-    valid = (w_after == w) & (recs["seq"] == L.w_seq(w)) & (recs["severity"] == L.w_severity(w))
+    # The word copied with the record must be the one seen before and after, too: a writer that
+    # took the slot and put it back (a stale run, see _native.c) leaves the rest untouched.
+    valid = (w_after == w) & (recs["w"] == w) & (recs["severity"] == L.w_severity(w))
     valid &= words @ _KEYS == recs["checksum"]  # integer matmul wraps mod 2**64, as the writer's sum
     # The five lengths are bytes of one word: shifts are cheaper than a (n, 5) field copy.
     lw = words[:, _LENS_WORD] >> np.uint64(_LENS_SHIFT)
@@ -179,7 +181,7 @@ def decode(rec: np.void) -> DiagnosticEvent:
     return DiagnosticEvent(
         event_type=etype_s, message=message, severity=_SEVERITIES[int(rec["severity"])], peer_id=_text(peer),
         metadata=metadata, error=error, timestamp=ns_to_datetime(int(rec["ts_ns"])), pid=int(rec["pid"]),
-        seq=int(rec["seq"]), truncated=truncated,
+        seq=int(L.w_seq(rec["w"])), truncated=truncated,
     )
 
 

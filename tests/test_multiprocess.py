@@ -225,7 +225,7 @@ def _die_mid_record(name: str, phase: int) -> None:
     assert nat.cas(woff, nat.load(woff), L.w_make(seq, 0, L.ST_BUSY))
     if phase == L.PH_OWNED:
         nat.store(seg.shard_word(i, "journal"), L.j_make(seq, L.PH_OWNED))
-        seg.slots[seq % seg.capacity]["seq"] = seq  # half a payload
+        seg.slots[seq % seg.capacity]["ts_ns"] = 12345  # half a payload
         seg.slots[seq % seg.capacity]["lens"][1] = 200
     os.kill(os.getpid(), signal.SIGKILL)
 
