@@ -67,6 +67,7 @@ for p in (str(ROOT), str(BENCH)):
 
 from _benchlib import machine  # noqa: E402
 from shmdiag import Recorder  # noqa: E402
+from shmdiag._layout import SLOT_SIZE  # noqa: E402
 
 CTX = mp.get_context("fork")
 now_ns = time.perf_counter_ns
@@ -646,7 +647,7 @@ def read_shmdiag(n: int, reps: int, budget: float) -> dict:
         del doc
         return {
             "events": n, "fill_s": fill_s, "segment_bytes": seg, "bytes_per_event_segment": seg / n,
-            "bytes_per_event_slots": 256, "bytes_per_event_rss": rss / n,
+            "bytes_per_event_slots": SLOT_SIZE, "bytes_per_event_rss": rss / n,
             "stats_s": stats_s, "stats_runs": stats_all, "stats_what": "`get_stats()` (merges writer shards)",
             "export_s": export_s, "export_runs": export_all, "export_bytes": nbytes,
             "export_what": "`export_events()` -> JSON bytes (events + stats + health)",
@@ -986,7 +987,7 @@ def build_md(res: dict) -> str:  # noqa: C901 (one straight-line document)
             "",
             "| backend | bytes per retained event | how |",
             "|---|---:|---|",
-            f"| shmdiag | {s0['bytes_per_event_segment']:,.1f} (slots alone: 256) | shared-memory segment "
+            f"| shmdiag | {s0['bytes_per_event_segment']:,.1f} (slots alone: {s0.get('bytes_per_event_slots', 256)}) | shared-memory segment "
             f"{s0['segment_bytes']:,} B / capacity {n:,} (header, 128 writer shards and the peer table "
             f"included); RSS of the filling process grew {s0['bytes_per_event_rss']:,.1f} B/event |",
             f"| {label['mp_queue']} | {rd['mp_queue']['bytes_per_event_rss']:,.1f} | consumer RSS growth holding "
@@ -1086,7 +1087,7 @@ def targets(res: dict) -> list[dict]:
                     "verdict": "met" if eps >= 1e6 else "**missed**"})
         b = s["bytes_per_event_segment"]
         out.append({"target": "<= 256 bytes of shared memory per retained event",
-                    "measured": f"{b:,.1f} B (segment / capacity); slots 256 B",
+                    "measured": f"{b:,.1f} B (segment / capacity); slots {SLOT_SIZE} B",
                     "verdict": "met" if b <= 256 else "**missed** (slots alone: met; fixed tables on top)"})
     return out
 

@@ -22,6 +22,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from _benchlib import machine  # noqa: E402
 
+from shmdiag._layout import SLOT_SIZE  # noqa: E402  (figures without it in their json: this build's)
+
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 
@@ -124,7 +126,7 @@ def issue4_targets(by_name: dict, med: dict) -> list[str]:
         shm = st["extra_info"].get("segment_bytes_per_event")
         if shm is not None:
             rows.append(("<= 256 bytes of shared memory per retained event",
-                         f"{shm:,.1f} B (segment {st['extra_info']['segment_bytes']:,} B / 1,000,000; slots 256 B)",
+                         f"{shm:,.1f} B (segment {st['extra_info']['segment_bytes']:,} B / 1,000,000; slots {st['extra_info'].get('slot_size', SLOT_SIZE)} B)",
                          verdict(shm <= TARGET_SHM_BYTES)))
     ex = by_name.get("test_export_events[1m]")
     if ex and "events_per_s" in ex["extra_info"]:

@@ -15,6 +15,7 @@ import pytest
 
 from _benchlib import FULL_RING, N_PEERS, errors_in, fill_messages, segment_bytes, writer_main
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity
+from shmdiag._layout import SLOT_SIZE
 
 INNER = 10_000  # record_message / baseline calls per round
 WRITE_RING = 100_000  # ring for the single-process write benchmarks, warmed by one full lap first
@@ -290,6 +291,7 @@ def test_get_stats(benchmark, per_op, ring):
     seg = segment_bytes(ring)
     benchmark.extra_info["segment_bytes"] = seg
     benchmark.extra_info["segment_bytes_per_event"] = round(seg / size, 1)
+    benchmark.extra_info["slot_size"] = SLOT_SIZE
 
 
 def _check_newest(events, n, head):
