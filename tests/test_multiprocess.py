@@ -180,11 +180,12 @@ def test_one_writer_fills_whole_capacity(tmp_path):
         assert small.get_stats().total_events == 5
 
 
-def test_sigkilled_writers_never_block_or_corrupt(tmp_path):
+@pytest.mark.parametrize("capacity", [4096, 1 << 16])  # runs of 4 and of 64 sequence numbers
+def test_sigkilled_writers_never_block_or_corrupt(tmp_path, capacity):
     """3. Writers SIGKILLed mid-stream: the others finish, nothing torn is returned, counts reconcile."""
     go = tmp_path / "go"
     go.touch()
-    with Recorder(max_events=4096) as rec:
+    with Recorder(max_events=capacity) as rec:
         survivors = [_popen_writer(rec.name, w, 2, 20_000, go) for w in range(3)]
         victims = [_popen_writer(rec.name, 10 + k, 1, 10_000_000, go) for k in range(4)]
         wait_writing(rec, victims)
@@ -370,12 +371,13 @@ def test_busy_slot_is_skipped_by_readers_and_writers():
         assert rec.health_check().status in ("warning", "degraded", "error")
 
 
-def test_clear_from_another_process_while_writing(tmp_path):
+@pytest.mark.parametrize("capacity", [1000, 1 << 16])  # one sequence number at a time, runs of 64
+def test_clear_from_another_process_while_writing(tmp_path, capacity):
     """clear_events() from any process: everyone sees an empty ring and zeroed stats; writers that
     were recording carry on and their later events count."""
     go = tmp_path / "go"
     go.touch()
-    with Recorder(max_events=1000) as rec:
+    with Recorder(max_events=capacity) as rec:
         writer = _popen_writer(rec.name, 0, 1, 10_000_000, go, close=False)
         try:
             wait_writing(rec, [writer])
