@@ -36,7 +36,7 @@ SEQ_MASK = (1 << SEQ_BITS) - 1
 BASE_SLOTS = 16
 
 # Runs of sequence numbers: a writer claims several sequence numbers with one fetch_add and
-# fills their slots alone, so two cores do not write interleaved neighbouring records (16
+# fills their slots alone, so two cores do not write interleaved neighbouring records (17
 # slots share a page). A run is as long as the events its process recorded in the last
 # RUN_TTL_NS (a power of two, at most run_max(capacity)), so a slow writer claims one seq at a
 # time and leaves no unused ones behind. A run is used for at most RUN_TTL_NS after it was
