@@ -431,9 +431,13 @@ def _peak_export(make_recorder, n: int) -> tuple[int, int]:
         rec.write_export(f, "ndjson")  # once first: lazily built tables stay out of the figure
         f.seek(0)
         f.truncate()
+        # A writer paused mid-run (a loaded machine) leaves a few seqs unused, and the fill then
+        # overwrites as many of its oldest events: counted, and not what this test is about.
+        retained = n - rec.accounting().overwritten
+        assert retained > n * 0.99
         tracemalloc.start()
         try:
-            assert rec.write_export(f, "ndjson") == n
+            assert rec.write_export(f, "ndjson") == retained
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
