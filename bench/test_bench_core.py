@@ -333,8 +333,8 @@ def test_export_events(benchmark, per_op, ring):
     """export_events() of the whole ring; figures are per call, events/s in extra_info."""
     size = _size(ring)
     rounds = {1000: 20, 100_000: 3}.get(size, 2)
-    # One warm-up call at every size: the first export builds lookup tables once per process, and
-    # on the 1M ring (two rounds) it alone moved the median by a third.
+    # One warm-up call at every size: the first export builds lookup tables once per process.
+    # Calls on the 1M ring still vary between ~0.7 and ~1.4 s (two rounds; not profiled).
     out = benchmark.pedantic(ring.export_events, rounds=rounds, warmup_rounds=1)
     per_op(1, "call")
     benchmark.extra_info["events"] = size
