@@ -105,10 +105,8 @@ class _Runs:
         age = now - t0
         fresh = (age >= 0) & (age <= _RUN_DONE_NS) & (run != L.RUN_NONE)  # a time ahead of now: foreign bytes
         self.claiming = bool((fresh & (run == L.RUN_CLAIMING)).any())
-        live = run[fresh & (run > L.RUN_CLAIMING)]
-        order = np.argsort(live >> np.uint64(L.RUN_LEN_BITS))
-        self.first = (live[order] >> np.uint64(L.RUN_LEN_BITS)) - np.uint64(2)
-        self.end = self.first + (live[order] & np.uint64((1 << L.RUN_LEN_BITS) - 1))
+        # Sorting the words sorts the runs by first seq, which sits in their high bits.
+        self.first, self.end = L.run_span(np.sort(run[fresh & (run > L.RUN_CLAIMING)]))
 
     def pending(self, seqs: np.ndarray) -> np.ndarray:
         """Which of ``seqs`` (not yet written) a writer may still write."""
@@ -118,11 +116,16 @@ class _Runs:
         return (k >= 0) & (seqs < self.end[np.maximum(k, 0)]) if len(self.first) else np.zeros(len(seqs), dtype=bool)
 
 
+def _unwritten(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+    """The slot holds an older sequence number, or nothing: these seqs were never written (yet)."""
+    return (w == 0) | (ws < seqs)
+
+
 def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray, runs: _Runs) -> np.ndarray:
     """Claimed but not yet written: the slot holds this one, busy, or an older sequence number
     (or nothing) while a writer's run may still write it."""
-    unwritten = (w == 0) | (ws < seqs)
-    return ((w != 0) & (ws == seqs) & (L.w_state(w) == L.ST_BUSY)) | (unwritten & runs.pending(seqs))
+    busy = (w != 0) & (ws == seqs) & (L.w_state(w) == L.ST_BUSY)
+    return busy | (_unwritten(w, ws, seqs) & runs.pending(seqs))
 
 
 def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None, *,
@@ -215,8 +218,9 @@ class Follower:
         event they precede (or at the end)."""
         seg = self.seg
         head, _ = seg.era()
-        runs = _Runs(seg, None if now is None else int(now * 1e9))
-        now = time.monotonic() if now is None else now
+        now_ns = time.monotonic_ns() if now is None else int(now * 1e9)
+        now = now_ns / 1e9 if now is None else now
+        runs = _Runs(seg, now_ns)
         self._note_head(head, now)
         out: list[DiagnosticEvent | Gap] = []
         far = head - _LAPS * seg.capacity
@@ -236,8 +240,7 @@ class Follower:
             gone = nz & (ws > seqs)
             deleted = same & (state == L.ST_DELETED)
             cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
-            unwritten = ~nz | (ws < seqs)
-            cls[unwritten & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
+            cls[_unwritten(w, ws, seqs) & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
             cls[gone] = _OVERWRITTEN
             cls[deleted] = _UNREADABLE
             sev = L.w_severity(w)

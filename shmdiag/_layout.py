@@ -284,6 +284,16 @@ def w_make(seq: int, severity: int, state: int) -> int:
     return ((seq + 1) << W_SEQ_SHIFT) | (severity << W_STATE_BITS) | state
 
 
+def run_make(first: int, n: int) -> int:
+    """The shard word for a run of ``n`` sequence numbers from ``first`` (as claim_run stores it)."""
+    return ((first + 2) << RUN_LEN_BITS) | n
+
+
+def run_span(run):
+    """(first, end) of the runs that shard words hold (words above RUN_CLAIMING only)."""
+    return (run >> RUN_LEN_BITS) - 2, (run >> RUN_LEN_BITS) - 2 + (run & ((1 << RUN_LEN_BITS) - 1))
+
+
 def j_make(seq: int, phase: int) -> int:
     return ((seq + 1) << J_PHASE_BITS) | phase
 

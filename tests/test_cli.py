@@ -541,7 +541,7 @@ def _claim_unwritten(seg, busy: bool = False) -> int:
     t0 = time.monotonic_ns()
     seg.native.store(seg.shard_word(spare, "run_t0"), t0)
     seq = seg.native.fetch_add(seg.header_word("head"), 1) & L.SEQ_MASK
-    seg.native.store(seg.shard_word(spare, "run"), ((seq + 2) << L.RUN_LEN_BITS) | 1)
+    seg.native.store(seg.shard_word(spare, "run"), L.run_make(seq, 1))
     if busy:
         woff = seg.slot_word(seq % seg.capacity)
         assert seg.native.cas(woff, seg.native.load(woff), L.w_make(seq, 0, L.ST_BUSY))

@@ -31,7 +31,8 @@ def _run(rec) -> tuple[int, int]:
     """(first seq, length) of the run this process's shard says it uses."""
     word = int(rec._seg.shards["run"][rec._shards.index])
     assert word > L.RUN_CLAIMING, word
-    return (word >> L.RUN_LEN_BITS) - 2, word & ((1 << L.RUN_LEN_BITS) - 1)
+    first, end = L.run_span(word)
+    return first, end - first
 
 
 def _burst(rec, seconds: float) -> None:
