@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import stat
 import signal
 import sys
 import time
@@ -475,6 +476,14 @@ def _export_to(rec, fp, fmt: str, progress) -> None:
             fp.write(_dumps(event_to_dict(e)) + b"\n")
 
 
+def _is_stream(path: str) -> bool:
+    """Does ``path`` name something other than a regular file (following symlinks)?"""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ._reader import count_retained
 
@@ -491,7 +500,13 @@ def cmd_export(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
                 _export_to(rec, out, fmt, progress)
                 out.flush()
+            elif _is_stream(args.output):
+                # A FIFO, a device (/dev/null, /dev/stdout) or a socket: written into, never
+                # replaced by a regular file (as root, a rename over /dev/null would do that).
+                with open(args.output, "wb") as fp:
+                    _export_to(rec, fp, fmt, progress)
             else:
+                # A regular file, or a new path: written whole or not at all.
                 tmp = f"{args.output}.tmp"
                 try:
                     with open(tmp, "wb") as fp:

@@ -33,7 +33,6 @@ numbers, so a follower goes on as if nothing happened.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,7 @@ import numpy as np
 from . import _layout as L
 from . import _native
 from ._models import DiagnosticEvent
-from ._reader import copy_records, decode
+from ._reader import Accept, copy_records, decode, newest_events
 from ._segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
@@ -76,9 +75,6 @@ class Gap:
         if self.first_seq < 0:
             self.first_seq = first
         self.last_seq = last
-
-
-Accept = Callable[[DiagnosticEvent], bool]
 
 
 def _words(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,26 +146,7 @@ def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None =
     cursor = lo + int(busy[0]) if len(busy) else head
     if n <= 0:
         return [], cursor
-    floor = max(base, head - seg.capacity)
-    found: list[DiagnosticEvent] = []
-    hi, k = (cursor if follow else head), 256
-    while hi > floor and len(found) < n:
-        lo = max(floor, hi - k)
-        seqs = np.arange(lo, hi, dtype=np.uint64)
-        pos, w, ws = _words(seg, seqs)
-        sev = L.w_severity(w)
-        ok = (w != 0) & (ws == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev >= min_severity) & (sev <= 4)
-        idx = np.flatnonzero(ok)
-        recs, valid = copy_records(seg, pos[idx], w[idx])
-        for rec in recs[valid][::-1]:
-            e = decode(rec)
-            if accept is None or accept(e):
-                found.append(e)
-                if len(found) == n:
-                    break
-        hi, k = lo, min(k * 4, 1 << 16)
-    found.reverse()
-    return found, cursor
+    return newest_events(seg, n, min_severity, accept, below=cursor if follow else head), cursor
 
 
 class Follower:

@@ -9,8 +9,8 @@ status            when (the first that applies, worst first)
 ``stopped``       the recorder is closed
 ``error``         error rate >= 50%, or >= 10% of recorded events lost or abandoned
 ``degraded``      error rate >= 20%, or >= 1% of recorded events lost or abandoned
-``warning``       error rate >= 5%, any event lost or abandoned, or a writer process died
-                  without detaching
+``warning``       error rate >= 5%, any event lost or abandoned, a writer process died
+                  without detaching, or a writer's counters do not add up (damaged memory)
 ``healthy``       otherwise
 ================  ============================================================================
 
@@ -45,6 +45,8 @@ def classify(h: HealthStatus) -> tuple[str, str]:
     if loss:
         level = 3 if loss_rate >= LOSS_ERROR else 2 if loss_rate >= LOSS_DEGRADED else 1
         reasons.append((level, f"{loss} events lost or abandoned ({loss_rate:.2%} of recorded)"))
+    if h.writers_inconsistent:
+        reasons.append((1, f"{h.writers_inconsistent} writer shard(s) with counters that do not add up (damaged)"))
     if h.writers_dead:
         reasons.append((1, f"{h.writers_dead} writer process(es) died without detaching"))
     if not reasons:

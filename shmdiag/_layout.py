@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 4
+VERSION = 5
 HEADER_SIZE = 4096
 SLOT_SIZE = 240
 CACHE_LINE = 64
@@ -160,10 +160,10 @@ HEADER = _struct(
     # live words, each hot one on a cache line of its own
     ("head", "<u8", 256),                 # (generation << SEQ_BITS) | next sequence number
     ("base_of", "<u8", (BASE_SLOTS,), 320),  # first sequence number of generation g, at g % BASE_SLOTS
-    ("peers_untracked", "<u8", 384),        # connects of peers that found the peer table full
-    ("peer_events_untracked", "<u8", 392),  # events of any kind for peers not in the table
     ("peers_used", "<u8", 448),             # entries claimed in the peer table (at most max_peers)
     ("clear_lock", "<u8", 512),             # pid of the process clearing, or 0: clears are serialised
+    ("peers_untracked", "<u8", 576),        # connects of peers that found the peer table full
+    ("peer_events_untracked", "<u8", 584),  # events of any kind for peers not in the table
     ("msg_state", "<u8", (MSG_TYPES,), 1024),  # 0 empty, 1 being named, (hash << 8) | (len << 2) | 2
     ("msg_name", f"S{MSG_NAME_SIZE}", (MSG_TYPES,), 1408),
 )
@@ -258,6 +258,22 @@ SLOT = _struct(
     ("text", "<u1", (TEXT_SIZE,), 44),
 )
 assert SLOT.itemsize == SLOT_SIZE and HEADER.itemsize == HEADER_SIZE
+
+
+def check_no_overlap(dt: np.dtype) -> None:
+    """Refuse a struct whose fields share bytes: offsets are written by hand above, and two
+    fields on one word corrupt each other silently (layout version 4 had base_of[8] on top of
+    peers_untracked). Run at import for every table."""
+    spans = sorted((off, off + sub.itemsize, name) for name, (sub, off, *_) in dt.fields.items())
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise AssertionError(f"layout: field {b!r} at {start} overlaps {a!r}, which ends at {end}")
+    if spans and spans[-1][1] > dt.itemsize:
+        raise AssertionError(f"layout: field {spans[-1][2]!r} ends at {spans[-1][1]}, past the {dt.itemsize}-byte struct")
+
+
+for _dt in (HEADER, SHARD, PEER, OP_BANK, OP, SLOT):
+    check_no_overlap(_dt)
 
 # Checksum: sum over the slot's u64 words of word * key, mod 2**64, leaving out the slot word
 # and the checksum itself. Odd keys make any single changed word change the sum.

@@ -52,6 +52,7 @@ class DiagnosticStats:
     last_event: datetime | None = None
     active_peers: int = 0
     error_rate: float = 0.0
+    writers_inconsistent: int = 0  # writer shards whose counters do not add up (damaged): left out of the breakdowns
 
 
 @dataclass
@@ -71,6 +72,7 @@ class HealthStatus:
     events_abandoned: int = 0
     events_expired: int = 0
     error_rate: float = 0.0
+    writers_inconsistent: int = 0
 
 
 @dataclass

@@ -14,6 +14,7 @@ from ._models import NetworkDiagnostic, PeerDiagnostic
 from ._reader import ns_to_datetime
 from ._segment import Segment
 
+_U64_MAX = (1 << 64) - 1
 _SUMMED = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns", "events")
 
 
@@ -122,5 +123,7 @@ def _per_msg(names: list[str], counts: np.ndarray) -> list[dict[str, int]]:
     rows, cols = np.nonzero(counts)
     for r, c, v in zip(rows.tolist(), cols.tolist(), counts[rows, cols].tolist()):
         name = names[c] or L.OTHER_MSG  # an entry still being named when read
-        out[r][name] = out[r].get(name, 0) + v
+        # Saturate: two entries of one name (a racing registration, or damaged words) must not
+        # sum past what a u64 (and JSON consumers) can hold.
+        out[r][name] = min(out[r].get(name, 0) + v, _U64_MAX)
     return out

@@ -9,6 +9,7 @@ a record overwritten during the copy, foreign bytes) is skipped, never waited fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -21,7 +22,8 @@ from ._segment import Segment
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _KEYS = L.CHECKSUM_KEYS
 _SEVERITIES = list(Severity)
-_RETRIES = 3
+_CHUNK = 1 << 14  # records copied at once by a full scan
+Accept = Callable[[DiagnosticEvent], bool]
 _LENS_WORD, _LENS_SHIFT = divmod(L.SLOT.fields["lens"][1], 8)
 _LENS_SHIFT *= 8
 assert _LENS_SHIFT + 40 <= 64  # the five length bytes sit in one word
@@ -89,45 +91,69 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
     return recs, valid
 
 
-def newest_window(seg: Segment, limit: int, min_severity: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The newest ``limit`` retained records, found by looking only at the slots of the newest
-    sequence numbers, widening the window until it holds enough; None if that needs a full scan.
+def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None,
+                  below: int | None = None) -> list[DiagnosticEvent]:
+    """The ``n`` newest retained events at or above ``min_severity`` that ``accept`` takes,
+    with sequence numbers below ``below`` (the head by default), oldest first.
 
-    Correct because a slot outside the window [head - k, head) can only hold a sequence number
-    below head - k: anything found inside the window at or above head - k is newer.
+    Looks at the slots of the newest sequence numbers first, widening the window, so asking for
+    a few events costs the same on a ring of a thousand or a million. A record that fails its
+    checks (being rewritten, damaged) is skipped and the search goes further back, so the answer
+    holds ``n`` events whenever ``n`` intact ones are retained. Correct because a slot outside
+    the window [lo, hi) can only hold a sequence number below lo (or a foreign one, refused).
+
+    The window stops at head - capacity; a record older than that is still retained when the
+    later sequence numbers of its slot were never written (the unused end of a run), so a
+    last full scan finds those: this and :func:`retained_slots` agree on what is retained.
     """
     head, base = seg.era()
-    seg.native.fence()
-    k = max(4 * limit, 4096)
-    while k < seg.capacity:
-        lo = max(base, head - k)
-        seqs = np.arange(lo, head, dtype=np.uint64)
-        pos = seqs % np.uint64(seg.capacity)
+    hi = head if below is None else max(base, min(below, head))
+    floor = max(base, head - seg.capacity)
+    found: list[DiagnosticEvent] = []
+
+    def take(recs: np.ndarray) -> bool:
+        for rec in recs[::-1]:  # newest first
+            e = decode(rec)
+            if accept is None or accept(e):
+                found.append(e)
+                if len(found) == n:
+                    return True
+        return False
+
+    k = min(max(4 * n, 256), 1 << 16)
+    while hi > floor and len(found) < n:
+        lo = max(floor, hi - k)
+        seqs = np.arange(lo, hi, dtype=np.uint64)
+        pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
+        seg.native.fence()
         w = seg.slots["w"][pos]
         sev = L.w_severity(w)
-        ok = (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev >= min_severity) & (sev <= 4)
-        found = np.flatnonzero(ok)
-        if len(found) >= limit or lo == base:  # lo == base: the window holds the whole era
-            found = found[-limit:]
-            return pos[found].astype(np.intp), w[found]
-        k *= 4
-    return None
+        ok = (w != 0) & (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev >= min_severity) & (sev <= 4)
+        idx = np.flatnonzero(ok)
+        recs, valid = copy_records(seg, pos[idx], w[idx])
+        if take(recs[valid]):
+            break
+        hi, k = lo, min(k * 4, 1 << 16)
+    if len(found) < n and floor > base:
+        idx, w = retained_slots(seg, min_severity)
+        older = L.w_seq(w) < min(floor, hi)
+        idx, w = newest(idx[older], w[older], 0)
+        for stop in range(len(idx), 0, -_CHUNK):  # newest chunk first
+            recs, valid = copy_records(seg, idx[max(0, stop - _CHUNK): stop], w[max(0, stop - _CHUNK): stop])
+            if take(recs[valid]):
+                break
+    found.reverse()
+    return found
 
 
 def read_events(seg: Segment, limit: int, min_severity: int) -> list[DiagnosticEvent]:
-    """Most recent ``limit`` retained events at or above ``min_severity``, oldest first."""
-    for attempt in range(_RETRIES):
-        picked = newest_window(seg, limit, min_severity) if limit > 0 else None
-        if picked is None:
-            idx, w = newest(*retained_slots(seg, min_severity), limit)
-        else:
-            idx, w = picked
-        recs, valid = copy_records(seg, idx, w)
-        # A record that changed under the copy was overwritten by a newer one: look again, so a
-        # full answer is returned when the ring is merely busy (bounded: never a wait).
-        if valid.all() or attempt == _RETRIES - 1:
-            return [decode(r) for r in recs[valid]]
-    raise AssertionError("unreachable")
+    """Most recent ``limit`` retained events at or above ``min_severity``, oldest first;
+    ``limit <= 0``: all of them."""
+    if limit > 0:
+        return newest_events(seg, limit, min_severity)
+    idx, w = newest(*retained_slots(seg, min_severity), 0)
+    recs, valid = copy_records(seg, idx, w)
+    return [decode(r) for r in recs[valid]]
 
 
 def _text(raw: bytes) -> str:

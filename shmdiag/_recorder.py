@@ -40,6 +40,7 @@ _TYPE_DISCONNECTED = L.BUILTIN_TYPES.index("peer_disconnected")
 _TYPE_ERROR = L.BUILTIN_TYPES.index("error")
 _TYPE_LATENCY = L.BUILTIN_TYPES.index("latency")
 _MAX_NS = (1 << 63) - 1
+_LOG_CAP = L.TEXT_SIZE + 64  # characters of a log line's message: the ring's text and a template
 
 
 def _need_str(value: object, what: str, *, nonempty: bool = False) -> str:
@@ -270,6 +271,9 @@ class Recorder:
     def _log(self, sev: int, etype: str, peer: str, message: str) -> None:
         # Callers check log_level and isEnabledFor first, so no text is built for a silent logger.
         # CRITICAL is logged like everything else: recording an event never ends the process.
+        # The ring keeps a bounded text; so does the log (a 10 MB error must not be a 10 MB line).
+        if len(message) > _LOG_CAP:
+            message = f"{message[:_LOG_CAP]}... ({len(message) - _LOG_CAP} more characters)"
         if peer:
             self._logger.log((sev + 1) * 10, "%s [%s] %s", etype, peer, message)
         else:
@@ -314,7 +318,7 @@ class Recorder:
                 total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
                 writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
                 events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
-                error_rate=stats.error_rate,
+                error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
             )
             h.status, h.message = _health.classify(h)
             return h

@@ -18,6 +18,7 @@ import math
 import mmap
 import os
 import secrets
+import stat
 import time
 from multiprocessing import resource_tracker
 
@@ -113,7 +114,10 @@ class Segment:
         """(head, base): the next sequence number, and the first one since the last clear.
         Records and shard counters of sequence numbers below base belong to a cleared era."""
         head = self.load("head")
-        return head & L.SEQ_MASK, self.native.load(self.base_word(head >> L.SEQ_BITS))
+        seq = head & L.SEQ_MASK
+        # Untrusted words: a base above the head (garbage) would make every range read from
+        # them negative. Such a base retains nothing, and so does base == head.
+        return seq, min(seq, self.native.load(self.base_word(head >> L.SEQ_BITS)))
 
     # -- lifetime --------------------------------------------------------------------------
     @classmethod
@@ -169,8 +173,13 @@ class Segment:
             raise RingNotFoundError(f"no shmdiag ring named {name!r} (no /dev/shm/{name})") from None
         except PermissionError:
             raise RingPermissionError(f"permission denied opening ring {name!r}") from None
+        except OSError as e:  # a directory (EINVAL, EISDIR), a symlink (ELOOP: shm_open uses O_NOFOLLOW), ...
+            raise NotARingError(f"{name!r} is not a shmdiag ring (/dev/shm/{name}: {e.strerror})") from None
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotARingError(f"{name!r} is not a shmdiag ring (/dev/shm/{name} is not a regular file)")
+            size = st.st_size
             if size < L.HEADER_SIZE:
                 raise NotARingError(f"{name!r} is not a shmdiag ring ({size} bytes, smaller than a header)")
             mm = mmap.mmap(fd, size)

@@ -37,33 +37,62 @@ def _era_shards(seg: Segment) -> np.ndarray:
     return shards[used & (shards["base"] == base)]
 
 
+_U64_MAX = (1 << 64) - 1
+
+
+def _total(col: np.ndarray) -> int:
+    """An exact sum of counters (numpy's u64 sum wraps), saturated at what a u64 holds: damaged
+    words must not make a figure no JSON consumer can read."""
+    return min(sum(col.tolist()), _U64_MAX)
+
+
 def accounting(seg: Segment) -> Accounting:
     s = _era_shards(seg)
     busy = int(((s["journal"] != 0) & ((s["owner"] & 0xFF) == L.SH_ACTIVE)).sum())
-    return Accounting(*(int(s[f].sum()) for f in ("recorded", "overwritten", "lost", "abandoned", "expired")), busy)
+    return Accounting(*(_total(s[f]) for f in ("recorded", "overwritten", "lost", "abandoned", "expired")), busy)
+
+
+def consistent(shards: np.ndarray) -> np.ndarray:
+    """Which shards' breakdowns add up to what they recorded. A writer adds to its severity and
+    type counters just before ``recorded`` (see _native.c), so a live one may be one ahead;
+    anything else is damage, and such a shard's breakdown is not believed."""
+    rec = shards["recorded"].astype(np.float64)[:, None]
+    ok = np.ones(len(shards), dtype=bool)
+    for f in ("sev", "type_count"):
+        col = shards[f].astype(np.float64)  # exact below 2**53, and no wrap-around above
+        total = col.sum(axis=1)
+        ok &= (col <= rec + 1).all(axis=1) & (total >= rec[:, 0]) & (total <= rec[:, 0] + 1)
+    return ok
 
 
 def compute(seg: Segment) -> DiagnosticStats:
     shards = _era_shards(seg)
-    total = int(shards["recorded"].sum())
+    total = _total(shards["recorded"])
     stats = DiagnosticStats(total_events=total)
     if not seg.metrics:
         stats.events_by_severity = {s: 0 for s in Severity}
         return stats
-    sev = shards["sev"].sum(axis=0)
-    stats.events_by_severity = {s: int(sev[s]) for s in Severity}
+    good = consistent(shards)
+    stats.writers_inconsistent = int((~good).sum())
+    counted = shards[good]
+    sev = [_total(counted["sev"][:, s]) for s in Severity]
+    stats.events_by_severity = {s: sev[s] for s in Severity}
     by_type: dict[str, int] = {}
-    for sh in shards:
+    for sh in counted:
         n = min(int(sh["ntypes"]), L.TYPE_SLOTS)
         counts = sh["type_count"]
         for j in np.flatnonzero(counts[:n]):
-            name = bytes(sh["type_name"][j])[: int(sh["type_len"][j])].decode("utf-8", "replace")
+            tlen = min(int(sh["type_len"][j]), L.TYPE_NAME_SIZE)
+            name = bytes(sh["type_name"][j])[:tlen].decode("utf-8", "replace")
             by_type[name] = by_type.get(name, 0) + int(counts[j])
     stats.events_by_type = by_type
-    counted = shards[shards["recorded"] > 0]
-    if len(counted):
-        stats.first_event = ns_to_datetime(int(counted["first_ts"].min()))
-        stats.last_event = ns_to_datetime(int(counted["last_ts"].max()))
+    recorded = shards[shards["recorded"] > 0]
+    if len(recorded):
+        stats.first_event = ns_to_datetime(int(recorded["first_ts"].min()))
+        stats.last_event = ns_to_datetime(int(recorded["last_ts"].max()))
     stats.active_peers = len(connected_peers(seg))
-    stats.error_rate = (int(sev[Severity.ERROR]) + int(sev[Severity.CRITICAL])) / total if total else 0.0
+    # Over the shards whose breakdown is believed, so the rate stays within 0..1.
+    believed = _total(counted["recorded"])
+    errors = sev[Severity.ERROR] + sev[Severity.CRITICAL]
+    stats.error_rate = min(1.0, errors / believed) if believed else 0.0
     return stats
