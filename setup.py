@@ -4,8 +4,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "shmdiag._native",
-            sources=["shmdiag/_native.c"],
+            "shmdiag.core._native",
+            sources=["shmdiag/core/_native.c"],
             libraries=["m"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )

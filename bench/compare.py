@@ -67,7 +67,7 @@ for p in (str(ROOT), str(BENCH)):
 
 from _benchlib import machine  # noqa: E402
 from shmdiag import Recorder  # noqa: E402
-from shmdiag._layout import SLOT_SIZE  # noqa: E402
+from shmdiag.core.layout import SLOT_SIZE  # noqa: E402
 
 CTX = mp.get_context("fork")
 now_ns = time.perf_counter_ns

@@ -22,7 +22,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from _benchlib import machine  # noqa: E402
 
-from shmdiag._layout import SLOT_SIZE  # noqa: E402  (figures without it in their json: this build's)
+from shmdiag.core.layout import SLOT_SIZE  # noqa: E402  (figures without it in their json: this build's)
 
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"

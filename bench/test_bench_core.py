@@ -15,7 +15,7 @@ import pytest
 
 from _benchlib import FULL_RING, N_PEERS, errors_in, fill_messages, segment_bytes, writer_main
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity
-from shmdiag._layout import SLOT_SIZE
+from shmdiag.core.layout import SLOT_SIZE
 
 INNER = 10_000  # record_message / baseline calls per round
 WRITE_RING = 100_000  # ring for the single-process write benchmarks, warmed by one full lap first

@@ -21,7 +21,8 @@ import pytest
 
 from _benchlib import build_ring
 from shmdiag import DiagnosticEvent, Recorder, Severity
-from shmdiag import _export, _reader
+from shmdiag.export import stream as _export
+from shmdiag.core import reader as _reader
 
 SIZES = [100_000, 1_000_000]
 IDS = ["100k", "1M"]

@@ -6,8 +6,8 @@ any process on the machine can attach by name to read events, stats, health and 
 
 import logging as _logging
 
-from ._config import RecorderConfig
-from ._errors import (
+from shmdiag.core.config import RecorderConfig
+from shmdiag.core.errors import (
     CorruptRingError,
     LayoutVersionError,
     NotARingError,
@@ -17,8 +17,8 @@ from ._errors import (
     ShmDiagError,
     TooManyWritersError,
 )
-from ._loghandler import LoggingHandler
-from ._models import (
+from shmdiag.loghandler import LoggingHandler
+from shmdiag.core.models import (
     DiagnosticEvent,
     DiagnosticStats,
     HealthStatus,
@@ -28,8 +28,8 @@ from ._models import (
     Severity,
     WriterInfo,
 )
-from ._recorder import Recorder
-from ._segment import RingExistsError
+from shmdiag.recorder import Recorder
+from shmdiag.core.segment import RingExistsError
 
 __all__ = [
     "CorruptRingError",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shmdiag import Recorder, RecorderConfig
-from shmdiag import _layout as L
+from shmdiag.core import layout as L
 
 SHM_DIR = "/dev/shm"
 

@@ -215,7 +215,7 @@ def test_serve_bad_config_exits_2_naming_the_field(tmp_path, shm_names, content,
 
 def test_serve_config_without_a_toml_reader_says_what_is_needed(tmp_path, monkeypatch, capsys):
     """Python 3.10 has no tomllib: without the tomli package, --config says so (one line, 2)."""
-    from shmdiag import _cli
+    from shmdiag.cli import main as _cli
 
     monkeypatch.setitem(sys.modules, "tomllib", None)
     monkeypatch.setitem(sys.modules, "tomli", None)
@@ -535,7 +535,7 @@ def test_tail_follow_reports_overwritten_events(make_recorder, procs, as_json):
 def _claim_unwritten(seg, busy: bool = False) -> int:
     """Do what a writer does before it writes a record: claim a run of one sequence number
     (published in a spare shard, as claim_run does) and, with ``busy``, take its slot. Return it."""
-    from shmdiag import _layout as L
+    from shmdiag.core import layout as L
 
     spare = seg.max_shards - 1
     t0 = time.monotonic_ns()
@@ -554,8 +554,8 @@ def test_follower_waits_for_a_claimed_record_and_says_so_when_it_never_comes(mak
     inside the record) up to pending_timeout, after which it is reported unreadable. One whose
     run expired unwritten was never an event: skipped without a word. An expired record is
     reported as unreadable too. Driven in-process with a fake clock."""
-    from shmdiag import _layout as L
-    from shmdiag._follow import _RUN_DONE_NS, Follower, Gap, history
+    from shmdiag.core import layout as L
+    from shmdiag.core.follow import _RUN_DONE_NS, Follower, Gap, history
 
     rec = make_recorder(100)
     seg = rec._seg
@@ -595,8 +595,8 @@ def test_follower_waits_for_a_claimed_record_and_says_so_when_it_never_comes(mak
 def test_follower_survives_a_corrupt_head(make_recorder):
     """A head word far beyond anything written (foreign bytes, a bug) must not make a poll
     read 2**48 slots one batch at a time: the far part is counted in one step."""
-    from shmdiag import _layout as L
-    from shmdiag._follow import Follower, Gap
+    from shmdiag.core import layout as L
+    from shmdiag.core.follow import Follower, Gap
 
     rec = make_recorder(100)
     seg = rec._seg
@@ -613,7 +613,7 @@ def test_follower_survives_a_corrupt_head(make_recorder):
 
 
 def test_history_starts_following_below_a_record_in_flight(make_recorder):
-    from shmdiag._follow import history
+    from shmdiag.core.follow import history
 
     rec = make_recorder(100)
     for i in range(5):
@@ -758,7 +758,7 @@ def test_not_a_ring_is_one_line(shm_names):
 
 
 def test_corrupt_and_other_version_rings_are_one_line(make_recorder):
-    from shmdiag import _layout as L
+    from shmdiag.core import layout as L
 
     from conftest import fix_header_crc, raw_segment, write_field
 
@@ -786,7 +786,8 @@ def test_permission_problem_is_one_line(make_recorder):
 
 def test_permission_problem_is_one_line_simulated(make_recorder, monkeypatch, capsys):
     """The same path as above for root (who may open anything): shm_open says EACCES."""
-    from shmdiag import _cli, _segment
+    from shmdiag.cli import main as _cli
+    from shmdiag.core import segment as _segment
 
     rec = make_recorder(100)
 
@@ -824,7 +825,7 @@ def test_top_refuses_without_a_terminal(make_recorder):
 
 def test_loadgen_is_wired():
     try:
-        import shmdiag._loadgen as lg  # noqa: F401
+        import shmdiag.loadgen.generator as lg  # noqa: F401
     except ImportError:
         cp = run_cli("loadgen")
         assert_one_error_line(cp, 1, "loadgen")

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from shmdiag import NotARingError, Recorder, ShmDiagError
-from shmdiag import _layout as L
+from shmdiag.core import layout as L
 
 from conftest import raw_segment, read_field, shm_path, slot_base, unique_name, unlink_quietly, write_field
 

@@ -18,7 +18,9 @@ import orjson
 import pytest
 
 from shmdiag import DiagnosticEvent, Severity
-from shmdiag import _export, _layout as L, _reader
+from shmdiag.export import stream as _export
+from shmdiag.core import layout as L
+from shmdiag.core import reader as _reader
 
 UTC = timezone.utc
 NASTY = 'quote " backslash \\ newline \n tab \t cr \r ñ 日本 😀 \x01 \x1f \x7f </script> \u2028'

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shmdiag import LatencyStats, Recorder, Severity
-from shmdiag import _layout as L
+from shmdiag.core import layout as L
 
 
 def assert_close(got: float, exact: float, rel: float = 0.02) -> None:

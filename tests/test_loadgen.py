@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from shmdiag import _loadgen, _profile as P
+from shmdiag.loadgen import generator as _loadgen
+
+from shmdiag.loadgen import profile as P
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, str(ROOT / "tools" / "loadgen.py")]

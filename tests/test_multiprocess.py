@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity
-from shmdiag import _layout as L
+from shmdiag.core import layout as L
 
 # The code an unrelated writer runs: `python -c WRITER <name> <writer> <threads> <n> <gofile>`.
 WRITER = textwrap.dedent(

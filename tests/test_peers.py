@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shmdiag import DiagnosticEvent, NetworkDiagnostic, PeerDiagnostic, Recorder, Severity
-from shmdiag import _layout as L
+from shmdiag.core import layout as L
 
 
 def by_id(rec: Recorder) -> dict[str, PeerDiagnostic]:

@@ -24,7 +24,7 @@ from shmdiag import (
     Severity,
     ShmDiagError,
 )
-from shmdiag import _layout as L
+from shmdiag.core import layout as L
 
 UTC = timezone.utc
 

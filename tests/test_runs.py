@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from shmdiag import _layout as L
-from shmdiag._follow import _RUN_DONE_NS, Follower, history
+from shmdiag.core import layout as L
+from shmdiag.core.follow import _RUN_DONE_NS, Follower, history
 
 from test_cli import LineReader, _start_tail, procs, write  # noqa: F401  (procs: a fixture)
 from test_multiprocess import _popen_writer, check_intact, reconcile

@@ -33,7 +33,7 @@ from shmdiag import (
     Severity,
     ShmDiagError,
 )
-from shmdiag import _layout as L
+from shmdiag.core import layout as L
 
 STATIC = L.HEADER_STATIC_SIZE + 4  # the static part and its CRC
 

@@ -201,7 +201,7 @@ def test_top_unknown_ring_is_one_line(terms):
 
 
 def test_render_fits_any_size_and_computes_rates(make_recorder):
-    from shmdiag import _top
+    from shmdiag.cli import top as _top
 
     rec = make_recorder(1000)
     rec.record_peer_connection("p1", "10.0.0.1:8333")
@@ -234,7 +234,7 @@ def test_render_fits_any_size_and_computes_rates(make_recorder):
 
 def test_attached_top_never_writes(busy_ring):
     rec, _ = busy_ring
-    from shmdiag import _top
+    from shmdiag.cli import top as _top
 
     with Recorder.attach(rec.name) as viewer:
         _top.sample(viewer)

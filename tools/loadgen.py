@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shmdiag import _loadgen
+    from shmdiag.loadgen import generator as _loadgen
 
     parser = _Parser(prog="loadgen")
     _loadgen.configure_parser(parser)

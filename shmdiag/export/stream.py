@@ -15,8 +15,10 @@ from typing import BinaryIO
 import numpy as np
 import orjson
 
-from . import _layout as L, _reader
-from ._models import DiagnosticEvent, DiagnosticStats, HealthStatus, Severity
+from shmdiag.core import layout as L
+
+from shmdiag.core import reader as _reader
+from shmdiag.core.models import DiagnosticEvent, DiagnosticStats, HealthStatus, Severity
 
 _OPTS = orjson.OPT_UTC_Z
 

@@ -37,7 +37,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from ._models import Severity
+from shmdiag.core.models import Severity
 
 MAX_PROTOCOL_MESSAGE_LENGTH = 4_000_000  # Bitcoin Core's cap on one message's payload
 

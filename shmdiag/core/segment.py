@@ -25,9 +25,9 @@ from multiprocessing import resource_tracker
 import _posixshmem
 import numpy as np
 
-from . import _layout as L
-from ._config import MAX_EVENTS_LIMIT, RecorderConfig, validate_name
-from ._errors import (
+from shmdiag.core import layout as L
+from shmdiag.core.config import MAX_EVENTS_LIMIT, RecorderConfig, validate_name
+from shmdiag.core.errors import (
     CorruptRingError,
     LayoutVersionError,
     NotARingError,
@@ -35,7 +35,7 @@ from ._errors import (
     RingPermissionError,
     ShmDiagError,
 )
-from ._native import Mapping
+from shmdiag.core._native import Mapping
 
 
 class RingExistsError(ShmDiagError, FileExistsError):

@@ -16,9 +16,9 @@ import _posixshmem
 import numpy as np
 import psutil
 
-from . import _layout as L
-from ._config import validate_name
-from ._errors import (
+from shmdiag.core import layout as L
+from shmdiag.core.config import validate_name
+from shmdiag.core.errors import (
     CorruptRingError,
     LayoutVersionError,
     NotARingError,
@@ -102,8 +102,8 @@ def _raw_identity(raw: bytes, info: RingInfo) -> None:
 def ring_info(name: str, size: int | None = None) -> RingInfo:
     """Everything ``ls`` shows about one ring. Raises NotARingError for a foreign segment and
     RingNotFoundError when it vanished; any other problem is reported in ``note``."""
-    from ._reader import count_retained
-    from ._recorder import Recorder
+    from shmdiag.core.reader import count_retained
+    from shmdiag.recorder import Recorder
 
     path = os.path.join(SHM_DIR, name)
     if size is None:
@@ -175,7 +175,7 @@ def remove_ring(name: str, force: bool = False) -> RingInfo | None:
     """Unlink a stale ring. Refuses a segment that is not a shmdiag ring (even with ``force``),
     and a ring whose creator is alive, or whose header cannot be trusted, unless ``force``.
     Returns what the ring looked like (None if its header could not be read)."""
-    from ._segment import Segment
+    from shmdiag.core.segment import Segment
 
     validate_name(name)
     info: RingInfo | None = None

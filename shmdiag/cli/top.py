@@ -14,9 +14,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ._errors import ShmDiagError
-from ._models import HealthStatus, Severity
-from ._tables import clean, human_bytes, human_count, human_duration, table
+from shmdiag.core.errors import ShmDiagError
+from shmdiag.core.models import HealthStatus, Severity
+from shmdiag.cli.format import clean, human_bytes, human_count, human_duration, table
 
 _HEALTH_STYLE = {"healthy": "ok", "warning": "warn"}
 

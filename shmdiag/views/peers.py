@@ -1,7 +1,7 @@
 """Per-peer diagnostics, read from the shared peer table.
 
 Writers keep each peer's counters in its table entry with atomic adds (``account_extras`` in
-_native.c), so the figures cover every event recorded since the last clear, overwritten ones
+core/_native.c), so the figures cover every event recorded since the last clear, overwritten ones
 included. Racing inserts can leave two entries for one key: they are merged here.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _layout as L
-from ._models import NetworkDiagnostic, PeerDiagnostic
-from ._reader import ns_to_datetime
-from ._segment import Segment
+from shmdiag.core import layout as L
+from shmdiag.core.models import NetworkDiagnostic, PeerDiagnostic
+from shmdiag.core.reader import ns_to_datetime
+from shmdiag.core.segment import Segment
 
 _U64_MAX = (1 << 64) - 1
 _SUMMED = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns", "events")

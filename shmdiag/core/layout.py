@@ -1,7 +1,7 @@
 """The binary layout of a shmdiag segment: the one definition both paths derive from.
 
 The numpy reader views the segment through the dtypes below; the native writer
-(``_native.c``) receives the same field offsets from :func:`native_layout`. Changing a field
+(``core/_native.c``) receives the same field offsets from :func:`native_layout`. Changing a field
 here changes both, and bumps :data:`VERSION` so older readers refuse the new segment.
 
 Segment::

@@ -21,7 +21,7 @@ because their slot was still being written by a slower (or stopped) writer a lap
 
 from __future__ import annotations
 
-from ._models import HealthStatus
+from shmdiag.core.models import HealthStatus
 
 ERROR_RATE_WARNING = 0.05
 ERROR_RATE_DEGRADED = 0.20

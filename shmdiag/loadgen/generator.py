@@ -49,12 +49,12 @@ from typing import Callable
 import orjson
 import psutil
 
-from . import _export
-from . import _profile as P
-from ._config import RecorderConfig
-from ._errors import ShmDiagError
-from ._models import DiagnosticEvent
-from ._recorder import Recorder
+from shmdiag.export import stream as _export
+from shmdiag.loadgen import profile as P
+from shmdiag.core.config import RecorderConfig
+from shmdiag.core.errors import ShmDiagError
+from shmdiag.core.models import DiagnosticEvent
+from shmdiag.recorder import Recorder
 
 MAX_WRITERS = 64
 DEFAULT_DURATION = 5.0

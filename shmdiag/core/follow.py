@@ -37,16 +37,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _layout as L
-from . import _native
-from ._models import DiagnosticEvent
-from ._reader import Accept, copy_records, decode, newest_events
-from ._segment import Segment
+from shmdiag.core import layout as L
+from shmdiag.core import _native
+from shmdiag.core.models import DiagnosticEvent
+from shmdiag.core.reader import Accept, copy_records, decode, newest_events
+from shmdiag.core.segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
 _START_WINDOW = 4096  # how far below the head to look for records still being written at start
 # Writers time their runs with a coarse clock that lags CLOCK_MONOTONIC by up to its resolution
-# (see mono_ns in _native.c): a run is done with once RUN_TTL_NS plus twice that has passed.
+# (see mono_ns in core/_native.c): a run is done with once RUN_TTL_NS plus twice that has passed.
 _RUN_DONE_NS = L.RUN_TTL_NS + 2 * _native.run_clock_slack_ns()
 # A sequence number two laps below the head is counted as overwritten without reading its slot:
 # the next claimant of its slot overwrites a committed record, so it can still be there only if
@@ -88,7 +88,7 @@ def _words(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
 
 class _Runs:
     """The runs of sequence numbers writers may still write into, read after the head and
-    before any slot word (the order ``claim_run`` in ``_native.c`` relies on)."""
+    before any slot word (the order ``claim_run`` in ``core/_native.c`` relies on)."""
 
     def __init__(self, seg: Segment, now_ns: int | None = None) -> None:
         # Read before the slot words: a run older than _RUN_DONE_NS at this moment is done with.

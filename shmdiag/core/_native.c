@@ -7,7 +7,7 @@
  * offsets over as a dict when a Mapping is created, so the numpy reader and this writer derive
  * from one definition.
  *
- * The write protocol for one event with sequence number s (see _layout.py for the word formats):
+ * The write protocol for one event with sequence number s (see core/layout.py for the word formats):
  *
  *   1. s = the next seq of this process's run; a new run is claimed with fetch_add(head, n)
  *      (claim_run) when the run is used up, 10 ms old or of an earlier clear generation. The

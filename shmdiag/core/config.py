@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ._layout import EXPORT_FORMATS, LOG_LEVELS
+from shmdiag.core.layout import EXPORT_FORMATS, LOG_LEVELS
 
 # POSIX shared-memory names: one path component. Kept to a portable, shell-friendly alphabet.
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")

@@ -13,7 +13,7 @@ Ownership is one word, ``(pid << 8) | state``, changed only by CAS:
                         +--owner found dead--> REAPING --journal settled--> DEAD --acquire--> ...
 
 A reaper settles a dead owner's journal so its last event is counted exactly once: as
-committed, overwritten, lost or abandoned (see ``_native.c`` for the phases).
+committed, overwritten, lost or abandoned (see ``core/_native.c`` for the phases).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import threading
 
 import psutil
 
-from . import _layout as L
-from ._errors import RecorderClosedError, TooManyWritersError
-from ._segment import Segment
+from shmdiag.core import layout as L
+from shmdiag.core.errors import RecorderClosedError, TooManyWritersError
+from shmdiag.core.segment import Segment
 
 _OWNER_STATE_MASK = 0xFF
 

@@ -13,10 +13,22 @@ from collections.abc import Mapping as _MappingABC
 import orjson
 import psutil
 
-from . import _export, _health, _latency, _layout as L, _peers, _reader, _stats
-from ._config import RecorderConfig
-from ._errors import RecorderClosedError
-from ._models import (
+from shmdiag.export import stream as _export
+
+from shmdiag.views import health as _health
+
+from shmdiag.views import latency as _latency
+
+from shmdiag.core import layout as L
+
+from shmdiag.views import peers as _peers
+
+from shmdiag.core import reader as _reader
+
+from shmdiag.views import stats as _stats
+from shmdiag.core.config import RecorderConfig
+from shmdiag.core.errors import RecorderClosedError
+from shmdiag.core.models import (
     DiagnosticEvent,
     DiagnosticStats,
     HealthStatus,
@@ -26,9 +38,9 @@ from ._models import (
     Severity,
     WriterInfo,
 )
-from ._native import set_closed_error
-from ._segment import Segment
-from ._writer import ShardManager, _fit_utf8, own_start_ms, process_alive
+from shmdiag.core._native import set_closed_error
+from shmdiag.core.segment import Segment
+from shmdiag.core.shards import ShardManager, _fit_utf8, own_start_ms, process_alive
 
 set_closed_error(RecorderClosedError)
 
@@ -418,7 +430,7 @@ class Recorder:
         A clear starts a new generation in the head word, whose first sequence number is the
         head at that moment: records and shard counters of earlier sequence numbers stop counting
         everywhere at once, and each writer zeroes its own counters at its next event (sync_era
-        in _native.c). The generation's base is published before the CAS that starts it, so a
+        in core/_native.c). The generation's base is published before the CAS that starts it, so a
         writer that claims a sequence number in the new generation always finds its base.
         Nothing waits for writers.
         """

@@ -25,9 +25,9 @@ from datetime import datetime
 
 import orjson
 
-from ._errors import ShmDiagError
-from ._models import DiagnosticEvent, Severity
-from ._tables import clean
+from shmdiag.core.errors import ShmDiagError
+from shmdiag.core.models import DiagnosticEvent, Severity
+from shmdiag.cli.format import clean
 
 _JSON_OPTS = orjson.OPT_UTC_Z
 _POLL = 0.025  # tail -f: a new event shows within ~25 ms plus the time to print it
@@ -86,7 +86,7 @@ def _positive_int(text: str) -> int:
 
 
 def _check_name(name: str) -> str:
-    from ._config import validate_name
+    from shmdiag.core.config import validate_name
 
     try:
         return validate_name(name)
@@ -97,7 +97,7 @@ def _check_name(name: str) -> str:
 @contextmanager
 def _attached(name: str) -> Iterator:
     """An attached Recorder, always closed (an attached recorder never unlinks the ring)."""
-    from ._recorder import Recorder
+    from shmdiag.recorder import Recorder
 
     rec = Recorder.attach(_check_name(name))
     try:
@@ -115,7 +115,7 @@ def _load_config(path: str | None, name: str, max_events: int | None):
     """A RecorderConfig from a TOML file (fields at the top level, or all under a [shmdiag]
     table), the command line's NAME and --max-events winning. Every problem is a UsageError
     naming the field."""
-    from ._config import RecorderConfig
+    from shmdiag.core.config import RecorderConfig
 
     fields = [f.name for f in dataclasses.fields(RecorderConfig) if f.name != "name"]
     values: dict = {}
@@ -161,9 +161,9 @@ def _load_config(path: str | None, name: str, max_events: int | None):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ._recorder import Recorder
-    from ._segment import RingExistsError
-    from ._tables import human_bytes
+    from shmdiag.recorder import Recorder
+    from shmdiag.core.segment import RingExistsError
+    from shmdiag.cli.format import human_bytes
 
     cfg = _load_config(args.config, args.name, args.max_events)
     # Wait for SIGINT/SIGTERM/SIGHUP without polling. Not sigwait with the signals blocked: threads
@@ -186,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except RingExistsError:
         alive = ""
         try:
-            from ._rings import ring_info
+            from shmdiag.core.rings import ring_info
 
             info = ring_info(cfg.name)
             if info.owner_pid is not None:
@@ -219,8 +219,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -- ls / rm -------------------------------------------------------------------------------
 def cmd_ls(args: argparse.Namespace) -> int:
-    from ._rings import list_rings
-    from ._tables import human_count, human_duration, table
+    from shmdiag.core.rings import list_rings
+    from shmdiag.cli.format import human_count, human_duration, table
 
     rings = list_rings()
     if args.json:
@@ -241,7 +241,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from ._rings import remove_ring
+    from shmdiag.core.rings import remove_ring
 
     info = remove_ring(_check_name(args.name), force=args.force)
     if info is not None and info.owner_alive:
@@ -253,8 +253,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 # -- stats / health / peers ----------------------------------------------------------------
 def cmd_stats(args: argparse.Namespace) -> int:
-    from ._export import stats_to_dict
-    from ._tables import kv, table
+    from shmdiag.export.stream import stats_to_dict
+    from shmdiag.cli.format import kv, table
 
     with _attached(args.name) as rec:
         s = rec.get_stats()
@@ -280,8 +280,8 @@ HEALTH_EXIT = {"healthy": 0, "warning": 1}  # anything else (degraded, error, st
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from ._export import health_to_dict
-    from ._tables import human_duration, kv
+    from shmdiag.export.stream import health_to_dict
+    from shmdiag.cli.format import human_duration, kv
 
     with _attached(args.name) as rec:
         h = rec.health_check()
@@ -298,7 +298,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from ._tables import human_bytes, human_duration, table
+    from shmdiag.cli.format import human_bytes, human_duration, table
 
     with _attached(args.name) as rec:
         nd = rec.get_network_diagnostic()
@@ -356,8 +356,8 @@ def format_gap(gap) -> str:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from ._export import event_to_dict
-    from ._follow import Follower, Gap, history
+    from shmdiag.export.stream import event_to_dict
+    from shmdiag.core.follow import Follower, Gap, history
 
     types, peers = set(args.type or ()), set(args.peer or ())
 
@@ -420,7 +420,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if not (sys.stdout.isatty() and sys.stdin.isatty()):
         raise ShmDiagError("top needs a terminal (stdin and stdout must be a tty); "
                            f"for scripts use 'shmdiag stats {args.name} --json'")
-    from . import _top
+    from shmdiag.cli import top as _top
 
     with _attached(args.name) as rec:
         return _top.run(rec, interval=args.interval)
@@ -466,7 +466,7 @@ def _export_to(rec, fp, fmt: str, progress) -> None:
                              "not in the export\n")
         return
     # Until Recorder.write_export lands: the whole export in memory.
-    from ._export import event_to_dict
+    from shmdiag.export.stream import event_to_dict
 
     if fmt == "json":
         fp.write(rec.export_events())
@@ -485,7 +485,7 @@ def _is_stream(path: str) -> bool:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ._reader import count_retained
+    from shmdiag.core.reader import count_retained
 
     with _attached(args.name) as rec:
         fmt = args.format or rec.config.export_format
@@ -525,7 +525,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
-    from ._reader import count_retained
+    from shmdiag.core.reader import count_retained
 
     with _attached(args.name) as rec:
         n = count_retained(rec._seg)
@@ -538,18 +538,18 @@ def cmd_clear(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.writers <= 64 or args.seconds <= 0 or args.max_events < 1:
         raise UsageError("--writers must be 1-64, --seconds > 0, --max-events >= 1")
-    from . import _demo
+    from shmdiag.loadgen import demo as _demo
 
     return _demo.run(args.writers, args.seconds, args.max_events)
 
 
 def cmd_loadgen(args: argparse.Namespace, extra: list[str]) -> int:
     try:
-        from . import _loadgen
+        from shmdiag.loadgen import generator as _loadgen
     except ImportError as e:
         if e.name != f"{__package__}._loadgen":
             raise
-        raise ShmDiagError("loadgen is not available in this installation (shmdiag._loadgen is missing)") from None
+        raise ShmDiagError("loadgen is not available in this installation (shmdiag.loadgen.generator is missing)") from None
     parser = _Parser(prog="shmdiag loadgen", description="Generate load: many writer processes on one ring.")
     _loadgen.configure_parser(parser)
     return _loadgen.run(parser.parse_args(extra))
@@ -588,7 +588,7 @@ A clear does not interrupt following. When the ring is removed, tail -f says so 
 def build_parser() -> _Parser:
     p = _Parser(prog="shmdiag", description="Multi-process P2P diagnostics recorder: a collector and inspectors "
                                               "for shared-memory rings.")
-    from . import __version__
+    from shmdiag import __version__
 
     p.add_argument("--version", action="version", version=f"shmdiag {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

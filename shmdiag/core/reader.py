@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import orjson
 
-from . import _layout as L
-from ._models import DiagnosticEvent, Severity
-from ._segment import Segment
+from shmdiag.core import layout as L
+from shmdiag.core.models import DiagnosticEvent, Severity
+from shmdiag.core.segment import Segment
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _KEYS = L.CHECKSUM_KEYS
@@ -80,7 +80,7 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
     w_after = seg.slots["w"][idx]
     recs = words.view(L.SLOT).reshape(len(idx))
     # The word copied with the record must be the one seen before and after, too: a writer that
-    # took the slot and put it back (a stale run, see _native.c) leaves the rest untouched.
+    # took the slot and put it back (a stale run, see core/_native.c) leaves the rest untouched.
     valid = (w_after == w) & (recs["w"] == w) & (recs["severity"] == L.w_severity(w))
     valid &= words @ _KEYS == recs["checksum"]  # integer matmul wraps mod 2**64, as the writer's sum
     # The five lengths are bytes of one word: shifts are cheaper than a (n, 5) field copy.

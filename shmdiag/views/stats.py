@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _layout as L
-from ._models import DiagnosticStats, Severity
-from ._peers import connected_peers
-from ._reader import ns_to_datetime
-from ._segment import Segment
+from shmdiag.core import layout as L
+from shmdiag.core.models import DiagnosticStats, Severity
+from shmdiag.views.peers import connected_peers
+from shmdiag.core.reader import ns_to_datetime
+from shmdiag.core.segment import Segment
 
 
 @dataclass
@@ -54,7 +54,7 @@ def accounting(seg: Segment) -> Accounting:
 
 def consistent(shards: np.ndarray) -> np.ndarray:
     """Which shards' breakdowns add up to what they recorded. A writer adds to its severity and
-    type counters just before ``recorded`` (see _native.c), so a live one may be one ahead;
+    type counters just before ``recorded`` (see core/_native.c), so a live one may be one ahead;
     anything else is damage, and such a shard's breakdown is not believed."""
     rec = shards["recorded"].astype(np.float64)[:, None]
     ok = np.ones(len(shards), dtype=bool)

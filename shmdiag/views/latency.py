@@ -1,6 +1,6 @@
 """Latency percentiles per timed operation, from the ring-wide histograms.
 
-Each operation has a log-bucketed histogram (DDSketch's idea, see _layout.py) that every
+Each operation has a log-bucketed histogram (DDSketch's idea, see core/layout.py) that every
 process adds to with atomic increments, so percentiles cover every span ever recorded since
 the last clear, however many of their events the ring has overwritten, in fixed memory.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _layout as L
-from ._models import LatencyStats
-from ._segment import Segment
+from shmdiag.core import layout as L
+from shmdiag.core.models import LatencyStats
+from shmdiag.core.segment import Segment
 
 _VALUES = np.array([L.latency_value(b) for b in range(L.OP_BUCKETS)])
 

@@ -8,8 +8,8 @@ import random
 import sys
 import time
 
-from ._recorder import Recorder
-from ._models import Severity
+from shmdiag.recorder import Recorder
+from shmdiag.core.models import Severity
 
 _HANDSHAKE = [("version", 126), ("verack", 0), ("sendaddrv2", 0), ("wtxidrelay", 0), ("sendcmpct", 9), ("feefilter", 8)]
 _TRAFFIC = [("inv", 37, 40), ("getdata", 37, 15), ("tx", 250, 25), ("ping", 8, 6), ("pong", 8, 6),

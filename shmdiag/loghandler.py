@@ -8,8 +8,8 @@ import threading
 import traceback
 from datetime import datetime, timezone
 
-from ._errors import RecorderClosedError
-from ._models import DiagnosticEvent, Severity
+from shmdiag.core.errors import RecorderClosedError
+from shmdiag.core.models import DiagnosticEvent, Severity
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
