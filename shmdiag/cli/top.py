@@ -9,14 +9,17 @@ design target.
 
 from __future__ import annotations
 
+import argparse
 import curses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
+from shmdiag.cli._common import attached
+from shmdiag.cli.format import clean, human_bytes, human_count, human_duration, table
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import HealthStatus, Severity
-from shmdiag.cli.format import clean, human_bytes, human_count, human_duration, table
 
 _HEALTH_STYLE = {"healthy": "ok", "warning": "warn"}
 
@@ -264,3 +267,12 @@ def run(rec, interval: float = 1.0) -> int:
         return 0
     except curses.error as e:
         raise ShmDiagError(f"cannot run the full-screen view on this terminal ({e}); is TERM right?") from None
+
+
+# -- top -----------------------------------------------------------------------------------
+def cmd_top(args: argparse.Namespace) -> int:
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise ShmDiagError("top needs a terminal (stdin and stdout must be a tty); "
+                           f"for scripts use 'shmdiag stats {args.name} --json'")
+    with attached(args.name) as rec:
+        return run(rec, interval=args.interval)

@@ -1,0 +1,92 @@
+"""What every subcommand shares: one-line errors, output, argument types, attaching."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import orjson
+
+from shmdiag.core.models import Severity
+
+JSON_OPTS = orjson.OPT_UTC_Z
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line, not the usage block and a line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"shmdiag: error: {message} (see '{self.prog} --help')\n")
+
+
+def err(msg: str) -> None:
+    sys.stderr.write(f"shmdiag: error: {msg}\n")
+    sys.stderr.flush()
+
+
+def out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def dumps(obj: object) -> bytes:
+    return orjson.dumps(obj, option=JSON_OPTS | orjson.OPT_NON_STR_KEYS)
+
+
+def print_json(obj: object, *, indent: bool = True) -> None:
+    opts = JSON_OPTS | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(orjson.dumps(obj, option=opts) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def severity_arg(text: str) -> Severity:
+    t = text.strip()
+    if t.isdigit() and int(t) in Severity._value2member_map_:
+        return Severity(int(t))
+    try:
+        return Severity[t.upper()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a severity (one of {', '.join(s.name.lower() for s in Severity)}, or 0-4)") from None
+
+
+def count_arg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def check_name(name: str) -> str:
+    from shmdiag.core.config import validate_name
+
+    try:
+        return validate_name(name)
+    except ValueError as e:
+        raise UsageError(str(e).removeprefix("name: ")) from None
+
+
+@contextmanager
+def attached(name: str) -> Iterator:
+    """An attached Recorder, always closed (an attached recorder never unlinks the ring)."""
+    from shmdiag.recorder import Recorder
+
+    rec = Recorder.attach(check_name(name))
+    try:
+        yield rec
+    finally:
+        rec.close()
+
+
+def local_time(ts: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    return "-" if ts is None else ts.astimezone().strftime(fmt)

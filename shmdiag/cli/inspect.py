@@ -1,0 +1,90 @@
+"""``shmdiag stats``, ``health`` and ``peers``: one look at a ring."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from shmdiag.cli._common import (
+    attached,
+    local_time,
+    out,
+    print_json,
+)
+from shmdiag.cli.format import clean
+
+
+# -- stats / health / peers ----------------------------------------------------------------
+def cmd_stats(args: argparse.Namespace) -> int:
+    from shmdiag.cli.format import kv, table
+    from shmdiag.export.stream import stats_to_dict
+
+    with attached(args.name) as rec:
+        s = rec.get_stats()
+    if args.json:
+        print_json(stats_to_dict(s))
+        return 0
+    out(kv([("ring", args.name), ("total events", s.total_events), ("active peers", s.active_peers),
+             ("error rate", f"{s.error_rate:.2%}"), ("first event", local_time(s.first_event)),
+             ("last event", local_time(s.last_event))]))
+    total = s.total_events or 1
+    out()
+    out(table(["SEVERITY", "EVENTS", "SHARE"],
+               [[str(k), v, f"{v / total:.1%}"] for k, v in s.events_by_severity.items()], right=(1, 2)))
+    if s.events_by_type:
+        out()
+        out(table(["TYPE", "EVENTS", "SHARE"],
+                   [[k, v, f"{v / total:.1%}"] for k, v in sorted(s.events_by_type.items(), key=lambda kv: (-kv[1], kv[0]))],
+                   right=(1, 2)))
+    return 0
+
+
+HEALTH_EXIT = {"healthy": 0, "warning": 1}  # anything else (degraded, error, stopped): 2
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from shmdiag.cli.format import human_duration, kv
+    from shmdiag.export.stream import health_to_dict
+
+    with attached(args.name) as rec:
+        h = rec.health_check()
+    if args.json:
+        print_json(health_to_dict(h))
+    else:
+        out(clean(f"{h.status}: {h.message}"))
+        out(kv([("retained", f"{h.event_count} of {h.max_events}"), ("total events", h.total_events),
+                 ("overwritten", h.events_overwritten), ("lost", h.events_lost), ("abandoned", h.events_abandoned),
+                 ("expired", h.events_expired), ("error rate", f"{h.error_rate:.2%}"),
+                 ("writers", f"{h.writers_alive} alive, {h.writers_dead} dead"), ("uptime", human_duration(h.uptime))],
+                indent="  "))
+    return HEALTH_EXIT.get(h.status, 2)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from shmdiag.cli.format import human_bytes, human_duration, table
+
+    with attached(args.name) as rec:
+        nd = rec.get_network_diagnostic()
+    if args.json:
+        print_json(dataclasses.asdict(nd))
+        return 0
+    lat = "-" if nd.network_latency is None else human_duration(nd.network_latency)
+    line = (f"{nd.total_peers} peers: {nd.active_peers} connected, {nd.disconnected_peers} disconnected; "
+            f"mean ping {lat}")
+    if nd.untracked_peers or nd.untracked_events:
+        line += f"; {nd.untracked_peers} connects and {nd.untracked_events} events of peers beyond the table's cap"
+    out(line)
+    peers = sorted(nd.peer_diagnostics, key=lambda p: (-(p.bytes_sent + p.bytes_received), p.peer_id))
+    if args.limit:
+        peers = peers[: args.limit]
+    if not peers:
+        return 0
+    rows = [[p.peer_id, p.address or "-", p.status, p.messages_sent, p.messages_received, human_bytes(p.bytes_sent),
+             human_bytes(p.bytes_received), human_duration(p.latency), p.error_count, local_time(p.last_activity, "%H:%M:%S")]
+            for p in peers]
+    out()
+    out(table(["PEER", "ADDRESS", "STATUS", "MSGS OUT", "MSGS IN", "BYTES OUT", "BYTES IN", "PING", "ERRORS", "LAST"],
+               rows, right=(3, 4, 5, 6, 7, 8)))
+    if args.limit and len(nd.peer_diagnostics) > args.limit:
+        out(f"... and {len(nd.peer_diagnostics) - args.limit} more (--limit 0 shows all)")
+    return 0

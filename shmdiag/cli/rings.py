@@ -1,0 +1,56 @@
+"""``shmdiag ls``, ``rm`` and ``clear``: the rings on this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+from shmdiag.cli._common import (
+    attached,
+    check_name,
+    out,
+    print_json,
+)
+
+
+# -- ls / rm -------------------------------------------------------------------------------
+def cmd_ls(args: argparse.Namespace) -> int:
+    from shmdiag.cli.format import human_count, human_duration, table
+    from shmdiag.core.rings import list_rings
+
+    rings = list_rings()
+    if args.json:
+        print_json([r.to_dict() for r in rings])
+        return 0
+    if not rings:
+        out("no shmdiag rings in /dev/shm")
+        return 0
+    rows = []
+    for r in rings:
+        owner = "-" if r.owner_pid is None else f"{r.owner_pid} ({'alive' if r.owner_alive else 'dead'})"
+        num = lambda v: "-" if v is None else human_count(v)  # noqa: E731
+        rows.append([r.name, owner, num(r.capacity), num(r.retained), num(r.total_events),
+                     "-" if r.live_writers is None else r.live_writers, human_duration(r.age), r.note])
+    out(table(["NAME", "OWNER", "CAPACITY", "RETAINED", "TOTAL", "WRITERS", "AGE", "NOTE"], rows,
+               right=(2, 3, 4, 5, 6)))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from shmdiag.core.rings import remove_ring
+
+    info = remove_ring(check_name(args.name), force=args.force)
+    if info is not None and info.owner_alive:
+        out(f"removed ring {args.name!r} (its creator, pid {info.owner_pid}, is still running)")
+    else:
+        out(f"removed ring {args.name!r}")
+    return 0
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    from shmdiag.core.reader import count_retained
+
+    with attached(args.name) as rec:
+        n = count_retained(rec._seg)
+        rec.clear_events()
+    out(f"cleared ring {args.name!r}: {n} retained events dropped, stats zeroed")
+    return 0
