@@ -18,11 +18,11 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
-
 from _benchlib import build_ring
+
 from shmdiag import DiagnosticEvent, Recorder, Severity
-from shmdiag.export import stream as _export
 from shmdiag.core import reader as _reader
+from shmdiag.export import dicts as _dicts
 
 SIZES = [100_000, 1_000_000]
 IDS = ["100k", "1M"]
@@ -123,7 +123,7 @@ def test_write_export_every_kind_100k(benchmark, per_op, mixed, out_file):
 def _old_export(rec) -> bytes:
     """The per-event path export_events() used before the streaming export."""
     events = _reader.read_events(rec._seg, 0, 0)
-    return _export.export_json(rec.name, rec.get_stats(), rec.health_check(), events)
+    return _dicts.export_json(rec.name, rec.get_stats(), rec.health_check(), events)
 
 
 @pytest.mark.benchmark(group="export-per-event (before)")

@@ -7,9 +7,13 @@ import logging
 import threading
 import traceback
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from shmdiag.core.errors import RecorderClosedError
 from shmdiag.core.models import DiagnosticEvent, Severity
+
+if TYPE_CHECKING:
+    from shmdiag.recorder import Recorder
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -41,7 +45,7 @@ class LoggingHandler(logging.Handler):
     closed makes the handler drop records and count them in ``dropped``.
     """
 
-    def __init__(self, recorder, level: int = logging.NOTSET) -> None:
+    def __init__(self, recorder: Recorder, level: int = logging.NOTSET) -> None:
         super().__init__(level)
         self.recorder = recorder
         self.dropped = 0
@@ -52,7 +56,7 @@ class LoggingHandler(logging.Handler):
             return
         self._busy.on = True
         try:
-            self.recorder._record_event(self._event(record), log=False)
+            self.recorder.record_event(self._event(record), log=False)
         except RecorderClosedError:
             self.dropped += 1
         except Exception:

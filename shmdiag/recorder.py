@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing.util
 import os
 import threading
 import time
 from collections.abc import Mapping as _MappingABC
+from typing import BinaryIO, Literal
 
 import orjson
-import psutil
 
-from shmdiag.export import stream as _export
-
-from shmdiag.views import health as _health
-
-from shmdiag.views import latency as _latency
-
+from shmdiag.collector import Collector
+from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
-
-from shmdiag.views import peers as _peers
-
+from shmdiag.core import maintenance
 from shmdiag.core import reader as _reader
-
-from shmdiag.views import stats as _stats
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
 from shmdiag.core.models import (
@@ -38,19 +29,21 @@ from shmdiag.core.models import (
     Severity,
     WriterInfo,
 )
-from shmdiag.core._native import set_closed_error
 from shmdiag.core.segment import Segment
-from shmdiag.core.shards import ShardManager, _fit_utf8, own_start_ms, process_alive
+from shmdiag.core.shards import ShardManager, _fit_utf8
+from shmdiag.export import stream as _export
+from shmdiag.inspector import Inspector, _severity
+from shmdiag.views import stats as _stats
 
-set_closed_error(RecorderClosedError)
-
-_HEALTH_PERIOD = 30.0  # the creator's background health check, when enabled
-_LIFECYCLE = {"peer_connected": L.F_LIFE_CONNECT, "peer_disconnected": L.F_LIFE_DISCONNECT}
+# record_event of a lifecycle kind's type updates the peer as that kind does
+_LIFECYCLE = {k.name: k.flags & (L.F_LIFE_CONNECT | L.F_LIFE_DISCONNECT) for k in K.KINDS
+              if k.flags & (L.F_LIFE_CONNECT | L.F_LIFE_DISCONNECT)}
 _TYPE_MESSAGE = L.BUILTIN_TYPES.index("message")
 _TYPE_CONNECTED = L.BUILTIN_TYPES.index("peer_connected")
 _TYPE_DISCONNECTED = L.BUILTIN_TYPES.index("peer_disconnected")
 _TYPE_ERROR = L.BUILTIN_TYPES.index("error")
 _TYPE_LATENCY = L.BUILTIN_TYPES.index("latency")
+assert (K.MESSAGE.code, _TYPE_MESSAGE) == (3, 2)  # record_message writes them as literals
 _MAX_NS = (1 << 63) - 1
 _LOG_CAP = L.TEXT_SIZE + 64  # characters of a log line's message: the ring's text and a template
 
@@ -61,15 +54,6 @@ def _need_str(value: object, what: str, *, nonempty: bool = False) -> str:
     if nonempty and not value:
         raise ValueError(f"{what} must not be empty")
     return value
-
-
-def _severity(value: object) -> Severity:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return Severity(value)
-    except ValueError:
-        raise ValueError(f"severity must be a Severity (0-4), got {value!r}") from None
 
 
 def _encode_metadata(metadata: object, room: int) -> tuple[bytes, bool]:
@@ -102,47 +86,52 @@ class Recorder:
     """A diagnostics recorder on a named shared-memory ring.
 
     ``Recorder(...)`` and ``Recorder.with_config(...)`` create a ring (and unlink it on close);
-    ``Recorder.attach(name)`` joins one from any process, to write and to read.
+    ``Recorder.attach(name)`` joins one from any process, to write and to read. Its reading
+    methods are those of an :class:`~shmdiag.Inspector` over the same ring (which a process
+    that only reads should use instead: it maps the ring read-only).
+
+    A creating recorder runs the ring's collector (``shmdiag.collector``) in a thread until it
+    is closed; ``collector=False`` leaves that to the caller (``shmdiag serve`` runs its own).
     """
 
-    def __init__(self, max_events: int = 1000, logger: logging.Logger | None = None, *, name: str | None = None):
-        self._open(Segment.create(RecorderConfig(max_events=max_events, name=name)), logger)
+    def __init__(self, max_events: int = 1000, logger: logging.Logger | None = None, *, name: str | None = None,
+                 collector: bool = True):
+        self._open(Segment.create(RecorderConfig(max_events=max_events, name=name)), logger, collector)
 
     @classmethod
-    def with_config(cls, config: RecorderConfig, logger: logging.Logger | None = None) -> Recorder:
+    def with_config(cls, config: RecorderConfig, logger: logging.Logger | None = None, *,
+                    collector: bool = True) -> Recorder:
         if not isinstance(config, RecorderConfig):
             raise TypeError(f"config must be a RecorderConfig, not {type(config).__name__}")
         config.validate()
         self = cls.__new__(cls)
-        self._open(Segment.create(config), logger)
+        self._open(Segment.create(config), logger, collector)
         return self
 
     @classmethod
     def attach(cls, name: str, logger: logging.Logger | None = None) -> Recorder:
         self = cls.__new__(cls)
-        self._open(Segment.attach(name), logger)
+        self._open(Segment.attach(name), logger, False)
         return self
 
-    def _open(self, seg: Segment, logger: logging.Logger | None) -> None:
+    def _open(self, seg: Segment, logger: logging.Logger | None, collector: bool) -> None:
         self._seg = seg
         self._config = seg.config
         self._name = seg.name
         self._is_creator = seg.owner
         self._lock = threading.RLock()  # reads and close; writes are serialised by the GIL
         self._closed = False
+        self._insp = Inspector._over(seg, self._lock, "recorder")  # the reading methods
         self._shards = ShardManager(seg, self._lock)
-        seg.native.set_provider(self._shards.ensure)
-        self._write = seg.native.write
+        self._write = self._shards.writer()
         self._logger = logger if logger is not None else logging.getLogger("shmdiag")
         self._log_min = L.LOG_LEVELS.index(self._config.log_level.lower())
         self._log_debug = self._log_min == 0
-        self._last_health: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._finalizer = multiprocessing.util.Finalize(self, _finalize, args=(seg, self._shards), exitpriority=100)
-        if self._is_creator:
-            self._thread = threading.Thread(target=self._maintain, name=f"shmdiag-maintain-{seg.name}", daemon=True)
-            self._thread.start()
+        self._collector: Collector | None = None
+        if self._is_creator and collector:
+            self._collector = Collector(self, self._logger)
+            self._collector.start()
 
     # -- identity --------------------------------------------------------------------------
     @property
@@ -178,11 +167,9 @@ class Recorder:
             raise RecorderClosedError(f"recorder {self._name!r} is closed")
 
     # -- writing ---------------------------------------------------------------------------
-    def record_event(self, event: DiagnosticEvent) -> None:
-        """Record any event. The caller's object is not modified."""
-        self._record_event(event, log=True)
-
-    def _record_event(self, event: DiagnosticEvent, log: bool) -> None:
+    def record_event(self, event: DiagnosticEvent, *, log: bool = True) -> None:
+        """Record any event. The caller's object is not modified. ``log=False`` records it
+        without logging it too (the LoggingHandler's events came from a log record already)."""
         if not isinstance(event, DiagnosticEvent):
             raise TypeError(f"record_event() needs a DiagnosticEvent, not {type(event).__name__}")
         self._check_open()
@@ -212,15 +199,17 @@ class Recorder:
         _need_str(address, "address")
         self._write(L.KIND_CONNECT, 1, L.F_LIFE_CONNECT, _TYPE_CONNECTED, 0, 0, "", peer_id, address, "", "")
         if self._log_min <= 1 and self._logger.isEnabledFor(logging.INFO):
-            self._log(1, "peer_connected", peer_id, f"Peer connected: {address}")
+            self._log(1, K.CONNECT.name, peer_id, K.CONNECT.log_line(address=address))
 
     def record_peer_disconnection(self, peer_id: str, address: str, reason: str) -> None:
         _need_str(peer_id, "peer_id", nonempty=True)
         _need_str(address, "address")
         _need_str(reason, "reason")
-        self._write(L.KIND_DISCONNECT, 2, L.F_LIFE_DISCONNECT, _TYPE_DISCONNECTED, 0, 0, "", peer_id, address, reason, "")
+        self._write(L.KIND_DISCONNECT, 2, L.F_LIFE_DISCONNECT, _TYPE_DISCONNECTED, 0, 0, "", peer_id, address,
+                    reason, "")
         if self._log_min <= 2 and self._logger.isEnabledFor(logging.WARNING):
-            self._log(2, "peer_disconnected", peer_id, f"Peer disconnected: {address} ({reason})")
+            self._log(2, K.DISCONNECT.name, peer_id,
+                      K.DISCONNECT.log_line(address=address, reason=reason))
 
     def record_message(self, peer_id: str, msg_type: str, direction: str, size: int) -> None:
         """The hot path: about a dozen bytecodes and one native call."""
@@ -237,7 +226,8 @@ class Recorder:
         except OverflowError:  # raised before anything is claimed: nothing recorded
             raise ValueError(f"size is too large: {size}") from None
         if self._log_debug and self._logger.isEnabledFor(logging.DEBUG):
-            self._log(0, "message", peer_id, f"Message {direction}: {msg_type} ({size} bytes)")
+            self._log(0, K.MESSAGE.name, peer_id,
+                      K.MESSAGE.log_line(direction=direction, message_type=msg_type, size=size))
 
     def record_error(self, peer_id: str, err: BaseException | str, operation: str) -> None:
         """ERROR for a peer's error; CRITICAL when no peer id is given (a node-wide failure)."""
@@ -249,7 +239,7 @@ class Recorder:
         sev = 3 if peer_id else 4
         self._write(L.KIND_ERROR, sev, L.F_HAS_ERROR, _TYPE_ERROR, 0, 0, "", peer_id, operation, text, "")
         if sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
-            self._log(sev, "error", peer_id, f"Error in {operation}: {text}")
+            self._log(sev, K.ERROR.name, peer_id, K.ERROR.log_line(operation=operation, error=text))
 
     def record_latency(self, op: str, seconds: float, peer_id: str = "") -> None:
         """Record a measured duration of ``op``. It feeds the operation's percentiles
@@ -278,7 +268,7 @@ class Recorder:
         text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         self._write(L.KIND_LATENCY, 3, L.F_HAS_ERROR, _TYPE_LATENCY, 0, ns, "", peer_id, op, text, "")
         if self._log_min <= 3 and self._logger.isEnabledFor(logging.ERROR):
-            self._log(3, "latency", peer_id, f"{op} failed: {text}")
+            self._log(3, K.LATENCY.name, peer_id, K.LATENCY.log_line(op=op, error=text))
 
     def _log(self, sev: int, etype: str, peer: str, message: str) -> None:
         # Callers check log_level and isEnabledFor first, so no text is built for a silent logger.
@@ -291,206 +281,93 @@ class Recorder:
         else:
             self._logger.log((sev + 1) * 10, "%s %s", etype, message)
 
-    # -- reading ---------------------------------------------------------------------------
+    # -- reading: the Inspector's, over this recorder's segment -----------------------------
     def get_events(self, limit: int = 100, min_severity: Severity | int = Severity.DEBUG) -> list[DiagnosticEvent]:
         """The most recent ``limit`` retained events at or above ``min_severity``, oldest first;
         ``limit <= 0`` means all retained."""
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-        sev = _severity(min_severity)
-        with self._lock:
-            self._check_open()
-            return _reader.read_events(self._seg, limit, int(sev))
+        return self._insp.get_events(limit, min_severity)
+
+    def count_retained(self) -> int:
+        """How many events the ring retains right now."""
+        return self._insp.count_retained()
 
     def get_stats(self) -> DiagnosticStats:
         """Exact counts since creation or the last clear, from every process, overwritten events included."""
-        with self._lock:
-            self._check_open()
-            return _stats.compute(self._seg)
+        return self._insp.get_stats()
 
     def accounting(self) -> _stats.Accounting:
         """Where every recorded event went; with ``retained`` from health_check().event_count,
         recorded == retained + overwritten + lost + abandoned + expired."""
-        with self._lock:
-            self._check_open()
-            return _stats.accounting(self._seg)
+        return self._insp.accounting()
 
     def health_check(self) -> HealthStatus:
-        """Never raises: a closed recorder reports ``stopped``."""
+        """Reap dead writers, then report health. Never raises: a closed recorder reports ``stopped``."""
         with self._lock:
-            if self._closed:
-                return HealthStatus(status="stopped", message="recorder is closed", max_events=self._config.max_events)
-            seg = self._seg
-            self._shards.reap_all()
-            acct = _stats.accounting(seg)
-            stats = _stats.compute(seg)
-            alive, dead = self._writer_counts()
-            h = HealthStatus(
-                status="", message="", event_count=_reader.count_retained(seg), max_events=seg.capacity,
-                total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
-                writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
-                events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
-                error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
-            )
-            h.status, h.message = _health.classify(h)
-            return h
+            self.reap_dead_writers()
+            return self._insp.health_check()
 
-    def _writer_counts(self) -> tuple[int, int]:
-        owners = self._seg.shards["owner"].copy()
-        starts = self._seg.shards["start_time"].copy()
-        alive = dead = 0
-        for w, start in zip(owners, starts):
-            state, pid = int(w) & 0xFF, int(w) >> 8
-            if state == L.SH_ACTIVE:
-                if process_alive(pid, int(start)):
-                    alive += 1
-                else:
-                    dead += 1
-            elif state in (L.SH_DEAD, L.SH_REAPING):
-                dead += 1
-        return alive, dead
+    def reap_dead_writers(self) -> int:
+        """Settle the shards of writers that died without detaching, so their last event is
+        counted once (the collector's job, and this recorder's before a health check or an
+        export); returns how many were reaped."""
+        with self._lock:
+            return 0 if self._closed else self._shards.reap_all()
 
     def get_latency_stats(self) -> dict[str, LatencyStats]:
         """Per timed operation, across all processes since the last clear: count, errors, mean,
         p50, p90, p99 and max, in seconds."""
-        with self._lock:
-            self._check_open()
-            return _latency.read(self._seg)
+        return self._insp.get_latency_stats()
 
     def get_peer_diagnostics(self) -> list[PeerDiagnostic]:
         """Every tracked peer with an event since the last clear, or connected now."""
-        return self.get_network_diagnostic().peer_diagnostics
+        return self._insp.get_peer_diagnostics()
 
     def get_network_diagnostic(self) -> NetworkDiagnostic:
         """The peers, and how many events and connects concerned peers beyond ``max_peers``."""
-        with self._lock:
-            self._check_open()
-            return _peers.read(self._seg)
+        return self._insp.get_network_diagnostic()
 
     def get_writers(self) -> list[WriterInfo]:
         """Every process that has written to the ring, with its counts since the last clear."""
-        with self._lock:
-            self._check_open()
-            seg = self._seg
-            _, base = seg.era()
-            seg.native.fence()
-            shards = seg.shards.copy()
-        out = []
-        for sh in shards:
-            w = int(sh["owner"])
-            state, pid = w & 0xFF, w >> 8
-            if state == L.SH_FREE:
-                continue
-            alive = state == L.SH_ACTIVE and process_alive(pid, int(sh["start_time"]))
-            name = "active" if alive else "exited" if state == L.SH_EXITED else "dead"
-            cur = int(sh["base"]) == base
-            out.append(WriterInfo(pid=pid, state=name, alive=alive,
-                                  **{f: int(sh[f]) if cur else 0 for f in ("recorded", "overwritten", "lost", "abandoned")}))
-        return out
+        return self._insp.get_writers()
 
     def export_events(self, format: str = "json") -> bytes:
-        """All retained events, oldest first, with name, stats and health, as bytes.
-
-        ``"json"``: one document {name, exported_at, stats, health, latency, events: [...]}.
-        ``"ndjson"``: a first line {name, exported_at, stats, health, latency}, then one event per line.
-        The whole export is built in memory: for large rings use :meth:`write_export`.
-        """
+        """All retained events, oldest first, with name, stats and health (dead writers reaped
+        first), as bytes: see :meth:`Inspector.export_events`. For large rings use :meth:`write_export`."""
         _export.check_format(format)
         with self._lock:
-            self._check_open()
-            return _export.export_bytes(self._seg, format, self._export_head())
+            self.reap_dead_writers()
+            return self._insp.export_events(format)
 
-    def write_export(self, fp: _export.BinaryIO, format: str = "json",
-                     progress: _export.Progress | None = None) -> int:
-        """Stream the export of :meth:`export_events` into the binary file ``fp`` a chunk at a
-        time (memory stays bounded whatever the ring's size); return the number of events written.
-
-        ``progress(done, total)``, if given, is called after every chunk. The events are those
-        retained when the export starts, oldest first; one that a writer overwrites before the
-        export reaches it is skipped, never waited for: the returned count's ``.skipped`` says how
-        many (see ``_export.write_export``). Other threads of this process wait for the export
-        to finish before reading or closing this Recorder; writers never wait.
-        """
+    def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None) -> int:
+        """Stream the export of :meth:`export_events` into the binary file ``fp``; return the
+        number of events written (``.skipped``: overwritten during the export). See
+        :meth:`Inspector.write_export`. Other threads of this process wait for the export to
+        finish before reading or closing this Recorder; writers never wait."""
         _export.check_format(format)
-        if progress is not None and not callable(progress):
-            raise TypeError(f"progress must be callable, not {type(progress).__name__}")
         with self._lock:
-            self._check_open()
-            return _export.write_export(self._seg, fp, format, self._export_head(), progress)
+            self.reap_dead_writers()
+            return self._insp.write_export(fp, format, progress)
 
     def _export_head(self) -> dict:
         """Everything an export carries besides its events."""
-        latency = {op: dataclasses.asdict(st) for op, st in _latency.read(self._seg).items()}
-        return _export.export_head(self._name, self.get_stats(), self.health_check(), latency=latency)
+        with self._lock:
+            self.reap_dead_writers()
+            return self._insp._export_head()
 
     # -- maintenance -----------------------------------------------------------------------
     def clear_events(self) -> None:
-        """Forget every retained event and zero the stats, for every process.
-
-        A clear starts a new generation in the head word, whose first sequence number is the
-        head at that moment: records and shard counters of earlier sequence numbers stop counting
-        everywhere at once, and each writer zeroes its own counters at its next event (sync_era
-        in core/_native.c). The generation's base is published before the CAS that starts it, so a
-        writer that claims a sequence number in the new generation always finds its base.
-        Nothing waits for writers.
-        """
+        """Forget every retained event and zero the stats, for every process, at once and
+        without waiting for writers (see ``core.maintenance.clear``)."""
         with self._lock:
             self._check_open()
-            seg = self._seg
-            with _clear_lock(seg):
-                # Only a clear changes the generation, and clears are serialised: the bank the
-                # next generation will use is idle (its last writers were two clears ago), so it
-                # is zeroed here and published by new_era's CAS on the head word.
-                nxt = ((seg.load("head") >> L.SEQ_BITS) + 1) & 1
-                seg.ops["banks"][:, nxt] = 0
-                seg.native.new_era()
-                seg.native.store(seg.header_word("peers_untracked"), 0)
-                seg.native.store(seg.header_word("peer_events_untracked"), 0)
+            maintenance.clear(self._seg)
 
     def cleanup_old_events(self) -> int:
-        """Drop retained events older than ``retention_period``; returns how many."""
+        """Drop retained events older than ``retention_period``; returns how many. The collector
+        does this every ``cleanup_interval``."""
         with self._lock:
             self._check_open()
-            seg = self._seg
-            idx, w = _reader.retained_slots(seg)
-            seg.native.fence()
-            ts = seg.slots["ts_ns"][idx]
-            cutoff = time.time_ns() - int(self._config.retention_period * 1e9)
-            old = ts < cutoff
-            if not old.any():
-                return 0
-            n = seg.native.retire(idx[old].astype("<u8"), w[old].astype("<u8"), L.ST_DELETED)
-            if n:
-                seg.native.add_expired(n)
-            return n
-
-    def _maintain(self) -> None:
-        """The creator's background thread: retention cleanup every cleanup_interval, dead-writer
-        reaping and (when enabled) health checks whose transitions are logged."""
-        cfg = self._config
-        period = min(cfg.cleanup_interval, _HEALTH_PERIOD) if cfg.enable_health_check else cfg.cleanup_interval
-        next_cleanup = time.monotonic() + cfg.cleanup_interval
-        while not self._stop.wait(period):
-            try:
-                if time.monotonic() >= next_cleanup:
-                    n = self.cleanup_old_events()
-                    next_cleanup = time.monotonic() + cfg.cleanup_interval
-                    if n:
-                        self._logger.info("shmdiag %s: retention cleanup dropped %d events", self._name, n)
-                if cfg.enable_health_check:
-                    h = self.health_check()
-                    if h.status != self._last_health:
-                        level = logging.INFO if h.status == "healthy" else logging.WARNING
-                        self._logger.log(level, "shmdiag %s health: %s (%s)", self._name, h.status, h.message)
-                        self._last_health = h.status
-                else:
-                    with self._lock:
-                        if not self._closed:
-                            self._shards.reap_all()
-            except RecorderClosedError:
-                return
-            except Exception:  # keep maintaining; a bug here must not stop cleanup for good
-                self._logger.exception("shmdiag %s: maintenance failed", self._name)
+            return maintenance.expire_before(self._seg, time.time_ns() - int(self._config.retention_period * 1e9))
 
     def close(self) -> None:
         """Detach (and, for the creating recorder, unlink the ring). Idempotent, any thread."""
@@ -498,9 +375,9 @@ class Recorder:
             if self._closed:
                 return
             self._closed = True
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+            self._insp.close()  # marks it closed; the segment is this recorder's to unmap
+        if self._collector is not None:
+            self._collector.stop()
         with self._lock:
             self._finalizer()
 
@@ -517,7 +394,7 @@ class _Span:
         self._t0 = time.perf_counter_ns()
         return self
 
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> Literal[False]:
         ns = time.perf_counter_ns() - self._t0
         if exc_type is None:
             self._rec._write_latency(self._op, ns, self._peer, None)
@@ -532,47 +409,6 @@ def _duration_ns(seconds: object) -> int:
     if not 0 <= seconds < 9.2e9:  # also refuses NaN
         raise ValueError(f"seconds must be a duration from 0 to 9.2e9, got {seconds!r}")
     return min(round(seconds * 1e9), _MAX_NS)
-
-
-class _clear_lock:
-    """Serialise clears across processes with a header word naming the clearer: its pid and the
-    low 32 bits of its start time (ms), so a dead holder whose pid was reused is still seen to
-    be dead and taken over. A live holder is waited for (a clear takes microseconds)."""
-
-    def __init__(self, seg: Segment) -> None:
-        self._seg = seg
-        self._off = seg.header_word("clear_lock")
-
-    def __enter__(self) -> None:
-        nat = self._seg.native
-        me = (os.getpid() << 32) | (own_start_ms() & 0xFFFFFFFF)
-        deadline = time.monotonic() + 10.0
-        while True:
-            cur = nat.load(self._off)
-            if cur == 0 or (cur != me and not _holder_alive(cur)):
-                if nat.cas(self._off, cur, me):
-                    return
-            elif time.monotonic() > deadline:
-                raise TimeoutError(f"ring {self._seg.name!r}: process {cur >> 32} has been clearing it for 10 s")
-            else:
-                time.sleep(0.0005)
-
-    def __exit__(self, *exc: object) -> None:
-        self._seg.native.store(self._off, 0)
-
-
-def _holder_alive(word: int) -> bool:
-    pid, start_lo = word >> 32, word & 0xFFFFFFFF
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        d = (round(proc.create_time() * 1000) - start_lo) & 0xFFFFFFFF
-        return min(d, (1 << 32) - d) <= 20  # create_time has jiffy resolution
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
 
 
 def _finalize(seg: Segment, shards: ShardManager) -> None:

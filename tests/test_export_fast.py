@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import os
 import tempfile
 import time
 import tracemalloc
@@ -18,9 +17,11 @@ import orjson
 import pytest
 
 from shmdiag import DiagnosticEvent, Severity
-from shmdiag.export import stream as _export
 from shmdiag.core import layout as L
 from shmdiag.core import reader as _reader
+from shmdiag.export import dicts as _dicts
+from shmdiag.export import rowtext as _rowtext
+from shmdiag.export import stream as _export
 
 UTC = timezone.utc
 NASTY = 'quote " backslash \\ newline \n tab \t cr \r ñ 日本 😀 \x01 \x1f \x7f </script> \u2028'
@@ -31,7 +32,7 @@ HEAD_KEYS = ["name", "exported_at", "stats", "health", "latency"]
 
 def slow_events(rec) -> list[dict]:
     """The per-event path: every retained record through decode() and event_to_dict()."""
-    return [orjson.loads(orjson.dumps(_export.event_to_dict(e), option=orjson.OPT_UTC_Z)) for e in rec.get_events(0)]
+    return [orjson.loads(orjson.dumps(_dicts.event_to_dict(e), option=orjson.OPT_UTC_Z)) for e in rec.get_events(0)]
 
 
 def fast_lines(seg, chunk: int = _export.CHUNK, fmt: str = "ndjson", head: dict | None = None, progress=None):
@@ -84,7 +85,8 @@ def fill_every_kind(rec) -> None:
             raise KeyError("k")
     ts = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     rec.record_event(DiagnosticEvent("custom", "hello", Severity.WARNING, peer_id="peer-2",
-                                     metadata={"height": 5, "list": [1, 2], "f": 1.5, "n": None}, error="E", timestamp=ts))
+                                     metadata={"height": 5, "list": [1, 2], "f": 1.5, "n": None}, error="E",
+                                     timestamp=ts))
     rec.record_event(DiagnosticEvent("plain"))
     rec.record_event(DiagnosticEvent("meta_only", metadata={}))
     rec.record_event(DiagnosticEvent("err_only", error="", severity=Severity.CRITICAL))
@@ -155,8 +157,8 @@ def test_fast_equals_slow_mixed_order(make_recorder):
         plain = rng.random() < 0.8  # mostly ASCII, as a node's own text is
         t = (lambda n: "".join(rng.choice(list("abcdefghij-0123456789"), size=int(n)))) if plain else text
         if k == 0:
-            rec.record_message(t(rng.integers(1, 30)) or "p", t(rng.integers(0, 12)), "inbound" if i % 2 else "outbound",
-                               int(rng.integers(0, 10 ** int(rng.integers(1, 12)))))
+            rec.record_message(t(rng.integers(1, 30)) or "p", t(rng.integers(0, 12)),
+                               "inbound" if i % 2 else "outbound", int(rng.integers(0, 10 ** int(rng.integers(1, 12)))))
         elif k == 1:
             rec.record_peer_connection(t(rng.integers(1, 64)) or "p", t(rng.integers(0, 40)))
         elif k == 2:
@@ -169,7 +171,8 @@ def test_fast_equals_slow_mixed_order(make_recorder):
             meta = {t(rng.integers(0, 8)): t(rng.integers(0, 30)), "i": i} if rng.random() < 0.5 else None
             rec.record_event(DiagnosticEvent(t(rng.integers(1, 32)) or "e", t(rng.integers(0, 180)),
                                              Severity(int(rng.integers(0, 5))), peer_id=t(rng.integers(0, 64)),
-                                             metadata=meta, error=t(rng.integers(0, 50)) if rng.random() < 0.3 else None,
+                                             metadata=meta,
+                                             error=t(rng.integers(0, 50)) if rng.random() < 0.3 else None,
                                              timestamp=datetime.fromtimestamp(float(rng.integers(0, 4e9)) / 1.0, UTC)
                                              + timedelta(microseconds=int(rng.integers(0, 3)))))
     slow = slow_events(rec)
@@ -185,7 +188,7 @@ def test_timestamps_match_orjson():
         rng.integers(0, 4_000_000_000, 5000, dtype=np.int64) * 1_000_000_000,  # whole seconds
         np.array([-(1 << 63), (1 << 63) - 1, 0, -1, 999, 1000, -1000, -1001, 951_782_400_000_000_000], dtype=np.int64),
     ])
-    block, lens = _export._timestamps(ns)
+    block, lens = _rowtext.timestamps(ns)
     for i, v in enumerate(ns.tolist()):
         want = orjson.dumps(_reader.ns_to_datetime(v), option=orjson.OPT_UTC_Z)[1:-1]
         assert block[i, : lens[i]].tobytes() == want, v
@@ -194,11 +197,11 @@ def test_timestamps_match_orjson():
 def test_digits_and_signed():
     vals = np.array([0, 1, 9, 10, 99, 100, 12345, -1, -10, (1 << 63) - 1, -(1 << 63), 10 ** 18, -(10 ** 18)],
                     dtype=np.int64)
-    cells = _export._signed(vals)
+    cells = _rowtext.signed(vals)
     for i, v in enumerate(vals.tolist()):
         got = b"".join(block[i, : lens[i]].tobytes() for block, lens in cells)
         assert got == str(v).encode()
-    block, lens = _export._digits(np.array([(1 << 64) - 1, 0, 7], dtype=np.uint64))
+    block, lens = _rowtext.digits(np.array([(1 << 64) - 1, 0, 7], dtype=np.uint64))
     assert [block[i, : lens[i]].tobytes() for i in range(3)] == [str((1 << 64) - 1).encode(), b"0", b"7"]
 
 
@@ -261,7 +264,7 @@ def test_empty_ring(rec):
     for fmt in ("json", "ndjson"):
         calls = []
         buf = io.BytesIO()
-        assert rec.write_export(buf, fmt, progress=lambda d, t: calls.append((d, t))) == 0
+        assert rec.write_export(buf, fmt, progress=lambda d, t, calls=calls: calls.append((d, t))) == 0
         assert calls == [(0, 0)]
         if fmt == "json":
             doc = orjson.loads(buf.getvalue())
@@ -381,6 +384,7 @@ def _writer(name: str, stop, started) -> None:
             i += 1
 
 
+@pytest.mark.multiprocess
 def test_export_while_another_process_writes(make_recorder):
     rec = make_recorder(20_000)
     ctx = multiprocessing.get_context("spawn")

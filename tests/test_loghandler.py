@@ -88,6 +88,7 @@ def _child(name: str, i: int) -> None:
     rec.close()
 
 
+@pytest.mark.multiprocess
 def test_every_process_logs_into_one_ring(rec):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(rec.name, i)) for i in range(3)]

@@ -7,10 +7,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import orjson
 
 from shmdiag.core.models import Severity
+
+if TYPE_CHECKING:
+    from shmdiag.inspector import Inspector
+    from shmdiag.recorder import Recorder
 
 JSON_OPTS = orjson.OPT_UTC_Z
 
@@ -20,10 +25,11 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag gives one line, not the usage block and a line."""
+    """argparse, but a bad flag gives one line, not the usage block and a line. The line starts
+    with the program's name: "shmdiag" for every subcommand, "loadgen" for tools/loadgen.py."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"shmdiag: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see '{self.prog} --help')\n")
 
 
 def err(msg: str) -> None:
@@ -77,8 +83,21 @@ def check_name(name: str) -> str:
 
 
 @contextmanager
-def attached(name: str) -> Iterator:
-    """An attached Recorder, always closed (an attached recorder never unlinks the ring)."""
+def attached(name: str) -> Iterator[Inspector]:
+    """An Inspector of the ring (mapped read-only: a read command cannot write into it), always closed."""
+    from shmdiag.inspector import Inspector
+
+    insp = Inspector.attach(check_name(name))
+    try:
+        yield insp
+    finally:
+        insp.close()
+
+
+@contextmanager
+def attached_recorder(name: str) -> Iterator[Recorder]:
+    """An attached Recorder, for the commands that write (``clear``); always closed (an
+    attached recorder never unlinks the ring)."""
     from shmdiag.recorder import Recorder
 
     rec = Recorder.attach(check_name(name))

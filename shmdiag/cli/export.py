@@ -7,11 +7,15 @@ import os
 import stat
 import sys
 import time
+from typing import TYPE_CHECKING, BinaryIO
 
 from shmdiag.cli._common import (
     attached,
     dumps,
 )
+
+if TYPE_CHECKING:
+    from shmdiag.inspector import Inspector
 
 
 # -- export / clear ------------------------------------------------------------------------
@@ -45,7 +49,7 @@ class _Progress:
 _PROGRESS_MIN = 50_000  # retained events from which an export is slow enough to show a bar
 
 
-def _export_to(rec, fp, fmt: str, progress) -> None:
+def _export_to(rec: Inspector, fp: BinaryIO, fmt: str, progress: _Progress | None) -> None:
     if hasattr(rec, "write_export"):
         n = rec.write_export(fp, format=fmt, progress=progress)
         skipped = getattr(n, "skipped", 0)
@@ -54,7 +58,7 @@ def _export_to(rec, fp, fmt: str, progress) -> None:
                              "not in the export\n")
         return
     # Until Recorder.write_export lands: the whole export in memory.
-    from shmdiag.export.stream import event_to_dict
+    from shmdiag.export.dicts import event_to_dict
 
     if fmt == "json":
         fp.write(rec.export_events())
@@ -73,13 +77,11 @@ def _is_stream(path: str) -> bool:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from shmdiag.core.reader import count_retained
-
     with attached(args.name) as rec:
         fmt = args.format or rec.config.export_format
         progress = None
         if sys.stderr.isatty():
-            n = count_retained(rec._seg)
+            n = rec.count_retained()
             if n >= _PROGRESS_MIN:
                 progress = _Progress(n)
         try:

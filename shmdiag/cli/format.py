@@ -1,4 +1,6 @@
-"""A tiny aligned-table formatter for the CLI's human output (no dependency for a few columns)."""
+"""Human output, shared by the CLI and the load generator: aligned tables and key-value lines
+(no dependency for a few columns), terminal-safe text, and the one set of human-unit formatters
+(counts, rates, bytes, durations)."""
 
 from __future__ import annotations
 
@@ -44,8 +46,10 @@ def kv(pairs: Sequence[tuple[str, object]], indent: str = "") -> str:
     return "\n".join(f"{indent}{k + ':':<{w + 1}}  {v}" for k, v in pairs)
 
 
-def human_count(n: float) -> str:
-    """1234 -> '1234', 12345 -> '12.3k', 1234567 -> '1.23M': fits a narrow column."""
+def human_count(n: float | None) -> str:
+    """1234 -> '1234', 12345 -> '12.3k', 1234567 -> '1.23M': fits a narrow column; '-' for None."""
+    if n is None:
+        return "-"
     n = float(n)
     for unit, div, at_least in (("G", 1e9, 1e9), ("M", 1e6, 1e6), ("k", 1e3, 1e4)):
         if abs(n) >= at_least:
@@ -54,7 +58,15 @@ def human_count(n: float) -> str:
     return f"{n:.0f}" if n == int(n) else f"{n:.1f}"
 
 
-def human_bytes(n: float) -> str:
+def human_rate(per_second: float | None) -> str:
+    """Events (or anything) per second as human_count shows it, to a tenth; '-' for None."""
+    return human_count(None if per_second is None else round(per_second, 1))
+
+
+def human_bytes(n: float | None) -> str:
+    """1023 -> '1023 B', 1536 -> '1.5 KiB', ... up to TiB; '-' for None."""
+    if n is None:
+        return "-"
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

@@ -17,7 +17,7 @@ from shmdiag.cli.format import clean
 # -- stats / health / peers ----------------------------------------------------------------
 def cmd_stats(args: argparse.Namespace) -> int:
     from shmdiag.cli.format import kv, table
-    from shmdiag.export.stream import stats_to_dict
+    from shmdiag.export.dicts import stats_to_dict
 
     with attached(args.name) as rec:
         s = rec.get_stats()
@@ -33,9 +33,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
                [[str(k), v, f"{v / total:.1%}"] for k, v in s.events_by_severity.items()], right=(1, 2)))
     if s.events_by_type:
         out()
-        out(table(["TYPE", "EVENTS", "SHARE"],
-                   [[k, v, f"{v / total:.1%}"] for k, v in sorted(s.events_by_type.items(), key=lambda kv: (-kv[1], kv[0]))],
-                   right=(1, 2)))
+        by_type = sorted(s.events_by_type.items(), key=lambda kv: (-kv[1], kv[0]))
+        out(table(["TYPE", "EVENTS", "SHARE"], [[k, v, f"{v / total:.1%}"] for k, v in by_type], right=(1, 2)))
     return 0
 
 
@@ -44,7 +43,7 @@ HEALTH_EXIT = {"healthy": 0, "warning": 1}  # anything else (degraded, error, st
 
 def cmd_health(args: argparse.Namespace) -> int:
     from shmdiag.cli.format import human_duration, kv
-    from shmdiag.export.stream import health_to_dict
+    from shmdiag.export.dicts import health_to_dict
 
     with attached(args.name) as rec:
         h = rec.health_check()
@@ -80,7 +79,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if not peers:
         return 0
     rows = [[p.peer_id, p.address or "-", p.status, p.messages_sent, p.messages_received, human_bytes(p.bytes_sent),
-             human_bytes(p.bytes_received), human_duration(p.latency), p.error_count, local_time(p.last_activity, "%H:%M:%S")]
+             human_bytes(p.bytes_received), human_duration(p.latency), p.error_count,
+             local_time(p.last_activity, "%H:%M:%S")]
             for p in peers]
     out()
     out(table(["PEER", "ADDRESS", "STATUS", "MSGS OUT", "MSGS IN", "BYTES OUT", "BYTES IN", "PING", "ERRORS", "LAST"],

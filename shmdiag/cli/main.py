@@ -5,8 +5,9 @@ problem, a bad flag or config value) ends in one line on stderr, ``shmdiag: erro
 non-zero status: 2 for usage (flags, names, config files), 1 for everything found at run time.
 No traceback reaches the user unless SHMDIAG_DEBUG is set.
 
-Inspectors attach with ``Recorder.attach`` and close it when done; they never take a writer
-shard (nothing is written unless the command is meant to write, like ``clear``).
+Read commands attach a ``shmdiag.Inspector`` (the ring mapped read-only: they take no writer
+shard and cannot write a byte of it); only the commands meant to write, like ``clear``, attach a
+``Recorder``. ``serve`` creates the ring and runs its ``shmdiag.collector.Collector``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from shmdiag.cli._common import (
     Parser,
@@ -41,7 +43,8 @@ def build_parser() -> Parser:
     p.add_argument("--version", action="version", version=f"shmdiag {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def cmd(name: str, help: str, func, *, json: bool = False, ring: bool = True, epilog: str | None = None) -> Parser:
+    def cmd(name: str, help: str, func: Callable[[argparse.Namespace], int], *, json: bool = False,
+            ring: bool = True, epilog: str | None = None) -> Parser:
         sp = sub.add_parser(name, help=help, description=help, epilog=epilog,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         if ring:
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "loadgen":
             return cmd_loadgen(args, extra)
-        return args.func(args)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
     except UsageError as e:
         err(str(e))
         return 2

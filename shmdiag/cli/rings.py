@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from shmdiag.cli._common import (
-    attached,
+    attached_recorder,
     check_name,
     out,
     print_json,
@@ -27,8 +27,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = []
     for r in rings:
         owner = "-" if r.owner_pid is None else f"{r.owner_pid} ({'alive' if r.owner_alive else 'dead'})"
-        num = lambda v: "-" if v is None else human_count(v)  # noqa: E731
-        rows.append([r.name, owner, num(r.capacity), num(r.retained), num(r.total_events),
+        rows.append([r.name, owner, human_count(r.capacity), human_count(r.retained), human_count(r.total_events),
                      "-" if r.live_writers is None else r.live_writers, human_duration(r.age), r.note])
     out(table(["NAME", "OWNER", "CAPACITY", "RETAINED", "TOTAL", "WRITERS", "AGE", "NOTE"], rows,
                right=(2, 3, 4, 5, 6)))
@@ -47,10 +46,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
-    from shmdiag.core.reader import count_retained
-
-    with attached(args.name) as rec:
-        n = count_retained(rec._seg)
+    with attached_recorder(args.name) as rec:
+        n = rec.count_retained()
         rec.clear_events()
     out(f"cleared ring {args.name!r}: {n} retained events dropped, stats zeroed")
     return 0

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from shmdiag.cli._common import (
     UsageError,
@@ -16,9 +17,12 @@ from shmdiag.cli._common import (
 )
 from shmdiag.core.errors import ShmDiagError
 
+if TYPE_CHECKING:
+    from shmdiag.core.config import RecorderConfig
+
 
 # -- serve ---------------------------------------------------------------------------------
-def _load_config(path: str | None, name: str, max_events: int | None):
+def _load_config(path: str | None, name: str, max_events: int | None) -> RecorderConfig:
     """A RecorderConfig from a TOML file (fields at the top level, or all under a [shmdiag]
     table), the command line's NAME and --max-events winning. Every problem is a UsageError
     naming the field."""
@@ -31,9 +35,10 @@ def _load_config(path: str | None, name: str, max_events: int | None):
             import tomllib  # type: ignore[import-not-found]
         except ImportError:  # Python 3.10
             try:
-                import tomli as tomllib  # type: ignore[import-not-found,no-redef]
+                import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]  # installed or not
             except ImportError:
-                raise UsageError("reading --config needs Python 3.11 or the 'tomli' package (pip install tomli)") from None
+                raise UsageError("reading --config needs Python 3.11 or the 'tomli' package "
+                                 "(pip install tomli)") from None
         try:
             with open(path, "rb") as f:
                 values = tomllib.load(f)
@@ -69,10 +74,12 @@ def _load_config(path: str | None, name: str, max_events: int | None):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from shmdiag.cli.format import human_bytes
+    from shmdiag.collector import Collector
     from shmdiag.core.segment import RingExistsError
     from shmdiag.recorder import Recorder
 
     cfg = _load_config(args.config, args.name, args.max_events)
+    assert cfg.name is not None  # _load_config always sets it (from NAME)
     # Wait for SIGINT/SIGTERM/SIGHUP without polling. Not sigwait with the signals blocked: threads
     # that already exist (numpy's BLAS pool) do not have them blocked, and the kernel may hand
     # the signal to one of them. A handler plus a wakeup fd works whichever thread gets it.
@@ -89,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     try:
-        rec = Recorder.with_config(cfg)
+        rec = Recorder.with_config(cfg, collector=False)  # its collector is run below, logging to stderr
     except RingExistsError:
         alive = ""
         try:
@@ -102,12 +109,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             pass
         raise ShmDiagError(f"a ring named {cfg.name!r} already exists (created{alive}); "
                            f"'shmdiag rm {cfg.name}' removes a stale one") from None
+    collector = Collector(rec, log)
     try:
+        collector.start()
         size = os.stat(f"/dev/shm/{rec.name}").st_size
         n = rec.name
         out(f"shmdiag: serving ring {n!r}: {cfg.max_events} events ({human_bytes(size)}), pid {os.getpid()}")
         out(f"  retention {cfg.retention_period:g}s, cleanup every {cfg.cleanup_interval:g}s, "
-             f"health check {'on' if cfg.enable_health_check else 'off'}, metrics {'on' if cfg.enable_metrics else 'off'}")
+            f"health check {'on' if cfg.enable_health_check else 'off'}, "
+            f"metrics {'on' if cfg.enable_metrics else 'off'}")
         out(f"  follow it:    shmdiag tail {n} -f")
         out(f"  watch it:     shmdiag top {n}")
         out(f"  from Python:  Recorder.attach({n!r})")
@@ -119,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 sig = got[-1]
                 break
     finally:
+        collector.stop()
         rec.close()  # the creator unlinks the ring
     log.info("shmdiag %s: %s received; ring removed", cfg.name, signal.Signals(sig).name)
     return 0

@@ -14,13 +14,15 @@ from shmdiag.cli._common import (
     dumps,
 )
 from shmdiag.cli.format import clean
+from shmdiag.core.follow import Gap
+from shmdiag.core.kinds import BUILTIN_TYPES
 from shmdiag.core.models import DiagnosticEvent
 
 _POLL = 0.025  # tail -f: a new event shows within ~25 ms plus the time to print it
 
 
 # -- tail ----------------------------------------------------------------------------------
-_BUILTIN = frozenset(("peer_connected", "peer_disconnected", "message", "error", "latency"))
+_BUILTIN = frozenset(BUILTIN_TYPES)  # their message already says what their metadata holds
 
 
 def format_event(e: DiagnosticEvent) -> str:
@@ -37,7 +39,7 @@ def format_event(e: DiagnosticEvent) -> str:
     return clean(line)
 
 
-def format_gap(gap) -> str:
+def format_gap(gap: Gap) -> str:
     parts = []
     if gap.overwritten:
         parts.append(f"-- {gap.overwritten} events overwritten before they could be read --")
@@ -48,8 +50,7 @@ def format_gap(gap) -> str:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from shmdiag.core.follow import Follower, Gap, history
-    from shmdiag.export.stream import event_to_dict
+    from shmdiag.export.dicts import event_to_dict
 
     types, peers = set(args.type or ()), set(args.peer or ())
 
@@ -78,15 +79,14 @@ def cmd_tail(args: argparse.Namespace) -> int:
             out.flush()
 
     filt = accept if (types or peers) else None
-    with attached(args.name) as rec:
-        seg = rec._seg
+    with attached(args.name) as insp:
         path = f"/dev/shm/{args.name}"
-        ino = os.fstat(seg.fileno()).st_ino  # the segment we mapped, even if it was removed already
-        events, cursor = history(seg, args.n, int(args.min_severity), filt, follow=args.follow)
+        ino = os.fstat(insp.fileno()).st_ino  # the segment we mapped, even if it was removed already
+        events, cursor = insp.history(args.n, args.min_severity, filt, follow=args.follow)
         write(events)
         if not args.follow:
             return 0
-        follower = Follower(seg, cursor, min_severity=int(args.min_severity), accept=filt)
+        follower = insp.follower(cursor, min_severity=args.min_severity, accept=filt)
         next_check = time.monotonic() + 1.0
         try:
             while True:

@@ -15,11 +15,23 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shmdiag.cli._common import attached
-from shmdiag.cli.format import clean, human_bytes, human_count, human_duration, table
+from shmdiag.cli.format import clean, human_bytes, human_count, human_duration, human_rate, table
 from shmdiag.core.errors import ShmDiagError
-from shmdiag.core.models import HealthStatus, Severity
+from shmdiag.core.models import (
+    DiagnosticStats,
+    HealthStatus,
+    LatencyStats,
+    NetworkDiagnostic,
+    Severity,
+    WriterInfo,
+)
+
+if TYPE_CHECKING:
+    from shmdiag.inspector import Inspector
+    from shmdiag.recorder import Recorder
 
 _HEALTH_STYLE = {"healthy": "ok", "warning": "warn"}
 
@@ -30,16 +42,16 @@ class Sample:
 
     t: float
     wall: float
-    stats: object
+    stats: DiagnosticStats
     health: HealthStatus
-    network: object
-    latency: dict
-    writers: list
+    network: NetworkDiagnostic
+    latency: dict[str, LatencyStats]
+    writers: list[WriterInfo]
     removed: bool = False
     recorded_by_pid: dict[int, int] = field(default_factory=dict)
 
 
-def sample(rec, path: str | None = None) -> Sample:
+def sample(rec: Inspector | Recorder, path: str | None = None) -> Sample:
     stats = rec.get_stats()
     writers = rec.get_writers()
     s = Sample(t=time.monotonic(), wall=time.time(), stats=stats, health=rec.health_check(),
@@ -55,10 +67,6 @@ def _rate(now: int, before: int | None, dt: float) -> float | None:
     if before is None or dt <= 0 or now < before:
         return None
     return (now - before) / dt
-
-
-def _fmt_rate(r: float | None) -> str:
-    return "-" if r is None else human_count(round(r, 1))
 
 
 def _fit(text: str, width: int) -> str:
@@ -99,7 +107,8 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
     errs = st.events_by_severity.get(Severity.ERROR, 0) + st.events_by_severity.get(Severity.CRITICAL, 0)
     p_errs = None
     if p_stats is not None:
-        p_errs = p_stats.events_by_severity.get(Severity.ERROR, 0) + p_stats.events_by_severity.get(Severity.CRITICAL, 0)
+        p_sev = p_stats.events_by_severity
+        p_errs = p_sev.get(Severity.ERROR, 0) + p_sev.get(Severity.CRITICAL, 0)
     err_rate = _rate(errs, p_errs, dt)
     recent_err = None
     if total_rate and err_rate is not None:
@@ -113,7 +122,7 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
     lines.append((_fit(f"{left}  {clock}", width), "title"))
     lines.append((_fit(f"health: {status} - {h.message}", width), style))
     nd = cur.network
-    summary = (f"{_fmt_rate(total_rate)} ev/s  total {human_count(st.total_events)}  "
+    summary = (f"{human_rate(total_rate)} ev/s  total {human_count(st.total_events)}  "
                f"errors {st.error_rate:.1%}" + (f" (now {recent_err:.1%})" if recent_err is not None else "")
                + f"  peers {nd.active_peers}/{nd.total_peers}")
     lines.append((_fit(summary, width), ""))
@@ -129,7 +138,7 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
     for s in Severity:
         n = st.events_by_severity.get(s, 0)
         r = _rate(n, p_stats.events_by_severity.get(s, 0) if p_stats else None, dt)
-        sev_rows.append([str(s), _fmt_rate(r), human_count(n)])
+        sev_rows.append([str(s), human_rate(r), human_count(n)])
     sev = _block("EVENTS BY SEVERITY", _table(["SEVERITY", "EV/S", "TOTAL"], sev_rows, (1, 2), col), col)
 
     type_rows = []
@@ -137,15 +146,14 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
         r = _rate(n, p_stats.events_by_type.get(t, 0) if p_stats else None, dt)
         type_rows.append((r or 0.0, n, t, r))
     type_rows.sort(key=lambda x: (-x[0], -x[1], x[2]))
-    types = _block("EVENTS BY TYPE", _table(["TYPE", "EV/S", "TOTAL"],
-                                            [[_fit(t, 20), _fmt_rate(r), human_count(n)] for _, n, t, r in type_rows[:5]],
-                                            (1, 2), col), col)
+    t_rows = [[_fit(t, 20), human_rate(r), human_count(n)] for _, n, t, r in type_rows[:5]]
+    types = _block("EVENTS BY TYPE", _table(["TYPE", "EV/S", "TOTAL"], t_rows, (1, 2), col), col)
 
     w_rows = []
     for w in sorted(cur.writers, key=lambda w: (not w.alive, -w.recorded, w.pid)):
         before = prev.recorded_by_pid.get(w.pid) if prev is not None else None
         r = _rate(cur.recorded_by_pid.get(w.pid, 0), before, dt) if w.alive else None
-        w_rows.append([w.pid, w.state, _fmt_rate(r), human_count(w.recorded), w.lost + w.abandoned])
+        w_rows.append([w.pid, w.state, human_rate(r), human_count(w.recorded), w.lost + w.abandoned])
     l_rows = [[_fit(op, 12), human_count(ls.count), human_duration(ls.p50), human_duration(ls.p90),
                human_duration(ls.p99), human_duration(ls.max)]
               for op, ls in sorted(cur.latency.items(), key=lambda kv: (-kv[1].count, kv[0]))]
@@ -211,7 +219,7 @@ def _styles() -> dict[str, int]:
     return out
 
 
-def _draw(win, lines: list[tuple[str, str]], styles: dict[str, int]) -> None:
+def _draw(win: curses.window, lines: list[tuple[str, str]], styles: dict[str, int]) -> None:
     win.erase()
     height, width = win.getmaxyx()
     for y, (text, style) in enumerate(lines[:height]):
@@ -227,7 +235,7 @@ def _draw(win, lines: list[tuple[str, str]], styles: dict[str, int]) -> None:
     win.refresh()
 
 
-def _loop(win, rec, interval: float) -> int:
+def _loop(win: curses.window, rec: Inspector | Recorder, interval: float) -> int:
     try:
         curses.curs_set(0)
     except curses.error:
@@ -259,7 +267,7 @@ def _loop(win, rec, interval: float) -> int:
             redraw = True
 
 
-def run(rec, interval: float = 1.0) -> int:
+def run(rec: Inspector | Recorder, interval: float = 1.0) -> int:
     """Show ``rec`` until q (or Ctrl-C); curses.wrapper restores the terminal either way."""
     try:
         return curses.wrapper(_loop, rec, max(0.1, interval))

@@ -51,6 +51,7 @@ static void after_fork_child(void) { g_pid = getpid(); }
 
 static PyObject *NoShardError;
 static PyObject *ClosedError;
+static PyObject *ReadOnlyError;   /* a write through a read-only Mapping */
 
 typedef struct {
     /* header */
@@ -120,6 +121,7 @@ typedef struct {
     PyObject_HEAD
     Py_buffer view;
     char *mem;              /* NULL once released */
+    int readonly;           /* mapped without write access: every operation that stores raises */
     Layout L;
     uint64_t keys[NWORDS_MAX];
     Py_ssize_t nwords;
@@ -372,9 +374,14 @@ static void account_extras(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq
 
 /* ---- Mapping object ---------------------------------------------------------------------- */
 
+/* Mapping(buffer, layout, readonly=False). A read-only Mapping takes a read-only buffer (an
+ * mmap of PROT_READ) and offers only load and fence: everything that stores raises, so a reader
+ * cannot write into the ring even by mistake (the page protection would make it a SIGSEGV). */
 static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"buffer", "layout", "readonly", NULL};
     PyObject *buf, *layout;
-    if (!PyArg_ParseTuple(args, "OO!", &buf, &PyDict_Type, &layout)) return -1;
+    int readonly = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO!|p", kwlist, &buf, &PyDict_Type, &layout, &readonly)) return -1;
     if (self->mem) { PyErr_SetString(PyExc_RuntimeError, "Mapping already initialised"); return -1; }
     for (size_t i = 0; i < sizeof(layout_keys) / sizeof(layout_keys[0]); i++) {
         PyObject *v = PyDict_GetItemString(layout, layout_keys[i].name);
@@ -398,7 +405,8 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     memcpy(self->keys, PyBytes_AS_STRING(keys), (size_t)(self->nwords * 8));
-    if (PyObject_GetBuffer(buf, &self->view, PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) return -1;
+    if (PyObject_GetBuffer(buf, &self->view, readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) return -1;
+    self->readonly = readonly;
     Py_ssize_t need_slots = L->slots_off + L->capacity * L->slot_size;
     Py_ssize_t need_shards = L->shards_off + L->max_shards * L->shard_size;
     Py_ssize_t need_peers = L->peers_off + L->peer_slots * L->peer_size;
@@ -439,6 +447,7 @@ static void Mapping_dealloc(Mapping *self) {
 
 static PyObject *Mapping_set_provider(Mapping *self, PyObject *fn) {
     if (fn != Py_None && !PyCallable_Check(fn)) { PyErr_SetString(PyExc_TypeError, "provider must be callable"); return NULL; }
+    if (fn != Py_None && self->readonly) { PyErr_SetString(ReadOnlyError, "a read-only mapping has no writer"); return NULL; }
     PyObject *old = self->provider;
     self->provider = fn == Py_None ? NULL : Py_NewRef(fn);
     Py_XDECREF(old);
@@ -464,6 +473,13 @@ static int check_open(Mapping *self) {
     return 0;
 }
 
+/* Open, and mapped for writing: checked by every operation that stores into the segment. */
+static int check_writable(Mapping *self) {
+    if (check_open(self)) return -1;
+    if (self->readonly) { PyErr_SetString(ReadOnlyError, "the ring is mapped read-only here (an inspector writes nothing)"); return -1; }
+    return 0;
+}
+
 static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
     /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
     if (self->mem) { self->mem = NULL; self->shard = NULL; PyBuffer_Release(&self->view); }
@@ -472,7 +488,7 @@ static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
 }
 
 static PyObject *Mapping_bind_shard(Mapping *self, PyObject *arg) {
-    if (check_open(self)) return NULL;
+    if (check_writable(self)) return NULL;
     if (arg == Py_None) { self->shard = NULL; Py_RETURN_NONE; }
     Py_ssize_t i = PyLong_AsSsize_t(arg);
     if (i == -1 && PyErr_Occurred()) return NULL;
@@ -567,7 +583,7 @@ static int as_small(PyObject *o, long lo, long hi, const char *what, long *out) 
  * bad argument raises and leaves no trace in the ring. */
 static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 11) { PyErr_SetString(PyExc_TypeError, "write() takes 11 arguments"); return NULL; }
-    if (!self->mem) { PyErr_SetString(ClosedError, "recorder is closed"); return NULL; }
+    if (check_writable(self)) return NULL;
     if (ensure_shard(self)) return NULL;
     const Layout *L = &self->L;
     long kind, sev, flags, tidx;
@@ -731,6 +747,7 @@ static PyObject *Mapping_load(Mapping *self, PyObject *off) {
 
 static PyObject *Mapping_store(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "store(offset, value)"); return NULL; }
+    if (check_writable(self)) return NULL;
     char *p = word_at(self, args[0]);
     if (!p) return NULL;
     uint64_t v = PyLong_AsUnsignedLongLong(args[1]);
@@ -741,6 +758,7 @@ static PyObject *Mapping_store(Mapping *self, PyObject *const *args, Py_ssize_t 
 
 static PyObject *Mapping_cas(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "cas(offset, expected, desired)"); return NULL; }
+    if (check_writable(self)) return NULL;
     char *p = word_at(self, args[0]);
     if (!p) return NULL;
     uint64_t e = PyLong_AsUnsignedLongLong(args[1]);
@@ -752,6 +770,7 @@ static PyObject *Mapping_cas(Mapping *self, PyObject *const *args, Py_ssize_t na
 
 static PyObject *Mapping_fetch_add(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "fetch_add(offset, delta)"); return NULL; }
+    if (check_writable(self)) return NULL;
     char *p = word_at(self, args[0]);
     if (!p) return NULL;
     uint64_t d = PyLong_AsUnsignedLongLong(args[1]);
@@ -764,7 +783,7 @@ static PyObject *Mapping_fetch_add(Mapping *self, PyObject *const *args, Py_ssiz
  * rewritten since the caller looked fails its CAS and is left alone. */
 static PyObject *Mapping_retire(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "retire(slots, expected, state)"); return NULL; }
-    if (check_open(self)) return NULL;
+    if (check_writable(self)) return NULL;
     const Layout *L = &self->L;
     Py_buffer sb, eb;
     if (PyObject_GetBuffer(args[0], &sb, PyBUF_SIMPLE) < 0) return NULL;
@@ -795,7 +814,7 @@ static PyObject *Mapping_retire(Mapping *self, PyObject *const *args, Py_ssize_t
  * The window between load and CAS is a few instructions, so writers' fetch_adds rarely make
  * it retry; each retry means they made progress. */
 static PyObject *Mapping_new_era(Mapping *self, PyObject *unused) {
-    if (check_open(self)) return NULL;
+    if (check_writable(self)) return NULL;
     const Layout *L = &self->L;
     char *hp = self->mem + L->hdr_head;
     uint64_t mask = ((uint64_t)1 << L->seq_bits) - 1;
@@ -812,7 +831,7 @@ static PyObject *Mapping_new_era(Mapping *self, PyObject *unused) {
 
 /* add_expired(n): count records retired by this process's retention cleanup, in its own shard. */
 static PyObject *Mapping_add_expired(Mapping *self, PyObject *arg) {
-    if (check_open(self)) return NULL;
+    if (check_writable(self)) return NULL;
     if (ensure_shard(self)) return NULL;
     uint64_t n = PyLong_AsUnsignedLongLong(arg);
     if (n == (uint64_t)-1 && PyErr_Occurred()) return NULL;
@@ -825,7 +844,7 @@ static PyObject *Mapping_add_expired(Mapping *self, PyObject *arg) {
 
 static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "peer_update(peer_id, seq, connected)"); return NULL; }
-    if (check_open(self)) return NULL;
+    if (check_writable(self)) return NULL;
     const char *p; Py_ssize_t n;
     if (get_text(args[0], &p, &n)) return NULL;
     uint64_t seq = PyLong_AsUnsignedLongLong(args[1]);
@@ -843,6 +862,7 @@ static PyObject *Mapping_fence(Mapping *self, PyObject *unused) {
 }
 
 static PyObject *Mapping_closed(Mapping *self, void *unused) { return PyBool_FromLong(self->mem == NULL); }
+static PyObject *Mapping_readonly(Mapping *self, void *unused) { return PyBool_FromLong(self->readonly); }
 
 static PyMethodDef Mapping_methods[] = {
     {"write", (PyCFunction)(void (*)(void))Mapping_write, METH_FASTCALL, "Record one event; returns its sequence number."},
@@ -863,6 +883,7 @@ static PyMethodDef Mapping_methods[] = {
 
 static PyGetSetDef Mapping_getset[] = {
     {"closed", (getter)Mapping_closed, NULL, "True once released.", NULL},
+    {"readonly", (getter)Mapping_readonly, NULL, "True if mapped without write access (load and fence only).", NULL},
     {NULL},
 };
 
@@ -891,6 +912,16 @@ static PyObject *set_closed_error(PyObject *mod, PyObject *cls) {
     Py_RETURN_NONE;
 }
 
+static PyObject *set_readonly_error(PyObject *mod, PyObject *cls) {
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, (PyTypeObject *)PyExc_Exception)) {
+        PyErr_SetString(PyExc_TypeError, "expected an exception class");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(ReadOnlyError, cls);
+    Py_RETURN_NONE;
+}
+
 /* run_clock_slack_ns() -> how far the clock of runs may lag CLOCK_MONOTONIC (its resolution). */
 static PyObject *run_clock_slack_ns(PyObject *mod, PyObject *unused) {
     struct timespec res;
@@ -900,6 +931,7 @@ static PyObject *run_clock_slack_ns(PyObject *mod, PyObject *unused) {
 
 static PyMethodDef module_methods[] = {
     {"set_closed_error", set_closed_error, METH_O, "Exception class raised by a released Mapping."},
+    {"set_readonly_error", set_readonly_error, METH_O, "Exception class raised by a store through a read-only Mapping."},
     {"run_clock_slack_ns", run_clock_slack_ns, METH_NOARGS, "How far the clock of runs may lag CLOCK_MONOTONIC."},
     {NULL},
 };
@@ -916,6 +948,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     NoShardError = PyErr_NewException("shmdiag._native.NoShard", PyExc_RuntimeError, NULL);
     ClosedError = PyExc_ValueError;
     Py_INCREF(ClosedError);
+    ReadOnlyError = PyExc_PermissionError;
+    Py_INCREF(ReadOnlyError);
     Py_INCREF(&MappingType);
     if (PyModule_AddObject(m, "Mapping", (PyObject *)&MappingType) < 0 ||
         PyModule_AddObject(m, "NoShard", NoShardError) < 0)

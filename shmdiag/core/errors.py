@@ -33,3 +33,7 @@ class CorruptRingError(ShmDiagError):
 
 class TooManyWritersError(ShmDiagError):
     """Every writer shard of the ring is held by a live process."""
+
+
+class ReadOnlyRingError(ShmDiagError):
+    """A write was attempted through a read-only attachment (an Inspector maps the ring read-only)."""

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shmdiag.core import layout as L
 from shmdiag.core import _native
+from shmdiag.core import layout as L
 from shmdiag.core.models import DiagnosticEvent
 from shmdiag.core.reader import Accept, copy_records, decode, newest_events
 from shmdiag.core.segment import Segment
@@ -251,7 +251,7 @@ class Follower:
         edges = np.flatnonzero(np.diff(cls)) + 1
         bounds = [0, *edges.tolist(), len(cls)]
         accept = self.accept
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             kind = int(cls[a])
             if kind == _DELIVER:
                 for i in range(a, b):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -67,20 +68,28 @@ J_PHASE_BITS = 2
 PH_CLAIMED, PH_OWNED, PH_COUNTING = 1, 2, 3
 OUT_CLEAN, OUT_OVERWROTE, OUT_LOST = 0, 1, 2
 
-# Shard ownership word: (pid << 8) | state.
+# Shard ownership word: (pid << 8) | state (owner_make / owner_pid / owner_state below).
 SH_FREE, SH_ACTIVE, SH_EXITED, SH_DEAD, SH_REAPING = 0, 1, 2, 3, 4
 
-# Record kinds: helpers store typed fields and their text is rendered at read time.
-KIND_EVENT, KIND_CONNECT, KIND_DISCONNECT, KIND_MESSAGE, KIND_ERROR, KIND_LATENCY = 0, 1, 2, 3, 4, 5
-KIND_MAX = KIND_LATENCY
-
-# Record flags.
-F_TRUNCATED = 1
-F_OUTBOUND = 2
-F_HAS_ERROR = 4
-F_HAS_METADATA = 8
-F_LIFE_CONNECT = 16
-F_LIFE_DISCONNECT = 32
+# Record kinds and record flags: helpers store typed fields and their text is rendered at read
+# time. What each kind stores and how it reads is the table in core/kinds.py; the codes, the
+# flags and BUILTIN_TYPES below are that table's.
+from shmdiag.core.kinds import (  # noqa: E402, F401  (re-exported: the layout's names for them)
+    BUILTIN_TYPES,
+    F_HAS_ERROR,
+    F_HAS_METADATA,
+    F_LIFE_CONNECT,
+    F_LIFE_DISCONNECT,
+    F_OUTBOUND,
+    F_TRUNCATED,
+    KIND_CONNECT,
+    KIND_DISCONNECT,
+    KIND_ERROR,
+    KIND_EVENT,
+    KIND_LATENCY,
+    KIND_MAX,
+    KIND_MESSAGE,
+)
 
 # Text area of a slot: event_type and peer_id have caps of their own; the three free fields
 # (metadata JSON, error, message for record_event) share what is left, in that order.
@@ -91,8 +100,7 @@ PEER_CAP = 64
 # Event types each shard counts individually; the last entry collects the rest.
 TYPE_SLOTS = 64
 TYPE_NAME_SIZE = 32
-OTHER_TYPE = "(other)"
-BUILTIN_TYPES = ("peer_connected", "peer_disconnected", "message", "error", "latency")
+OTHER_TYPE = "(other)"  # BUILTIN_TYPES (the kinds' own types) come first, from core/kinds.py
 
 # Message types, named once for the whole ring (header registry), so each peer entry can count
 # bytes per message type as Bitcoin Core's getpeerinfo does; the last entry collects the rest.
@@ -120,6 +128,9 @@ HEADER_FLAG_METRICS = 1
 HEADER_FLAG_HEALTH = 2
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 EXPORT_FORMATS = ("json", "ndjson")
+
+
+Word = TypeVar("Word", int, np.ndarray)  # one u64 word, or an array of them (see the word helpers)
 
 
 def _struct(itemsize: int, *fields: tuple) -> np.dtype:
@@ -260,16 +271,28 @@ SLOT = _struct(
 assert SLOT.itemsize == SLOT_SIZE and HEADER.itemsize == HEADER_SIZE
 
 
+def fields(dt: np.dtype) -> dict[str, tuple[np.dtype, int]]:
+    """``{name: (dtype, offset)}`` of a struct above."""
+    assert dt.fields is not None, "not a struct"
+    return {name: (spec[0], int(spec[1])) for name, spec in dt.fields.items()}
+
+
+def offset(dt: np.dtype, field: str) -> int:
+    """The byte offset of ``field`` in the struct ``dt``."""
+    return fields(dt)[field][1]
+
+
 def check_no_overlap(dt: np.dtype) -> None:
     """Refuse a struct whose fields share bytes: offsets are written by hand above, and two
     fields on one word corrupt each other silently (layout version 4 had base_of[8] on top of
     peers_untracked). Run at import for every table."""
-    spans = sorted((off, off + sub.itemsize, name) for name, (sub, off, *_) in dt.fields.items())
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+    spans = sorted((off, off + sub.itemsize, name) for name, (sub, off) in fields(dt).items())
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
         if start < end:
             raise AssertionError(f"layout: field {b!r} at {start} overlaps {a!r}, which ends at {end}")
     if spans and spans[-1][1] > dt.itemsize:
-        raise AssertionError(f"layout: field {spans[-1][2]!r} ends at {spans[-1][1]}, past the {dt.itemsize}-byte struct")
+        raise AssertionError(f"layout: field {spans[-1][2]!r} ends at {spans[-1][1]}, "
+                             f"past the {dt.itemsize}-byte struct")
 
 
 for _dt in (HEADER, SHARD, PEER, OP_BANK, OP, SLOT):
@@ -279,11 +302,11 @@ for _dt in (HEADER, SHARD, PEER, OP_BANK, OP, SLOT):
 # and the checksum itself. Odd keys make any single changed word change the sum.
 _NWORDS = SLOT_SIZE // 8
 CHECKSUM_KEYS = (np.arange(1, _NWORDS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-CHECKSUM_KEYS[SLOT.fields["w"][1] // 8] = 0
-CHECKSUM_KEYS[SLOT.fields["checksum"][1] // 8] = 0
+CHECKSUM_KEYS[offset(SLOT, "w") // 8] = 0
+CHECKSUM_KEYS[offset(SLOT, "checksum") // 8] = 0
 
 
-def w_seq(w: np.ndarray | int):
+def w_seq(w: Word) -> Word:
     """Sequence number held by slot words (valid only where w != 0)."""
     return (w >> W_SEQ_SHIFT) - 1
 
@@ -312,6 +335,135 @@ def run_span(run):
 
 def j_make(seq: int, phase: int) -> int:
     return ((seq + 1) << J_PHASE_BITS) | phase
+
+
+def j_seq(j: Word) -> Word:
+    """Sequence number of a writer's journal word (valid only where j != 0)."""
+    return (j >> J_PHASE_BITS) - 1
+
+
+def j_phase(j: Word) -> Word:
+    return j & ((1 << J_PHASE_BITS) - 1)
+
+
+JMETA_BITS = 8  # shard word "jmeta": type | severity << 8 | flags << 16 | outcome << 24
+
+
+def jmeta_make(tidx: int, sev: int, flags: int, outcome: int = OUT_CLEAN) -> int:
+    return tidx | (sev << JMETA_BITS) | (flags << 2 * JMETA_BITS) | (outcome << 3 * JMETA_BITS)
+
+
+def jmeta_fields(meta: int) -> tuple[int, int, int, int]:
+    """(type index, severity, flags, outcome) of a journal's "jmeta" word, as the writer stored them."""
+    m = (1 << JMETA_BITS) - 1
+    return meta & m, (meta >> JMETA_BITS) & m, (meta >> 2 * JMETA_BITS) & m, (meta >> 3 * JMETA_BITS) & m
+
+
+# -- the other words shared between processes ---------------------------------------------------
+# The decoders take a word (an int) or a numpy array of words and answer element-wise, so a view
+# decodes a whole copied column at once; a predicate gives a bool, or an array of them.
+
+# The head word: (generation << SEQ_BITS) | next sequence number. Each clear starts the next
+# generation; timed operations alternate between two histogram banks by generation (see OP).
+def head_make(gen: int, seq: int) -> int:
+    return (gen << SEQ_BITS) | seq
+
+
+def head_seq(h: Word) -> Word:
+    return h & SEQ_MASK
+
+
+def head_gen(h: Word) -> Word:
+    return h >> SEQ_BITS
+
+
+def op_bank(gen: Word) -> Word:
+    """The bank of OP's two that generation ``gen`` adds its durations to."""
+    return gen & 1
+
+
+# Shard ownership (shard word "owner"): (pid << 8) | SH_* state, changed by CAS only.
+OWNER_STATE_BITS = 8
+
+
+def owner_make(pid: int, state: int) -> int:
+    return (pid << OWNER_STATE_BITS) | state
+
+
+def owner_pid(w: Word) -> Word:
+    return w >> OWNER_STATE_BITS
+
+
+def owner_state(w: Word) -> Word:
+    return w & ((1 << OWNER_STATE_BITS) - 1)
+
+
+# Registries named once per ring (header "msg_state", the ops' "name_state") and the peer table's
+# "key_state" share a tag in the two low bits: TAG_EMPTY (the word is 0), TAG_WRITING (the word
+# is 1: a name or key being written) or TAG_READY, published with a release store after the bytes:
+#   registry word  (hash << 8) | (len << 2) | TAG_READY     (see registry_find in _native.c)
+#   peer key word  (fnv1a(key) << 2) | TAG_READY              (see peer_find; the length is key_len)
+TAG_BITS = 2
+TAG_EMPTY, TAG_WRITING, TAG_READY = 0, 1, 2
+NAME_LEN_BITS = 6  # names of at most 63 bytes
+
+
+def name_make(name_hash: int, length: int) -> int:
+    """The registry word of a ready name (as registry_find stores it; the hash's top byte is dropped)."""
+    return ((name_hash & ((1 << 56) - 1)) << 8) | (length << TAG_BITS) | TAG_READY
+
+
+def name_ready(w: Word) -> Word:
+    """Whether registry words name a complete entry (the name bytes beside them are published)."""
+    return cast(Word, (w & ((1 << TAG_BITS) - 1)) == TAG_READY)
+
+
+def name_len(w: Word) -> Word:
+    """Length in bytes of the name of a ready registry word."""
+    return (w >> TAG_BITS) & ((1 << NAME_LEN_BITS) - 1)
+
+
+def key_make(key_hash: int) -> int:
+    return ((key_hash << TAG_BITS) | TAG_READY) & ((1 << 64) - 1)
+
+
+def key_ready(w: Word) -> Word:
+    """Whether peer key_state words publish their entry's key (same tag as registry words)."""
+    return name_ready(w)
+
+
+# A peer's lifecycle (peer word "life"): ((seq + 1) << 1) | connected, of its latest connect or
+# disconnect, raised by CAS-max, so the highest word is the latest event; 0: none yet.
+def life_make(seq: int, connected: bool) -> int:
+    return ((seq + 1) << 1) | int(connected)
+
+
+def life_connected(w: Word) -> Word:
+    """Whether life words say connected (False for 0: no lifecycle event)."""
+    return cast(Word, (w & 1) == 1)
+
+
+def life_seq(w: Word) -> Word:
+    """Sequence number of the lifecycle event (valid only where w != 0)."""
+    return (w >> 1) - 1
+
+
+# The clear lock (header word "clear_lock"): 0 when free, else the clearer's pid in the high half
+# and the low CLEAR_START_BITS of its start time (ms) in the low half (see core/procs.py).
+CLEAR_START_BITS = 32
+
+
+def clear_make(pid: int, start_ms: int) -> int:
+    return (pid << CLEAR_START_BITS) | (start_ms & ((1 << CLEAR_START_BITS) - 1))
+
+
+def clear_pid(w: Word) -> Word:
+    return w >> CLEAR_START_BITS
+
+
+def clear_start(w: Word) -> Word:
+    """The low CLEAR_START_BITS bits of the holder's start time (ms)."""
+    return w & ((1 << CLEAR_START_BITS) - 1)
 
 
 def _align(n: int, to: int) -> int:
@@ -351,8 +503,8 @@ def native_layout(header: np.void) -> dict[str, object]:
     out: dict[str, object] = {}
     for prefix, dt in (("hdr_", HEADER), ("slot_", SLOT), ("shard_", SHARD), ("peer_", PEER), ("op_", OP),
                        ("bank_", OP_BANK)):
-        for name in dt.names:
-            out[prefix + name] = dt.fields[name][1]
+        for name, (_, off) in fields(dt).items():
+            out[prefix + name] = off
     out.update(
         capacity=int(header["capacity"]), slot_size=SLOT_SIZE, slots_off=int(header["slots_off"]),
         shards_off=int(header["shards_off"]), shard_size=SHARD.itemsize, max_shards=int(header["max_shards"]),
@@ -363,7 +515,8 @@ def native_layout(header: np.void) -> dict[str, object]:
         bank_size=OP_BANK.itemsize, op_buckets=OP_BUCKETS, flag_has_error=F_HAS_ERROR, flag_outbound=F_OUTBOUND,
         kind_message=KIND_MESSAGE, kind_latency=KIND_LATENCY,
         log_gamma=math.log(LATENCY_GAMMA),
-        seq_bits=SEQ_BITS, base_slots=BASE_SLOTS, text_size=TEXT_SIZE, type_cap=TYPE_CAP, peer_cap=PEER_CAP, type_slots=TYPE_SLOTS,
+        seq_bits=SEQ_BITS, base_slots=BASE_SLOTS, text_size=TEXT_SIZE, type_cap=TYPE_CAP, peer_cap=PEER_CAP,
+        type_slots=TYPE_SLOTS,
         w_state_bits=W_STATE_BITS, w_sev_bits=W_SEV_BITS,
         st_committed=ST_COMMITTED, st_busy=ST_BUSY, st_deleted=ST_DELETED,
         j_phase_bits=J_PHASE_BITS, ph_claimed=PH_CLAIMED, ph_owned=PH_OWNED, ph_counting=PH_COUNTING,

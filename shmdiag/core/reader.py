@@ -9,12 +9,14 @@ a record overwritten during the copy, foreign bytes) is skipped, never waited fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from typing import cast
 
 import numpy as np
 import orjson
 
+from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
 from shmdiag.core.models import DiagnosticEvent, Severity
 from shmdiag.core.segment import Segment
@@ -24,7 +26,7 @@ _KEYS = L.CHECKSUM_KEYS
 _SEVERITIES = list(Severity)
 _CHUNK = 1 << 14  # records copied at once by a full scan
 Accept = Callable[[DiagnosticEvent], bool]
-_LENS_WORD, _LENS_SHIFT = divmod(L.SLOT.fields["lens"][1], 8)
+_LENS_WORD, _LENS_SHIFT = divmod(L.offset(L.SLOT, "lens"), 8)
 _LENS_SHIFT *= 8
 assert _LENS_SHIFT + 40 <= 64  # the five length bytes sit in one word
 
@@ -160,54 +162,60 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
+_BAD_JSON = object()
+
+
+def _load_json(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # cannot happen for what the writer stores; never trust it
+        return _BAD_JSON
+
+
+def _getter(f: K.Field) -> Callable[[list[bytes], int, int], object]:
+    """How decode() reads field ``f`` from a record's texts, value and flags (core/kinds.py)."""
+    if f.is_text:
+        i = f.text_index
+        if f.json:
+            return lambda parts, value, flags: _load_json(parts[i])
+        return lambda parts, value, flags: parts[i].decode("utf-8", "replace")
+    if f.stored == K.VALUE:
+        conv = f.convert
+        return (lambda parts, value, flags: value) if conv is None else (lambda parts, value, flags: conv(value))
+    bit, words = f.flag, f.words
+    return lambda parts, value, flags: words[1] if flags & bit else words[0]
+
+
+# per kind code: (kind, [(field name, presence flag, getter)])
+_DECODERS = {k.code: (k, [(f.name, f.when, _getter(f)) for f in k.fields]) for k in K.KINDS}
+_GENERIC = _DECODERS[K.KIND_EVENT]  # copy_records refuses other codes; decode() reads them as events
+
+
 def decode(rec: np.void) -> DiagnosticEvent:
-    """Turn one validated record into an event, rendering the helpers' text now, not at write time."""
+    """Turn one validated record into an event, rendering its text now, not at write time, as
+    its kind's entry in core/kinds.py says."""
     lens = [int(x) for x in rec["lens"]]
     text = rec["text"].tobytes()
     parts, pos = [], 0
     for n in lens:
         parts.append(text[pos: pos + n])
         pos += n
-    etype, peer, f1, f2, f3 = parts
-    kind, flags = int(rec["kind"]), int(rec["flags"])
+    kind, getters = _DECODERS.get(int(rec["kind"]), _GENERIC)
+    flags, value = int(rec["flags"]), int(rec["value"])
     truncated = bool(flags & L.F_TRUNCATED)
-    error = None
-    if kind == L.KIND_MESSAGE:
-        direction = "outbound" if flags & L.F_OUTBOUND else "inbound"
-        mtype, size = _text(f1), int(rec["value"])
-        etype_s, message = "message", f"Message {direction}: {mtype} ({size} bytes)"
-        metadata = {"message_type": mtype, "direction": direction, "size": size}
-    elif kind == L.KIND_CONNECT:
-        address = _text(f1)
-        etype_s, message, metadata = "peer_connected", f"Peer connected: {address}", {"address": address}
-    elif kind == L.KIND_DISCONNECT:
-        address, reason = _text(f1), _text(f2)
-        etype_s, message = "peer_disconnected", f"Peer disconnected: {address} ({reason})"
-        metadata = {"address": address, "reason": reason}
-    elif kind == L.KIND_ERROR:
-        operation = _text(f1)
-        etype_s, message, metadata = "error", f"Error in {operation}", {"operation": operation}
-        error = _text(f2)
-    elif kind == L.KIND_LATENCY:
-        op, seconds = _text(f1), int(rec["value"]) / 1e9
-        etype_s, message = "latency", f"{op} took {seconds * 1e3:.3f} ms"
-        metadata = {"op": op, "seconds": seconds}
-        if flags & L.F_HAS_ERROR:
-            error = _text(f2)
-    else:
-        etype_s, message = _text(etype), _text(f3)
-        metadata = None
-        if flags & L.F_HAS_METADATA:
-            try:
-                metadata = orjson.loads(f1)
-            except orjson.JSONDecodeError:  # cannot happen for what the writer stores; never trust it
-                metadata, truncated = None, True
-        if flags & L.F_HAS_ERROR:
-            error = _text(f2)
+    values: dict[str, object] = {}
+    for name, when, get in getters:
+        v = None if when and not flags & when else get(parts, value, flags)
+        if v is _BAD_JSON:
+            v, truncated = None, True
+        values[name] = v
     return DiagnosticEvent(
-        event_type=etype_s, message=message, severity=_SEVERITIES[int(rec["severity"])], peer_id=_text(peer),
-        metadata=metadata, error=error, timestamp=ns_to_datetime(int(rec["ts_ns"])), pid=int(rec["pid"]),
-        seq=int(L.w_seq(rec["w"])), truncated=truncated,
+        event_type=kind.event_type or cast(str, values["event_type"]), message=kind.message(values),
+        severity=_SEVERITIES[int(rec["severity"])], peer_id=_text(parts[1]),
+        metadata=cast(dict, values["metadata"]) if kind.metadata is None else {k: values[k] for k in kind.metadata},
+        error=cast("str | None", values[kind.error]) if kind.error else None,
+        timestamp=ns_to_datetime(int(rec["ts_ns"])), pid=int(rec["pid"]), seq=int(L.w_seq(rec["w"])),
+        truncated=truncated,
     )
 
 
@@ -224,7 +232,8 @@ def export_snapshot(seg: Segment) -> tuple[np.ndarray, np.ndarray]:
     return newest(*retained_slots(seg), 0)
 
 
-def export_chunks(seg: Segment, idx: np.ndarray, w: np.ndarray, chunk: int):
+def export_chunks(seg: Segment, idx: np.ndarray, w: np.ndarray,
+                  chunk: int) -> Iterator[tuple[np.ndarray, int, int]]:
     """Copy the snapshot ``(idx, w)`` ``chunk`` records at a time, in its order.
 
     Yields ``(raw, skipped, done)``: ``raw`` is a C-contiguous ``(k, SLOT_SIZE)`` uint8 array of

@@ -2,21 +2,22 @@
 
 POSIX shared memory lives in /dev/shm on Linux. Every file there is a candidate; only those
 whose first bytes are shmdiag's magic number are looked at further, and then only through
-Segment.attach, which validates the header like any attacher does. Nothing here writes into a
-ring: listing reads counters, it does not reap dead writers.
+Segment.attach(readonly=True), which validates the header like any attacher does and maps the
+ring read-only: nothing here can write into a ring (listing reads counters, it does not reap
+dead writers).
 """
 
 from __future__ import annotations
 
+import _posixshmem
 import os
 import time
 from dataclasses import asdict, dataclass
 
-import _posixshmem
 import numpy as np
-import psutil
 
 from shmdiag.core import layout as L
+from shmdiag.core import snapshot
 from shmdiag.core.config import validate_name
 from shmdiag.core.errors import (
     CorruptRingError,
@@ -26,11 +27,13 @@ from shmdiag.core.errors import (
     RingPermissionError,
     ShmDiagError,
 )
+from shmdiag.core.procs import started_by
+from shmdiag.core.reader import count_retained
+from shmdiag.core.segment import Segment
+from shmdiag.core.shards import writer_alive
 
 SHM_DIR = "/dev/shm"
-# psutil derives a process's start time from /proc/stat's btime, a whole second, so it can read
-# up to a second early; a creator always started before it created its ring.
-_START_SLACK = 1.0
+_U64_MAX = (1 << 64) - 1
 
 
 class RefusedError(ShmDiagError):
@@ -58,24 +61,10 @@ class RingInfo:
 
 
 def creator_alive(pid: int, created_ns: int) -> bool:
-    """Is the process that created a ring at ``created_ns`` still running as ``pid``?
-
-    A pid alone is not enough: after the creator dies its pid may be reused, and a process that
-    started after the ring was created cannot be its creator. A zombie is dead. When psutil may
-    not look (another user's process), say alive: the cautious answer for ``rm``.
-    """
-    if pid <= 0:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = proc.create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
-    return started <= created_ns / 1e9 + _START_SLACK
+    """Is the process that created a ring at ``created_ns`` still running as ``pid``? The creator
+    started before it created the ring, so a process that started later has a reused pid (see
+    core/procs.py; a process we may not look at counts as alive: the cautious answer for ``rm``)."""
+    return started_by(pid, created_ns)
 
 
 def _read_prefix(path: str, n: int) -> bytes:
@@ -102,9 +91,6 @@ def _raw_identity(raw: bytes, info: RingInfo) -> None:
 def ring_info(name: str, size: int | None = None) -> RingInfo:
     """Everything ``ls`` shows about one ring. Raises NotARingError for a foreign segment and
     RingNotFoundError when it vanished; any other problem is reported in ``note``."""
-    from shmdiag.core.reader import count_retained
-    from shmdiag.recorder import Recorder
-
     path = os.path.join(SHM_DIR, name)
     if size is None:
         try:
@@ -113,7 +99,7 @@ def ring_info(name: str, size: int | None = None) -> RingInfo:
             raise RingNotFoundError(f"no shmdiag ring named {name!r}") from None
     info = RingInfo(name=name, size=size)
     try:
-        rec = Recorder.attach(name)
+        seg = Segment.attach(name, readonly=True)
     except (LayoutVersionError, CorruptRingError, RingPermissionError) as e:
         info.note = str(e)
         if not isinstance(e, LayoutVersionError):  # another version's header may be laid out otherwise
@@ -123,17 +109,18 @@ def ring_info(name: str, size: int | None = None) -> RingInfo:
                 pass
         return info
     try:
-        seg = rec._seg
         info.owner_pid = seg.creator_pid
         info.owner_alive = creator_alive(seg.creator_pid, seg.created_ns)
         info.capacity = seg.capacity
         info.retained = count_retained(seg)
-        info.total_events = rec.accounting().recorded
-        info.live_writers = sum(1 for w in rec.get_writers() if w.alive)
+        info.total_events = min(sum(snapshot.era_shards(seg)["recorded"].tolist()), _U64_MAX)
+        _, shards = snapshot.shards(seg)
+        owners = zip(shards["owner"].tolist(), shards["start_time"].tolist(), strict=True)
+        info.live_writers = sum(1 for w, start in owners if writer_alive(w, start))
         info.created = seg.created_ns / 1e9
         info.age = max(0.0, time.time() - info.created)
     finally:
-        rec.close()
+        seg.close()
     return info
 
 
@@ -175,17 +162,16 @@ def remove_ring(name: str, force: bool = False) -> RingInfo | None:
     """Unlink a stale ring. Refuses a segment that is not a shmdiag ring (even with ``force``),
     and a ring whose creator is alive, or whose header cannot be trusted, unless ``force``.
     Returns what the ring looked like (None if its header could not be read)."""
-    from shmdiag.core.segment import Segment
-
     validate_name(name)
     info: RingInfo | None = None
     try:
-        seg = Segment.attach(name)
+        seg = Segment.attach(name, readonly=True)
     except NotARingError as e:
         raise RefusedError(f"{e}; not removing it") from None
     except (LayoutVersionError, CorruptRingError) as e:
         if not force:
-            raise RefusedError(f"{e}; cannot tell whether its owner is alive (use --force to remove it anyway)") from None
+            raise RefusedError(f"{e}; cannot tell whether its owner is alive "
+                               "(use --force to remove it anyway)") from None
     else:
         try:
             info = RingInfo(name=name, size=seg.size, owner_pid=seg.creator_pid,

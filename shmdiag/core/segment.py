@@ -6,7 +6,10 @@ differences that matter across processes:
 * attaching never registers the segment with the resource tracker. On Python < 3.13 a tracked
   attach unlinks the segment when the attaching process exits (CPython issue 82300);
 * the header is validated before anything trusts it: a segment that is not a shmdiag ring, of
-  another layout version, or with an inconsistent header is refused with a clear error.
+  another layout version, or with an inconsistent header is refused with a clear error;
+* ``attach(name, readonly=True)`` opens it O_RDONLY and maps it PROT_READ, for readers (the
+  Inspector): every numpy view is then read-only and the native Mapping refuses every store,
+  so such a reader cannot write a byte of the ring, by mistake or otherwise.
 
 The creator does register (as ``SharedMemory(create=True)`` would), so a creator that dies
 without closing still has its segment unlinked, and unregisters when it unlinks.
@@ -14,6 +17,7 @@ without closing still has its segment unlinked, and unregisters when it unlinks.
 
 from __future__ import annotations
 
+import _posixshmem
 import math
 import mmap
 import os
@@ -22,20 +26,25 @@ import stat
 import time
 from multiprocessing import resource_tracker
 
-import _posixshmem
 import numpy as np
 
 from shmdiag.core import layout as L
+from shmdiag.core._native import Mapping, set_closed_error, set_readonly_error
 from shmdiag.core.config import MAX_EVENTS_LIMIT, RecorderConfig, validate_name
 from shmdiag.core.errors import (
     CorruptRingError,
     LayoutVersionError,
     NotARingError,
+    ReadOnlyRingError,
+    RecorderClosedError,
     RingNotFoundError,
     RingPermissionError,
     ShmDiagError,
 )
-from shmdiag.core._native import Mapping
+
+# What the native Mapping raises once released, and for a store through a read-only mapping.
+set_closed_error(RecorderClosedError)
+set_readonly_error(ReadOnlyRingError)
 
 
 class RingExistsError(ShmDiagError, FileExistsError):
@@ -54,11 +63,12 @@ class Segment:
     ``native``; numpy loads of them carry no ordering.
     """
 
-    def __init__(self, name: str, fd: int, mm: mmap.mmap, owner: bool) -> None:
+    def __init__(self, name: str, fd: int, mm: mmap.mmap, owner: bool, readonly: bool = False) -> None:
         self.name = name
         self._fd = fd
-        self._mmap = mm
+        self._mmap: mmap.mmap | None = mm
         self.owner = owner
+        self.readonly = readonly
         self.size = len(mm)
         hdr = np.ndarray((), dtype=L.HEADER, buffer=mm)
         self.header = hdr
@@ -92,14 +102,14 @@ class Segment:
         # The same records as raw words: copy through this one. Numpy copies a structured dtype
         # field by field and skips its padding, which the checksum covers.
         self.slot_words = np.ndarray((self.capacity, L.SLOT_SIZE // 8), dtype="<u8", buffer=mm, offset=self.slots_off)
-        self.native = Mapping(mm, L.native_layout(hdr))
+        self.native = Mapping(mm, L.native_layout(hdr), readonly=readonly)
 
     # -- offsets of live words, for the native atomics ------------------------------------
     def header_word(self, field: str) -> int:
-        return L.HEADER.fields[field][1]
+        return L.offset(L.HEADER, field)
 
     def shard_word(self, index: int, field: str, item: int = 0) -> int:
-        return self.shards_off + index * L.SHARD.itemsize + L.SHARD.fields[field][1] + 8 * item
+        return self.shards_off + index * L.SHARD.itemsize + L.offset(L.SHARD, field) + 8 * item
 
     def slot_word(self, slot: int) -> int:
         return self.slots_off + slot * L.SLOT_SIZE
@@ -114,10 +124,10 @@ class Segment:
         """(head, base): the next sequence number, and the first one since the last clear.
         Records and shard counters of sequence numbers below base belong to a cleared era."""
         head = self.load("head")
-        seq = head & L.SEQ_MASK
+        seq = L.head_seq(head)
         # Untrusted words: a base above the head (garbage) would make every range read from
         # them negative. Such a base retains nothing, and so does base == head.
-        return seq, min(seq, self.native.load(self.base_word(head >> L.SEQ_BITS)))
+        return seq, min(seq, self.native.load(self.base_word(L.head_gen(head))))
 
     # -- lifetime --------------------------------------------------------------------------
     @classmethod
@@ -165,10 +175,12 @@ class Segment:
         return cls(name, fd, mm, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> Segment:
+    def attach(cls, name: str, *, readonly: bool = False) -> Segment:
+        """Map an existing ring. ``readonly``: open it O_RDONLY and map it PROT_READ (a reader
+        that must not write: see the module docstring); read permission on it is then enough."""
         validate_name(name)
         try:
-            fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+            fd = _posixshmem.shm_open("/" + name, os.O_RDONLY if readonly else os.O_RDWR, mode=0o600)
         except FileNotFoundError:
             raise RingNotFoundError(f"no shmdiag ring named {name!r} (no /dev/shm/{name})") from None
         except PermissionError:
@@ -182,13 +194,13 @@ class Segment:
             size = st.st_size
             if size < L.HEADER_SIZE:
                 raise NotARingError(f"{name!r} is not a shmdiag ring ({size} bytes, smaller than a header)")
-            mm = mmap.mmap(fd, size)
+            mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if readonly else mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             raise
         try:
             _validate_header(name, mm)
-            return cls(name, fd, mm, owner=False)
+            return cls(name, fd, mm, owner=False, readonly=readonly)
         except BaseException:
             mm.close()
             os.close(fd)
@@ -249,6 +261,6 @@ def _validate_header(name: str, mm: mmap.mmap) -> None:
     if int(hdr["log_level"]) >= len(L.LOG_LEVELS) or int(hdr["export_format"]) >= len(L.EXPORT_FORMATS):
         raise bad("unknown log level or export format")
     for f in ("cleanup_interval", "retention_period"):
-        v = float(hdr[f])
-        if not math.isfinite(v) or v <= 0:
-            raise bad(f"{f} is {v}")
+        seconds = float(hdr[f])
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise bad(f"{f} is {seconds}")

@@ -21,47 +21,18 @@ from __future__ import annotations
 import multiprocessing.util
 import os
 import threading
-
-import psutil
+from collections.abc import Callable
 
 from shmdiag.core import layout as L
 from shmdiag.core.errors import RecorderClosedError, TooManyWritersError
+from shmdiag.core.procs import own_start_ms, same_process
 from shmdiag.core.segment import Segment
 
-_OWNER_STATE_MASK = 0xFF
 
-
-def _start_ms(proc: psutil.Process) -> int:
-    return int(round(proc.create_time() * 1000))
-
-
-_own_start: dict[int, int] = {}
-
-
-def own_start_ms() -> int:
-    pid = os.getpid()
-    if pid not in _own_start:
-        _own_start[pid] = _start_ms(psutil.Process(pid))
-    return _own_start[pid]
-
-
-def process_alive(pid: int, start_ms: int) -> bool:
-    """True if ``pid`` runs and is the process that started at ``start_ms`` (not a reused pid)."""
-    if pid == os.getpid():
-        return True
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return start_ms == 0 or abs(_start_ms(proc) - start_ms) <= 20  # create_time has jiffy resolution
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-def owner_word(pid: int, state: int) -> int:
-    return (pid << 8) | state
+def writer_alive(owner: int, start_ms: int) -> bool:
+    """Whether a shard's ``owner`` and ``start_time`` words name a live writer: an active shard
+    whose process still runs and is the one that took it (not a reused pid)."""
+    return L.owner_state(owner) == L.SH_ACTIVE and same_process(L.owner_pid(owner), start_ms)
 
 
 class ShardManager:
@@ -75,6 +46,12 @@ class ShardManager:
         self._lock = lock  # the recorder's: no close() while a shard is being taken
 
     # -- owning a shard --------------------------------------------------------------------
+    def writer(self) -> Callable[..., int]:
+        """The native write function for this process, which takes a shard (``ensure``) at its
+        first event: the hot path is one native call, and the shard a lazy slow path."""
+        self.seg.native.set_provider(self.ensure)
+        return self.seg.native.write
+
     def ensure(self) -> int:
         """Bind a shard for the current process (called by the native writer on demand)."""
         with self._lock:
@@ -94,9 +71,9 @@ class ShardManager:
                 for i in range(seg.max_shards):
                     off = seg.shard_word(i, "owner")
                     cur = seg.native.load(off)
-                    if cur & _OWNER_STATE_MASK != wanted:
+                    if L.owner_state(cur) != wanted:
                         continue
-                    if seg.native.cas(off, cur, owner_word(me, L.SH_ACTIVE)):
+                    if seg.native.cas(off, cur, L.owner_make(me, L.SH_ACTIVE)):
                         seg.native.store(seg.shard_word(i, "start_time"), start)
                         self._load_types(i)
                         seg.native.bind_shard(i)
@@ -115,7 +92,7 @@ class ShardManager:
             if self.index is None or self.pid != os.getpid() or self.seg.native.closed:
                 return
             off = self.seg.shard_word(self.index, "owner")
-            self.seg.native.cas(off, owner_word(self.pid, L.SH_ACTIVE), owner_word(self.pid, L.SH_EXITED))
+            self.seg.native.cas(off, L.owner_make(self.pid, L.SH_ACTIVE), L.owner_make(self.pid, L.SH_EXITED))
             self.seg.native.bind_shard(None)
             self.index = None
 
@@ -169,8 +146,7 @@ class ShardManager:
         owners = seg.shards["owner"].copy()
         n = 0
         for i in range(seg.max_shards):
-            w = int(owners[i])
-            if w & _OWNER_STATE_MASK == L.SH_ACTIVE:
+            if L.owner_state(int(owners[i])) == L.SH_ACTIVE:
                 n += self.reap(i)
         return n
 
@@ -178,13 +154,15 @@ class ShardManager:
         seg = self.seg
         off = seg.shard_word(i, "owner")
         cur = seg.native.load(off)
-        pid, state = cur >> 8, cur & _OWNER_STATE_MASK
-        if state != L.SH_ACTIVE or process_alive(pid, seg.native.load(seg.shard_word(i, "start_time"))):
+        pid, state = L.owner_pid(cur), L.owner_state(cur)
+        if state != L.SH_ACTIVE or pid == os.getpid():
+            return False  # this process is alive; its shard may be mid-adoption, start_time not yet written
+        if same_process(pid, seg.native.load(seg.shard_word(i, "start_time"))):
             return False
-        if not seg.native.cas(off, cur, owner_word(pid, L.SH_REAPING)):
+        if not seg.native.cas(off, cur, L.owner_make(pid, L.SH_REAPING)):
             return False
         self._settle_journal(i)
-        seg.native.store(off, owner_word(pid, L.SH_DEAD))
+        seg.native.store(off, L.owner_make(pid, L.SH_DEAD))
         return True
 
     def _settle_journal(self, i: int) -> None:
@@ -193,12 +171,12 @@ class ShardManager:
         j = nat.load(word("journal"))
         if j == 0:
             return
-        seq, phase = (j >> L.J_PHASE_BITS) - 1, j & ((1 << L.J_PHASE_BITS) - 1)
+        seq, phase = L.j_seq(j), L.j_phase(j)
         if seq > L.SEQ_MASK or seq >= seg.era()[0]:
             nat.store(word("journal"), 0)  # not a sequence number a writer could hold: corrupt, drop it
             return
         meta = nat.load(word("jmeta"))
-        tidx, sev, flags, outcome = meta & 0xFF, (meta >> 8) & 0xFF, (meta >> 16) & 0xFF, (meta >> 24) & 0xFF
+        tidx, sev, flags, outcome = L.jmeta_fields(meta)
         tidx, sev = min(tidx, L.TYPE_SLOTS - 1), min(sev, 4)
         _, base = seg.era()
         slot = seq % seg.capacity

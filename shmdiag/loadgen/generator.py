@@ -43,18 +43,27 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import orjson
 import psutil
 
-from shmdiag.export import stream as _export
-from shmdiag.loadgen import profile as P
+from shmdiag.cli.format import human_bytes
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import ShmDiagError
-from shmdiag.core.models import DiagnosticEvent
+from shmdiag.core.models import DiagnosticEvent, HealthStatus
+from shmdiag.export import dicts as _dicts
+from shmdiag.loadgen import profile as P
 from shmdiag.recorder import Recorder
+
+if TYPE_CHECKING:
+    from shmdiag.views.stats import Accounting
+
+    # The shared arrays below (multiprocessing RawArrays) as the writers and the parent see them.
+    _Doubles = ctypes.Array[ctypes.c_double]
+    _Chars = ctypes.Array[ctypes.c_char]
 
 MAX_WRITERS = 64
 DEFAULT_DURATION = 5.0
@@ -120,11 +129,22 @@ def build_tape(rng: random.Random, n: int = TAPE_LEN) -> list[tuple]:
     return tape
 
 
+class RecordSink(Protocol):
+    """What a Simulation records through: Recorder's record_* methods (the tests count with a fake)."""
+
+    def record_event(self, event: DiagnosticEvent) -> None: ...
+    def record_peer_connection(self, peer_id: str, address: str) -> None: ...
+    def record_peer_disconnection(self, peer_id: str, address: str, reason: str) -> None: ...
+    def record_message(self, peer_id: str, msg_type: str, direction: str, size: int) -> None: ...
+    def record_error(self, peer_id: str, err: str, operation: str) -> None: ...
+    def record_latency(self, op: str, seconds: float, peer_id: str = "") -> None: ...
+
+
 class Simulation:
     """One writer's peers, driven by a tape of steps. ``rec`` is a Recorder, or anything with its
     record_* methods (the tests count with a fake)."""
 
-    def __init__(self, rec, wid: int, peers: int, rng: random.Random, tape_len: int = TAPE_LEN) -> None:
+    def __init__(self, rec: RecordSink, wid: int, peers: int, rng: random.Random, tape_len: int = TAPE_LEN) -> None:
         self.rec, self.rng = rec, rng
         self.ids = [f"w{wid}-p{j}" for j in range(peers)]
         self.addrs = [P.draw_address(rng) for _ in range(peers)]
@@ -247,7 +267,8 @@ def _quiet_logger() -> logging.Logger:
     return log
 
 
-def _writer_main(name: str, wid: int, seed: int, peers: int, quota: int, rate: float, ctl, out, err) -> None:
+def _writer_main(name: str, wid: int, seed: int, peers: int, quota: int, rate: float, ctl: _Doubles, out: _Doubles,
+                 err: _Chars) -> None:
     """A writer process: attach, wait for the start, record until told (or the quota is met)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us through ctl[_STOP]
     try:
@@ -257,7 +278,8 @@ def _writer_main(name: str, wid: int, seed: int, peers: int, quota: int, rate: f
         out[_STATE] = _FAILED
 
 
-def _write(name: str, wid: int, seed: int, peers: int, quota: int, rate: float, ctl, out) -> None:
+def _write(name: str, wid: int, seed: int, peers: int, quota: int, rate: float, ctl: _Doubles,
+           out: _Doubles) -> None:
     me = psutil.Process()
     with Recorder.attach(name, logger=_quiet_logger()) as rec:
         sim = Simulation(rec, wid, peers, random.Random(seed))
@@ -309,7 +331,7 @@ def _write(name: str, wid: int, seed: int, peers: int, quota: int, rate: float, 
         out[_STATE] = _DONE
 
 
-def _pace(target: float, deadline: float, ctl) -> None:
+def _pace(target: float, deadline: float, ctl: _Doubles) -> None:
     """Sleep until ``target`` (monotonic), in slices, so a stop or the deadline cuts it short."""
     while ctl[_STOP] == 0.0:
         now = time.monotonic()
@@ -321,17 +343,123 @@ def _pace(target: float, deadline: float, ctl) -> None:
         time.sleep(min(wait, 0.1))
 
 
+# == the report ==================================================================================
+class ProcessCpu(TypedDict):
+    """CPU and RSS of the ring's creator or of loadgen itself (None when psutil cannot see it)."""
+
+    pid: int
+    role: str
+    cpu_s: float | None
+    cpu_pct: float | None
+    rss_bytes: int | None
+
+
+class _WriterRowBase(TypedDict):
+    writer: int
+    pid: int
+    status: str  # running | exited | killed | failed
+    events: int
+    seconds: float
+    events_per_s: int
+    cpu_s: float
+    cpu_pct: float
+    rss_bytes: int | None
+    pings: int
+    ring_recorded: int | None  # the ring's count for the writer's process (its shard), None if unknown
+
+
+class WriterRow(_WriterRowBase, total=False):
+    """One writer process in the report; ``replaces`` and ``error`` only when they apply."""
+
+    replaces: int
+    error: str
+
+
+class Settings(TypedDict):
+    writers: int
+    duration: float | None
+    events: int | None
+    rate_per_writer: float | None
+    peers_per_writer: int
+    chaos: float | None
+    seed: int
+
+
+class AccountingReport(TypedDict):
+    recorded: int
+    retained: int
+    overwritten: int
+    lost: int
+    abandoned: int
+    expired: int
+    in_flight: int
+
+
+class RingPerWriter(TypedDict):
+    """The ring's own per-process counts; all but ``exact`` are None when a shard changed hands."""
+
+    exact: bool
+    sum: int | None
+    sum_equals_delta: bool | None
+    clean_exits_equal: bool | None
+    killed_unreported: list[int] | None
+
+
+class CpuReport(TypedDict):
+    writers_cpu_s: float
+    writers_cpu_pct: float
+    writers_rss_bytes: int
+    collector: ProcessCpu
+    loadgen: ProcessCpu
+
+
+class LoadReport(TypedDict):
+    """What ``run_load`` returns (and ``--json`` prints): see the module docstring."""
+
+    ring: str
+    created: bool
+    capacity: int
+    settings: Settings
+    interrupted: bool
+    duration_s: float
+    events: int
+    events_per_s: int
+    writers: list[WriterRow]
+    kills: int
+    failed_writers: int
+    accounting: AccountingReport
+    reconciles: bool
+    ring_recorded_before: int
+    ring_recorded_delta: int
+    writers_total: int
+    writers_match_ring: bool | None  # None when writers were killed: see unreported_by_killed
+    unreported_by_killed: int
+    unreported_bound: int
+    writers_within_bound: bool
+    ring_per_writer: RingPerWriter
+    cpu: CpuReport
+    stats: dict[str, Any]  # export.dicts.stats_to_dict
+    health: dict[str, Any]  # export.dicts.health_to_dict
+
+
 # == the parent ==================================================================================
 @dataclass
 class _Writer:
     wid: int
     proc: mp.process.BaseProcess
-    out: object
-    err: object
+    out: _Doubles
+    err: _Chars
     quota: int
     status: str = "running"  # running | exited | killed | failed
     error: str = ""
     replaces: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The process id: spawn() starts the process before it makes the _Writer."""
+        pid = self.proc.pid
+        assert pid is not None
+        return pid
 
     def value(self, i: int) -> float:
         return float(self.out[i])
@@ -354,15 +482,15 @@ class _Cpu:
             self.cpu0 = math.nan
         self.t0 = time.monotonic()
 
-    def stop(self) -> dict:
+    def stop(self) -> ProcessCpu:
         wall = max(time.monotonic() - self.t0, 1e-9)
         try:
             p = psutil.Process(self.pid)
-            cpu = sum(p.cpu_times()[:2]) - self.cpu0
+            used = sum(p.cpu_times()[:2]) - self.cpu0
             rss = p.memory_info().rss
         except psutil.Error:
             return {"pid": self.pid, "role": self.role, "cpu_s": None, "cpu_pct": None, "rss_bytes": None}
-        cpu = None if math.isnan(cpu) else round(cpu, 3)
+        cpu = None if math.isnan(used) else round(used, 3)
         return {"pid": self.pid, "role": self.role, "cpu_s": cpu,
                 "cpu_pct": None if cpu is None else round(100 * cpu / wall, 1), "rss_bytes": rss}
 
@@ -395,7 +523,7 @@ def _check(writers: int, duration: float | None, events: int | None, rate: float
 def run_load(*, writers: int = 2, duration: float | None = None, events: int | None = None,
              rate: float | None = None, ring: str | None = None, max_events: int | None = None,
              peers: int = DEFAULT_PEERS, chaos: float | None = None, seed: int | None = None,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None) -> LoadReport:
     """Run a load and return the report (see the module docstring for what it compares).
 
     Raises ValueError for bad arguments and ShmDiagError (e.g. RingNotFoundError) when the ring
@@ -452,13 +580,13 @@ class _Run:
         self.writers.append(w)
         return w
 
-    def go(self) -> dict:
+    def go(self) -> LoadReport:
         try:
             return self._go()
         finally:
             self._stop_all()
 
-    def _go(self) -> dict:
+    def _go(self) -> LoadReport:
         n, ev = self.nwriters, self.events
         quotas = [0] * n if ev is None else [ev // n + (1 if i < ev % n else 0) for i in range(n)]
         for q in quotas:
@@ -504,7 +632,8 @@ class _Run:
                     w.error = w.err.value.decode("utf-8", "replace") or f"exit code {w.proc.exitcode}"
 
     def _watch(self) -> None:
-        next_kill = self.t_go + self.chaos if self.chaos else math.inf
+        chaos = self.chaos
+        next_kill = self.t_go + chaos if chaos else math.inf
         next_progress = self.t_go + PROGRESS_PERIOD
         last_events, last_t = 0, self.t_go
         while True:
@@ -514,9 +643,9 @@ class _Run:
                 return
             if not any(w.status == "running" for w in self.writers):
                 return
-            if now >= next_kill:
+            if chaos and now >= next_kill:
                 self._kill_one()
-                next_kill += self.chaos
+                next_kill += chaos
             if self.progress and now >= next_progress:
                 total = self._published()
                 rate = (total - last_events) / max(now - last_t, 1e-9)
@@ -544,7 +673,7 @@ class _Run:
             return
         w = self.rng.choice(live)
         try:
-            os.kill(w.proc.pid, signal.SIGKILL)
+            os.kill(w.pid, signal.SIGKILL)
         except ProcessLookupError:
             return
         w.proc.join(10)
@@ -579,7 +708,7 @@ class _Run:
                 w.proc.kill()
                 w.proc.join(5)
 
-    def _settle(self):
+    def _settle(self) -> tuple[HealthStatus, Accounting, int, bool]:
         """Health (which reaps killed writers, settling their last event), then the books, once
         no writer is inside a record."""
         for _ in range(50):
@@ -592,26 +721,29 @@ class _Run:
             time.sleep(0.02)  # a writer of someone else's still inside a record: look again
         return health, acct, retained, ok
 
-    def _report(self, before: int, t_end: float, collector: dict, own: dict) -> dict:
+    def _report(self, before: int, t_end: float, collector: ProcessCpu, own: ProcessCpu) -> LoadReport:
         health, acct, retained, ok = self._settle()
         stats = self.rec.get_stats()
         by_pid = {i.pid: i.recorded for i in self.rec.get_writers()}
         wall = max((w.value(_T_LAST) for w in self.writers if w.value(_T_LAST) > 0), default=t_end) - self.t_go
         wall = max(wall, 1e-9)
-        rows = []
+        rows: list[WriterRow] = []
         for w in self.writers:
             n = int(w.value(_EVENTS))
             secs = max(w.value(_T_LAST) - w.value(_T_FIRST), 0.0) if w.value(_T_FIRST) else 0.0
             cpu = w.value(_CPU)
-            rows.append({
-                "writer": w.wid, "pid": w.proc.pid, "status": w.status, "events": n,
+            row: WriterRow = {
+                "writer": w.wid, "pid": w.pid, "status": w.status, "events": n,
                 "seconds": round(secs, 3), "events_per_s": round(n / secs) if secs > 0 else 0,
                 "cpu_s": round(cpu, 3), "cpu_pct": round(100 * cpu / secs, 1) if secs > 0 else 0.0,
                 "rss_bytes": int(w.value(_RSS)) or None, "pings": int(w.value(_PINGS)),
-                "ring_recorded": by_pid.get(w.proc.pid),
-                **({"replaces": w.replaces} if w.replaces is not None else {}),
-                **({"error": w.error} if w.error else {}),
-            })
+                "ring_recorded": by_pid.get(w.pid),
+            }
+            if w.replaces is not None:
+                row["replaces"] = w.replaces
+            if w.error:
+                row["error"] = w.error
+            rows.append(row)
         total = sum(r["events"] for r in rows)
         delta = acct.recorded - before
         killed = sum(1 for w in self.writers if w.status == "killed")
@@ -630,13 +762,15 @@ class _Run:
         ours = [r for r in rows if r["events"] or r["ring_recorded"]]
         exact = self.shards_before <= by_pid.keys() and all(r["ring_recorded"] is not None for r in ours)
         ring_sum = sum(r["ring_recorded"] or 0 for r in ours)
-        per_writer = {
+        # (With `exact`, every row in `ours` has its ring_recorded: the `is not None` below only tells mypy.)
+        per_writer: RingPerWriter = {
             "exact": exact,
             "sum": ring_sum if exact else None,
             "sum_equals_delta": ring_sum == delta if exact else None,
             "clean_exits_equal": all(r["ring_recorded"] == r["events"] for r in ours if r["status"] == "exited")
             if exact else None,
-            "killed_unreported": [r["ring_recorded"] - r["events"] for r in ours if r["status"] == "killed"]
+            "killed_unreported": [rr - r["events"] for r in ours
+                                  if r["status"] == "killed" and (rr := r["ring_recorded"]) is not None]
             if exact else None,
         }
         return {
@@ -672,8 +806,8 @@ class _Run:
                 "collector": collector,
                 "loadgen": own,
             },
-            "stats": _export.stats_to_dict(stats),
-            "health": _export.health_to_dict(health),
+            "stats": _dicts.stats_to_dict(stats),
+            "health": _dicts.health_to_dict(health),
         }
 
 
@@ -751,11 +885,7 @@ def _terminal_line(text: str) -> None:
     sys.stderr.flush()
 
 
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.0f} MB"
-
-
-def format_report(r: dict) -> str:
+def format_report(r: LoadReport) -> str:
     """The report as text for a person."""
     a, c = r["accounting"], r["cpu"]
     lines = [
@@ -764,17 +894,17 @@ def format_report(r: dict) -> str:
         f"{r['events']:,} events in {r['duration_s']:.2f} s: {r['events_per_s']:,} events/s "
         f"from {r['settings']['writers']} writers" + (f", {r['kills']} killed and replaced" if r["kills"] else ""),
         "",
-        f"  {'writer':<8} {'pid':>8} {'status':<8} {'events':>12} {'events/s':>11} {'CPU s':>7} {'CPU%':>6} {'RSS':>7}",
+        f"  {'writer':<8} {'pid':>8} {'status':<8} {'events':>12} {'events/s':>11} {'CPU s':>7} {'CPU%':>6} {'RSS':>9}",
     ]
     for w in r["writers"]:
         lines.append(f"  w{w['writer']:<7} {w['pid']:>8} {w['status']:<8} {w['events']:>12,} {w['events_per_s']:>11,} "
-                     f"{w['cpu_s']:>7.2f} {w['cpu_pct']:>6.1f} {_mb(w['rss_bytes']):>7}"
+                     f"{w['cpu_s']:>7.2f} {w['cpu_pct']:>6.1f} {human_bytes(w['rss_bytes']):>9}"
                      + (f"  {w['error']}" if w.get("error") else ""))
     for role, p in (("collector", c["collector"]), ("loadgen", c["loadgen"])):
         if role == "loadgen" and p["pid"] == c["collector"]["pid"]:
             continue
         cpu = "-" if p["cpu_s"] is None else f"{p['cpu_s']:.2f} s ({p['cpu_pct']:.1f}%)"
-        lines.append(f"  {role} pid {p['pid']} ({p['role']}): CPU {cpu}, RSS {_mb(p['rss_bytes'])}")
+        lines.append(f"  {role} pid {p['pid']} ({p['role']}): CPU {cpu}, RSS {human_bytes(p['rss_bytes'])}")
     lines.append(f"  writers: CPU {c['writers_cpu_s']:.2f} s ({c['writers_cpu_pct']:.1f}% of one core)")
     if r["kills"]:
         lines.append("  (a killed writer's figures are its last report: events every batch, CPU/RSS every "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmdiag.core import layout as L
+from shmdiag.core import snapshot
 from shmdiag.core.models import LatencyStats
 from shmdiag.core.segment import Segment
 
@@ -29,17 +30,14 @@ def quantile(buckets: np.ndarray, q: float, max_ns: int) -> float:
 
 
 def read(seg: Segment) -> dict[str, LatencyStats]:
-    head = seg.load("head")
-    seg.native.fence()
-    bank = (head >> L.SEQ_BITS) & 1
-    ops = seg.ops.copy()
+    bank, ops = snapshot.op_table(seg)
     merged: dict[str, list] = {}
     for j in range(L.OP_SLOTS):
         st = int(ops["name_state"][j])
         if j == L.OP_SLOTS - 1:
             name = L.OTHER_OP
-        elif st & 3 == 2:
-            name = bytes(ops["name"][j])[: (st >> 2) & 0x3F].decode("utf-8", "replace")
+        elif L.name_ready(st):
+            name = bytes(ops["name"][j])[: L.name_len(st)].decode("utf-8", "replace")
         else:
             continue
         b = ops["banks"][j, bank]

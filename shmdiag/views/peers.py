@@ -10,33 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from shmdiag.core import layout as L
+from shmdiag.core import snapshot
 from shmdiag.core.models import NetworkDiagnostic, PeerDiagnostic
 from shmdiag.core.reader import ns_to_datetime
 from shmdiag.core.segment import Segment
 
 _U64_MAX = (1 << 64) - 1
 _SUMMED = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns", "events")
-
-
-def message_types(seg: Segment) -> list[str]:
-    """Names of the ring's message-type registry, by index ('' for an unused entry)."""
-    states = seg.header["msg_state"].copy()
-    names = seg.header["msg_name"].copy()
-    out = []
-    for j in range(L.MSG_TYPES - 1):
-        st = int(states[j])
-        n = (st >> 2) & 0x3F
-        out.append(bytes(names[j])[:n].decode("utf-8", "replace") if st & 3 == 2 else "")
-    out.append(L.OTHER_MSG)
-    return out
-
-
-def _ready_rows(seg: Segment) -> np.ndarray:
-    """A copy of every entry whose key is published (key_state, acquired, before the rest)."""
-    seg.native.fence()
-    ks = seg.peers["key_state"].copy()
-    seg.native.fence()
-    return seg.peers[np.flatnonzero((ks & 3) == 2)]
 
 
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,14 +27,10 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def connected_peers(seg: Segment) -> set[str]:
     """Peer ids whose latest lifecycle event is a connect. Connections are facts about the
     present, so a clear (which forgets events) does not disconnect anyone."""
-    seg.native.fence()
-    ks = seg.peers["key_state"].copy()
-    seg.native.fence()
-    life = seg.peers["life"].copy()  # three columns, not the whole table
-    sel = np.flatnonzero(((ks & 3) == 2) & (life != 0))
-    uniq, inv = _groups(seg.peers["key"][sel])
-    latest = _merge(np.maximum, np.zeros(len(uniq), np.uint64), inv, life[sel])  # newest lifecycle wins
-    return {k.decode("utf-8", "replace") for k in uniq[(latest & 1) == 1].tolist()}
+    keys, life = snapshot.peer_lifecycles(seg)
+    uniq, inv = _groups(keys)
+    latest = _merge(np.maximum, np.zeros(len(uniq), np.uint64), inv, life)  # newest lifecycle wins
+    return {k.decode("utf-8", "replace") for k in uniq[L.life_connected(latest)].tolist()}
 
 
 def _merge(op: np.ufunc, acc: np.ndarray, inv: np.ndarray, col: np.ndarray) -> np.ndarray:
@@ -68,10 +44,9 @@ def _merge(op: np.ufunc, acc: np.ndarray, inv: np.ndarray, col: np.ndarray) -> n
 
 def read(seg: Segment) -> NetworkDiagnostic:
     """Peers with an event since the last clear, and peers connected now."""
-    _, base = seg.era()
-    rows = _ready_rows(seg)
+    base, rows = snapshot.peer_rows(seg)
     current = rows["era"] == base + 1
-    keep = current | ((rows["life"] & 1) == 1)
+    keep = current | L.life_connected(rows["life"])
     rows, current = rows[keep], current[keep]
     uniq, inv = _groups(rows["key"])
     g = len(uniq)
@@ -86,18 +61,19 @@ def read(seg: Segment) -> NetworkDiagnostic:
     activity = np.where(current, rows["last_activity"], 0)
     by_act = np.lexsort((activity, inv))
     act_row = by_act[np.r_[np.flatnonzero(np.diff(inv[by_act])), len(by_act) - 1]] if len(rows) else by_act
-    names = message_types(seg)
+    names = snapshot.message_types(seg)
     sent = _per_msg(names, sums["bytes_sent_per_msg"])
     recv = _per_msg(names, sums["bytes_recv_per_msg"])
     lr, ar = rows[life_row], rows[act_row]
-    addrs = [bytes(a)[:n].decode("utf-8", "replace") for a, n in zip(lr["addr"].tolist(), lr["addr_len"].tolist())]
+    addrs = [bytes(a)[:n].decode("utf-8", "replace")
+             for a, n in zip(lr["addr"].tolist(), lr["addr_len"].tolist(), strict=True)]
     connected_at, lives = lr["connected_at"].tolist(), lr["life"].tolist()
     last = activity[act_row].tolist()
     ping_last = np.where(ar["ping_count"] > 0, ar["ping_last_ns"], 0).tolist()
     cols = {f: sums[f].tolist() for f in _SUMMED}
 
-    net = NetworkDiagnostic(untracked_peers=seg.load("peers_untracked"),
-                            untracked_events=seg.load("peer_events_untracked"))
+    untracked_peers, untracked_events = snapshot.untracked(seg)
+    net = NetworkDiagnostic(untracked_peers=untracked_peers, untracked_events=untracked_events)
     for i, key in enumerate(uniq.tolist()):
         net.peer_diagnostics.append(PeerDiagnostic(
             peer_id=key.decode("utf-8", "replace"), address=addrs[i],
@@ -107,7 +83,7 @@ def read(seg: Segment) -> NetworkDiagnostic:
             bytes_sent=cols["bytes_sent"][i], bytes_received=cols["bytes_recv"][i],
             bytes_sent_per_msg=sent[i], bytes_recv_per_msg=recv[i],
             latency=ping_last[i] / 1e9 if cols["ping_count"][i] and ping_last[i] else None,
-            error_count=cols["errors"][i], status="connected" if lives[i] & 1 else "disconnected",
+            error_count=cols["errors"][i], status="connected" if L.life_connected(lives[i]) else "disconnected",
         ))
     net.total_peers = len(net.peer_diagnostics)
     net.active_peers = sum(p.status == "connected" for p in net.peer_diagnostics)
@@ -121,7 +97,7 @@ def _per_msg(names: list[str], counts: np.ndarray) -> list[dict[str, int]]:
     """One {message type: bytes} dict per row of a (peers x MSG_TYPES) matrix."""
     out: list[dict[str, int]] = [{} for _ in range(len(counts))]
     rows, cols = np.nonzero(counts)
-    for r, c, v in zip(rows.tolist(), cols.tolist(), counts[rows, cols].tolist()):
+    for r, c, v in zip(rows.tolist(), cols.tolist(), counts[rows, cols].tolist(), strict=True):
         name = names[c] or L.OTHER_MSG  # an entry still being named when read
         # Saturate: two entries of one name (a racing registration, or damaged words) must not
         # sum past what a u64 (and JSON consumers) can hold.

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from shmdiag.core import layout as L
+from shmdiag.core import snapshot
 from shmdiag.core.models import DiagnosticStats, Severity
-from shmdiag.views.peers import connected_peers
 from shmdiag.core.reader import ns_to_datetime
 from shmdiag.core.segment import Segment
+from shmdiag.views.peers import connected_peers
 
 
 @dataclass
@@ -29,27 +30,20 @@ class Accounting:
     in_flight: int = 0  # live writers inside a record right now: the books close when this is 0
 
 
-def _era_shards(seg: Segment) -> np.ndarray:
-    _, base = seg.era()
-    seg.native.fence()
-    shards = seg.shards.copy()
-    used = (shards["owner"] & 0xFF) != L.SH_FREE
-    return shards[used & (shards["base"] == base)]
-
-
 _U64_MAX = (1 << 64) - 1
 
 
 def _total(col: np.ndarray) -> int:
     """An exact sum of counters (numpy's u64 sum wraps), saturated at what a u64 holds: damaged
     words must not make a figure no JSON consumer can read."""
-    return min(sum(col.tolist()), _U64_MAX)
+    return min(int(sum(col.tolist())), _U64_MAX)
 
 
 def accounting(seg: Segment) -> Accounting:
-    s = _era_shards(seg)
-    busy = int(((s["journal"] != 0) & ((s["owner"] & 0xFF) == L.SH_ACTIVE)).sum())
-    return Accounting(*(_total(s[f]) for f in ("recorded", "overwritten", "lost", "abandoned", "expired")), busy)
+    s = snapshot.era_shards(seg)
+    busy = int(((s["journal"] != 0) & (L.owner_state(s["owner"]) == L.SH_ACTIVE)).sum())
+    return Accounting(recorded=_total(s["recorded"]), overwritten=_total(s["overwritten"]), lost=_total(s["lost"]),
+                      abandoned=_total(s["abandoned"]), expired=_total(s["expired"]), in_flight=busy)
 
 
 def consistent(shards: np.ndarray) -> np.ndarray:
@@ -66,10 +60,10 @@ def consistent(shards: np.ndarray) -> np.ndarray:
 
 
 def compute(seg: Segment) -> DiagnosticStats:
-    shards = _era_shards(seg)
+    shards = snapshot.era_shards(seg)
     total = _total(shards["recorded"])
     stats = DiagnosticStats(total_events=total)
-    if not seg.metrics:
+    if not snapshot.metrics_enabled(seg):
         stats.events_by_severity = {s: 0 for s in Severity}
         return stats
     good = consistent(shards)

@@ -1,0 +1,118 @@
+"""The collector: a ring's upkeep, run by the process that owns the ring.
+
+Writers keep the ring's counters exact as they record, so nothing here computes stats. What is
+left is upkeep that no single writer can be trusted to do:
+
+* **retention**: every ``cleanup_interval``, records older than ``retention_period`` are retired
+  (``core.maintenance``) and counted as expired;
+* **dead writers**: a writer that died without detaching leaves its shard active and maybe a
+  record half-claimed; the collector reaps it (``core.shards``), so its counts and that record
+  are settled (abandoned). Readers (``Inspector``) only report such writers;
+* **health**: with ``enable_health_check``, a health check every 30 s (or every
+  ``cleanup_interval`` if shorter) whose changes are logged; it reaps dead writers first.
+
+A creating ``Recorder`` starts one; ``shmdiag serve`` creates the ring without one and runs its
+own, logging to stderr. The collector drives anything that can clean up, reap and check health
+(:class:`Maintained`, which ``Recorder`` is), so it sits below the Recorder and imports nothing
+of it. ``run_once()`` is one round, for tests and for callers
+that schedule the work themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Protocol
+
+from shmdiag.core.config import RecorderConfig
+from shmdiag.core.errors import RecorderClosedError
+from shmdiag.core.models import HealthStatus
+
+HEALTH_PERIOD = 30.0  # seconds between health checks, when enabled (at most cleanup_interval)
+
+
+class Maintained(Protocol):
+    """What a collector needs of its ring: a writable handle (a ``Recorder``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> RecorderConfig: ...
+    @property
+    def closed(self) -> bool: ...
+    def cleanup_old_events(self) -> int: ...
+    def health_check(self) -> HealthStatus: ...
+    def reap_dead_writers(self) -> int: ...
+
+
+class Collector:
+    """Retention cleanup, dead-writer reaping and health checks for the ring of ``recorder``
+    (which must be writable: created, or attached with ``Recorder.attach``), in a background
+    thread between ``start()`` and ``stop()``, or a round at a time with ``run_once()``."""
+
+    def __init__(self, recorder: Maintained, logger: logging.Logger | None = None, *,
+                 health_period: float = HEALTH_PERIOD) -> None:
+        if not all(callable(getattr(recorder, m, None)) for m in ("cleanup_old_events", "health_check",
+                                                                  "reap_dead_writers")):
+            raise TypeError(f"recorder must be a Recorder, not {type(recorder).__name__}")
+        if isinstance(health_period, bool) or not isinstance(health_period, (int, float)) or not health_period > 0:
+            raise ValueError(f"health_period must be a positive number of seconds, got {health_period!r}")
+        self._rec = recorder
+        self._logger = logger if logger is not None else logging.getLogger("shmdiag")
+        cfg = recorder.config
+        self.period = min(cfg.cleanup_interval, health_period) if cfg.enable_health_check else cfg.cleanup_interval
+        self._next_cleanup = time.monotonic() + cfg.cleanup_interval
+        self.last_health: str | None = None  # the status of the last health check (logged when it changes)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run_once(self, now: float | None = None) -> None:
+        """One round: retention cleanup if ``cleanup_interval`` has passed since the last one (as
+        of ``now``, time.monotonic() seconds), then a health check (logged when its status
+        changes) or, with health checks off, reaping. Raises RecorderClosedError once the
+        recorder is closed."""
+        rec, cfg = self._rec, self._rec.config
+        if rec.closed:
+            raise RecorderClosedError(f"recorder {rec.name!r} is closed")
+        if (time.monotonic() if now is None else now) >= self._next_cleanup:
+            n = rec.cleanup_old_events()
+            self._next_cleanup = (time.monotonic() if now is None else now) + cfg.cleanup_interval
+            if n:
+                self._logger.info("shmdiag %s: retention cleanup dropped %d events", rec.name, n)
+        if cfg.enable_health_check:
+            h = rec.health_check()  # reaps dead writers first
+            if h.status != self.last_health:
+                level = logging.INFO if h.status == "healthy" else logging.WARNING
+                self._logger.log(level, "shmdiag %s health: %s (%s)", rec.name, h.status, h.message)
+                self.last_health = h.status
+        else:
+            rec.reap_dead_writers()
+
+    def start(self) -> None:
+        """Run rounds every ``period`` seconds in a daemon thread, until stop() or the recorder closes."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"shmdiag-collector-{self._rec.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for its current round to end. Idempotent, any thread."""
+        self._stop.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.run_once()
+            except RecorderClosedError:
+                return
+            except Exception:  # keep collecting; a bug here must not stop cleanup for good
+                self._logger.exception("shmdiag %s: maintenance failed", self._rec.name)

@@ -1,0 +1,363 @@
+"""Inspector: everything a ring can tell, read without writing a byte of it.
+
+``Inspector.attach(name)`` maps the ring read-only (``shm_open(O_RDONLY)``, ``mmap(PROT_READ)``,
+see ``core.segment``): it takes no writer shard, never reaps a dead writer, and a store into
+the segment is refused by the native mapping (and would be by the page protection). So any
+number of inspectors (the ``shmdiag`` command, dashboards, an HTTP endpoint) can watch a ring
+without changing what they watch, and read permission on the ring is enough.
+
+A ``Recorder`` composes one over its own, writable, segment: its reading methods are this
+class's, with the recorder's lock and closed state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import BinaryIO
+
+from shmdiag.core import layout as L
+from shmdiag.core import reader as _reader
+from shmdiag.core import snapshot as _snapshot
+from shmdiag.core.config import RecorderConfig
+from shmdiag.core.errors import RecorderClosedError
+from shmdiag.core.follow import Follower, Gap, history
+from shmdiag.core.models import (
+    DiagnosticEvent,
+    DiagnosticStats,
+    HealthStatus,
+    LatencyStats,
+    NetworkDiagnostic,
+    PeerDiagnostic,
+    Severity,
+    WriterInfo,
+)
+from shmdiag.core.segment import Segment
+from shmdiag.core.shards import writer_alive
+from shmdiag.export import stream as _export
+from shmdiag.views import health as _health
+from shmdiag.views import latency as _latency
+from shmdiag.views import peers as _peers
+from shmdiag.views import stats as _stats
+
+Accept = Callable[[DiagnosticEvent], bool]
+
+
+def _severity(value: object) -> Severity:
+    """``value`` as a Severity; ValueError (never anything else) if it is not one."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return Severity(value)  # type: ignore[arg-type]  # anything else is refused below
+    except (ValueError, TypeError):
+        raise ValueError(f"severity must be a Severity (0-4), got {value!r}") from None
+
+
+def _count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    return value
+
+
+def _accept(value: Accept | None) -> Accept | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"accept must be callable or None, not {type(value).__name__}")
+    return value
+
+
+class Inspector:
+    """A read-only view of a ring: events, stats, health, peers, latency, writers, history,
+    following and export, with the same names and types as ``Recorder``'s reading methods.
+
+    Get one with ``Inspector.attach(name)``; close it (or use ``with``) when done. Closing never
+    unlinks the ring. Thread-safe: calls are serialised by a lock; after ``close()`` they raise
+    ``RecorderClosedError`` (``health_check`` reports ``stopped``).
+    """
+
+    _seg: Segment
+    _lock: threading.RLock
+    _what: str  # "inspector", or "recorder" for a Recorder's own: errors name what was closed
+    _closed: bool
+    _release: Callable[[], object] | None  # unmaps an attached Inspector's segment
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("use Inspector.attach(name) to inspect a ring")
+
+    @classmethod
+    def attach(cls, name: str) -> Inspector:
+        """Map the ring ``name`` read-only. Raises RingNotFoundError, RingPermissionError,
+        NotARingError, LayoutVersionError or CorruptRingError (all ShmDiagError), or ValueError
+        for a name that cannot be a ring's."""
+        seg = Segment.attach(name, readonly=True)
+        self = cls._over(seg, threading.RLock(), "inspector")
+        self._release = weakref.finalize(self, seg.close)  # unmapped when dropped unclosed
+        return self
+
+    @classmethod
+    def _over(cls, seg: Segment, lock: threading.RLock, what: str) -> Inspector:
+        """An Inspector over a segment someone else maps and unmaps (the Recorder, with its lock)."""
+        self = cls.__new__(cls)
+        self._seg = seg
+        self._lock = lock
+        self._what = what
+        self._closed = False
+        self._release = None
+        return self
+
+    # -- identity --------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._seg.name
+
+    @property
+    def config(self) -> RecorderConfig:
+        """The ring's configuration, as its creator wrote it into the header."""
+        return self._seg.config
+
+    @property
+    def capacity(self) -> int:
+        """How many events the ring retains (``max_events``)."""
+        return self._seg.capacity
+
+    @property
+    def creator_pid(self) -> int:
+        """The process that created the ring (the collector, for ``shmdiag serve``)."""
+        return self._seg.creator_pid
+
+    @property
+    def created_ns(self) -> int:
+        """When the ring was created, wall clock ns since the epoch."""
+        return self._seg.created_ns
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        """The ring's file descriptor: its inode tells whether /dev/shm/<name> is still this ring."""
+        with self._lock:
+            self._check_open()
+            return self._seg.fileno()
+
+    def __enter__(self) -> Inspector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Inspector {self._seg.name!r} max_events={self._seg.capacity} {state}>"
+
+    def close(self) -> None:
+        """Unmap (an attached Inspector; never unlinks). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._release is not None:
+                self._release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RecorderClosedError(f"{self._what} {self._seg.name!r} is closed")
+
+    # -- events ----------------------------------------------------------------------------
+    def get_events(self, limit: int = 100, min_severity: Severity | int = Severity.DEBUG) -> list[DiagnosticEvent]:
+        """The most recent ``limit`` retained events at or above ``min_severity``, oldest first;
+        ``limit <= 0`` means all retained."""
+        limit = _count(limit, "limit")
+        sev = _severity(min_severity)
+        with self._lock:
+            self._check_open()
+            return _reader.read_events(self._seg, limit, int(sev))
+
+    def count_retained(self) -> int:
+        """How many events the ring retains right now (what an export or a clear would cover)."""
+        with self._lock:
+            self._check_open()
+            return _reader.count_retained(self._seg)
+
+    def history(self, n: int, min_severity: Severity | int = Severity.DEBUG, accept: Accept | None = None, *,
+                follow: bool = True) -> tuple[list[DiagnosticEvent], int]:
+        """The last ``n`` retained events at or above ``min_severity`` that ``accept`` takes,
+        oldest first, and the sequence number a :meth:`follower` should start from to deliver
+        everything after them exactly once (``core.follow.history``)."""
+        n = _count(n, "n")
+        sev = _severity(min_severity)
+        accept = _accept(accept)
+        with self._lock:
+            self._check_open()
+            return history(self._seg, n, int(sev), accept, follow=bool(follow))
+
+    def follower(self, cursor: int, *, min_severity: Severity | int = Severity.DEBUG,
+                 accept: Accept | None = None, pending_timeout: float = 2.0) -> Following:
+        """Follow the ring from sequence number ``cursor`` (from :meth:`history`): each
+        ``poll()`` returns the events since the last one, in order, and a ``Gap`` for those it
+        could not read (``core.follow.Follower``)."""
+        cursor = _count(cursor, "cursor")
+        if cursor < 0:
+            raise ValueError(f"cursor must be >= 0, got {cursor}")
+        sev = _severity(min_severity)
+        accept = _accept(accept)
+        if isinstance(pending_timeout, bool) or not isinstance(pending_timeout, (int, float)):
+            raise TypeError(f"pending_timeout must be a number, not {type(pending_timeout).__name__}")
+        if not pending_timeout > 0:
+            raise ValueError(f"pending_timeout must be positive, got {pending_timeout!r}")
+        with self._lock:
+            self._check_open()
+            return Following(self, Follower(self._seg, cursor, min_severity=int(sev), accept=accept,
+                                            pending_timeout=float(pending_timeout)))
+
+    # -- counters --------------------------------------------------------------------------
+    def get_stats(self) -> DiagnosticStats:
+        """Exact counts since creation or the last clear, from every process, overwritten events included."""
+        with self._lock:
+            self._check_open()
+            return _stats.compute(self._seg)
+
+    def accounting(self) -> _stats.Accounting:
+        """Where every recorded event went; with ``retained`` from health_check().event_count,
+        recorded == retained + overwritten + lost + abandoned + expired."""
+        with self._lock:
+            self._check_open()
+            return _stats.accounting(self._seg)
+
+    def health_check(self) -> HealthStatus:
+        """The ring's health. Never raises: a closed inspector reports ``stopped``. Dead writers
+        are reported (``writers_dead``), not reaped: that is the collector's and writers' job."""
+        with self._lock:
+            if self._closed:
+                return HealthStatus(status="stopped", message=f"{self._what} is closed",
+                                    max_events=self._seg.config.max_events)
+            seg = self._seg
+            acct = _stats.accounting(seg)
+            stats = _stats.compute(seg)
+            alive, dead = self._writer_counts()
+            h = HealthStatus(
+                status="", message="", event_count=_reader.count_retained(seg), max_events=seg.capacity,
+                total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
+                writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
+                events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
+                error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
+            )
+            h.status, h.message = _health.classify(h)
+            return h
+
+    def _writer_counts(self) -> tuple[int, int]:
+        """(alive, dead) writers: an active shard whose process is gone counts as dead until reaped."""
+        _, table = _snapshot.shards(self._seg)
+        alive = dead = 0
+        for w, start in zip(table["owner"].tolist(), table["start_time"].tolist(), strict=True):
+            if writer_alive(w, start):
+                alive += 1
+            elif L.owner_state(w) in (L.SH_ACTIVE, L.SH_DEAD, L.SH_REAPING):
+                dead += 1
+        return alive, dead
+
+    def get_latency_stats(self) -> dict[str, LatencyStats]:
+        """Per timed operation, across all processes since the last clear: count, errors, mean,
+        p50, p90, p99 and max, in seconds."""
+        with self._lock:
+            self._check_open()
+            return _latency.read(self._seg)
+
+    def get_peer_diagnostics(self) -> list[PeerDiagnostic]:
+        """Every tracked peer with an event since the last clear, or connected now."""
+        return self.get_network_diagnostic().peer_diagnostics
+
+    def get_network_diagnostic(self) -> NetworkDiagnostic:
+        """The peers, and how many events and connects concerned peers beyond ``max_peers``."""
+        with self._lock:
+            self._check_open()
+            return _peers.read(self._seg)
+
+    def get_writers(self) -> list[WriterInfo]:
+        """Every process that has written to the ring, with its counts since the last clear.
+        A writer that died without detaching is ``dead`` whether or not it has been reaped."""
+        with self._lock:
+            self._check_open()
+            base, table = _snapshot.shards(self._seg)
+        out = []
+        for sh in table:
+            w = int(sh["owner"])
+            state, pid = L.owner_state(w), L.owner_pid(w)
+            if state == L.SH_FREE:
+                continue
+            alive = writer_alive(w, int(sh["start_time"]))
+            name = "active" if alive else "exited" if state == L.SH_EXITED else "dead"
+            cur = int(sh["base"]) == base
+            counts = {f: int(sh[f]) if cur else 0 for f in ("recorded", "overwritten", "lost", "abandoned")}
+            out.append(WriterInfo(pid=pid, state=name, alive=alive, **counts))
+        return out
+
+    # -- export ----------------------------------------------------------------------------
+    def export_events(self, format: str = "json") -> bytes:
+        """All retained events, oldest first, with name, stats and health, as bytes.
+
+        ``"json"``: one document {name, exported_at, stats, health, latency, events: [...]}.
+        ``"ndjson"``: a first line {name, exported_at, stats, health, latency}, then one event per line.
+        The whole export is built in memory: for large rings use :meth:`write_export`.
+        """
+        _export.check_format(format)
+        with self._lock:
+            self._check_open()
+            return _export.export_bytes(self._seg, format, self._export_head())
+
+    def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None) -> int:
+        """Stream the export of :meth:`export_events` into the binary file ``fp`` a chunk at a
+        time (memory stays bounded whatever the ring's size); return the number of events written.
+
+        ``progress(done, total)``, if given, is called after every chunk. The events are those
+        retained when the export starts, oldest first; one that a writer overwrites before the
+        export reaches it is skipped, never waited for: the returned count's ``.skipped`` says how
+        many (see ``export.stream.write_export``). Other threads of this process wait for the
+        export to finish before reading or closing; writers never wait.
+        """
+        _export.check_format(format)
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+        with self._lock:
+            self._check_open()
+            return _export.write_export(self._seg, fp, format, self._export_head(), progress)
+
+    def _export_head(self) -> dict:
+        """Everything an export carries besides its events."""
+        latency = {op: dataclasses.asdict(st) for op, st in _latency.read(self._seg).items()}
+        return _export.export_head(self._seg.name, self.get_stats(), self.health_check(), latency=latency)
+
+
+class Following:
+    """A ``core.follow.Follower`` bound to its Inspector: a poll after the Inspector is closed
+    raises RecorderClosedError instead of reading an unmapped segment."""
+
+    def __init__(self, inspector: Inspector, follower: Follower) -> None:
+        self._insp = inspector
+        self._follower = follower
+
+    def poll(self) -> list[DiagnosticEvent | Gap]:
+        """Everything that became deliverable since the last poll: events, and Gaps before the
+        event they precede (or at the end)."""
+        with self._insp._lock:
+            self._insp._check_open()
+            return self._follower.poll()
+
+    @property
+    def cursor(self) -> int:
+        """The next sequence number to deliver."""
+        return self._follower.cursor
+
+    @property
+    def delivered(self) -> int:
+        return self._follower.delivered
+
+    @property
+    def overwritten(self) -> int:
+        return self._follower.overwritten
+
+    @property
+    def unreadable(self) -> int:
+        return self._follower.unreadable

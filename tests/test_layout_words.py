@@ -1,0 +1,66 @@
+"""The word helpers of core/layout.py decode what the native writer and the shard manager
+store, for ints and numpy arrays alike."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from shmdiag.core import layout as L
+from shmdiag.core.procs import own_start_ms
+
+
+def _fnv1a(data: bytes) -> int:
+    """_native.c's fnv1a: FNV-1a, but with 1469598103934665603 as offset basis (the standard one
+    has one more digit, ...6037); any fixed basis hashes as well, and the C is what counts."""
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & ((1 << 64) - 1)
+    return h
+
+
+def test_words_the_writers_store_decode(make_recorder):
+    rec = make_recorder(100)
+    rec.record_peer_connection("peer-1", "203.0.113.5:8333")
+    rec.record_message("peer-1", "getheaders", "inbound", 10)
+    rec.record_latency("handshake", 0.01)
+    rec.record_peer_disconnection("peer-1", "203.0.113.5:8333", "bye")
+    seg = rec._seg
+
+    j = int(np.flatnonzero(L.name_ready(seg.header["msg_state"]))[0])
+    st = int(seg.header["msg_state"][j])
+    assert L.name_ready(st) and L.name_len(st) == len("getheaders")
+    assert st == L.name_make(_fnv1a(b"getheaders"), len("getheaders"))
+
+    ops = seg.ops["name_state"]
+    k = int(np.flatnonzero(L.name_ready(ops))[0])
+    assert bytes(seg.ops["name"][k])[: L.name_len(int(ops[k]))] == b"handshake"
+
+    ks = seg.peers["key_state"]
+    (row,) = np.flatnonzero(L.key_ready(ks))
+    assert int(ks[row]) == L.key_make(_fnv1a(b"peer-1"))
+    life = int(seg.peers["life"][row])
+    assert not L.life_connected(life) and L.life_seq(life) == 3  # the disconnect, the 4th event
+    assert life == L.life_make(3, False)
+
+    owners = seg.shards["owner"]
+    mine = np.flatnonzero(L.owner_state(owners) == L.SH_ACTIVE)
+    assert L.owner_pid(owners[mine]).tolist() == [os.getpid()]
+    assert int(owners[mine[0]]) == L.owner_make(os.getpid(), L.SH_ACTIVE)
+    assert int(seg.shards["start_time"][mine[0]]) == own_start_ms()
+
+
+def test_helpers_take_ints_and_arrays_alike():
+    words = [0, 1, L.name_make(0xABCDEF, 17), L.owner_make(4_000_000, L.SH_DEAD), L.life_make(41, True),
+             L.clear_make(123, 1 << 40 | 99), L.j_make(77, L.PH_COUNTING), L.jmeta_make(5, 3, 18, L.OUT_LOST)]
+    arr = np.array(words, dtype=np.uint64)
+    for f in (L.name_ready, L.name_len, L.key_ready, L.owner_pid, L.owner_state, L.life_connected, L.life_seq,
+              L.clear_pid, L.clear_start, L.j_seq, L.j_phase):
+        valid = slice(2, None) if f in (L.life_seq, L.j_seq) else slice(None)  # sequence numbers of 0 and 1: none
+        assert f(arr)[valid].tolist() == [f(w) for w in words][valid], f.__name__
+    assert not L.name_ready(0) and not L.name_ready(1) and L.name_len(words[2]) == 17
+    assert (L.owner_pid(words[3]), L.owner_state(words[3])) == (4_000_000, L.SH_DEAD)
+    assert (L.clear_pid(words[5]), L.clear_start(words[5])) == (123, 99)
+    assert (L.j_seq(words[6]), L.j_phase(words[6])) == (77, L.PH_COUNTING)
+    assert L.jmeta_fields(words[7]) == (5, 3, 18, L.OUT_LOST)
