@@ -46,7 +46,6 @@ import logging.handlers
 import multiprocessing as mp
 import os
 import pickle
-import platform
 import shutil
 import sqlite3
 import statistics
@@ -66,6 +65,7 @@ for p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, p)
 
 from _benchlib import machine  # noqa: E402
+
 from shmdiag import Recorder  # noqa: E402
 from shmdiag.core.layout import SLOT_SIZE  # noqa: E402
 
@@ -669,7 +669,7 @@ def read_jsonl(n: int, tmp: Path, reps: int, budget: float) -> dict:
     with open(path, "wb") as f:
         chunk = []
         for row in _fill_rows(n):
-            chunk.append(dumps(dict(zip(EVENT_KEYS, row)), option=nl))
+            chunk.append(dumps(dict(zip(EVENT_KEYS, row, strict=False)), option=nl))
             if len(chunk) == 10_000:
                 f.write(b"".join(chunk))
                 chunk.clear()
@@ -711,13 +711,14 @@ def read_sqlite(n: int, tmp: Path, reps: int, budget: float) -> dict:
     size = path.stat().st_size
 
     def stats():
-        rows = conn.execute("SELECT event_type, severity, count(*) FROM events GROUP BY event_type, severity").fetchall()
+        rows = conn.execute(
+            "SELECT event_type, severity, count(*) FROM events GROUP BY event_type, severity").fetchall()
         return sum(r[2] for r in rows)
 
     def export():
         cur = conn.execute("SELECT * FROM events ORDER BY rowid")
         keys = EVENT_KEYS
-        out = orjson.dumps([dict(zip(keys, r)) for r in cur])
+        out = orjson.dumps([dict(zip(keys, r, strict=False)) for r in cur])
         (tmp / "export.json").write_bytes(out)
         return len(out)
 
@@ -781,7 +782,7 @@ def _queue_memory(n: int, reps: int, budget: float) -> dict:
 
     def export():
         keys = EVENT_KEYS
-        return len(orjson.dumps([dict(zip(keys, e)) for e in dq]))
+        return len(orjson.dumps([dict(zip(keys, e, strict=False)) for e in dq]))
 
     stats_s, stats_all, total = _timed(stats, reps, budget)
     assert total == n
@@ -904,7 +905,8 @@ def build_md(res: dict) -> str:  # noqa: C901 (one straight-line document)
     L = [
         "# shmdiag against the alternatives — one run, same workload",
         "",
-        f"- date: {res['date']}; mode: **{cfg['mode']}**; command: `python bench/compare.py{' --quick' if cfg['mode'] == 'quick' else ''}`",
+        f"- date: {res['date']}; mode: **{cfg['mode']}**; "
+        f"command: `python bench/compare.py{' --quick' if cfg['mode'] == 'quick' else ''}`",
         f"- machine: `{m['cpu_model']}`, nproc {m['nproc']}, Linux {m['kernel']}; Python {m['python']}",
         f"- shmdiag commit: {m['shmdiag_commit']}; raw figures: `compare.json`; chart: `compare.png`",
         f"- run took {res.get('elapsed_s', 0):,.0f} s; load average (1/5/15 min) before "
@@ -987,7 +989,8 @@ def build_md(res: dict) -> str:  # noqa: C901 (one straight-line document)
             "",
             "| backend | bytes per retained event | how |",
             "|---|---:|---|",
-            f"| shmdiag | {s0['bytes_per_event_segment']:,.1f} (slots alone: {s0.get('bytes_per_event_slots', 256)}) | shared-memory segment "
+            f"| shmdiag | {s0['bytes_per_event_segment']:,.1f} "
+            f"(slots alone: {s0.get('bytes_per_event_slots', 256)}) | shared-memory segment "
             f"{s0['segment_bytes']:,} B / capacity {n:,} (header, 128 writer shards and the peer table "
             f"included); RSS of the filling process grew {s0['bytes_per_event_rss']:,.1f} B/event |",
             f"| {label['mp_queue']} | {rd['mp_queue']['bytes_per_event_rss']:,.1f} | consumer RSS growth holding "
@@ -1054,7 +1057,8 @@ def build_md(res: dict) -> str:  # noqa: C901 (one straight-line document)
     if rd:
         L.append(f"| stats | 678 | {fmt_s(rd['shmdiag']['stats_s'])} `get_stats()` on {rd['shmdiag']['events']:,} "
                  "events (merges 128 shards + peer table) |")
-    L += ["", "## Method", "", "How it is measured " + __doc__.split("How it is measured ", 1)[1].strip().replace("\n", " "), ""]
+    method = __doc__.split("How it is measured ", 1)[1].strip().replace("\n", " ")
+    L += ["", "## Method", "", "How it is measured " + method, ""]
     return "\n".join(L)
 
 
@@ -1122,7 +1126,8 @@ def plot(res: dict, path: Path) -> None:
     vals = [summ[b]["single_writer"]["end_to_end_ns_per_event"] for b in names]
     caller = [summ[b]["single_writer"]["caller_ns_per_event"] for b in names]
     x = range(len(names))
-    a2.bar([i - 0.2 for i in x], vals, width=0.4, label="end-to-end", color=["C3" if b == "shmdiag" else "C0" for b in names])
+    a2.bar([i - 0.2 for i in x], vals, width=0.4, label="end-to-end",
+           color=["C3" if b == "shmdiag" else "C0" for b in names])
     a2.bar([i + 0.2 for i in x], caller, width=0.4, label="caller (loop time)", color="C7")
     for i, v in enumerate(vals):
         a2.text(i - 0.2, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)

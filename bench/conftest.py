@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-
 from _benchlib import FULL_RING, N_PEERS, build_ring, machine
-
 
 _SUMMARY: list[tuple[str, float, int]] = []
 

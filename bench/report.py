@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the shmdiag benchmarks and write bench/results/RESULTS.md.
 
-    python bench/report.py                  # run `python -m pytest bench/test_bench_*.py -q --benchmark-json=...`, then report
+    python bench/report.py                  # run `pytest bench/test_bench_*.py --benchmark-json=...`, then report
     python bench/report.py --from-json F    # report from an existing pytest-benchmark json (no run)
 
 Figures are medians per operation: each benchmark round times an inner loop of
@@ -126,13 +126,15 @@ def issue4_targets(by_name: dict, med: dict) -> list[str]:
         shm = st["extra_info"].get("segment_bytes_per_event")
         if shm is not None:
             rows.append(("<= 256 bytes of shared memory per retained event",
-                         f"{shm:,.1f} B (segment {st['extra_info']['segment_bytes']:,} B / 1,000,000; slots {st['extra_info'].get('slot_size', SLOT_SIZE)} B)",
+                         f"{shm:,.1f} B (segment {st['extra_info']['segment_bytes']:,} B / 1,000,000; "
+                         f"slots {st['extra_info'].get('slot_size', SLOT_SIZE)} B)",
                          verdict(shm <= TARGET_SHM_BYTES)))
     ex = by_name.get("test_export_events[1m]")
     if ex and "events_per_s" in ex["extra_info"]:
         v = ex["extra_info"]["events_per_s"]
-        rows.append(("export >= 1,000,000 events/s (1M ring)", f"{v:,.0f} events/s ({fmt_ns(med['test_export_events[1m]'])} "
-                     "per export)", verdict(v >= TARGET_EXPORT_EPS)))
+        rows.append(("export >= 1,000,000 events/s (1M ring)",
+                     f"{v:,.0f} events/s ({fmt_ns(med['test_export_events[1m]'])} per export)",
+                     verdict(v >= TARGET_EXPORT_EPS)))
     if not rows:
         return []
     out = ["## Issue 4 targets (this run)", "", "| target | measured | |", "|---|---|---|"]
@@ -149,7 +151,8 @@ def build(data: dict) -> str:  # noqa: C901 (one straight-line document)
     lines = ["# shmdiag benchmark results", ""]
     mach = data.get("machine_info", {}).get("shmdiag") or {**machine(), "note": "described at report time"}
     when = data.get("datetime", "")
-    run_date = when[:16].replace("T", " ") + " UTC" if when else f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    now = dt.datetime.now(dt.timezone.utc)
+    run_date = when[:16].replace("T", " ") + " UTC" if when else f"{now:%Y-%m-%d %H:%M} UTC"
     pkgs = ", ".join(f"{k} {v}" for k, v in mach.get("packages", {}).items())
     lines += [
         f"- date: {run_date}",

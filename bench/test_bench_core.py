@@ -12,8 +12,8 @@ import time
 
 import orjson
 import pytest
-
 from _benchlib import FULL_RING, N_PEERS, errors_in, fill_messages, segment_bytes, writer_main
+
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity
 from shmdiag.core.layout import SLOT_SIZE
 
@@ -73,7 +73,7 @@ def _check_jsonl(tmp_path, fd, expected_lines):
     with open(tmp_path / "diag.jsonl", "rb") as f:
         n = 0
         last = b""
-        for last in f:
+        for last in f:  # noqa: B007  (the last line is read after the loop)
             n += 1
     assert n == expected_lines
     assert orjson.loads(last)["peer_id"] == "peer-7"

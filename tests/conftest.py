@@ -1,34 +1,29 @@
-"""Shared fixtures: recorders that are always closed, unique ring names, raw segment access."""
+"""Shared fixtures: recorders that are always closed, unique ring names, processes and segments
+a test started or made, cleaned up whatever happened. Shared plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
-import mmap
 import os
-import secrets
-from contextlib import contextmanager
+import signal
+import subprocess
 
-import numpy as np
 import pytest
 
 from shmdiag import Recorder, RecorderConfig
-from shmdiag.core import layout as L
 
-SHM_DIR = "/dev/shm"
-
-
-def unique_name(tag: str = "t") -> str:
-    return f"shmdiag-test-{os.getpid()}-{tag}-{secrets.token_hex(4)}"
-
-
-def shm_path(name: str) -> str:
-    return os.path.join(SHM_DIR, name)
-
-
-def unlink_quietly(name: str) -> None:
-    try:
-        os.unlink(shm_path(name))
-    except FileNotFoundError:
-        pass
+# Still importable from conftest for modules written before helpers.py existed; import them from helpers.
+from helpers import (  # noqa: F401
+    SHM_DIR,
+    field_span,
+    fix_header_crc,
+    raw_segment,
+    read_field,
+    shm_path,
+    slot_base,
+    unique_name,
+    unlink_quietly,
+    write_field,
+)
 
 
 @pytest.fixture
@@ -73,44 +68,28 @@ def rec(make_recorder) -> Recorder:
     return make_recorder(1000)
 
 
-# -- raw access to a segment, for tampering ------------------------------------------------
-# Not SharedMemory(name=...): on Python < 3.13 it registers the segment with this process's
-# resource tracker, and unregistering again makes the tracker print a KeyError traceback when the
-# creating Recorder unlinks the ring later. A plain mmap of /dev/shm/<name> involves no tracker.
-@contextmanager
-def raw_segment(name: str):
-    fd = os.open(shm_path(name), os.O_RDWR)
-    try:
-        mm = mmap.mmap(fd, 0)
-        try:
-            yield mm
-        finally:
-            mm.close()
-    finally:
-        os.close(fd)
+@pytest.fixture
+def procs():
+    """Processes started by a test; killed (and reaped) at teardown whatever happened."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            p.kill()
+        p.wait(timeout=10)
+        for f in (p.stdout, p.stderr):
+            if f is not None:
+                f.close()
 
 
-def field_span(dtype: np.dtype, field: str, base: int = 0) -> tuple[int, np.dtype]:
-    fdtype, off = dtype.fields[field][:2]
-    return base + off, fdtype
-
-
-def read_field(mm, dtype: np.dtype, field: str, base: int = 0):
-    off, fdtype = field_span(dtype, field, base)
-    return np.frombuffer(mm[off: off + fdtype.itemsize], dtype=fdtype)[0]
-
-
-def write_field(mm, dtype: np.dtype, field: str, value, base: int = 0) -> None:
-    off, fdtype = field_span(dtype, field, base)
-    raw = np.asarray(value, dtype=fdtype.base).reshape(fdtype.shape).tobytes()
-    assert len(raw) == fdtype.itemsize
-    mm[off: off + fdtype.itemsize] = raw
-
-
-def fix_header_crc(mm) -> None:
-    write_field(mm, L.HEADER, "header_crc", L.header_crc(mm[: L.HEADER_STATIC_SIZE]))
-
-
-def slot_base(mm, slot: int) -> int:
-    """Byte offset of slot ``slot``, from the segment's own header."""
-    return int(read_field(mm, L.HEADER, "slots_off")) + slot * L.SLOT_SIZE
+@pytest.fixture
+def shm_names():
+    """Names of segments a test makes under /dev/shm by other means; removed at teardown."""
+    names: list[str] = []
+    yield names
+    for n in names:
+        unlink_quietly(n)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -18,52 +17,18 @@ import pytest
 
 from shmdiag import DiagnosticEvent, Recorder, Severity
 
-from conftest import shm_path, unique_name, unlink_quietly
-
-CLI = [sys.executable, "-m", "shmdiag"]
-
-# A writer process: attaches by name and records the operations given as JSON, then closes.
-WRITER = textwrap.dedent(
-    """
-    import json, sys, time
-    from shmdiag import DiagnosticEvent, Recorder, Severity
-    name, ops = sys.argv[1], json.loads(sys.argv[2])
-    with Recorder.attach(name) as rec:
-        for op in ops:
-            kind, args = op[0], op[1:]
-            if kind == "msg":
-                rec.record_message(*args)
-            elif kind == "conn":
-                rec.record_peer_connection(*args)
-            elif kind == "disc":
-                rec.record_peer_disconnection(*args)
-            elif kind == "err":
-                rec.record_error(*args)
-            elif kind == "lat":
-                rec.record_latency(*args)
-            elif kind == "event":
-                etype, message, sev, peer = args
-                rec.record_event(DiagnosticEvent(etype, message, Severity(sev), peer_id=peer))
-            elif kind == "many":  # n numbered probe events
-                n, tag = args
-                for i in range(n):
-                    rec.record_event(DiagnosticEvent("probe", f"{tag}:{i}", Severity.INFO, peer_id=tag))
-            elif kind == "sleep":
-                time.sleep(args[0])
-    print("done", flush=True)
-    """
+from helpers import (
+    CLI,
+    OPS_WRITER,
+    LineReader,
+    attachable,
+    run_cli,
+    shm_path,
+    start_tail,
+    unique_name,
+    wait_for,
+    write,
 )
-
-
-def run_cli(*args: str, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def write(name: str, ops: list) -> None:
-    """Record ``ops`` from a separate writer process, and wait for it."""
-    cp = subprocess.run([sys.executable, "-c", WRITER, name, json.dumps(ops)], capture_output=True, text=True,
-                        timeout=60)
-    assert cp.returncode == 0, cp.stderr
 
 
 def assert_one_error_line(cp: subprocess.CompletedProcess, status: int, *needles: str) -> str:
@@ -77,79 +42,8 @@ def assert_one_error_line(cp: subprocess.CompletedProcess, status: int, *needles
     return lines[0]
 
 
-def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def attachable(name: str) -> bool:
-    try:
-        Recorder.attach(name).close()
-        return True
-    except Exception:
-        return False
-
-
-class LineReader:
-    """Lines from a child's stdout pipe, with a deadline (never blocks the test forever)."""
-
-    def __init__(self, proc: subprocess.Popen, stream=None) -> None:
-        self.proc = proc
-        self.stream = proc.stdout if stream is None else stream
-        self.buf = b""
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.stream, selectors.EVENT_READ)
-        self.eof = False
-
-    def lines_until(self, done, timeout: float = 20.0) -> list[bytes]:
-        out: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                out.append(line)
-                if done(line, out):
-                    return out
-            if self.eof or time.monotonic() > deadline:
-                raise AssertionError(f"output ended or timed out; got {len(out)} lines, last: {out[-3:]}")
-            if self.sel.select(timeout=0.2):
-                chunk = os.read(self.stream.fileno(), 65536)
-                if not chunk:
-                    self.eof = True
-                self.buf += chunk
-
-
-@pytest.fixture
-def procs():
-    """Processes started by a test; killed (and reaped) at teardown whatever happened."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-            p.kill()
-        p.wait(timeout=10)
-        for f in (p.stdout, p.stderr):
-            if f is not None:
-                f.close()
-
-
-@pytest.fixture
-def shm_names():
-    """Names of segments a test makes under /dev/shm by other means; removed at teardown."""
-    names: list[str] = []
-    yield names
-    for n in names:
-        unlink_quietly(n)
-
-
 # -- serve ----------------------------------------------------------------------------------
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_serve_is_attachable_and_a_signal_unlinks_it(procs, shm_names, sig):
     name = unique_name("serve")
@@ -227,7 +121,8 @@ def test_serve_config_without_a_toml_reader_says_what_is_needed(tmp_path, monkey
 
 
 def test_serve_usage_errors(tmp_path, make_recorder):
-    assert_one_error_line(run_cli("serve", unique_name(), "--config", str(tmp_path / "missing.toml")), 2, "missing.toml")
+    missing = str(tmp_path / "missing.toml")
+    assert_one_error_line(run_cli("serve", unique_name(), "--config", missing), 2, "missing.toml")
     assert_one_error_line(run_cli("serve", unique_name(), "--max-events", "-5"), 2, "--max-events")
     assert_one_error_line(run_cli("serve", "bad/name"), 2, "not a valid ring name")
     rec = make_recorder(100)
@@ -262,6 +157,7 @@ def make_stale(name: str, procs: list) -> int:
     return p.pid
 
 
+@pytest.mark.multiprocess
 def test_ls_lists_live_and_stale_rings(make_recorder, procs, shm_names):
     live = make_recorder(200)
     write(live.name, [["msg", "a", "inv", "inbound", 1]] * 30)
@@ -291,7 +187,7 @@ def test_ls_lists_live_and_stale_rings(make_recorder, procs, shm_names):
 
 
 def test_ls_notes_a_corrupt_ring_and_skips_foreign_files(make_recorder, shm_names):
-    from conftest import raw_segment
+    from helpers import raw_segment
 
     rec = make_recorder(100)
     with raw_segment(rec.name) as mm:
@@ -308,6 +204,7 @@ def test_ls_notes_a_corrupt_ring_and_skips_foreign_files(make_recorder, shm_name
     assert rows[rec.name]["owner_pid"] == os.getpid()
 
 
+@pytest.mark.multiprocess
 def test_rm_refuses_live_removes_stale_and_refuses_foreign(make_recorder, procs, shm_names):
     live = make_recorder(100)
     assert_one_error_line(run_cli("rm", live.name), 1, "in use", str(os.getpid()))
@@ -343,6 +240,7 @@ def _traffic(tag: str = "") -> list:
                ["event", "block_validated", "block 871234 valid", 1, ""]])
 
 
+@pytest.mark.multiprocess
 def test_stats_text_and_json(make_recorder):
     rec = make_recorder(1000)
     write(rec.name, _traffic())
@@ -361,6 +259,7 @@ def test_stats_text_and_json(make_recorder):
     assert any(line.split()[:2] == ["ERROR", "1"] for line in cp.stdout.splitlines())
 
 
+@pytest.mark.multiprocess
 def test_health_text_json_and_exit_codes(make_recorder):
     rec = make_recorder(1000)
     write(rec.name, [["msg", "p", "inv", "inbound", 1]] * 40)
@@ -381,6 +280,7 @@ def test_health_text_json_and_exit_codes(make_recorder):
     assert rec.health_check().status == "error"
 
 
+@pytest.mark.multiprocess
 def test_peers_text_and_json(make_recorder):
     rec = make_recorder(1000)
     write(rec.name, _traffic())
@@ -407,6 +307,7 @@ def _json_lines(text: str) -> list[dict]:
     return [orjson.loads(x) for x in text.splitlines() if x.strip()]
 
 
+@pytest.mark.multiprocess
 def test_tail_last_n_and_filters(make_recorder):
     rec = make_recorder(1000)
     write(rec.name, _traffic())
@@ -437,23 +338,12 @@ def test_tail_last_n_and_filters(make_recorder):
     assert "INFO" in lines[0] and "Peer connected: 198.51.100.7:8333" in lines[0]
 
 
-def _start_tail(name: str, procs: list, *extra: str) -> tuple[subprocess.Popen, LineReader]:
-    """tail -f, started after a marker event, so that the marker's line proves it is following."""
-    marker = f"marker-{time.monotonic_ns()}"
-    write(name, [["event", "marker", marker, 1, ""]])
-    p = subprocess.Popen([*CLI, "tail", name, "-f", "-n", "1", *extra], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    procs.append(p)
-    reader = LineReader(p)
-    reader.lines_until(lambda line, _: marker.encode() in line)
-    return p, reader
-
-
+@pytest.mark.multiprocess
 def test_tail_follow_sees_new_events_in_order(make_recorder, procs):
     rec = make_recorder(10_000)
-    p, reader = _start_tail(rec.name, procs, "--json")
+    p, reader = start_tail(rec.name, procs, "--json")
     # Two writer processes at once, then an end marker after both.
-    ws = [subprocess.Popen([sys.executable, "-c", WRITER, rec.name, json.dumps([["many", 300, tag]])],
+    ws = [subprocess.Popen([sys.executable, "-c", OPS_WRITER, rec.name, json.dumps([["many", 300, tag]])],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for tag in ("a", "b")]
     procs.extend(ws)
     for w in ws:
@@ -476,9 +366,10 @@ def test_tail_follow_sees_new_events_in_order(make_recorder, procs):
     assert p.stderr.read() == b""
 
 
+@pytest.mark.multiprocess
 def test_tail_follow_filters(make_recorder, procs):
     rec = make_recorder(1000)
-    p, reader = _start_tail(rec.name, procs, "--json", "--type", "probe", "--type", "marker", "--peer", "b",
+    p, reader = start_tail(rec.name, procs, "--json", "--type", "probe", "--type", "marker", "--peer", "b",
                             "--peer", "")
     write(rec.name, [["many", 50, "a"], ["many", 50, "b"], ["msg", "b", "inv", "inbound", 1],
                      ["event", "marker", "the-end", 1, ""]])
@@ -486,9 +377,10 @@ def test_tail_follow_filters(make_recorder, procs):
     assert [g["message"] for g in got[:-1]] == [f"b:{i}" for i in range(50)]
 
 
+@pytest.mark.multiprocess
 def test_tail_follow_goes_on_across_a_clear(make_recorder, procs):
     rec = make_recorder(1000)
-    p, reader = _start_tail(rec.name, procs, "--json")
+    p, reader = start_tail(rec.name, procs, "--json")
     write(rec.name, [["many", 5, "a"]])
     assert run_cli("clear", rec.name).returncode == 0
     write(rec.name, [["many", 5, "b"], ["event", "marker", "the-end", 1, ""]])
@@ -496,10 +388,11 @@ def test_tail_follow_goes_on_across_a_clear(make_recorder, procs):
     assert [g.get("message") for g in got] == [f"a:{i}" for i in range(5)] + [f"b:{i}" for i in range(5)] + ["the-end"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("as_json", [True, False])
 def test_tail_follow_reports_overwritten_events(make_recorder, procs, as_json):
     rec = make_recorder(64)
-    p, reader = _start_tail(rec.name, procs, *(["--json"] if as_json else []))
+    p, reader = start_tail(rec.name, procs, *(["--json"] if as_json else []))
     start_seq = rec.get_events(1)[0].seq  # the marker tail printed
     os.kill(p.pid, signal.SIGSTOP)
     try:
@@ -554,7 +447,6 @@ def test_follower_waits_for_a_claimed_record_and_says_so_when_it_never_comes(mak
     inside the record) up to pending_timeout, after which it is reported unreadable. One whose
     run expired unwritten was never an event: skipped without a word. An expired record is
     reported as unreadable too. Driven in-process with a fake clock."""
-    from shmdiag.core import layout as L
     from shmdiag.core.follow import _RUN_DONE_NS, Follower, Gap, history
 
     rec = make_recorder(100)
@@ -641,6 +533,7 @@ def test_tail_without_follow_shows_the_newest_past_a_stuck_record(make_recorder)
     assert sizes == [5, 6, 7]
 
 
+@pytest.mark.multiprocess
 def test_tail_follow_survives_a_closed_pipe(make_recorder, procs):
     rec = make_recorder(1000)
     write(rec.name, [["many", 20, "x"]])
@@ -653,19 +546,21 @@ def test_tail_follow_survives_a_closed_pipe(make_recorder, procs):
     assert b"Traceback" not in p.stderr.read()
 
 
+@pytest.mark.multiprocess
 def test_tail_follow_stops_when_the_ring_is_removed(procs, shm_names):
     name = unique_name("gone")
     shm_names.append(name)
     s = subprocess.Popen([*CLI, "serve", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(s)
     wait_for(lambda: attachable(name) or s.poll() is not None, what="serve")
-    p, _ = _start_tail(name, procs)
+    p, _ = start_tail(name, procs)
     s.send_signal(signal.SIGTERM)
     assert s.wait(timeout=20) == 0
     assert p.wait(timeout=20) == 0, p.stderr.read()
     assert b"was removed" in p.stderr.read()
 
 
+@pytest.mark.multiprocess
 def test_human_output_escapes_control_characters(make_recorder):
     rec = make_recorder(100)
     write(rec.name, [["conn", "evil\x1b[2J\x00", "10.0.0.9:8333"], ["err", "evil\x1b[2J\x00", "bad\nline", "read"]])
@@ -683,6 +578,7 @@ def test_human_output_escapes_control_characters(make_recorder):
 
 
 # -- export / clear ---------------------------------------------------------------------------
+@pytest.mark.multiprocess
 def test_export_json_and_ndjson(make_recorder, tmp_path):
     rec = make_recorder(500)
     write(rec.name, _traffic() + [["many", 600, "x"]])  # overwrites: 500 retained
@@ -728,6 +624,7 @@ def test_export_shows_progress_on_a_terminal_for_a_large_ring(make_recorder, tmp
     assert sum(1 for line in out.read_bytes().splitlines() if b'"seq"' in line) == 60_000
 
 
+@pytest.mark.multiprocess
 def test_clear(make_recorder):
     rec = make_recorder(100)
     write(rec.name, _traffic())
@@ -760,7 +657,7 @@ def test_not_a_ring_is_one_line(shm_names):
 def test_corrupt_and_other_version_rings_are_one_line(make_recorder):
     from shmdiag.core import layout as L
 
-    from conftest import fix_header_crc, raw_segment, write_field
+    from helpers import fix_header_crc, raw_segment, write_field
 
     rec = make_recorder(100)
     with raw_segment(rec.name) as mm:
@@ -835,6 +732,7 @@ def test_loadgen_is_wired():
     assert cp.stdout.startswith("usage: shmdiag loadgen")
 
 
+@pytest.mark.multiprocess
 def test_inspectors_do_not_write_into_the_ring(make_recorder):
     rec = make_recorder(200)
     write(rec.name, _traffic())

@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from conftest import shm_path, unique_name
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity
+
+from helpers import shm_path, unique_name
 
 
 def test_defaults_exactly():

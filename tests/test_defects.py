@@ -18,13 +18,17 @@ import pytest
 from shmdiag import NotARingError, Recorder, ShmDiagError
 from shmdiag.core import layout as L
 
-from conftest import raw_segment, read_field, shm_path, slot_base, unique_name, unlink_quietly, write_field
-
-CLI = [sys.executable, "-m", "shmdiag"]
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+from helpers import (
+    CLI,
+    raw_segment,
+    read_field,
+    run_cli,
+    shm_path,
+    slot_base,
+    unique_name,
+    unlink_quietly,
+    write_field,
+)
 
 
 def assert_clean(cp: subprocess.CompletedProcess) -> None:
@@ -68,6 +72,7 @@ CLEARER = textwrap.dedent(
 )
 
 
+@pytest.mark.multiprocess
 def test_a_hundred_clears_from_two_processes_keep_the_books(make_recorder):
     """Two processes each record and clear 100 times, interleaved, with a full peer table so
     untracked connects also land in the header: afterwards nothing from before the last clear

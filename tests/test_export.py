@@ -16,7 +16,7 @@ NASTY = 'quote " backslash \\ newline \n tab \t cr \r ñ 日本 😀 \x01 </scri
 
 
 def parse_ts(s: str) -> datetime:
-    assert s.endswith("Z") or s.endswith("+00:00"), s
+    assert s.endswith(("Z", "+00:00")), s
     ts = datetime.fromisoformat(s.replace("Z", "+00:00"))
     assert ts.utcoffset() == timedelta(0)
     return ts

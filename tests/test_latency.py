@@ -4,8 +4,8 @@ however many events the ring has overwritten."""
 from __future__ import annotations
 
 import math
-import os
 import multiprocessing as mp
+import os
 import time
 
 import numpy as np
@@ -130,7 +130,7 @@ def test_native_and_python_bucket_functions_agree(rec):
 
 
 def test_clear_resets_latency_and_later_samples_count_alone(rec):
-    for i in range(100):
+    for _ in range(100):
         rec.record_latency("op", 1.0)
     for _ in range(3):  # both banks, each reused
         rec.clear_events()
@@ -157,6 +157,7 @@ def _latency_writer(name: str, seed: int, n: int, barrier) -> None:
     rec.close()
 
 
+@pytest.mark.multiprocess
 def test_percentiles_across_processes(make_recorder):
     r = make_recorder(100)
     ctx = mp.get_context("spawn")

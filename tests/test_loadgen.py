@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from shmdiag.loadgen import generator as _loadgen
-
 from shmdiag.loadgen import profile as P
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,6 +118,7 @@ def test_simulated_mix_errors_are_a_few_percent_and_lifecycles_make_sense():
 
 
 # -- runs in real processes -------------------------------------------------------------------------
+@pytest.mark.multiprocess
 def test_cli_json_reconciles():
     r = _tool("--writers", "2", "--duration", "1", "--seed", "3", "--max-events", "20000", "--json")
     assert r.returncode == 0, r.stderr
@@ -138,6 +138,7 @@ def test_cli_json_reconciles():
     assert not os.path.exists(f"/dev/shm/{report['ring']}")  # created, so removed at the end
 
 
+@pytest.mark.multiprocess
 def test_run_load_against_the_tests_ring(make_recorder):
     rec = make_recorder(5000)
     report = _loadgen.run_load(ring=rec.name, writers=3, events=7000, seed=11)
@@ -172,6 +173,7 @@ def test_run_load_against_the_tests_ring(make_recorder):
         assert pids == {pid_of[peer.split("-")[0]]}, (peer, pids)
 
 
+@pytest.mark.multiprocess
 def test_rate_limits_roughly():
     report = _loadgen.run_load(writers=2, duration=1.5, rate=1000, seed=5)
     _consistent(report)
@@ -181,6 +183,8 @@ def test_rate_limits_roughly():
         assert w["cpu_pct"] < 85, w  # it sleeps rather than spins (start-up included)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_chaos_kills_and_replaces_writers_and_the_ring_reconciles():
     report = _loadgen.run_load(writers=3, duration=3.0, chaos=0.7, seed=2, max_events=50_000)
     _consistent(report)
@@ -218,6 +222,7 @@ def test_bad_arguments_one_line_no_traceback(args, code, text):
     assert r.stderr.count("\n") == 1 and text in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.multiprocess
 def test_progress_line_on_a_terminal():
     pexpect = pytest.importorskip("pexpect")
     child = pexpect.spawn(TOOL[0], TOOL[1:] + ["--writers", "1", "--duration", "1.5"], cwd=str(ROOT),

@@ -12,90 +12,16 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity
+from shmdiag import Recorder
 from shmdiag.core import layout as L
 
-# The code an unrelated writer runs: `python -c WRITER <name> <writer> <threads> <n> <gofile>`.
-WRITER = textwrap.dedent(
-    """
-    import os, sys, threading, time
-    from shmdiag import DiagnosticEvent, Recorder
-    name, w, threads, n, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-
-    def run(rec, t):
-        peer = f"w{w}t{t}"
-        for i in range(n):
-            if i % 4 == 0:
-                rec.record_event(DiagnosticEvent("probe", f"{w}:{t}:{i}", peer_id=peer,
-                                                 metadata={"w": w, "t": t, "i": i}))
-            else:
-                rec.record_message(peer, f"m{w}.{t}.{i}", "outbound", i)
-
-    rec = Recorder.attach(name)
-    while not os.path.exists(go):
-        time.sleep(0.001)
-    ts = [threading.Thread(target=run, args=(rec, t)) for t in range(threads)]
-    for th in ts: th.start()
-    for th in ts: th.join()
-    if len(sys.argv) < 7:
-        rec.close()
-    """
-)
-
-
-def _mp_writer(name: str, w: int, threads: int, n: int, go: str) -> None:
-    """The same writer, started by multiprocessing (spawn) instead of `python -c`."""
-    sys.argv = ["-c", name, str(w), str(threads), str(n), go]
-    exec(compile(WRITER, "<writer>", "exec"), {"__name__": "__writer__"})
-
-
-def _popen_writer(name: str, w: int, threads: int, n: int, go: Path, *, close: bool = True) -> subprocess.Popen:
-    args = [sys.executable, "-c", WRITER, name, str(w), str(threads), str(n), str(go)]
-    if not close:
-        args.append("no-close")
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def check_intact(events: list[DiagnosticEvent]) -> dict[tuple[int, int], list[int]]:
-    """Assert each event's fields agree with each other; return i's per (writer, thread) in seq order."""
-    seqs = [e.seq for e in events]
-    assert seqs == sorted(seqs), "events must come oldest first"
-    assert len(set(seqs)) == len(seqs), "duplicate sequence numbers"
-    per: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for e in events:
-        assert e.peer_id.startswith("w") and "t" in e.peer_id, e
-        w, t = (int(x) for x in e.peer_id[1:].split("t"))
-        if e.event_type == "probe":
-            assert e.message == f"{w}:{t}:{e.metadata['i']}", e
-            assert e.metadata["w"] == w and e.metadata["t"] == t, e
-            i = e.metadata["i"]
-            assert i % 4 == 0 and e.severity == Severity.INFO, e
-        else:
-            assert e.event_type == "message" and e.severity == Severity.DEBUG, e
-            i = e.metadata["size"]
-            assert e.metadata["message_type"] == f"m{w}.{t}.{i}", e
-            assert e.metadata["direction"] == "outbound" and i % 4 != 0, e
-        assert not e.truncated
-        per[(w, t)].append(i)
-    for key, seen in per.items():
-        assert seen == sorted(seen) and len(set(seen)) == len(seen), f"writer {key} out of order or repeated"
-    return per
-
-
-def reconcile(rec: Recorder, hijacked: int = 0) -> None:
-    """recorded == retained + overwritten + lost + abandoned + expired, exactly (no writer in flight)."""
-    acct = rec.accounting()
-    retained = len(rec.get_events(0))
-    assert acct.in_flight == 0, acct
-    assert acct.recorded == retained + acct.overwritten + acct.lost + acct.abandoned + acct.expired + hijacked, (
-        acct, retained)
+from helpers import check_intact, mp_writer, popen_writer, reconcile
 
 
 def wait_writing(rec: Recorder, procs: list[subprocess.Popen], timeout: float = 60) -> None:
@@ -128,14 +54,16 @@ class _Alarm:
         signal.signal(signal.SIGALRM, self.old)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_many_writers_many_threads(tmp_path):
     """1. 8+ processes (unrelated `python -c` ones and multiprocessing ones), 3 threads each."""
     writers, threads, n = 8, 3, 3000
     go = tmp_path / "go"
     with Recorder(max_events=20_000) as rec:
-        procs = [_popen_writer(rec.name, w, threads, n, go) for w in range(5)]
+        procs = [popen_writer(rec.name, w, threads, n, go) for w in range(5)]
         ctx = mp.get_context("spawn")
-        mps = [ctx.Process(target=_mp_writer, args=(rec.name, w, threads, n, str(go))) for w in range(5, writers)]
+        mps = [ctx.Process(target=mp_writer, args=(rec.name, w, threads, n, str(go))) for w in range(5, writers)]
         for p in mps:
             p.start()
         time.sleep(0.5)
@@ -161,33 +89,36 @@ def test_many_writers_many_threads(tmp_path):
         assert h.writers_dead == 0, h
 
 
+@pytest.mark.multiprocess
 def test_one_writer_fills_whole_capacity(tmp_path):
     """2. max_events is the total capacity: one active writer fills all of it."""
     go = tmp_path / "go"
     go.touch()
     with Recorder(max_events=1000) as rec:
-        p = _popen_writer(rec.name, 0, 1, 1000, go)
+        p = popen_writer(rec.name, 0, 1, 1000, go)
         assert p.wait(60) == 0
         events = rec.get_events(0)
         assert len(events) == 1000
         assert len({e.pid for e in events}) == 1
         check_intact(events)
     with Recorder(max_events=3) as small:
-        p = _popen_writer(small.name, 0, 1, 5, go)
+        p = popen_writer(small.name, 0, 1, 5, go)
         assert p.wait(60) == 0
         got = small.get_events(0)
         assert [e.metadata.get("i", e.metadata.get("size")) for e in got] == [2, 3, 4]
         assert small.get_stats().total_events == 5
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("capacity", [4096, 1 << 16])  # runs of 4 and of 64 sequence numbers
 def test_sigkilled_writers_never_block_or_corrupt(tmp_path, capacity):
     """3. Writers SIGKILLed mid-stream: the others finish, nothing torn is returned, counts reconcile."""
     go = tmp_path / "go"
     go.touch()
     with Recorder(max_events=capacity) as rec:
-        survivors = [_popen_writer(rec.name, w, 2, 20_000, go) for w in range(3)]
-        victims = [_popen_writer(rec.name, 10 + k, 1, 10_000_000, go) for k in range(4)]
+        survivors = [popen_writer(rec.name, w, 2, 20_000, go) for w in range(3)]
+        victims = [popen_writer(rec.name, 10 + k, 1, 10_000_000, go) for k in range(4)]
         wait_writing(rec, victims)
         for v in victims:
             time.sleep(0.1)
@@ -231,6 +162,7 @@ def _die_mid_record(name: str, phase: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("phase", [L.PH_CLAIMED, L.PH_OWNED])
 def test_half_written_record_is_never_returned(phase):
     """3. A writer killed inside a record: the record is never read, the slot is recovered, the event
@@ -257,13 +189,7 @@ def test_half_written_record_is_never_returned(phase):
         reconcile(rec)
 
 
-def _attach_and_exit(name: str, close: bool) -> None:
-    rec = Recorder.attach(name)
-    rec.record_peer_connection(f"peer-{os.getpid()}", "127.0.0.1:8333")
-    if close:
-        rec.close()
-
-
+@pytest.mark.multiprocess
 def test_attachers_exiting_never_destroy_the_segment(tmp_path):
     """4. Processes that attach and exit (closing or not) leave the ring alone; the creator's close
     is silent: no resource-tracker warning, no traceback."""
@@ -272,14 +198,15 @@ def test_attachers_exiting_never_destroy_the_segment(tmp_path):
         import multiprocessing as mp, os, subprocess, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from shmdiag import Recorder
-        from test_multiprocess import _attach_and_exit
+        from helpers import attach_and_exit
         if __name__ == "__main__":
             rec = Recorder(max_events=100)
             for method in ("spawn", "fork", "forkserver"):
                 for close in (True, False):
-                    p = mp.get_context(method).Process(target=_attach_and_exit, args=(rec.name, close))
+                    p = mp.get_context(method).Process(target=attach_and_exit, args=(rec.name, close))
                     p.start(); p.join(); assert p.exitcode == 0
-            code = "import sys; from shmdiag import Recorder; r = Recorder.attach(sys.argv[1]); r.record_message('x', 'ping', 'inbound', 8)"
+            code = ("import sys; from shmdiag import Recorder; r = Recorder.attach(sys.argv[1]); "
+                    "r.record_message('x', 'ping', 'inbound', 8)")
             subprocess.run([sys.executable, "-c", code, rec.name], check=True)
             assert os.path.exists("/dev/shm/" + rec.name), "an attacher destroyed the ring"
             stats = rec.get_stats()
@@ -296,6 +223,7 @@ def test_attachers_exiting_never_destroy_the_segment(tmp_path):
     assert r.stderr == "", r.stderr
 
 
+@pytest.mark.multiprocess
 def test_fork_child_writes_through_inherited_recorder():
     """A recorder inherited across fork writes with the child's pid into a shard of its own,
     and the child's exit neither unlinks the ring nor counts as a dead writer."""
@@ -321,12 +249,13 @@ def test_segment_mode_is_owner_only():
         os.umask(old)
 
 
+@pytest.mark.multiprocess
 def test_stopped_writer_never_blocks_reads(tmp_path):
     """6. A SIGSTOPped writer (very likely mid-record) never makes a read, or another writer, wait."""
     go = tmp_path / "go"
     go.touch()
     with Recorder(max_events=256) as rec:
-        stopped = [_popen_writer(rec.name, 20 + k, 1, 10_000_000, go, close=False) for k in range(3)]
+        stopped = [popen_writer(rec.name, 20 + k, 1, 10_000_000, go, close=False) for k in range(3)]
         try:
             wait_writing(rec, stopped)
             for p in stopped:
@@ -338,7 +267,7 @@ def test_stopped_writer_never_blocks_reads(tmp_path):
                     rec.health_check()
                     rec.export_events()
                 # other writers go on: the stopped writers' busy slots cost counted losses at worst
-                other = _popen_writer(rec.name, 1, 2, 5000, go)
+                other = popen_writer(rec.name, 1, 2, 5000, go)
                 out, err = other.communicate(timeout=60)
                 assert other.returncode == 0, err.decode()
             check_intact(rec.get_events(0))
@@ -371,6 +300,7 @@ def test_busy_slot_is_skipped_by_readers_and_writers():
         assert rec.health_check().status in ("warning", "degraded", "error")
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("capacity", [1000, 1 << 16])  # one sequence number at a time, runs of 64
 def test_clear_from_another_process_while_writing(tmp_path, capacity):
     """clear_events() from any process: everyone sees an empty ring and zeroed stats; writers that
@@ -378,10 +308,11 @@ def test_clear_from_another_process_while_writing(tmp_path, capacity):
     go = tmp_path / "go"
     go.touch()
     with Recorder(max_events=capacity) as rec:
-        writer = _popen_writer(rec.name, 0, 1, 10_000_000, go, close=False)
+        writer = popen_writer(rec.name, 0, 1, 10_000_000, go, close=False)
         try:
             wait_writing(rec, [writer])
-            code = "import sys; from shmdiag import Recorder; r = Recorder.attach(sys.argv[1]); r.clear_events(); r.close()"
+            code = ("import sys; from shmdiag import Recorder; r = Recorder.attach(sys.argv[1]); "
+                    "r.clear_events(); r.close()")
             subprocess.run([sys.executable, "-c", code, rec.name], check=True, timeout=60)
             writer.kill()
             writer.wait()

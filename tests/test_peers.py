@@ -157,6 +157,7 @@ def _peer_writer(name: str, w: int, n: int, barrier) -> None:
     rec.close()
 
 
+@pytest.mark.multiprocess
 def test_many_processes_each_count_exactly(make_recorder):
     writers, n = 4, 3000
     r = make_recorder(64)  # tiny ring: almost everything is overwritten

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from shmdiag.core import layout as L
 from shmdiag.core.follow import _RUN_DONE_NS, Follower, history
 
-from test_cli import LineReader, _start_tail, procs, write  # noqa: F401  (procs: a fixture)
-from test_multiprocess import _popen_writer, check_intact, reconcile
+from helpers import LineReader, check_intact, end_mid_run, popen_writer, reconcile, run_of, start_tail, write
 
 BIG = 1 << 16  # run_max(BIG) == RUN_MAX
 TTL = _RUN_DONE_NS / 1e9  # a run's life, plus the resolution of the clock writers time it with
@@ -27,41 +27,17 @@ def test_run_length_grows_with_the_ring():
     assert [L.run_max(c) for c in (1, 100, 2047, 2048, 4096, 16_384, BIG, 1 << 20)] == [1, 1, 1, 2, 4, 16, 64, 64]
 
 
-def _run(rec) -> tuple[int, int]:
-    """(first seq, length) of the run this process's shard says it uses."""
-    word = int(rec._seg.shards["run"][rec._shards.index])
-    assert word > L.RUN_CLAIMING, word
-    first, end = L.run_span(word)
-    return first, end - first
-
-
 def _burst(rec, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        for i in range(100):
+        for _ in range(100):
             rec.record_message("fast", "inv", "inbound", 37)
-
-
-def _written(rec, first: int, n: int) -> int:
-    """How many seqs of the run [first, first + n) their slots hold."""
-    seqs = range(first, first + n)
-    return sum(int(L.w_seq(int(rec._seg.slots["w"][s % rec._seg.capacity]))) == s for s in seqs)
-
-
-def _end_mid_run(rec) -> tuple[int, int, int]:
-    """Record until this process's run is partly used; return (first, length, used)."""
-    while True:
-        first, n = _run(rec)
-        used = _written(rec, first, n)
-        if 0 < used < n:
-            return first, n, used
-        rec.record_message("fast", "inv", "inbound", 37)
 
 
 def test_a_fast_writer_claims_long_runs_and_a_slow_one_single_seqs(make_recorder):
     rec = make_recorder(BIG)
     _burst(rec, 5 * TTL)
-    first, n, used = _end_mid_run(rec)
+    first, n, used = end_mid_run(rec)
     assert n == L.RUN_MAX
 
     # Quiet for longer than a run lives: the rest of the run is given up, unused. The writer
@@ -72,13 +48,13 @@ def test_a_fast_writer_claims_long_runs_and_a_slow_one_single_seqs(make_recorder
     _, cursor = history(rec._seg, 0)
     follower = Follower(rec._seg, cursor)
     seqs = []
-    for i in range(4):
+    for _ in range(4):
         time.sleep(2.5 * TTL)
         rec.record_message("slow", "ping", "outbound", 8)
         seqs.append(rec.get_events(1)[0].seq)
     assert seqs[0] >= first + n, "the event went to a new run, not the stale one"
     assert seqs == list(range(seqs[0], seqs[0] + 4)), "a slow writer claims one seq at a time"
-    assert _run(rec) == (seqs[-1], 1)
+    assert run_of(rec) == (seqs[-1], 1)
     assert raw((first + used) % BIG) == before, "the slot taken back is as it was"
 
     # A follower goes straight past the unused seqs: nothing held back, no gap reported.
@@ -92,21 +68,23 @@ def test_a_clear_starts_a_new_run(make_recorder):
     the new generation's base, and would vanish from the stats."""
     rec = make_recorder(BIG)
     _burst(rec, 3 * TTL)
-    first, n = _run(rec)
+    first, n = run_of(rec)
     rec.clear_events()
     rec.record_message("p", "inv", "inbound", 1)
     assert rec.get_stats().total_events == 1
     assert [e.metadata["size"] for e in rec.get_events(0)] == [1]
-    assert _run(rec)[0] >= first + n
+    assert run_of(rec)[0] >= first + n
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_many_writers_with_runs_lap_the_ring_and_the_books_balance(tmp_path: Path, make_recorder):
     """Four writer processes of two threads each, fast enough to claim long runs and to lap a
     64Ki ring several times: every retained event intact and once, each thread's events in
     order, and recorded == retained + overwritten + lost + abandoned + expired."""
     rec = make_recorder(BIG, max_writers=16)
     go = tmp_path / "go"
-    procs = [_popen_writer(rec.name, w, 2, 40_000, go) for w in range(4)]
+    procs = [popen_writer(rec.name, w, 2, 40_000, go) for w in range(4)]
     try:
         rec.record_message("w9t9", "m9.9.1", "outbound", 1)  # the creator holds a run too
         go.touch()
@@ -123,22 +101,23 @@ def test_many_writers_with_runs_lap_the_ring_and_the_books_balance(tmp_path: Pat
     reconcile(rec)
     # The ring really was shared in runs: long stretches of consecutive seqs from one process.
     pids = [e.pid for e in events]
-    stretches = 1 + sum(a != b for a, b in zip(pids, pids[1:]))
+    stretches = 1 + sum(a != b for a, b in zip(pids, pids[1:], strict=False))
     assert stretches < len(events) / 8, stretches
 
 
+@pytest.mark.multiprocess
 def test_tail_follow_is_not_held_back_by_a_writer_gone_quiet_mid_run(make_recorder, procs):
     """A writer process that recorded fast (long runs) and then went quiet, still alive, holds
     the unused rest of its run. `tail -f` must deliver other writers' later events anyway, and
     report no gap for seqs that were never events."""
     rec = make_recorder(BIG)
-    tail, reader = _start_tail(rec.name, procs, "--json")
+    tail, reader = start_tail(rec.name, procs, "--json")
     # ~20 events a millisecond (runs of 64), then quiet, alive, in the middle of a run.
     quiet = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent("""
             import sys, time
             sys.path.insert(0, sys.argv[2])
-            from test_runs import _end_mid_run
+            from helpers import end_mid_run
             from shmdiag import Recorder
             rec = Recorder.attach(sys.argv[1])
             end = time.monotonic() + 0.2
@@ -146,7 +125,7 @@ def test_tail_follow_is_not_held_back_by_a_writer_gone_quiet_mid_run(make_record
                 for _ in range(20):
                     rec.record_message("quiet", "inv", "inbound", 37)
                 time.sleep(0.001)
-            first, n, used = _end_mid_run(rec)
+            first, n, used = end_mid_run(rec)
             print(rec.accounting().recorded, first, n, used, flush=True)
             time.sleep(60)
             """), rec.name, str(Path(__file__).parent)],

@@ -12,15 +12,6 @@ import numpy as np
 import orjson
 import pytest
 
-from conftest import (
-    fix_header_crc,
-    raw_segment,
-    read_field,
-    shm_path,
-    slot_base,
-    unique_name,
-    write_field,
-)
 from shmdiag import (
     CorruptRingError,
     DiagnosticEvent,
@@ -34,6 +25,16 @@ from shmdiag import (
     ShmDiagError,
 )
 from shmdiag.core import layout as L
+
+from helpers import (
+    fix_header_crc,
+    raw_segment,
+    read_field,
+    shm_path,
+    slot_base,
+    unique_name,
+    write_field,
+)
 
 STATIC = L.HEADER_STATIC_SIZE + 4  # the static part and its CRC
 

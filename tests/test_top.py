@@ -115,6 +115,7 @@ def _row_of(text: str, word: str) -> str:
     return next(line for line in text.splitlines() if word in line)
 
 
+@pytest.mark.multiprocess
 def test_top_shows_the_ring_and_quits_cleanly(busy_ring, terms):
     rec, writer_pid = busy_ring
     t = Term(["-m", "shmdiag", "top", rec.name, "--interval", "0.3"])
@@ -139,6 +140,7 @@ def test_top_shows_the_ring_and_quits_cleanly(busy_ring, terms):
     assert b"Traceback" not in raw
 
 
+@pytest.mark.multiprocess
 def test_top_survives_small_and_resized_terminals(busy_ring, terms):
     rec, writer_pid = busy_ring
     t = Term(["-m", "shmdiag", "top", rec.name, "--interval", "0.2"], rows=8, cols=30)
@@ -232,6 +234,7 @@ def test_render_fits_any_size_and_computes_rates(make_recorder):
     assert text.splitlines()[2].startswith("- ev/s")
 
 
+@pytest.mark.multiprocess
 def test_attached_top_never_writes(busy_ring):
     rec, _ = busy_ring
     from shmdiag.cli import top as _top
