@@ -287,6 +287,16 @@ def test_attach_to_symlink_is_not_a_ring(shm_entry, make_recorder):
         Recorder.attach(shm_entry)
 
 
+def test_attach_to_fifo_is_refused_not_a_hang(shm_entry):
+    """shm_open of a FIFO would wait for a writer (read-only) before anything could refuse it."""
+    os.mkfifo(shm_path(shm_entry))
+    cp = run_cli("stats", shm_entry, timeout=30)
+    assert_clean(cp)
+    assert cp.returncode != 0 and "not a regular file" in cp.stderr
+    with pytest.raises(NotARingError, match="not a regular file"):
+        Recorder.attach(shm_entry)
+
+
 # -- 9. the log gets a bounded text, as the ring does ----------------------------------------
 def test_record_error_logs_a_bounded_text(make_recorder):
     records: list[logging.LogRecord] = []

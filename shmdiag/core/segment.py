@@ -180,7 +180,10 @@ class Segment:
         that must not write: see the module docstring); read permission on it is then enough."""
         validate_name(name)
         try:
-            fd = _posixshmem.shm_open("/" + name, os.O_RDONLY if readonly else os.O_RDWR, mode=0o600)
+            # O_NONBLOCK: opening a FIFO placed under the name must not wait for a writer (it is
+            # refused below as not a regular file); for a regular file the flag changes nothing.
+            flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_NONBLOCK
+            fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
         except FileNotFoundError:
             raise RingNotFoundError(f"no shmdiag ring named {name!r} (no /dev/shm/{name})") from None
         except PermissionError:
