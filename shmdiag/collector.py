@@ -11,6 +11,14 @@ left is upkeep that no single writer can be trusted to do:
 * **health**: with ``enable_health_check``, a health check every 30 s (or every
   ``cleanup_interval`` if shorter) whose changes are logged; it reaps dead writers first.
 
+* **ownership**: while it runs (``start()`` to ``stop()``) the collector is named in the ring's
+  header (pid and start time), so readers can tell a ring whose collector was killed (``health``
+  says ``error``, ``ls`` shows it dead) from one that never had one, and ``shmdiag serve`` can
+  adopt the first. Only one live process collects a ring: ``start()`` raises RingInUseError if
+  another does;
+* **the ring's name**: every round checks that /dev/shm/<name> still leads to this ring (the
+  recorder logs a warning once if it was removed or replaced).
+
 A creating ``Recorder`` starts one; ``shmdiag serve`` creates the ring without one and runs its
 own, logging to stderr. The collector drives anything that can clean up, reap and check health
 (:class:`Maintained`, which ``Recorder`` is), so it sits below the Recorder and imports nothing
@@ -44,6 +52,9 @@ class Maintained(Protocol):
     def cleanup_old_events(self) -> int: ...
     def health_check(self) -> HealthStatus: ...
     def reap_dead_writers(self) -> int: ...
+    def check_ring(self) -> str: ...
+    def claim_collector(self) -> None: ...
+    def release_collector(self) -> None: ...
 
 
 class Collector:
@@ -54,7 +65,8 @@ class Collector:
     def __init__(self, recorder: Maintained, logger: logging.Logger | None = None, *,
                  health_period: float = HEALTH_PERIOD) -> None:
         if not all(callable(getattr(recorder, m, None)) for m in ("cleanup_old_events", "health_check",
-                                                                  "reap_dead_writers")):
+                                                                  "reap_dead_writers", "check_ring",
+                                                                  "claim_collector", "release_collector")):
             raise TypeError(f"recorder must be a Recorder, not {type(recorder).__name__}")
         if isinstance(health_period, bool) or not isinstance(health_period, (int, float)) or not health_period > 0:
             raise ValueError(f"health_period must be a positive number of seconds, got {health_period!r}")
@@ -66,6 +78,7 @@ class Collector:
         self.last_health: str | None = None  # the status of the last health check (logged when it changes)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._claimed = False
 
     @property
     def running(self) -> bool:
@@ -79,6 +92,7 @@ class Collector:
         rec, cfg = self._rec, self._rec.config
         if rec.closed:
             raise RecorderClosedError(f"recorder {rec.name!r} is closed")
+        rec.check_ring()  # logs once if the ring's name was removed or replaced
         if (time.monotonic() if now is None else now) >= self._next_cleanup:
             n = rec.cleanup_old_events()
             self._next_cleanup = (time.monotonic() if now is None else now) + cfg.cleanup_interval
@@ -94,9 +108,13 @@ class Collector:
             rec.reap_dead_writers()
 
     def start(self) -> None:
-        """Run rounds every ``period`` seconds in a daemon thread, until stop() or the recorder closes."""
+        """Name this process the ring's collector (RingInUseError if another live process is),
+        then run rounds every ``period`` seconds in a daemon thread, until stop() or the
+        recorder closes."""
         if self.running:
             return
+        self._rec.claim_collector()
+        self._claimed = True
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"shmdiag-collector-{self._rec.name}", daemon=True)
         self._thread.start()
@@ -107,6 +125,9 @@ class Collector:
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join()
+        if self._claimed:
+            self._claimed = False
+            self._rec.release_collector()  # a clean stop: the ring no longer expects this collector
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from shmdiag.core import layout as L
+from shmdiag.core import owners as _owners
 from shmdiag.core import reader as _reader
 from shmdiag.core import snapshot as _snapshot
 from shmdiag.core.config import RecorderConfig
@@ -228,7 +229,10 @@ class Inspector:
 
     def health_check(self) -> HealthStatus:
         """The ring's health. Never raises: a closed inspector reports ``stopped``. Dead writers
-        are reported (``writers_dead``), not reaped: that is the collector's and writers' job."""
+        are reported (``writers_dead``), not reaped: that is the collector's and writers' job.
+        A killed collector (``collector_alive`` False) and a ring whose name was removed or
+        now leads to another segment (``detached``) are errors; a ring without a collector
+        (``collector_pid`` 0) expects none."""
         with self._lock:
             if self._closed:
                 return HealthStatus(status="stopped", message=f"{self._what} is closed",
@@ -243,7 +247,11 @@ class Inspector:
                 writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
                 events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
                 error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
+                detached=seg.link_state(),
             )
+            collector = _owners.collector_of(seg)
+            if collector is not None:
+                h.collector_pid, h.collector_alive = collector.pid, collector.alive
             h.status, h.message = _health.classify(h)
             return h
 

@@ -16,6 +16,7 @@ from shmdiag.collector import Collector
 from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
 from shmdiag.core import maintenance
+from shmdiag.core import owners as _owners
 from shmdiag.core import reader as _reader
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
@@ -85,27 +86,43 @@ def _encode_metadata(metadata: object, room: int) -> tuple[bytes, bool]:
 class Recorder:
     """A diagnostics recorder on a named shared-memory ring.
 
-    ``Recorder(...)`` and ``Recorder.with_config(...)`` create a ring (and unlink it on close);
-    ``Recorder.attach(name)`` joins one from any process, to write and to read. Its reading
-    methods are those of an :class:`~shmdiag.Inspector` over the same ring (which a process
-    that only reads should use instead: it maps the ring read-only).
+    ``Recorder(...)`` and ``Recorder.with_config(...)`` create a ring; ``Recorder.attach(name)``
+    joins one from any process, to write and to read. Its reading methods are those of an
+    :class:`~shmdiag.Inspector` over the same ring (which a process that only reads should use
+    instead: it maps the ring read-only).
+
+    **Who removes the ring.** By default the creating recorder does, when it is closed (or
+    garbage-collected, or at interpreter exit), and if its process is killed the resource
+    tracker does: a ring made by a short script leaves nothing behind. With ``persist=True``
+    the ring outlives its creator, closed or killed (``shmdiag serve`` creates its ring so, and
+    removes it itself on a clean stop): remove it with ``close(remove=True)`` or
+    ``shmdiag rm NAME``. An attached recorder never removes the ring unless asked
+    (``close(remove=True)``).
 
     A creating recorder runs the ring's collector (``shmdiag.collector``) in a thread until it
     is closed; ``collector=False`` leaves that to the caller (``shmdiag serve`` runs its own).
+
+    ``health_check()`` (and the collector's rounds) notice when the ring's name was removed or
+    now leads to another segment -- this process then records into a ring nobody else can
+    see -- and say so (status ``error``); the first time, a WARNING is logged.
     """
 
     def __init__(self, max_events: int = 1000, logger: logging.Logger | None = None, *, name: str | None = None,
-                 collector: bool = True):
-        self._open(Segment.create(RecorderConfig(max_events=max_events, name=name)), logger, collector)
+                 collector: bool = True, persist: bool = False):
+        """Create a ring (RingTooLargeError if its memory cannot be reserved, RingExistsError if
+        the name is taken). ``persist``: the ring outlives this recorder (see the class docstring)."""
+        self._open(Segment.create(RecorderConfig(max_events=max_events, name=name), persist=bool(persist)), logger,
+                   collector)
 
     @classmethod
     def with_config(cls, config: RecorderConfig, logger: logging.Logger | None = None, *,
-                    collector: bool = True) -> Recorder:
+                    collector: bool = True, persist: bool = False) -> Recorder:
+        """Create a ring configured by ``config``; ``collector`` and ``persist`` as for ``Recorder()``."""
         if not isinstance(config, RecorderConfig):
             raise TypeError(f"config must be a RecorderConfig, not {type(config).__name__}")
         config.validate()
         self = cls.__new__(cls)
-        self._open(Segment.create(config), logger, collector)
+        self._open(Segment.create(config, persist=bool(persist)), logger, collector)
         return self
 
     @classmethod
@@ -121,6 +138,7 @@ class Recorder:
         self._is_creator = seg.owner
         self._lock = threading.RLock()  # reads and close; writes are serialised by the GIL
         self._closed = False
+        self._detached_logged = False
         self._insp = Inspector._over(seg, self._lock, "recorder")  # the reading methods
         self._shards = ShardManager(seg, self._lock)
         self._write = self._shards.writer()
@@ -301,10 +319,44 @@ class Recorder:
         return self._insp.accounting()
 
     def health_check(self) -> HealthStatus:
-        """Reap dead writers, then report health. Never raises: a closed recorder reports ``stopped``."""
+        """Reap dead writers, then report health. Never raises: a closed recorder reports ``stopped``.
+        A ring whose name was removed or replaced is an ``error`` (logged once: see check_ring)."""
         with self._lock:
             self.reap_dead_writers()
-            return self._insp.health_check()
+            h = self._insp.health_check()
+            if h.detached:
+                self._warn_detached(h.detached)
+            return h
+
+    def check_ring(self) -> str:
+        """"" while the ring's name still leads to this recorder's ring; else "ring removed" or
+        "replaced by another segment" (logged as a WARNING the first time). Two stat calls, off
+        the recording path: health_check() and the collector's rounds call it."""
+        with self._lock:
+            if self._closed:
+                return ""
+            state = self._seg.link_state()
+            if state:
+                self._warn_detached(state)
+            return state
+
+    def _warn_detached(self, state: str) -> None:
+        if not self._detached_logged:
+            self._detached_logged = True
+            self._logger.warning("shmdiag %s: %s: this process records into a ring that no other process can "
+                                 "attach to any more", self._name, state)
+
+    def claim_collector(self) -> None:
+        """Name this process the ring's collector in its header (a ``Collector`` does, when it
+        starts): RingInUseError if another live process collects it."""
+        with self._lock:
+            self._check_open()
+            _owners.claim_collector(self._seg)
+
+    def release_collector(self) -> None:
+        """Clear the ring's collector word if this process holds it (a collector's clean stop)."""
+        with self._lock:
+            _owners.release_collector(self._seg)
 
     def reap_dead_writers(self) -> int:
         """Settle the shards of writers that died without detaching, so their last event is
@@ -369,8 +421,10 @@ class Recorder:
             self._check_open()
             return maintenance.expire_before(self._seg, time.time_ns() - int(self._config.retention_period * 1e9))
 
-    def close(self) -> None:
-        """Detach (and, for the creating recorder, unlink the ring). Idempotent, any thread."""
+    def close(self, *, remove: bool | None = None) -> None:
+        """Detach. ``remove``: None (default) removes the ring if this recorder created it
+        without ``persist``; True removes it whoever created it (if its name still leads to this
+        ring); False never does. Idempotent, any thread."""
         with self._lock:
             if self._closed:
                 return
@@ -379,6 +433,10 @@ class Recorder:
         if self._collector is not None:
             self._collector.stop()
         with self._lock:
+            if remove:
+                self._seg.unlink()
+            elif remove is False:
+                self._seg.keep()
             self._finalizer()
 
 
@@ -412,10 +470,12 @@ def _duration_ns(seconds: object) -> int:
 
 
 def _finalize(seg: Segment, shards: ShardManager) -> None:
-    """Release this process's shard, unmap, and unlink if this process created the ring.
-    Also runs at interpreter exit and in multiprocessing children, for recorders never closed."""
+    """Release this process's shard and collector word, unmap, and unlink if this process
+    created the ring without ``persist``. Also runs at interpreter exit and in multiprocessing
+    children, for recorders never closed."""
     shards.release()
-    if seg.owner and os.getpid() == seg.creator_pid:
+    _owners.release_collector(seg)  # only if this process holds it
+    if seg.owner and not seg.persist and os.getpid() == seg.creator_pid:
         seg.unlink()
     seg.close()
 

@@ -54,7 +54,10 @@ def cmd_health(args: argparse.Namespace) -> int:
         out(kv([("retained", f"{h.event_count} of {h.max_events}"), ("total events", h.total_events),
                  ("overwritten", h.events_overwritten), ("lost", h.events_lost), ("abandoned", h.events_abandoned),
                  ("expired", h.events_expired), ("error rate", f"{h.error_rate:.2%}"),
-                 ("writers", f"{h.writers_alive} alive, {h.writers_dead} dead"), ("uptime", human_duration(h.uptime))],
+                 ("writers", f"{h.writers_alive} alive, {h.writers_dead} dead"),
+                 ("collector", "none" if not h.collector_pid else
+                  f"pid {h.collector_pid} ({'running' if h.collector_alive else 'not running'})"),
+                 ("uptime", human_duration(h.uptime))],
                 indent="  "))
     return HEALTH_EXIT.get(h.status, 2)
 

@@ -54,13 +54,14 @@ def build_parser() -> Parser:
         sp.set_defaults(func=func)
         return sp
 
-    sp = cmd("serve", "create a ring and run its collector until SIGINT/SIGTERM", cmd_serve, epilog=_SERVE_EPILOG)
+    sp = cmd("serve", "create a ring (or adopt one whose collector was killed) and run its collector until "
+             "SIGINT/SIGTERM", cmd_serve, epilog=_SERVE_EPILOG)
     sp.add_argument("--max-events", type=int, metavar="N", help="ring capacity (overrides the config file)")
     sp.add_argument("--config", metavar="FILE",
                     help="TOML file of RecorderConfig fields, at the top level or under [shmdiag]")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
-    sp = cmd("rm", "remove a stale ring (refuses while its creator is alive)", cmd_rm)
-    sp.add_argument("--force", action="store_true", help="remove it even if its creator is alive")
+    sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
+    sp.add_argument("--force", action="store_true", help="remove it even if it is in use")
     cmd("stats", "event counts by type and severity since creation or the last clear", cmd_stats, json=True)
     cmd("health", "health status; exit 0 healthy, 1 warning, 2 degraded/error", cmd_health, json=True)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)

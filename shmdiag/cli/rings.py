@@ -27,10 +27,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = []
     for r in rings:
         owner = "-" if r.owner_pid is None else f"{r.owner_pid} ({'alive' if r.owner_alive else 'dead'})"
+        collector = ("-" if r.collector_pid is None
+                     else f"{r.collector_pid} ({'alive' if r.collector_alive else 'dead'})")
         rows.append([r.name, owner, human_count(r.capacity), human_count(r.retained), human_count(r.total_events),
-                     "-" if r.live_writers is None else r.live_writers, human_duration(r.age), r.note])
-    out(table(["NAME", "OWNER", "CAPACITY", "RETAINED", "TOTAL", "WRITERS", "AGE", "NOTE"], rows,
-               right=(2, 3, 4, 5, 6)))
+                     "-" if r.live_writers is None else r.live_writers, collector, human_duration(r.age), r.note])
+    out(table(["NAME", "OWNER", "CAPACITY", "RETAINED", "TOTAL", "WRITERS", "COLLECTOR", "AGE", "NOTE"], rows,
+               right=(2, 3, 4, 5, 7)))
     return 0
 
 
@@ -39,7 +41,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     info = remove_ring(check_name(args.name), force=args.force)
     if info is not None and info.owner_alive:
-        out(f"removed ring {args.name!r} (its creator, pid {info.owner_pid}, is still running)")
+        out(f"removed ring {args.name!r} (pid {info.owner_pid}, which uses it, is still running)")
     else:
         out(f"removed ring {args.name!r}")
     return 0

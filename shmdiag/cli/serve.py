@@ -1,4 +1,12 @@
-"""``shmdiag serve``: create a ring and run its collector."""
+"""``shmdiag serve``: create a ring (or adopt one whose collector was killed) and run its collector.
+
+The ring is created with ``persist``: it is not registered with the resource tracker, so a
+``serve`` killed by SIGKILL or the OOM killer leaves it behind with every retained event and
+counter. ``serve`` started again with the same name adopts such a ring -- one of this layout
+version whose collector is dead (or, if it never had one, whose creator is dead) -- and carries
+on with it; a live one, or a segment that is not a valid ring, is refused with one line and left
+as it was. SIGINT, SIGTERM and SIGHUP stop the collector and remove the ring.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +27,14 @@ from shmdiag.core.errors import ShmDiagError
 
 if TYPE_CHECKING:
     from shmdiag.core.config import RecorderConfig
+    from shmdiag.recorder import Recorder
 
 
 # -- serve ---------------------------------------------------------------------------------
-def _load_config(path: str | None, name: str, max_events: int | None) -> RecorderConfig:
+def _load_config(path: str | None, name: str, max_events: int | None) -> tuple[RecorderConfig, set[str]]:
     """A RecorderConfig from a TOML file (fields at the top level, or all under a [shmdiag]
-    table), the command line's NAME and --max-events winning. Every problem is a UsageError
-    naming the field."""
+    table), the command line's NAME and --max-events winning, and the fields that were given
+    (not defaults). Every problem is a UsageError naming the field."""
     from shmdiag.core.config import RecorderConfig
 
     fields = [f.name for f in dataclasses.fields(RecorderConfig) if f.name != "name"]
@@ -60,9 +69,10 @@ def _load_config(path: str | None, name: str, max_events: int | None) -> Recorde
     from_file = set(values)
     if max_events is not None:
         values["max_events"] = max_events
+    given = set(values)
     values["name"] = check_name(name)
     try:
-        return RecorderConfig(**values)
+        return RecorderConfig(**values), given
     except ValueError as e:
         field = str(e).split(":", 1)[0]
         if field == "max_events" and max_events is not None:
@@ -72,13 +82,43 @@ def _load_config(path: str | None, name: str, max_events: int | None) -> Recorde
         raise UsageError(str(e)) from None
 
 
+def _adopt(cfg: RecorderConfig, given: set[str]) -> Recorder:
+    """Attach (writable) to the existing ring ``cfg.name`` to collect it, if it is a ring of
+    this layout version that nobody collects or keeps alive and whose settings agree with those
+    given; otherwise raise a one-line ShmDiagError and change nothing."""
+    from shmdiag.core.rings import ring_keeper
+    from shmdiag.recorder import Recorder
+
+    name = cfg.name
+    assert name is not None
+    try:
+        keeper = ring_keeper(name)
+    except ShmDiagError as e:  # foreign, truncated, corrupt, another version, no permission
+        raise ShmDiagError(f"cannot adopt the existing segment {name!r}: {e}; nothing was changed") from None
+    if keeper is not None:
+        role, pid = keeper
+        raise ShmDiagError(f"a ring named {name!r} already exists and is in use ({role} pid {pid}, still running); "
+                           "stop that process first") from None
+    rec = Recorder.attach(name)
+    try:
+        for f in sorted(given):
+            want, have = getattr(cfg, f), getattr(rec.config, f)
+            if (want.lower() if isinstance(want, str) else want) != have:
+                raise ShmDiagError(f"the existing ring {name!r} has {f} = {have!r}, not {want!r} as asked; "
+                                   f"serve it with its own settings, or 'shmdiag rm {name}' to start afresh")
+    except BaseException:
+        rec.close()
+        raise
+    return rec
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from shmdiag.cli.format import human_bytes
     from shmdiag.collector import Collector
     from shmdiag.core.segment import RingExistsError
     from shmdiag.recorder import Recorder
 
-    cfg = _load_config(args.config, args.name, args.max_events)
+    cfg, given = _load_config(args.config, args.name, args.max_events)
     assert cfg.name is not None  # _load_config always sets it (from NAME)
     # Wait for SIGINT/SIGTERM/SIGHUP without polling. Not sigwait with the signals blocked: threads
     # that already exist (numpy's BLAS pool) do not have them blocked, and the kernel may hand
@@ -95,33 +135,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    adopted = False
     try:
-        rec = Recorder.with_config(cfg, collector=False)  # its collector is run below, logging to stderr
+        # persist: not registered with the resource tracker, so the ring outlives a SIGKILL of this
+        # process; its collector is run below, logging to stderr
+        rec = Recorder.with_config(cfg, collector=False, persist=True)
     except RingExistsError:
-        alive = ""
-        try:
-            from shmdiag.core.rings import ring_info
-
-            info = ring_info(cfg.name)
-            if info.owner_pid is not None:
-                alive = f" by pid {info.owner_pid}, {'still running' if info.owner_alive else 'no longer running'}"
-        except ShmDiagError:
-            pass
-        raise ShmDiagError(f"a ring named {cfg.name!r} already exists (created{alive}); "
-                           f"'shmdiag rm {cfg.name}' removes a stale one") from None
+        rec = _adopt(cfg, given)
+        adopted = True
     collector = Collector(rec, log)
+    sig = None
     try:
-        collector.start()
+        collector.start()  # names this process the ring's collector (refused if another live one is)
         size = os.stat(f"/dev/shm/{rec.name}").st_size
         n = rec.name
-        out(f"shmdiag: serving ring {n!r}: {cfg.max_events} events ({human_bytes(size)}), pid {os.getpid()}")
+        if adopted:
+            acct = rec.accounting()
+            log.info("shmdiag %s: adopted the existing ring (created by pid %d): %d events recorded so far",
+                     n, rec.creator_pid, acct.recorded)
+            out(f"shmdiag: adopted ring {n!r}: {rec.config.max_events} events ({human_bytes(size)}), "
+                f"{acct.recorded} recorded so far, pid {os.getpid()}")
+        else:
+            out(f"shmdiag: serving ring {n!r}: {cfg.max_events} events ({human_bytes(size)}), pid {os.getpid()}")
+        cfg = rec.config
         out(f"  retention {cfg.retention_period:g}s, cleanup every {cfg.cleanup_interval:g}s, "
             f"health check {'on' if cfg.enable_health_check else 'off'}, "
             f"metrics {'on' if cfg.enable_metrics else 'off'}")
         out(f"  follow it:    shmdiag tail {n} -f")
         out(f"  watch it:     shmdiag top {n}")
         out(f"  from Python:  Recorder.attach({n!r})")
-        out("Ctrl-C or SIGTERM stops the collector and removes the ring.")
+        out("Ctrl-C or SIGTERM stops the collector and removes the ring; if this process is killed, "
+            "the ring stays and 'shmdiag serve' adopts it.")
         sys.stdout.flush()
         while True:
             got = os.read(wake_r, 64)
@@ -129,15 +173,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 sig = got[-1]
                 break
     finally:
-        collector.stop()
-        rec.close()  # the creator unlinks the ring
+        collector.stop()  # clears the collector word
+        # A clean stop removes the ring (if its name still leads to it); anything else keeps it,
+        # with its evidence: 'shmdiag serve' adopts it, 'shmdiag rm' removes it.
+        rec.close(remove=sig is not None)
+    assert sig is not None
     log.info("shmdiag %s: %s received; ring removed", cfg.name, signal.Signals(sig).name)
     return 0
 
 
 _SERVE_EPILOG = """\
 The collector owns the ring: retention cleanup every cleanup_interval, dead writers reaped,
-and a periodic health check whose changes are logged to stderr. It unlinks the ring on exit.
+and a periodic health check whose changes are logged to stderr. SIGINT/SIGTERM/SIGHUP remove
+the ring. If serve is killed (SIGKILL, the OOM killer), the ring stays with all it holds, and
+'shmdiag serve NAME' started again adopts it (its settings must agree with those given); a
+ring in use, or a segment that is not a valid ring of this version, is refused and left alone.
 
 Config file (TOML): RecorderConfig fields, all at the top level or all under [shmdiag]:
   [shmdiag]

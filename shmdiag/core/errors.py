@@ -37,3 +37,11 @@ class TooManyWritersError(ShmDiagError):
 
 class ReadOnlyRingError(ShmDiagError):
     """A write was attempted through a read-only attachment (an Inspector maps the ring read-only)."""
+
+
+class RingInUseError(ShmDiagError):
+    """The ring is kept by a live process (its collector, or its creator): not adopted, not collected twice."""
+
+
+class RingTooLargeError(ShmDiagError, MemoryError):
+    """The ring's memory could not be reserved: larger than /dev/shm or the machine can hold."""

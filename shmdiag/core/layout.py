@@ -25,7 +25,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 5
+VERSION = 6
 HEADER_SIZE = 4096
 SLOT_SIZE = 240
 CACHE_LINE = 64
@@ -175,6 +175,7 @@ HEADER = _struct(
     ("clear_lock", "<u8", 512),             # pid of the process clearing, or 0: clears are serialised
     ("peers_untracked", "<u8", 576),        # connects of peers that found the peer table full
     ("peer_events_untracked", "<u8", 584),  # events of any kind for peers not in the table
+    ("collector", "<u8", 896),              # the running collector, as clear_lock (pid, start), or 0: none
     ("msg_state", "<u8", (MSG_TYPES,), 1024),  # 0 empty, 1 being named, (hash << 8) | (len << 2) | 2
     ("msg_name", f"S{MSG_NAME_SIZE}", (MSG_TYPES,), 1408),
 )
@@ -464,6 +465,12 @@ def clear_pid(w: Word) -> Word:
 def clear_start(w: Word) -> Word:
     """The low CLEAR_START_BITS bits of the holder's start time (ms)."""
     return w & ((1 << CLEAR_START_BITS) - 1)
+
+
+# The collector (header word "collector"): 0 when the ring has none, else the word of the process
+# running its collector, made and read with the clear lock's helpers above (pid, low bits of its
+# start time). Set by the collector when it starts, cleared when it stops cleanly (core/owners.py),
+# so a word naming a dead process means the collector was killed.
 
 
 def _align(n: int, to: int) -> int:

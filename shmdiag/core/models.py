@@ -73,6 +73,9 @@ class HealthStatus:
     events_expired: int = 0
     error_rate: float = 0.0
     writers_inconsistent: int = 0
+    collector_pid: int = 0                # the process the ring's header names as its collector; 0: none
+    collector_alive: bool | None = None   # None when the ring has no collector (none expected)
+    detached: str = ""  # "" while /dev/shm/<name> is this ring; "ring removed" or "replaced by another segment"
 
 
 @dataclass

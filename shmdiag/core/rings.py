@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from shmdiag.core import layout as L
-from shmdiag.core import snapshot
+from shmdiag.core import owners, snapshot
 from shmdiag.core.config import validate_name
 from shmdiag.core.errors import (
     CorruptRingError,
@@ -55,6 +55,8 @@ class RingInfo:
     created: float | None = None  # Unix time, seconds
     age: float | None = None      # seconds
     note: str = ""
+    collector_pid: int | None = None     # the collector named in the header; None: none (or unreadable)
+    collector_alive: bool | None = None  # False: the collector was killed and the ring outlived it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,12 +113,15 @@ def ring_info(name: str, size: int | None = None) -> RingInfo:
     try:
         info.owner_pid = seg.creator_pid
         info.owner_alive = creator_alive(seg.creator_pid, seg.created_ns)
+        collector = owners.collector_of(seg)
+        if collector is not None:
+            info.collector_pid, info.collector_alive = collector.pid, collector.alive
         info.capacity = seg.capacity
         info.retained = count_retained(seg)
         info.total_events = min(sum(snapshot.era_shards(seg)["recorded"].tolist()), _U64_MAX)
         _, shards = snapshot.shards(seg)
-        owners = zip(shards["owner"].tolist(), shards["start_time"].tolist(), strict=True)
-        info.live_writers = sum(1 for w, start in owners if writer_alive(w, start))
+        writers = zip(shards["owner"].tolist(), shards["start_time"].tolist(), strict=True)
+        info.live_writers = sum(1 for w, start in writers if writer_alive(w, start))
         info.created = seg.created_ns / 1e9
         info.age = max(0.0, time.time() - info.created)
     finally:
@@ -158,10 +163,23 @@ def list_rings(shm_dir: str = SHM_DIR) -> list[RingInfo]:
     return out
 
 
+def ring_keeper(name: str) -> tuple[str, int] | None:
+    """``("collector" | "creator", pid)`` of the live process that keeps the ring ``name`` in use,
+    or None if it is stale (core/owners.py). Raises what Segment.attach raises for a segment
+    that is not a valid ring of this version (nothing is written: it is attached read-only)."""
+    seg = Segment.attach(name, readonly=True)
+    try:
+        return owners.in_use(seg)
+    finally:
+        seg.close()
+
+
 def remove_ring(name: str, force: bool = False) -> RingInfo | None:
     """Unlink a stale ring. Refuses a segment that is not a shmdiag ring (even with ``force``),
-    and a ring whose creator is alive, or whose header cannot be trusted, unless ``force``.
-    Returns what the ring looked like (None if its header could not be read)."""
+    and a ring in use (its collector alive or, if it has none, its creator: core/owners.py), or
+    whose header cannot be trusted, unless ``force``. A ring whose collector was killed is stale.
+    Returns what the ring looked like (None if its header could not be read); its
+    ``owner_alive`` says whether it was in use, and ``owner_pid`` then names the process that kept it."""
     validate_name(name)
     info: RingInfo | None = None
     try:
@@ -174,14 +192,20 @@ def remove_ring(name: str, force: bool = False) -> RingInfo | None:
                                "(use --force to remove it anyway)") from None
     else:
         try:
+            keeper = owners.in_use(seg)
+            collector = owners.collector_of(seg)
             info = RingInfo(name=name, size=seg.size, owner_pid=seg.creator_pid,
-                            owner_alive=creator_alive(seg.creator_pid, seg.created_ns), capacity=seg.capacity,
-                            created=seg.created_ns / 1e9)
+                            owner_alive=keeper is not None, capacity=seg.capacity,
+                            created=seg.created_ns / 1e9,
+                            collector_pid=None if collector is None else collector.pid,
+                            collector_alive=None if collector is None else collector.alive)
         finally:
             seg.close()
-        if info.owner_alive and not force:
-            raise RefusedError(f"ring {name!r} is in use: its creator (pid {info.owner_pid}) is alive; "
-                               "stop it first, or use --force")
+        if keeper is not None:
+            info.owner_pid = keeper[1]
+            if not force:
+                raise RefusedError(f"ring {name!r} is in use: its {keeper[0]} (pid {keeper[1]}) is alive; "
+                                   "stop it first, or use --force")
     try:
         _posixshmem.shm_unlink("/" + name)
     except FileNotFoundError:

@@ -12,12 +12,20 @@ differences that matter across processes:
   so such a reader cannot write a byte of the ring, by mistake or otherwise.
 
 The creator does register (as ``SharedMemory(create=True)`` would), so a creator that dies
-without closing still has its segment unlinked, and unregisters when it unlinks.
+without closing still has its segment unlinked, and unregisters when it unlinks -- unless it
+creates the ring with ``persist=True`` (``shmdiag serve`` does): such a ring is never registered,
+so it outlives a creator killed by SIGKILL or the OOM killer, with every event and counter in it,
+until someone removes it (``shmdiag rm``, or ``close(remove=True)``).
+
+Creating a ring reserves its memory (``posix_fallocate``), so a ring larger than /dev/shm or
+the machine's memory can hold fails at creation with a RingTooLargeError saying how much was
+asked and how much is available -- not later, with the OOM killer, when writers fill it.
 """
 
 from __future__ import annotations
 
 import _posixshmem
+import errno
 import math
 import mmap
 import os
@@ -27,6 +35,7 @@ import time
 from multiprocessing import resource_tracker
 
 import numpy as np
+import psutil
 
 from shmdiag.core import layout as L
 from shmdiag.core._native import Mapping, set_closed_error, set_readonly_error
@@ -39,6 +48,7 @@ from shmdiag.core.errors import (
     RecorderClosedError,
     RingNotFoundError,
     RingPermissionError,
+    RingTooLargeError,
     ShmDiagError,
 )
 
@@ -49,6 +59,40 @@ set_readonly_error(ReadOnlyRingError)
 
 class RingExistsError(ShmDiagError, FileExistsError):
     """A segment with that name already exists."""
+
+
+SHM_DIR = "/dev/shm"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def available_bytes() -> int:
+    """What a new ring can take: the free space of /dev/shm, and no more than the memory the
+    machine has available (a tmpfs may be sized larger than RAM; filling it past that is an OOM
+    kill, not an error)."""
+    st = os.statvfs(SHM_DIR)
+    vm = psutil.virtual_memory()
+    return min(st.f_bavail * st.f_frsize, vm.available + psutil.swap_memory().free)
+
+
+def _too_large(name: str, size: int, available: int) -> RingTooLargeError:
+    return RingTooLargeError(f"cannot create ring {name!r}: it needs {_gib(size)} ({size} bytes) of shared "
+                             f"memory and {_gib(available)} is available (free space of {SHM_DIR} or memory, "
+                             "whichever is less); ask for fewer --max-events")
+
+
+def _reserve(fd: int, name: str, size: int) -> None:
+    """Allocate the segment's pages now (tmpfs supports fallocate), so a lack of memory is an
+    error here and never a SIGBUS or an OOM kill when a writer first touches a page."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise _too_large(name, size, available_bytes()) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate: as before
+            raise
 
 
 def generate_name() -> str:
@@ -63,12 +107,16 @@ class Segment:
     ``native``; numpy loads of them carry no ordering.
     """
 
-    def __init__(self, name: str, fd: int, mm: mmap.mmap, owner: bool, readonly: bool = False) -> None:
+    def __init__(self, name: str, fd: int, mm: mmap.mmap, owner: bool, readonly: bool = False,
+                 persist: bool = False) -> None:
         self.name = name
         self._fd = fd
+        self._ino = os.fstat(fd).st_ino
         self._mmap: mmap.mmap | None = mm
         self.owner = owner
         self.readonly = readonly
+        self.persist = persist  # created unregistered with the resource tracker, not unlinked at close
+        self._tracked = owner and not persist  # registered with this process's resource tracker
         self.size = len(mm)
         hdr = np.ndarray((), dtype=L.HEADER, buffer=mm)
         self.header = hdr
@@ -131,9 +179,16 @@ class Segment:
 
     # -- lifetime --------------------------------------------------------------------------
     @classmethod
-    def create(cls, config: RecorderConfig) -> Segment:
+    def create(cls, config: RecorderConfig, *, persist: bool = False) -> Segment:
+        """Create and map a new ring, its memory reserved (RingTooLargeError if it cannot be).
+        ``persist``: do not register it with the resource tracker, so it outlives this process
+        if it is killed (see the module docstring)."""
         name = config.name or generate_name()
         offs = L.segment_offsets(config.max_events, config.max_writers, config.max_peers)
+        size = offs["total_size"]
+        available = available_bytes()
+        if size > available:  # refused before anything is made, let alone allocated
+            raise _too_large(name, size, available)
         try:
             fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         except FileExistsError:
@@ -142,13 +197,15 @@ class Segment:
             raise RingPermissionError(f"cannot create shared-memory segment {name!r}: {e.strerror}") from None
         try:
             os.fchmod(fd, 0o600)  # whatever the umask: the ring is its owner's only
-            os.ftruncate(fd, offs["total_size"])
-            mm = mmap.mmap(fd, offs["total_size"])
+            os.ftruncate(fd, size)
+            _reserve(fd, name, size)
+            mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             _posixshmem.shm_unlink("/" + name)
             raise
-        resource_tracker.register("/" + name, "shared_memory")
+        if not persist:
+            resource_tracker.register("/" + name, "shared_memory")
         hdr = np.ndarray((), dtype=L.HEADER, buffer=mm)
         hdr["version"] = L.VERSION
         hdr["header_size"] = L.HEADER_SIZE
@@ -172,7 +229,7 @@ class Segment:
         hdr["magic"] = L.MAGIC
         hdr["header_crc"] = L.header_crc(mm[: L.HEADER_STATIC_SIZE])
         del hdr
-        return cls(name, fd, mm, owner=True)
+        return cls(name, fd, mm, owner=True, persist=persist)
 
     @classmethod
     def attach(cls, name: str, *, readonly: bool = False) -> Segment:
@@ -213,6 +270,18 @@ class Segment:
         """The segment's file descriptor: its inode tells whether /dev/shm/<name> is still it."""
         return self._fd
 
+    def link_state(self) -> str:
+        """"" while /dev/shm/<name> is this segment; else "ring removed" (the name is gone: an
+        ``rm``, or a crashed creator's resource tracker) or "replaced by another segment" (the
+        name now leads to another file). Two stat calls: for health checks, not the hot path."""
+        try:
+            ino = os.stat(os.path.join(SHM_DIR, self.name), follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            return "ring removed"
+        except OSError:
+            return ""  # cannot tell (permissions): say nothing rather than something wrong
+        return "" if ino == self._ino else "replaced by another segment"
+
     def close(self) -> None:
         """Unmap. Every numpy view must go first: mmap refuses to close under an export."""
         if self._mmap is None:
@@ -224,13 +293,25 @@ class Segment:
         os.close(self._fd)
         self._mmap = None
 
-    def unlink(self) -> None:
-        try:
-            _posixshmem.shm_unlink("/" + self.name)
-        except FileNotFoundError:
-            pass  # someone (shmdiag rm, a test) removed it already
-        if self.owner:
+    def keep(self) -> None:
+        """Let the ring outlive this process: unregister it from the resource tracker, and make
+        close-time cleanup leave it (as if created with ``persist``)."""
+        if self._tracked:
             resource_tracker.unregister("/" + self.name, "shared_memory")
+            self._tracked = False
+        self.persist = True
+
+    def unlink(self) -> None:
+        """Remove the ring's name, if it still leads to this segment (a ring created under the
+        name since is not this one's to remove). Mappings stay valid until closed."""
+        if self.link_state() == "":
+            try:
+                _posixshmem.shm_unlink("/" + self.name)
+            except FileNotFoundError:
+                pass  # someone (shmdiag rm, a test) removed it already
+        if self._tracked:
+            resource_tracker.unregister("/" + self.name, "shared_memory")
+            self._tracked = False
 
 
 def _validate_header(name: str, mm: mmap.mmap) -> None:

@@ -7,7 +7,10 @@ itself. What is:
 status            when (the first that applies, worst first)
 ================  ============================================================================
 ``stopped``       the recorder is closed
-``error``         error rate >= 50%, or >= 10% of recorded events lost or abandoned
+``error``         the ring's name was removed or now leads to another segment (this process
+                  records into an orphan nobody else can see), the ring's collector was
+                  killed (it is named in the header but no longer runs), error rate >= 50%,
+                  or >= 10% of recorded events lost or abandoned
 ``degraded``      error rate >= 20%, or >= 1% of recorded events lost or abandoned
 ``warning``       error rate >= 5%, any event lost or abandoned, a writer process died
                   without detaching, or a writer's counters do not add up (damaged memory)
@@ -16,7 +19,10 @@ status            when (the first that applies, worst first)
 
 Error rate is (ERROR + CRITICAL) / total, as in the Go original. "Lost" events were dropped
 because their slot was still being written by a slower (or stopped) writer a lap behind;
-"abandoned" ones belonged to a writer that died mid-record.
+"abandoned" ones belonged to a writer that died mid-record. A ring without a collector (a
+library ``Recorder(collector=False)``, or whose collector stopped cleanly) expects none: that is
+not a problem; one whose collector was killed gets no retention cleanup and no reaping until
+``shmdiag serve`` adopts it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ def classify(h: HealthStatus) -> tuple[str, str]:
     loss = h.events_lost + h.events_abandoned
     loss_rate = loss / h.total_events if h.total_events else 0.0
     reasons: list[tuple[int, str]] = []
+    if h.detached:
+        reasons.append((3, h.detached))
+    if h.collector_alive is False:
+        reasons.append((3, f"collector (pid {h.collector_pid}) is not running"))
     er = h.error_rate
     if er >= ERROR_RATE_ERROR:
         reasons.append((3, f"error rate {er:.1%} >= {ERROR_RATE_ERROR:.0%}"))
