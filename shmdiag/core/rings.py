@@ -28,12 +28,10 @@ from shmdiag.core.errors import (
     ShmDiagError,
 )
 from shmdiag.core.procs import started_by
-from shmdiag.core.reader import count_retained
 from shmdiag.core.segment import Segment
 from shmdiag.core.shards import writer_alive
 
 SHM_DIR = "/dev/shm"
-_U64_MAX = (1 << 64) - 1
 
 
 class RefusedError(ShmDiagError):
@@ -112,11 +110,11 @@ def ring_info(name: str, size: int | None = None) -> RingInfo:
         info.owner_pid = seg.creator_pid
         info.owner_alive = creator_alive(seg.creator_pid, seg.created_ns)
         info.capacity = seg.capacity
-        info.retained = count_retained(seg)
-        info.total_events = min(sum(snapshot.era_shards(seg)["recorded"].tolist()), _U64_MAX)
-        _, shards = snapshot.shards(seg)
-        owners = zip(shards["owner"].tolist(), shards["start_time"].tolist(), strict=True)
-        info.live_writers = sum(1 for w, start in owners if writer_alive(w, start))
+        books = snapshot.counters(seg)  # counters only: ls never touches a slot
+        info.retained, info.total_events = books.retained, books.recorded
+        owners = seg.shards["owner"].copy(), seg.shards["start_time"].copy()
+        info.live_writers = sum(1 for w, start in zip(*(c.tolist() for c in owners), strict=True)
+                                if writer_alive(w, start))
         info.created = seg.created_ns / 1e9
         info.age = max(0.0, time.time() - info.created)
     finally:
