@@ -37,7 +37,7 @@ def books_at_rest(name: str) -> int:
         assert c.in_flight == 0 and c.adjusted == 0 and c.unsteady == 0, c
         assert acct.recorded == acct.retained + acct.overwritten + acct.lost + acct.abandoned + acct.expired, acct
         assert acct.retained == reader.scan_retained(seg) == len(events) == ins.count_retained(), (acct, len(events))
-        assert (h.event_count, h.total_events) == (acct.retained, acct.recorded)
+        assert (h.event_count, h.total_events, h.events_in_flight) == (acct.retained, acct.recorded, 0)
         assert acct.recorded == ins.get_stats().total_events
         return acct.retained
 
@@ -124,6 +124,7 @@ def test_books_writer_killed_in_its_counting_phase(make_recorder, capacity):
     with Inspector.attach(rec.name) as ins:  # never reaps
         acct = ins.accounting()
         assert acct.in_flight == 1 and acct.recorded == 6, acct
+        assert ins.health_check().events_in_flight == 1
         assert acct.recorded == acct.retained + acct.overwritten + acct.lost + acct.abandoned + acct.expired
         assert acct.retained == min(6, capacity), acct
         assert reader.scan_retained(ins._seg) == min(7, capacity)  # the published record is there
@@ -244,6 +245,7 @@ def test_books_consistent_under_load(make_recorder, procs, tmp_path, capacity):
         assert 0 <= h["event_count"] <= min(h["max_events"], h["total_events"]), h
         assert h["total_events"] == (h["event_count"] + h["events_overwritten"] + h["events_lost"]
                                      + h["events_abandoned"] + h["events_expired"]), h
+        assert h["events_in_flight"] >= 0
         cli_samples += 1
     out, _ = poller.communicate(timeout=60)
     res = json.loads(out)

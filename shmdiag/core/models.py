@@ -73,6 +73,9 @@ class HealthStatus:
     events_expired: int = 0
     error_rate: float = 0.0
     writers_inconsistent: int = 0
+    # claimed by a writer still inside its record (or dead there, not yet reaped): in none of
+    # event_count, events_overwritten, ... ; total_events = event_count + overwritten + lost + abandoned + expired
+    events_in_flight: int = 0
 
 
 @dataclass
