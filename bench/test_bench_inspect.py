@@ -6,14 +6,16 @@ than ~1.2 GB free; the id says which), both full, in one run.
 command does where it matters: ``ring_info`` (what ``ls`` does per ring) and ``attach+health``
 (``shmdiag health``) map the ring afresh on every call, so pages a call touched are faulted in
 again each time; ``health_check`` and ``get_stats`` run on an Inspector attached once (a
-dashboard). The figure to read is ``x_small`` in ``extra_info`` (and the summary): the large
-ring's median over the small ring's, measured in the same run. ``top`` idle: ``shmdiag top`` in a
+dashboard). The figure to read is ``x_small`` in ``extra_info`` (and the summary): the median
+over 15 interleaved pairs of rounds of the large ring's time over the small ring's (both
+rings exist for the whole module, so load that comes and goes hits both alike). ``top`` idle: ``shmdiag top`` in a
 pseudo-terminal for 5 s on the large, idle ring, its CPU time from psutil.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 
@@ -32,80 +34,116 @@ IDS = ("10k", "4m" if LARGE == 4_000_000 else "1m")
 INNER = 100  # calls per round
 TOP_SECONDS = 5.0
 
-_MEDIANS: dict[tuple[str, int], float] = {}
-
-
-@pytest.fixture(scope="module", params=SIZES, ids=IDS)
-def full_ring(request):
-    """A full ring of the size, built once per size; the large one exists only while its
-    benchmarks run (pytest orders them by this module-scoped parameter)."""
-    rec = build_ring(request.param)
-    try:
-        assert rec.get_stats().total_events == request.param
-        yield rec
-    finally:
-        rec.close()
+PAIRS = 15  # interleaved (small, large) rounds behind each ratio
 
 
 @pytest.fixture(scope="module")
-def inspector(full_ring):
-    with Inspector.attach(full_ring.name) as ins:
-        yield ins
+def rings():
+    """Both full rings at once, so each ratio comes from interleaved rounds: on a shared
+    machine, load that changes between two sequential benchmarks would otherwise be read as a
+    difference between ring sizes."""
+    made = {}
+    try:
+        for size in SIZES:
+            made[size] = build_ring(size)
+            assert made[size].get_stats().total_events == size
+        yield made
+    finally:
+        for rec in made.values():
+            rec.close()
 
 
-def _bench(benchmark, per_op, label: str, size: int, fn) -> None:
+@pytest.fixture(scope="module", params=SIZES, ids=IDS)
+def full_ring(request, rings):
+    return rings[request.param]
+
+
+@pytest.fixture(scope="module")
+def inspectors(rings):
+    made = {size: Inspector.attach(rec.name) for size, rec in rings.items()}
+    yield made
+    for ins in made.values():
+        ins.close()
+
+
+@pytest.fixture
+def inspector(full_ring, inspectors):
+    return inspectors[full_ring.config.max_events]
+
+
+def _paired_ratio(small_fn, large_fn) -> tuple[float, float, float]:
+    """(median of per-pair large/small time ratios, small us/call, large us/call) over PAIRS
+    interleaved rounds of INNER calls each, the order within a pair alternating."""
+    ratios, small_t, large_t = [], [], []
+    for k in range(PAIRS):
+        times = {}
+        for which, fn in (("s", small_fn), ("l", large_fn))[:: 1 if k % 2 else -1]:
+            t = time.perf_counter()
+            for _ in range(INNER):
+                fn()
+            times[which] = (time.perf_counter() - t) / INNER
+        ratios.append(times["l"] / times["s"])
+        small_t.append(times["s"])
+        large_t.append(times["l"])
+    return statistics.median(ratios), statistics.median(small_t) * 1e6, statistics.median(large_t) * 1e6
+
+
+def _bench(benchmark, per_op, label: str, size: int, make_fn) -> None:
+    """Time ``make_fn(size)`` with pytest-benchmark; on the large ring, also the interleaved
+    ratio to the small ring (``extra_info["x_small"]``)."""
+    fn = make_fn(size)
+
     def loop():
         for _ in range(INNER):
             fn()
 
     benchmark.pedantic(loop, rounds=20, warmup_rounds=1)
     per_op(INNER, "call")
-    stats = getattr(benchmark, "stats", None)
-    if stats is None:  # --benchmark-disable
-        return
-    _MEDIANS[(label, size)] = stats.stats.median
     benchmark.extra_info["ring_events"] = size
-    small = _MEDIANS.get((label, SMALL))
-    if size != SMALL and small:
-        ratio = stats.stats.median / small
-        benchmark.extra_info["x_small"] = round(ratio, 3)
-        NOTES.append(f"{label}: {size:,}-event ring / {SMALL:,}-event ring = {ratio:.2f}x "
-                     f"({small / INNER * 1e6:,.1f} -> {stats.stats.median / INNER * 1e6:,.1f} us per call)")
+    if size == SMALL or getattr(benchmark, "stats", None) is None:
+        return
+    ratio, small_us, large_us = _paired_ratio(make_fn(SMALL), fn)
+    benchmark.extra_info.update(x_small=round(ratio, 3), small_us=round(small_us, 1), large_us=round(large_us, 1))
+    NOTES.append(f"{label}: {size:,}-event ring / {SMALL:,}-event ring = {ratio:.2f}x "
+                 f"(median of {PAIRS} interleaved pairs; {small_us:,.1f} -> {large_us:,.1f} us per call)")
 
 
 @pytest.mark.benchmark(group="inspect: ls (ring_info)")
-def test_ls_ring_info(benchmark, per_op, full_ring):
+def test_ls_ring_info(benchmark, per_op, rings, full_ring):
     size = full_ring.config.max_events
-    _bench(benchmark, per_op, "ls (ring_info, fresh mapping)", size, lambda: ring_info(full_ring.name))
+    _bench(benchmark, per_op, "ls (ring_info, fresh mapping)", size,
+           lambda n: lambda: ring_info(rings[n].name))
     info = ring_info(full_ring.name)
     # a full ring; a run given up after 10 ms can leave a few slots a lap behind (issue 11, "capacity")
     assert info.total_events == info.capacity == size and 0.99 * size <= info.retained <= size
 
 
 @pytest.mark.benchmark(group="inspect: attach + health_check")
-def test_attach_health(benchmark, per_op, full_ring):
+def test_attach_health(benchmark, per_op, rings, full_ring):
     size = full_ring.config.max_events
 
-    def once():
-        with Inspector.attach(full_ring.name) as ins:
-            return ins.health_check()
+    def once(n: int):
+        def run():
+            with Inspector.attach(rings[n].name) as ins:
+                return ins.health_check()
+        return run
 
     _bench(benchmark, per_op, "attach + health_check (shmdiag health)", size, once)
-    h = once()
+    h = once(size)()
     assert h.total_events == size and 0.99 * size <= h.event_count <= size
 
 
 @pytest.mark.benchmark(group="inspect: health_check")
-def test_health_check(benchmark, per_op, full_ring, inspector):
+def test_health_check(benchmark, per_op, full_ring, inspector, inspectors):
     size = full_ring.config.max_events
-    _bench(benchmark, per_op, "health_check", size, inspector.health_check)
+    _bench(benchmark, per_op, "health_check", size, lambda n: inspectors[n].health_check)
     assert 0.99 * size <= inspector.health_check().event_count <= size
 
 
 @pytest.mark.benchmark(group="inspect: get_stats")
-def test_get_stats(benchmark, per_op, full_ring, inspector):
+def test_get_stats(benchmark, per_op, full_ring, inspector, inspectors):
     size = full_ring.config.max_events
-    _bench(benchmark, per_op, "get_stats", size, inspector.get_stats)
+    _bench(benchmark, per_op, "get_stats", size, lambda n: inspectors[n].get_stats)
     assert inspector.get_stats().total_events == size
 
 
