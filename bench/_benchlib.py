@@ -8,6 +8,7 @@ import threading
 FULL_RING = 1_000_000
 ERROR_EVERY = 1000  # one record_error per this many events in the full ring
 N_PEERS = 100
+NOTES: list[str] = []  # lines for the end-of-run summary (ratios measured in the run)
 
 
 def fill_messages(rec, n: int) -> None:

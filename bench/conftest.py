@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from _benchlib import FULL_RING, N_PEERS, build_ring, machine
+from _benchlib import FULL_RING, N_PEERS, NOTES, build_ring, machine
 
 _SUMMARY: list[tuple[str, float, int]] = []
 
@@ -56,13 +56,16 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _SUMMARY:
-        return
     tr = terminalreporter
-    tr.section("shmdiag: median per operation")
-    for name, ns, ops in _SUMMARY:
-        shown = f"{ns:12,.0f} ns" if ns < 1e6 else f"{ns / 1e6:12,.2f} ms"
-        tr.write_line(f"{name:<60} {shown}   ({ops:,} per round)")
+    if _SUMMARY:
+        tr.section("shmdiag: median per operation")
+        for name, ns, ops in _SUMMARY:
+            shown = f"{ns:12,.0f} ns" if ns < 1e6 else f"{ns / 1e6:12,.2f} ms"
+            tr.write_line(f"{name:<60} {shown}   ({ops:,} per round)")
+    if NOTES:
+        tr.section("shmdiag: ratios and shares measured in this run")
+        for line in NOTES:
+            tr.write_line(line)
 
 
 READ_SIZES = (1_000, 100_000, FULL_RING)

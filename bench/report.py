@@ -206,6 +206,12 @@ def build(data: dict) -> str:  # noqa: C901 (one straight-line document)
             target = f"{extra['events_per_s'] / 1e6:.2f} M events/s aggregate; lost {extra.get('lost', 0)}"
         elif "events_per_s" in extra:
             target = f"{extra['events_per_s'] / 1e6:.2f} M events/s" + (f"; {target}" if target else "")
+        elif "x_small" in extra:  # bench/test_bench_inspect.py
+            x = extra["x_small"]
+            target = f"{x:.2f}x the 10k ring (target 1.5x: {'met' if x <= 1.5 else '**MISSED**'})"
+        elif "top_cpu_share" in extra:
+            share = extra["top_cpu_share"]
+            target = f"{share:.2%} of a core (target 2%: {'met' if share < 0.02 else '**MISSED**'})"
         label = LABELS.get(n, f"`{n}`")
         lines.append(f"| {label} | {fmt_ns(m)} | {fmt_ns(mn)} | {ops:,} x {b['stats']['rounds']} | {target} |")
     lines.append("")

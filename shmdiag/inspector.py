@@ -177,10 +177,12 @@ class Inspector:
             return _reader.read_events(self._seg, limit, int(sev))
 
     def count_retained(self) -> int:
-        """How many events the ring retains right now (what an export or a clear would cover)."""
+        """How many events the ring retains right now (what an export or a clear would cover),
+        from the writers' counters: it reads no slot, so it costs the same at any ring size.
+        Exact when no writer is inside a record (see :meth:`accounting`)."""
         with self._lock:
             self._check_open()
-            return _reader.count_retained(self._seg)
+            return _stats.accounting(self._seg).retained
 
     def history(self, n: int, min_severity: Severity | int = Severity.DEBUG, accept: Accept | None = None, *,
                 follow: bool = True) -> tuple[list[DiagnosticEvent], int]:
@@ -221,8 +223,9 @@ class Inspector:
             return _stats.compute(self._seg)
 
     def accounting(self) -> _stats.Accounting:
-        """Where every recorded event went; with ``retained`` from health_check().event_count,
-        recorded == retained + overwritten + lost + abandoned + expired."""
+        """Where every recorded event went, from one consistent copy of the writers' counters:
+        recorded == retained + overwritten + lost + abandoned + expired, exactly, in every copy;
+        ``in_flight`` events are inside a writer's record right now and in none of those terms."""
         with self._lock:
             self._check_open()
             return _stats.accounting(self._seg)
@@ -242,12 +245,13 @@ class Inspector:
             stats = _stats.compute(seg)
             alive, dead = self._writer_counts()
             h = HealthStatus(
-                status="", message="", event_count=_reader.count_retained(seg), max_events=seg.capacity,
+                status="", message="", event_count=acct.retained, max_events=seg.capacity,
                 total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
                 writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
                 events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
                 error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
                 detached=seg.link_state(),
+                events_in_flight=acct.in_flight,
             )
             collector = _owners.collector_of(seg)
             if collector is not None:

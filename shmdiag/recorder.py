@@ -314,8 +314,8 @@ class Recorder:
         return self._insp.get_stats()
 
     def accounting(self) -> _stats.Accounting:
-        """Where every recorded event went; with ``retained`` from health_check().event_count,
-        recorded == retained + overwritten + lost + abandoned + expired."""
+        """Where every recorded event went: recorded == retained + overwritten + lost + abandoned
+        + expired, exactly, with ``in_flight`` alongside (see :meth:`Inspector.accounting`)."""
         return self._insp.accounting()
 
     def health_check(self) -> HealthStatus:

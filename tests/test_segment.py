@@ -360,7 +360,9 @@ def test_random_garbage_slot_area(ring):
     assert ring.get_events(5, 2) == []
     ring.get_stats()
     h = ring.health_check()
-    assert h.event_count == 0
+    # Health reads the writers' books, never the slots (issue 11): memory destroyed behind every
+    # writer's back is not an event of the books, so they still say three are retained.
+    assert h.event_count == 3
     doc = ring.export_events()
     assert orjson_events(doc) == []
     ring.cleanup_old_events()

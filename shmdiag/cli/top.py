@@ -122,7 +122,9 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int,
     lines.append((_fit(f"{left}  {clock}", width), "title"))
     lines.append((_fit(f"health: {status} - {h.message}", width), style))
     nd = cur.network
-    summary = (f"{human_rate(total_rate)} ev/s  total {human_count(st.total_events)}  "
+    # total and retained come from the same copy of the books (the health sample), so the
+    # screen never shows more retained than recorded.
+    summary = (f"{human_rate(total_rate)} ev/s  total {human_count(h.total_events)}  "
                f"errors {st.error_rate:.1%}" + (f" (now {recent_err:.1%})" if recent_err is not None else "")
                + f"  peers {nd.active_peers}/{nd.total_peers}")
     lines.append((_fit(summary, width), ""))

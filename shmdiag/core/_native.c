@@ -64,7 +64,7 @@ typedef struct {
     Py_ssize_t text_size, type_cap, peer_cap;
     /* shards */
     Py_ssize_t shards_off, shard_size, max_shards;
-    Py_ssize_t shard_base, shard_journal, shard_jmeta, shard_jts, shard_jprev, shard_jbefore,
+    Py_ssize_t shard_owner, shard_start_time, shard_base, shard_journal, shard_jmeta, shard_jts, shard_jprev, shard_jbefore,
         shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
         shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0;
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
@@ -96,7 +96,7 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(slot_severity), K(slot_kind), K(slot_flags), K(slot_lens), K(slot_text),
     K(text_size), K(type_cap), K(peer_cap),
     K(shards_off), K(shard_size), K(max_shards),
-    K(shard_base), K(shard_journal), K(shard_jmeta), K(shard_jts), K(shard_jprev), K(shard_jbefore),
+    K(shard_owner), K(shard_start_time), K(shard_base), K(shard_journal), K(shard_jmeta), K(shard_jts), K(shard_jprev), K(shard_jbefore),
     K(shard_recorded), K(shard_overwritten), K(shard_lost), K(shard_abandoned), K(shard_expired),
     K(shard_first_ts), K(shard_last_ts),
     K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
@@ -711,9 +711,14 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     uint64_t b_rec = ld_rlx(c_rec), b_out = c_out ? ld_rlx(c_out) : 0;
     uint64_t b_sev = ld_rlx(c_sev), b_typ = ld_rlx(c_typ);
     char *jb = sh + L->shard_jbefore;
+    /* Fences (free on x86, barriers on weaker CPUs) for shard_counters' readers: the journal
+     * stores before them are visible before the journal's old values are replaced, and the
+     * COUNTING journal before any counter moves. */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     st_rlx(jb, b_rec); st_rlx(jb + 8, b_out); st_rlx(jb + 16, b_sev); st_rlx(jb + 24, b_typ);
     st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24));
     st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_counting));
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     if (L->metrics) {
         st_rlx(c_sev, b_sev + 1);
         st_rlx(c_typ, b_typ + 1);
@@ -856,6 +861,70 @@ static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ss
     return PyBool_FromLong(e != NULL);
 }
 
+/* shard_counters(out, owner_state_bits, reaping) -> how many shards could not be read
+ * consistently. For every shard, copies SC_COLS words into the uint64 buffer `out`
+ * (max_shards x SC_COLS): owner, base, journal, jmeta, jbefore[0], jbefore[1], recorded,
+ * overwritten, lost, abandoned, expired, start_time, and 1 if the copy is consistent.
+ *
+ * Consistent means: one moment of the shard's history. Its owner writes the counters only in
+ * the counting phase of an event, between journal = COUNTING and journal = 0, and "recorded"
+ * last (release); a reaper only while the owner word says REAPING; a clear's zeroing only
+ * under an older base. So the copy is taken as: journal, recorded, owner, base; the rest;
+ * fence; journal, recorded, owner, base again: if those four are unchanged (and the shard is
+ * not being reaped), no counting phase completed or started in between, and jbefore/jmeta are
+ * the ones of the journal's event (see the fences in write()). A tight loop of loads, so a
+ * writer recording millions of events a second is caught between two events within a few
+ * tries. Loads only: works on a read-only mapping, and touches the shard table alone. */
+#define SC_COLS 13
+static PyObject *Mapping_shard_counters(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "shard_counters(out, owner_state_bits, reaping)"); return NULL; }
+    if (check_open(self)) return NULL;
+    const Layout *L = &self->L;
+    long sbits = PyLong_AsLong(args[1]);
+    if (sbits == -1 && PyErr_Occurred()) return NULL;
+    long reaping = PyLong_AsLong(args[2]);
+    if (reaping == -1 && PyErr_Occurred()) return NULL;
+    if (sbits < 1 || sbits > 16) { PyErr_SetString(PyExc_ValueError, "owner_state_bits out of range"); return NULL; }
+    Py_buffer ob;
+    if (PyObject_GetBuffer(args[0], &ob, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (ob.len != L->max_shards * SC_COLS * 8 || ((uintptr_t)ob.buf) % 8) {
+        PyBuffer_Release(&ob);
+        PyErr_SetString(PyExc_ValueError, "out must be a uint64 buffer of max_shards x 13");
+        return NULL;
+    }
+    uint64_t *out = ob.buf;
+    uint64_t smask = ((uint64_t)1 << sbits) - 1;
+    Py_ssize_t bad = 0;
+    for (Py_ssize_t i = 0; i < L->max_shards; i++) {
+        char *sh = self->mem + L->shards_off + i * L->shard_size;
+        uint64_t *o = out + i * SC_COLS;
+        int ok = 0;
+        for (int t = 0; t < 1000 && !ok; t++) {
+            if (t) CPU_RELAX();
+            uint64_t j1 = ld_acq(sh + L->shard_journal), r1 = ld_acq(sh + L->shard_recorded);
+            uint64_t w1 = ld_acq(sh + L->shard_owner), b1 = ld_acq(sh + L->shard_base);
+            o[0] = w1; o[1] = b1; o[2] = j1;
+            o[3] = ld_acq(sh + L->shard_jmeta);
+            o[4] = ld_acq(sh + L->shard_jbefore);
+            o[5] = ld_acq(sh + L->shard_jbefore + 8);
+            o[6] = r1;
+            o[7] = ld_acq(sh + L->shard_overwritten);
+            o[8] = ld_acq(sh + L->shard_lost);
+            o[9] = ld_acq(sh + L->shard_abandoned);
+            o[10] = ld_acq(sh + L->shard_expired);
+            o[11] = ld_acq(sh + L->shard_start_time);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            uint64_t j2 = ld_acq(sh + L->shard_journal), r2 = ld_acq(sh + L->shard_recorded);
+            uint64_t w2 = ld_acq(sh + L->shard_owner), b2 = ld_acq(sh + L->shard_base);
+            ok = j1 == j2 && r1 == r2 && w1 == w2 && b1 == b2 && (w1 & smask) != (uint64_t)reaping;
+        }
+        o[12] = (uint64_t)ok;
+        bad += !ok;
+    }
+    PyBuffer_Release(&ob);
+    return PyLong_FromSsize_t(bad);
+}
+
 static PyObject *Mapping_fence(Mapping *self, PyObject *unused) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
@@ -877,6 +946,8 @@ static PyMethodDef Mapping_methods[] = {
     {"peer_update", (PyCFunction)(void (*)(void))Mapping_peer_update, METH_FASTCALL, "Apply a lifecycle event to the peer table."},
     {"new_era", (PyCFunction)Mapping_new_era, METH_NOARGS, "Start a new clear generation; returns its base."},
     {"add_expired", (PyCFunction)Mapping_add_expired, METH_O, "Count n expired records in this process's shard."},
+    {"shard_counters", (PyCFunction)(void (*)(void))Mapping_shard_counters, METH_FASTCALL,
+     "Copy every shard's counters, each at one moment of its history (loads only)."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
     {NULL},
 };

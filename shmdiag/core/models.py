@@ -76,6 +76,9 @@ class HealthStatus:
     collector_pid: int = 0                # the process the ring's header names as its collector; 0: none
     collector_alive: bool | None = None   # None when the ring has no collector (none expected)
     detached: str = ""  # "" while /dev/shm/<name> is this ring; "ring removed" or "replaced by another segment"
+    # claimed by a writer still inside its record (or dead there, not yet reaped): in none of
+    # event_count, events_overwritten, ... ; total_events = event_count + overwritten + lost + abandoned + expired
+    events_in_flight: int = 0
 
 
 @dataclass

@@ -219,7 +219,10 @@ def decode(rec: np.void) -> DiagnosticEvent:
     )
 
 
-def count_retained(seg: Segment) -> int:
+def scan_retained(seg: Segment) -> int:
+    """How many records a scan of every slot word finds retained. Touches the whole slot area:
+    for checks and tests only; the read models take ``core.snapshot.counters(seg).retained``,
+    which reads the writers' counters alone."""
     return len(retained_slots(seg)[0])
 
 

@@ -28,12 +28,10 @@ from shmdiag.core.errors import (
     ShmDiagError,
 )
 from shmdiag.core.procs import started_by
-from shmdiag.core.reader import count_retained
 from shmdiag.core.segment import Segment
 from shmdiag.core.shards import writer_alive
 
 SHM_DIR = "/dev/shm"
-_U64_MAX = (1 << 64) - 1
 
 
 class RefusedError(ShmDiagError):
@@ -117,8 +115,8 @@ def ring_info(name: str, size: int | None = None) -> RingInfo:
         if collector is not None:
             info.collector_pid, info.collector_alive = collector.pid, collector.alive
         info.capacity = seg.capacity
-        info.retained = count_retained(seg)
-        info.total_events = min(sum(snapshot.era_shards(seg)["recorded"].tolist()), _U64_MAX)
+        books = snapshot.counters(seg)  # counters only: ls never touches a slot
+        info.retained, info.total_events = books.retained, books.recorded
         _, shards = snapshot.shards(seg)
         writers = zip(shards["owner"].tolist(), shards["start_time"].tolist(), strict=True)
         info.live_writers = sum(1 for w, start in writers if writer_alive(w, start))

@@ -9,6 +9,9 @@ bound what they compute from it.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import numpy as np
 
 from shmdiag.core import layout as L
@@ -21,6 +24,106 @@ def shards(seg: Segment) -> tuple[int, np.ndarray]:
     _, base = seg.era()
     seg.native.fence()
     return base, seg.shards.copy()
+
+
+# Columns of core/_native.c shard_counters().
+_C_OWNER, _C_BASE, _C_JOURNAL, _C_JMETA, _C_JB_REC, _C_JB_OUT = 0, 1, 2, 3, 4, 5
+_C_RECORDED, _C_OVERWRITTEN, _C_LOST, _C_ABANDONED, _C_EXPIRED, _C_START, _C_OK = 6, 7, 8, 9, 10, 11, 12
+_COLS = 13
+_U64_MAX = (1 << 64) - 1
+_TRIES = 20  # whole-table attempts before a shard that never held still is taken as it was
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One consistent copy of the ring's books: where every event recorded in the current era
+    (since creation or the last clear) went, read from the shard table alone.
+
+    ``recorded == retained + overwritten + lost + abandoned + expired`` holds exactly, and
+    ``0 <= retained <= min(capacity, recorded)``. ``in_flight`` events are claimed but not yet
+    counted: a writer is inside ``write()`` (or died there and is not reaped yet); they are in
+    none of the other figures. With ``in_flight == 0`` and no cleanup or clear running,
+    ``retained`` is exactly the number of retained records (what ``get_events(0)`` returns).
+
+    How: each shard is copied at one moment of its history (``_native.shard_counters``); a shard
+    whose journal is in its counting phase is taken as it was just before it (its journal holds
+    those values), so an in-flight event is in no counter at all. Summing shards read a few
+    nanoseconds apart, and removals (an overwrite, a retention cleanup) counted by one process
+    of an event another process has published but not counted yet, can leave the difference
+    ``recorded - overwritten - lost - abandoned - expired`` up to one event per writer inside
+    ``write()`` (or a cleanup under way) outside ``0..min(capacity, recorded)``: those events are
+    settled here as the writers are about to, the excess counted as overwritten (the removal
+    happened, its count is on its way) or the shortfall taken off the overwritten and expired
+    counts (removals of events still in flight). ``adjusted`` says by how many; it is 0 at rest.
+    """
+
+    base: int
+    recorded: int
+    overwritten: int
+    lost: int
+    abandoned: int
+    expired: int
+    retained: int
+    in_flight: int
+    adjusted: int = 0
+    unsteady: int = 0  # shards that never held still long enough to be copied (taken as seen)
+
+
+def _sum(col: np.ndarray) -> int:
+    """An exact sum (numpy's u64 sum wraps), saturated at what a u64 holds: damaged words must
+    not make a figure no JSON consumer can read."""
+    return min(int(sum(col.tolist())), _U64_MAX)
+
+
+def counters(seg: Segment) -> Counters:
+    """The books of the current era from one consistent copy of the shard table (see
+    :class:`Counters`). Reads the header and the shard table only: never a slot."""
+    buf = np.empty((seg.max_shards, _COLS), dtype=np.uint64)
+    for attempt in range(_TRIES):
+        head1 = seg.load("head")
+        _, base = seg.era()
+        seg.native.fence()
+        unsteady = seg.native.shard_counters(buf, L.OWNER_STATE_BITS, L.SH_REAPING)
+        seg.native.fence()
+        # A clear during the copy (a new generation in the head word) makes a mixed copy.
+        if L.head_gen(seg.load("head")) == L.head_gen(head1) and (unsteady == 0 or attempt == _TRIES - 1):
+            break
+        os.sched_yield()
+    t = buf
+    used = (L.owner_state(t[:, _C_OWNER]) != L.SH_FREE) & (t[:, _C_BASE] == np.uint64(base))
+    t = t[used].copy()
+    journal = t[:, _C_JOURNAL]
+    busy = journal != 0
+    # In its counting phase a writer has stored "old + 1" in some counters and not yet in
+    # others: take the old values, which the journal holds, so the event is in none of them.
+    counting = busy & (L.j_phase(journal) == L.PH_COUNTING)
+    if counting.any():
+        outcome = (t[:, _C_JMETA] >> np.uint64(3 * L.JMETA_BITS)) & np.uint64(0xFF)
+        t[counting, _C_RECORDED] = t[counting, _C_JB_REC]
+        for out, col in ((L.OUT_OVERWROTE, _C_OVERWRITTEN), (L.OUT_LOST, _C_LOST)):
+            sel = counting & (outcome == np.uint64(out))
+            t[sel, col] = t[sel, _C_JB_OUT]
+    recorded, overwritten, lost, abandoned, expired = (
+        _sum(t[:, c]) for c in (_C_RECORDED, _C_OVERWRITTEN, _C_LOST, _C_ABANDONED, _C_EXPIRED))
+    retained = recorded - overwritten - lost - abandoned - expired
+    top = min(seg.capacity, recorded)
+    adjusted = 0
+    if retained > top:
+        adjusted = retained - top
+        overwritten += adjusted  # can not pass recorded: retained - adjusted = top >= 0
+        retained = top
+    elif retained < 0:
+        adjusted = short = -retained
+        terms = [overwritten, expired, lost, abandoned]
+        for k in range(4):  # short <= their sum, since recorded >= 0
+            d = min(short, terms[k])
+            terms[k] -= d
+            short -= d
+        overwritten, expired, lost, abandoned = terms
+        retained = 0
+    return Counters(base=base, recorded=recorded, overwritten=overwritten, lost=lost, abandoned=abandoned,
+                    expired=expired, retained=retained, in_flight=int(busy.sum()), adjusted=adjusted,
+                    unsteady=int(unsteady))
 
 
 def era_shards(seg: Segment) -> np.ndarray:

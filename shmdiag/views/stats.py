@@ -20,14 +20,20 @@ from shmdiag.views.peers import connected_peers
 
 @dataclass
 class Accounting:
-    """Where every recorded event went: recorded = retained + overwritten + lost + abandoned + expired."""
+    """Where every event recorded since creation or the last clear went, from one consistent
+    copy of the books (``core.snapshot.Counters``):
+    ``recorded == retained + overwritten + lost + abandoned + expired`` exactly, with
+    ``0 <= retained <= min(max_events, recorded)``. ``in_flight`` events are claimed by a writer
+    still inside a record (or dead there, not yet reaped) and in none of those terms; at rest it
+    is 0 and ``retained`` is exactly what ``get_events(0)`` returns."""
 
     recorded: int
     overwritten: int
     lost: int
     abandoned: int
     expired: int
-    in_flight: int = 0  # live writers inside a record right now: the books close when this is 0
+    in_flight: int = 0
+    retained: int = 0
 
 
 _U64_MAX = (1 << 64) - 1
@@ -40,10 +46,10 @@ def _total(col: np.ndarray) -> int:
 
 
 def accounting(seg: Segment) -> Accounting:
-    s = snapshot.era_shards(seg)
-    busy = int(((s["journal"] != 0) & (L.owner_state(s["owner"]) == L.SH_ACTIVE)).sum())
-    return Accounting(recorded=_total(s["recorded"]), overwritten=_total(s["overwritten"]), lost=_total(s["lost"]),
-                      abandoned=_total(s["abandoned"]), expired=_total(s["expired"]), in_flight=busy)
+    """The books from the shard table alone: never a slot, so the same cost at any ring size."""
+    c = snapshot.counters(seg)
+    return Accounting(recorded=c.recorded, overwritten=c.overwritten, lost=c.lost, abandoned=c.abandoned,
+                      expired=c.expired, in_flight=c.in_flight, retained=c.retained)
 
 
 def consistent(shards: np.ndarray) -> np.ndarray:
