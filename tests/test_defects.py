@@ -314,3 +314,17 @@ def test_record_error_logs_a_bounded_text(make_recorder):
     line = rec.getMessage()
     assert len(line) < 2 * L.TEXT_SIZE + 100 and "more characters" in line
     assert line.startswith("error [p] Error in parse: xxx")
+
+
+# -- found by the fuzz test -------------------------------------------------------------------
+def test_rm_refuses_a_ring_whose_creator_runs_whatever_its_collector_word_says(make_recorder):
+    """The collector word is live and unchecksummed: naming a dead process there must not make
+    a ring whose creator is running look stale."""
+    r = make_recorder(100)
+    r.record_message("p", "inv", "inbound", 1)
+    with raw_segment(r.name) as mm:
+        write_field(mm, L.HEADER, "collector", L.clear_make(4194305, 1))
+    cp = run_cli("rm", r.name)
+    assert_clean(cp)
+    assert cp.returncode == 1 and os.path.exists(shm_path(r.name)), (cp.stdout, cp.stderr)
+    assert len(r.get_events(0)) == 1

@@ -34,6 +34,7 @@ CACHE_LINE = 64
 # that claims a sequence number also tells the writer which era (which clear) it belongs to.
 SEQ_BITS = 48
 SEQ_MASK = (1 << SEQ_BITS) - 1
+U64_MASK = (1 << 64) - 1  # counters are u64 words: arithmetic on them wraps, as in C
 BASE_SLOTS = 16
 
 # Runs of sequence numbers: a writer claims several sequence numbers with one fetch_add and

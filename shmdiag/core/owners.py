@@ -49,10 +49,12 @@ def collector_of(seg: Segment) -> Collector | None:
 
 def in_use(seg: Segment) -> tuple[str, int] | None:
     """``("collector", pid)`` or ``("creator", pid)`` of the live process that keeps the ring,
-    or None if the ring is stale (its collector is dead, or it has none and its creator is dead)."""
+    or None if the ring is stale: its collector (if the header names one) and its creator are
+    both dead. The creator counts even when a collector is named: the collector word is a live,
+    unchecksummed word, and one damaged word must not let ``rm`` remove a ring in use."""
     c = collector_of(seg)
-    if c is not None:
-        return ("collector", c.pid) if c.alive else None
+    if c is not None and c.alive:
+        return "collector", c.pid
     if started_by(seg.creator_pid, seg.created_ns):
         return "creator", seg.creator_pid
     return None

@@ -189,7 +189,9 @@ class ShardManager:
 
         def bump(field: str, item: int = 0, to: int | None = None) -> None:
             off = word(field, item)
-            nat.store(off, nat.load(off) + 1 if to is None else to)
+            # Wrap as the writer's u64 arithmetic does: a damaged counter at 2**64-1 must not
+            # make the reaper raise and leave the shard stuck in REAPING.
+            nat.store(off, (nat.load(off) + 1 if to is None else to) & L.U64_MASK)
 
         if phase == L.PH_COUNTING:
             # The writer had the outcome and the old counter values: redo "old + 1" (idempotent).
