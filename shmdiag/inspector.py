@@ -243,6 +243,7 @@ class Inspector:
                 writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
                 events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
                 error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
+                seqs_unused=acct.unused,
             )
             h.status, h.message = _health.classify(h)
             return h

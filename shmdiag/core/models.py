@@ -73,6 +73,7 @@ class HealthStatus:
     events_expired: int = 0
     error_rate: float = 0.0
     writers_inconsistent: int = 0
+    seqs_unused: int = 0  # sequence numbers claimed and never used: up to this many fewer events retained
 
 
 @dataclass

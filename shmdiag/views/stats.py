@@ -28,6 +28,10 @@ class Accounting:
     abandoned: int
     expired: int
     in_flight: int = 0  # live writers inside a record right now: the books close when this is 0
+    # Sequence numbers claimed and never used (not events): runs given up by writers paused for
+    # longer than a run lives while others claimed after them. The ring holds up to this many
+    # fewer events than its capacity; see views/health.py for the bound.
+    unused: int = 0
 
 
 _U64_MAX = (1 << 64) - 1
@@ -43,7 +47,8 @@ def accounting(seg: Segment) -> Accounting:
     s = snapshot.era_shards(seg)
     busy = int(((s["journal"] != 0) & (L.owner_state(s["owner"]) == L.SH_ACTIVE)).sum())
     return Accounting(recorded=_total(s["recorded"]), overwritten=_total(s["overwritten"]), lost=_total(s["lost"]),
-                      abandoned=_total(s["abandoned"]), expired=_total(s["expired"]), in_flight=busy)
+                      abandoned=_total(s["abandoned"]), expired=_total(s["expired"]), in_flight=busy,
+                      unused=_total(s["unused"]))
 
 
 def consistent(shards: np.ndarray) -> np.ndarray:
