@@ -189,6 +189,9 @@ static uint64_t fnv1a(const char *p, Py_ssize_t n) {
 }
 
 static inline void add_rlx(char *p, uint64_t v) { __atomic_fetch_add(U64(p), v, __ATOMIC_RELAXED); }
+/* An add that no earlier store of this thread may be moved after (by the compiler or the CPU):
+ * the same lock xadd on x86. Used where a journal store must precede the add (extras_apply). */
+static inline void add_rel(char *p, uint64_t v) { __atomic_fetch_add(U64(p), v, __ATOMIC_RELEASE); }
 
 static inline void max_rlx(char *p, uint64_t v) {
     uint64_t cur = ld_rlx(p);
@@ -324,7 +327,7 @@ static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
  *                 shard (jx_peer, jx_bank, jx_value, jx_info; jstep = 0) before the journal
  *                 says OWNED (or, for a lost event, EXTRAS): a journal past CLAIMED names them.
  *   extras_apply  after the outcome is decided and the journal says EXTRAS: the adds, in a fixed
- *                 order, jstep = i + 1 stored just before the i-th. The reaper (settle_extras)
+ *                 order, jstep = i + 1 stored just before the i-th add. The reaper (settle_extras)
  *                 runs the same function from jstep on, from the words alone (the slot may have
  *                 been overwritten since). One instruction boundary stays ambiguous: a writer
  *                 killed between the store of jstep and its add loses that one add. The other
@@ -344,7 +347,7 @@ static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
 #define JX_BUCKET_SHIFT 8
 #define JX_BUCKET_MASK 0x7FFULL
 
-static void extras_plan(Mapping *m, uint64_t gen, uint64_t base, long kind, long flags, int64_t value,
+static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64_t gen, uint64_t base, long kind, long flags, int64_t value,
                         const char *peer, Py_ssize_t peer_n, const char *f1, Py_ssize_t f1_n,
                         uint64_t *x_peer, uint64_t *x_bank, uint64_t *x_info) {
     const Layout *L = &m->L;
@@ -394,56 +397,62 @@ static void extras_plan(Mapping *m, uint64_t gen, uint64_t base, long kind, long
 
 /* The adds of a planned event, from the from-th on. sh: the writer's shard, to store progress
  * in (NULL for the reaper). Returns 1 if the event became its peer's latest lifecycle event. */
-static int extras_apply(Mapping *m, char *sh, uint64_t from, uint64_t seq, long sev, long flags, int64_t ts,
+static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *sh, uint64_t from, uint64_t seq, long sev, long flags, int64_t ts,
                         uint64_t peer_off, uint64_t bank_off, uint64_t value, uint64_t info) {
     const Layout *L = &m->L;
     char *mem = m->mem;
     uint64_t i = 0;
     int latest = 0;
+/* An add, jstep = its number stored just before it; the add is a release RMW (add_rel), so the
+ * store stays before it in the instruction stream, which is what a SIGKILL cuts. */
 #define XOP(stmt) do {                                                                            \
         i++;                                                                                      \
-        if (sh) { st_rlx(sh + L->shard_jstep, i); __atomic_signal_fence(__ATOMIC_SEQ_CST); }      \
+        if (sh) st_rlx(sh + L->shard_jstep, i);                                                   \
         if (i > from) { stmt; }                                                                   \
     } while (0)
+/* An idempotent op (max, min, plain store, lifecycle CAS-max): no step of its own, so the reaper
+ * may redo it, harmlessly. */
+#define IOP(stmt) do { i++; if (i > from) { stmt; } } while (0)
     if (bank_off) {
         char *bank = mem + bank_off;
         if (flags & L->flag_has_error) {
-            XOP(add_rlx(bank + L->bank_errors, 1));
+            XOP(add_rel(bank + L->bank_errors, 1));
         } else {
-            XOP(add_rlx(bank + L->bank_buckets + 8 * (Py_ssize_t)((info >> JX_BUCKET_SHIFT) & JX_BUCKET_MASK), 1));
-            XOP(add_rlx(bank + L->bank_sum_ns, value));
-            XOP(max_rlx(bank + L->bank_max_ns, value));
-            XOP(add_rlx(bank + L->bank_count, 1));
+            XOP(add_rel(bank + L->bank_buckets + 8 * (Py_ssize_t)((info >> JX_BUCKET_SHIFT) & JX_BUCKET_MASK), 1));
+            XOP(add_rel(bank + L->bank_sum_ns, value));
+            IOP(max_rlx(bank + L->bank_max_ns, value));
+            XOP(add_rel(bank + L->bank_count, 1));
         }
     }
-    if (info & JX_UNTRACKED) XOP(add_rlx(mem + L->hdr_peer_events_untracked, 1));
-    if (info & JX_UNTRACKED_CONNECT) XOP(add_rlx(mem + L->hdr_peers_untracked, 1));
+    if (info & JX_UNTRACKED) XOP(add_rel(mem + L->hdr_peer_events_untracked, 1));
+    if (info & JX_UNTRACKED_CONNECT) XOP(add_rel(mem + L->hdr_peers_untracked, 1));
     if (!peer_off) return 0;
     char *e = mem + peer_off;
     if (flags & (L->flag_life_connect | L->flag_life_disconnect))
-        XOP(latest = peer_life(L, e, seq, (flags & L->flag_life_connect) != 0));
+        IOP(latest = peer_life(L, e, seq, (flags & L->flag_life_connect) != 0));
     if (!(info & JX_COUNT)) return latest;
-    XOP(add_rlx(e + L->peer_events, 1));
-    XOP(max_rlx(e + L->peer_last_activity, (uint64_t)ts));
-    if (sev >= 3) XOP(add_rlx(e + L->peer_errors, 1));
+    XOP(add_rel(e + L->peer_events, 1));
+    IOP(max_rlx(e + L->peer_last_activity, (uint64_t)ts));
+    if (sev >= 3) XOP(add_rel(e + L->peer_errors, 1));
     if (info & JX_MSG) {
         int out = (flags & L->flag_outbound) != 0;
         Py_ssize_t t = (Py_ssize_t)(info & 0xFF);
-        XOP(add_rlx(e + (out ? L->peer_msgs_sent : L->peer_msgs_recv), 1));
-        XOP(add_rlx(e + (out ? L->peer_bytes_sent : L->peer_bytes_recv), value));
-        XOP(add_rlx(e + (out ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * t, value));
+        XOP(add_rel(e + (out ? L->peer_msgs_sent : L->peer_msgs_recv), 1));
+        XOP(add_rel(e + (out ? L->peer_bytes_sent : L->peer_bytes_recv), value));
+        XOP(add_rel(e + (out ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * t, value));
     } else if (info & JX_PING) {
-        XOP(add_rlx(e + L->peer_ping_sum_ns, value));
-        XOP(st_rlx(e + L->peer_ping_last_ns, value));
-        XOP({
+        XOP(add_rel(e + L->peer_ping_sum_ns, value));
+        IOP(st_rlx(e + L->peer_ping_last_ns, value));
+        IOP({
             char *mp = e + L->peer_ping_min_ns;   /* 0: no ping yet */
             uint64_t cur = ld_rlx(mp);
             while ((cur == 0 || value < cur) &&
                    !__atomic_compare_exchange_n(U64(mp), &cur, value, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
         });
-        XOP(add_rlx(e + L->peer_ping_count, 1));
+        XOP(add_rel(e + L->peer_ping_count, 1));
     }
 #undef XOP
+#undef IOP
     return latest;
 }
 
@@ -663,7 +672,7 @@ static void claim_run(Mapping *self, char *sh) {
  * once. The shard stops naming the run (release) before the CAS (acq_rel), so a reader that
  * sees the lowered head and then the shard no longer finds the old run pending over seqs that
  * a new run of another process now holds. */
-static void drop_run(Mapping *self, char *sh, uint64_t from) {
+static __attribute__((noinline, cold)) void drop_run(Mapping *self, char *sh, uint64_t from) {
     const Layout *L = &self->L;
     uint64_t end = self->bend;
     self->bnext = end;
