@@ -53,7 +53,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         out(clean(f"{h.status}: {h.message}"))
         out(kv([("retained", f"{h.event_count} of {h.max_events}"), ("total events", h.total_events),
                  ("overwritten", h.events_overwritten), ("lost", h.events_lost), ("abandoned", h.events_abandoned),
-                 ("expired", h.events_expired), ("error rate", f"{h.error_rate:.2%}"),
+                 ("expired", h.events_expired), ("unused seqs", h.seqs_unused), ("error rate", f"{h.error_rate:.2%}"),
                  ("writers", f"{h.writers_alive} alive, {h.writers_dead} dead"), ("uptime", human_duration(h.uptime))],
                 indent="  "))
     return HEALTH_EXIT.get(h.status, 2)
