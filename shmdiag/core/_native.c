@@ -677,6 +677,11 @@ static __attribute__((noinline, cold)) void drop_run(Mapping *self, char *sh, ui
     uint64_t end = self->bend;
     self->bnext = end;
     if (self->bpid != g_pid || !sh || from >= end) return;   /* a forked child leaves the parent's run alone */
+    /* The journal may name `from` (a seq taken and put back): once given back another process
+     * can claim it, and a reaper settling this shard must not free that one's busy slot. The
+     * event, not published and not counted yet, is then simply not recorded if this process
+     * dies before its next claim. */
+    st_rel(sh + L->shard_journal, 0);
     if (self->bshard == sh) st_rel(sh + L->shard_run, 0);
     uint64_t gmask = ~((((uint64_t)1) << L->seq_bits) - 1);
     uint64_t g = self->bhead & gmask;

@@ -42,7 +42,9 @@ BASE_SLOTS = 16
 # RUN_TTL_NS (a power of two, at most run_max(capacity)), so a slow writer claims one seq at a
 # time and leaves no unused ones behind. A run is used for at most RUN_TTL_NS after it was
 # claimed; the writer checks that after taking a slot, so a reader that finds a sequence number
-# unwritten later than that knows it never will be (see _follow._Runs).
+# unwritten later than that, below a published one, knows it never will be (see core/follow.py).
+# The unused rest of a run given up goes back to the head when nobody claimed after it, else it
+# is counted in the shard's "unused" (drop_run in core/_native.c).
 RUN_MAX = 64
 RUN_TTL_NS = 10_000_000
 RUN_NONE, RUN_CLAIMING = 0, 1  # shard word "run": none, one being claimed, or
