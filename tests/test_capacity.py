@@ -47,6 +47,21 @@ def _writer(name: str, n: int, start: int, progress, pause_s: float = 0.0, every
         progress.value = n
 
 
+def _paced_writer(name: str, n: int, progress, pause_every: int, pause_s: float) -> None:
+    """Record n events, 100 every ~4 ms (fast enough for runs of 64, slow enough for a follower
+    to keep up), and every ``pause_every`` events pause ``pause_s``, mid-run (100 % 64 != 0)."""
+    with Recorder.attach(name) as rec:
+        rm = rec.record_message
+        for i in range(n):
+            rm("p", "inv", "inbound", i)
+            if i % pause_every == pause_every - 1:
+                time.sleep(pause_s)
+            elif i % 100 == 99:
+                progress.value = i + 1
+                time.sleep(0.004)
+        progress.value = n
+
+
 def _hog(stop) -> None:
     while not stop.is_set():
         for _ in range(100_000):
@@ -173,20 +188,21 @@ def test_four_writers_shortfall_is_bounded_by_what_health_reports():
 # -- following a writer whose runs are given back -----------------------------------------------
 @pytest.mark.multiprocess
 def test_follower_delivers_every_event_once_when_runs_are_given_back():
-    n = CAP
+    n = 30_000
     with Recorder(max_events=CAP) as rec:
         _, cursor = history(rec._seg, 0)
         follower = Follower(rec._seg, cursor)
         progress = SPAWN.Value("q", 0, lock=False)
-        # bursts of ~1,000 events then a pause that outlives the run: the follower catches up with
-        # the head, finds the unused rest of the run there, and must wait for it to be reused
-        p = SPAWN.Process(target=_writer, args=(rec.name, n, 0, progress, 2 * TTL, 997))
+        # runs of 64, and every 2,000 events a pause that outlives the run: the follower catches
+        # up with the head, finds the unused rest of the run there, and must wait for it to be
+        # given back and reused; SIGSTOPs add pauses at random points
+        p = SPAWN.Process(target=_paced_writer, args=(rec.name, n, progress, 2_000, 3 * TTL))
         p.start()
         got: list[int] = []
         gaps: list[Gap] = []
         stopped = 0
         rng = random.Random(11)
-        while p.is_alive() or len(got) < n:
+        while p.is_alive():
             for x in follower.poll():
                 if isinstance(x, Gap):
                     gaps.append(x)
@@ -199,11 +215,9 @@ def test_follower_delivers_every_event_once_when_runs_are_given_back():
                 os.kill(p.pid, signal.SIGCONT)
                 stopped += 1
             time.sleep(0.002)
-            if not p.is_alive() and p.exitcode != 0:
-                break
         p.join(60)
         assert p.exitcode == 0
-        for x in follower.poll():
+        for x in follower.poll():  # one poll reads all that is left (nothing is in flight now)
             assert not isinstance(x, Gap)
             got.append(x.metadata["size"])
         assert gaps == [] and (follower.overwritten, follower.unreadable) == (0, 0)
