@@ -252,6 +252,7 @@ class Inspector:
                 error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
                 detached=seg.link_state(),
                 events_in_flight=acct.in_flight,
+                seqs_unused=acct.unused,
             )
             collector = _owners.collector_of(seg)
             if collector is not None:

@@ -40,11 +40,12 @@ def test_a_fast_writer_claims_long_runs_and_a_slow_one_single_seqs(make_recorder
     first, n, used = end_mid_run(rec)
     assert n == L.RUN_MAX
 
-    # Quiet for longer than a run lives: the rest of the run is given up, unused. The writer
-    # only finds out after taking the next seq of its old run (the check comes after the slot
-    # is taken), so it puts that slot back as it was and records into a run of its own.
+    # Quiet for longer than a run lives: the rest of the run is given up. The writer only
+    # finds out after taking the next seq of its old run (the check comes after the slot is
+    # taken), so it puts that slot back as it was; nobody claimed after the run, so the rest of
+    # it, that seq included, goes back to the head and the next run starts there: no seq unused.
     raw = lambda i: rec._seg.slots[i: i + 1].view("u1").tobytes()  # noqa: E731  (padding too)
-    before = raw((first + used) % BIG)
+    before = raw((first + n) % BIG)
     _, cursor = history(rec._seg, 0)
     follower = Follower(rec._seg, cursor)
     seqs = []
@@ -52,10 +53,11 @@ def test_a_fast_writer_claims_long_runs_and_a_slow_one_single_seqs(make_recorder
         time.sleep(2.5 * TTL)
         rec.record_message("slow", "ping", "outbound", 8)
         seqs.append(rec.get_events(1)[0].seq)
-    assert seqs[0] >= first + n, "the event went to a new run, not the stale one"
+    assert seqs[0] == first + used, "the stale run's rest was given back and reused"
     assert seqs == list(range(seqs[0], seqs[0] + 4)), "a slow writer claims one seq at a time"
     assert run_of(rec) == (seqs[-1], 1)
-    assert raw((first + used) % BIG) == before, "the slot taken back is as it was"
+    assert raw((first + n) % BIG) == before, "nothing written past the seqs used"
+    assert int(rec._seg.shards["unused"].sum()) == 0
 
     # A follower goes straight past the unused seqs: nothing held back, no gap reported.
     out = follower.poll()

@@ -446,7 +446,7 @@ NO_SUCH_PID = (1 << 31) - 5  # above any Linux pid_max
 
 def test_corrupt_dead_writer_journal_never_raises(ring):
     with raw_segment(ring.name) as mm:
-        dead_writer_shard(mm, ((1 << 61) << L.J_PHASE_BITS) | L.PH_OWNED)
+        dead_writer_shard(mm, ((1 << (63 - L.J_PHASE_BITS)) << L.J_PHASE_BITS) | L.PH_OWNED)
     h = ring.health_check()
     assert h.writers_dead == 1
     assert h.status == "warning"
@@ -454,7 +454,7 @@ def test_corrupt_dead_writer_journal_never_raises(ring):
 
 def test_corrupt_dead_writer_journal_other_calls_survive(ring):
     with raw_segment(ring.name) as mm:
-        dead_writer_shard(mm, ((1 << 61) << L.J_PHASE_BITS) | L.PH_OWNED)
+        dead_writer_shard(mm, ((1 << (63 - L.J_PHASE_BITS)) << L.J_PHASE_BITS) | L.PH_OWNED)
     known_events_intact(ring)
     ring.get_stats()
 

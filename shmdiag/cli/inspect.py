@@ -54,6 +54,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         out(kv([("retained", f"{h.event_count} of {h.max_events}"), ("total events", h.total_events),
                  ("overwritten", h.events_overwritten), ("lost", h.events_lost), ("abandoned", h.events_abandoned),
                  ("expired", h.events_expired), ("in flight", h.events_in_flight),
+                 ("unused seqs", h.seqs_unused),
                  ("error rate", f"{h.error_rate:.2%}"),
                  ("writers", f"{h.writers_alive} alive, {h.writers_dead} dead"),
                  ("collector", "none" if not h.collector_pid else

@@ -11,20 +11,25 @@
  *
  *   1. s = the next seq of this process's run; a new run is claimed with fetch_add(head, n)
  *      (claim_run) when the run is used up, 10 ms old or of an earlier clear generation. The
- *      head word also carries the clear generation (era) of the run. slot = s % capacity
+ *      head word also carries the clear generation (era) of the run. slot = s % capacity.
+ *      The unused rest of a run given up goes back to the head if nobody claimed after it,
+ *      else is counted as unused (drop_run, which says why readers stay exact).
  *   2. journal = (s, CLAIMED)                       a dead writer's event can be accounted for
  *   3. CAS the slot word from an older, non-busy value to BUSY(s)
  *        a busy occupant -> the event is dropped and counted as lost (never wait)
  *        a newer occupant (the ring lapped this run) -> new run, back to 1
  *        the run turned out older than 10 ms -> slot word put back, new run, back to 1
- *   4. journal = (s, OWNED); payload stores; checksum
+ *   4. the peer and latency adds planned into the shard (extras_plan: jx_*, jstep = 0);
+ *      journal = (s, OWNED); payload stores; checksum
  *   5. store-release slot word = COMMITTED(s)       readers acquire-load it before and after copying
- *   6. journal = (s, COUNTING) with the counters' old values; counters = old + 1; journal = idle
+ *   6. journal = (s, EXTRAS) with the outcome; the adds, jstep counting them (extras_apply)
+ *   7. journal = (s, COUNTING) with the counters' old values; counters = old + 1; journal = idle
  *
- * Step 6 stores "old + 1" rather than incrementing, so a reaper that finds a dead writer in
+ * Step 7 stores "old + 1" rather than incrementing, so a reaper that finds a dead writer in
  * COUNTING can redo it idempotently; in earlier phases the counters are untouched and the reaper
- * applies them itself (shmdiag/_writer.py: reap_shard). Within one process the GIL serialises
- * calls into write(), so each process owns one shard and its plain-store counters.
+ * applies them itself, after finishing the adds from jstep on in EXTRAS, or all of them in
+ * OWNED with the slot published (core/shards.py: _settle_journal). Within one process the GIL
+ * serialises calls into write(), so each process owns one shard and its plain-store counters.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -66,7 +71,8 @@ typedef struct {
     Py_ssize_t shards_off, shard_size, max_shards;
     Py_ssize_t shard_owner, shard_start_time, shard_base, shard_journal, shard_jmeta, shard_jts, shard_jprev, shard_jbefore,
         shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
-        shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0;
+        shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0,
+        shard_unused, shard_jstep, shard_jx_peer, shard_jx_bank, shard_jx_value, shard_jx_info;
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
     Py_ssize_t peers_off, peer_size, max_peers, peer_slots, addr_cap, msg_types, msg_name_size;
@@ -76,10 +82,10 @@ typedef struct {
         peer_bytes_sent_per_msg, peer_bytes_recv_per_msg;
     /* timed operations */
     Py_ssize_t ops_off, op_size, op_slots, op_name_size, op_name_state, op_name, op_banks;
-    Py_ssize_t bank_size, bank_count, bank_errors, bank_sum_ns, bank_max_ns, bank_buckets, op_buckets;
+    Py_ssize_t bank_size, bank_count, bank_errors, bank_sum_ns, bank_max_ns, bank_gen, bank_buckets, op_buckets;
     /* word formats */
     Py_ssize_t w_state_bits, w_sev_bits, st_committed, st_busy, st_deleted;
-    Py_ssize_t j_phase_bits, ph_claimed, ph_owned, ph_counting;
+    Py_ssize_t j_phase_bits, ph_claimed, ph_owned, ph_extras, ph_counting;
     Py_ssize_t out_clean, out_overwrote, out_lost;
     Py_ssize_t flag_truncated, flag_life_connect, flag_life_disconnect, flag_has_error, flag_outbound;
     Py_ssize_t kind_message, kind_latency;
@@ -100,6 +106,7 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_recorded), K(shard_overwritten), K(shard_lost), K(shard_abandoned), K(shard_expired),
     K(shard_first_ts), K(shard_last_ts),
     K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
+    K(shard_unused), K(shard_jstep), K(shard_jx_peer), K(shard_jx_bank), K(shard_jx_value), K(shard_jx_info),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
     K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(addr_cap), K(msg_types), K(msg_name_size),
     K(peer_key_state), K(peer_life), K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
@@ -107,9 +114,9 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(peer_errors), K(peer_ping_count), K(peer_ping_sum_ns), K(peer_ping_last_ns), K(peer_ping_min_ns),
     K(peer_events), K(peer_key), K(peer_addr), K(peer_bytes_sent_per_msg), K(peer_bytes_recv_per_msg),
     K(ops_off), K(op_size), K(op_slots), K(op_name_size), K(op_name_state), K(op_name), K(op_banks),
-    K(bank_size), K(bank_count), K(bank_errors), K(bank_sum_ns), K(bank_max_ns), K(bank_buckets), K(op_buckets),
+    K(bank_size), K(bank_count), K(bank_errors), K(bank_sum_ns), K(bank_max_ns), K(bank_gen), K(bank_buckets), K(op_buckets),
     K(w_state_bits), K(w_sev_bits), K(st_committed), K(st_busy), K(st_deleted),
-    K(j_phase_bits), K(ph_claimed), K(ph_owned), K(ph_counting),
+    K(j_phase_bits), K(ph_claimed), K(ph_owned), K(ph_extras), K(ph_counting),
     K(out_clean), K(out_overwrote), K(out_lost),
     K(flag_truncated), K(flag_life_connect), K(flag_life_disconnect), K(flag_has_error), K(flag_outbound),
     K(kind_message), K(kind_latency),
@@ -182,6 +189,9 @@ static uint64_t fnv1a(const char *p, Py_ssize_t n) {
 }
 
 static inline void add_rlx(char *p, uint64_t v) { __atomic_fetch_add(U64(p), v, __ATOMIC_RELAXED); }
+/* An add that no earlier store of this thread may be moved after (by the compiler or the CPU):
+ * the same lock xadd on x86. Used where a journal store must precede the add (extras_apply). */
+static inline void add_rel(char *p, uint64_t v) { __atomic_fetch_add(U64(p), v, __ATOMIC_RELEASE); }
 
 static inline void max_rlx(char *p, uint64_t v) {
     uint64_t cur = ld_rlx(p);
@@ -308,13 +318,42 @@ static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
 
 /* Everything an event adds beyond the ring and the shard counters: its peer's entry and, for a
  * timed operation, that operation's histogram in the bank of its clear generation. Relaxed
- * atomic adds: exact however many processes record, and no ordering is needed between them. */
-static void account_extras(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq, long kind, long sev, long flags, int64_t ts,
-                           int64_t value, const char *peer, Py_ssize_t peer_n, const char *f1, Py_ssize_t f1_n,
-                           Py_ssize_t f1_stored) {
+ * atomic adds: exact however many processes record, and no ordering is needed between them.
+ *
+ * Journaled, so a writer SIGKILLed half-way has them settled exactly once by the reaper, as its
+ * shard counters are. Two halves:
+ *   extras_plan   before the slot is published: finds (or inserts) the peer entry and the
+ *                 operation, checks the generations, and stores what the adds will be in the
+ *                 shard (jx_peer, jx_bank, jx_value, jx_info; jstep = 0) before the journal
+ *                 says OWNED (or, for a lost event, EXTRAS): a journal past CLAIMED names them.
+ *   extras_apply  after the outcome is decided and the journal says EXTRAS: the adds, in a fixed
+ *                 order, jstep = i + 1 stored just before the i-th add. The reaper (settle_extras)
+ *                 runs the same function from jstep on, from the words alone (the slot may have
+ *                 been overwritten since). One instruction boundary stays ambiguous: a writer
+ *                 killed between the store of jstep and its add loses that one add. The other
+ *                 order (add, then jstep) would count it twice, and far more often: a signal is
+ *                 taken at the boundary after an instruction in proportion to its cost, and a
+ *                 locked add costs ~20 times a plain store (measured: 1 double count in 40
+ *                 random SIGKILLs that way; see tests/test_capacity.py).
+ * A latency sample goes only into a bank that names its generation (bank word "gen"): the
+ * clearer marks a bank BANK_ZEROING (all ones) before zeroing it and names the new generation
+ * after, so a writer stalled across two clears finds the bank of its parity naming another
+ * generation and leaves it alone (the sample is counted in the shard, not in the histogram). */
+#define JX_MSG (1ULL << 25)
+#define JX_PING (1ULL << 26)
+#define JX_COUNT (1ULL << 27)            /* the peer entry's counters are of this generation */
+#define JX_UNTRACKED (1ULL << 28)        /* +1 peer_events_untracked */
+#define JX_UNTRACKED_CONNECT (1ULL << 29) /* +1 peers_untracked */
+#define JX_BUCKET_SHIFT 8
+#define JX_BUCKET_MASK 0x7FFULL
+
+static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64_t gen, uint64_t base, long kind, long flags, int64_t value,
+                        const char *peer, Py_ssize_t peer_n, const char *f1, Py_ssize_t f1_n,
+                        uint64_t *x_peer, uint64_t *x_bank, uint64_t *x_info) {
     const Layout *L = &m->L;
     char *mem = m->mem;
-    int failed = (flags & L->flag_has_error) != 0;
+    uint64_t info = 0;
+    *x_peer = *x_bank = 0;
     if (kind == L->kind_latency) {
         Py_ssize_t n = utf8_floor(f1, f1_n, L->op_name_size);
         char *ops = mem + L->ops_off;
@@ -322,54 +361,99 @@ static void account_extras(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq
                                      L->op_slots - 1, f1, n);
         if (j < 0) j = L->op_slots - 1;
         char *bank = ops + j * L->op_size + L->op_banks + (Py_ssize_t)(gen & 1) * L->bank_size;
-        if (failed) {
-            add_rlx(bank + L->bank_errors, 1);
-        } else {
-            add_rlx(bank + L->bank_buckets + 8 * latency_bucket(L, (uint64_t)value), 1);
-            add_rlx(bank + L->bank_sum_ns, (uint64_t)value);
-            max_rlx(bank + L->bank_max_ns, (uint64_t)value);
-            add_rlx(bank + L->bank_count, 1);
+        if (ld_acq(bank + L->bank_gen) == gen) {
+            *x_bank = (uint64_t)(bank - mem);
+            if (!(flags & L->flag_has_error))
+                info |= (uint64_t)latency_bucket(L, (uint64_t)value) << JX_BUCKET_SHIFT;
         }
     }
-    if (peer_n <= 0) return;
-    char *e = peer_find(m, peer, peer_n);
-    int life = (flags & (L->flag_life_connect | L->flag_life_disconnect)) != 0;
-    if (!e) {
-        add_rlx(mem + L->hdr_peer_events_untracked, 1);
-        if (flags & L->flag_life_connect) add_rlx(mem + L->hdr_peers_untracked, 1);
-        return;
+    if (peer_n > 0) {
+        char *e = peer_find(m, peer, peer_n);
+        if (!e) {
+            info |= JX_UNTRACKED;
+            if (flags & L->flag_life_connect) info |= JX_UNTRACKED_CONNECT;
+        } else {
+            *x_peer = (uint64_t)(e - mem);
+            int cur = peer_counters_current(L, e, base);
+            if (cur < 0) info |= JX_UNTRACKED;
+            if (cur > 0) {
+                info |= JX_COUNT;
+                if (kind == L->kind_message) {
+                    Py_ssize_t t = f1_n <= L->msg_name_size
+                        ? registry_find(mem + L->hdr_msg_state, 8, mem + L->hdr_msg_name, L->msg_name_size,
+                                        L->msg_types - 1, f1, f1_n)
+                        : -1;
+                    if (t < 0) t = L->msg_types - 1;
+                    info |= JX_MSG | (uint64_t)t;
+                } else if (kind == L->kind_latency && !(flags & L->flag_has_error) && f1_n == 4 &&
+                           (memcmp(f1, "ping", 4) == 0 || memcmp(f1, "pong", 4) == 0)) {
+                    info |= JX_PING;
+                }
+            }
+        }
     }
-    if (life && peer_life(L, e, seq, (flags & L->flag_life_connect) != 0)) {
-        /* The latest lifecycle event names the address. */
-        Py_ssize_t an = utf8_floor(f1, f1_stored, L->addr_cap);
-        memcpy(e + L->peer_addr, f1, (size_t)an);
-        *(unsigned char *)(e + L->peer_addr_len) = (unsigned char)an;
-        if (flags & L->flag_life_connect) st_rlx(e + L->peer_connected_at, (uint64_t)ts);
+    *x_info = info;
+}
+
+/* The adds of a planned event, from the from-th on. sh: the writer's shard, to store progress
+ * in (NULL for the reaper). Returns 1 if the event became its peer's latest lifecycle event. */
+static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *sh, uint64_t from, uint64_t seq, long sev, long flags, int64_t ts,
+                        uint64_t peer_off, uint64_t bank_off, uint64_t value, uint64_t info) {
+    const Layout *L = &m->L;
+    char *mem = m->mem;
+    uint64_t i = 0;
+    int latest = 0;
+/* An add, jstep = its number stored just before it; the add is a release RMW (add_rel), so the
+ * store stays before it in the instruction stream, which is what a SIGKILL cuts. */
+#define XOP(stmt) do {                                                                            \
+        i++;                                                                                      \
+        if (sh) st_rlx(sh + L->shard_jstep, i);                                                   \
+        if (i > from) { stmt; }                                                                   \
+    } while (0)
+/* An idempotent op (max, min, plain store, lifecycle CAS-max): no step of its own, so the reaper
+ * may redo it, harmlessly. */
+#define IOP(stmt) do { i++; if (i > from) { stmt; } } while (0)
+    if (bank_off) {
+        char *bank = mem + bank_off;
+        if (flags & L->flag_has_error) {
+            XOP(add_rel(bank + L->bank_errors, 1));
+        } else {
+            XOP(add_rel(bank + L->bank_buckets + 8 * (Py_ssize_t)((info >> JX_BUCKET_SHIFT) & JX_BUCKET_MASK), 1));
+            XOP(add_rel(bank + L->bank_sum_ns, value));
+            IOP(max_rlx(bank + L->bank_max_ns, value));
+            XOP(add_rel(bank + L->bank_count, 1));
+        }
     }
-    int cur = peer_counters_current(L, e, base);
-    if (cur < 0) add_rlx(mem + L->hdr_peer_events_untracked, 1);
-    if (cur <= 0) return;
-    add_rlx(e + L->peer_events, 1);
-    max_rlx(e + L->peer_last_activity, (uint64_t)ts);
-    if (sev >= 3) add_rlx(e + L->peer_errors, 1);
-    if (kind == L->kind_message) {
+    if (info & JX_UNTRACKED) XOP(add_rel(mem + L->hdr_peer_events_untracked, 1));
+    if (info & JX_UNTRACKED_CONNECT) XOP(add_rel(mem + L->hdr_peers_untracked, 1));
+    if (!peer_off) return 0;
+    char *e = mem + peer_off;
+    if (flags & (L->flag_life_connect | L->flag_life_disconnect))
+        IOP(latest = peer_life(L, e, seq, (flags & L->flag_life_connect) != 0));
+    if (!(info & JX_COUNT)) return latest;
+    XOP(add_rel(e + L->peer_events, 1));
+    IOP(max_rlx(e + L->peer_last_activity, (uint64_t)ts));
+    if (sev >= 3) XOP(add_rel(e + L->peer_errors, 1));
+    if (info & JX_MSG) {
         int out = (flags & L->flag_outbound) != 0;
-        Py_ssize_t t = f1_n <= L->msg_name_size
-            ? registry_find(mem + L->hdr_msg_state, 8, mem + L->hdr_msg_name, L->msg_name_size, L->msg_types - 1, f1, f1_n)
-            : -1;
-        if (t < 0) t = L->msg_types - 1;
-        add_rlx(e + (out ? L->peer_msgs_sent : L->peer_msgs_recv), 1);
-        add_rlx(e + (out ? L->peer_bytes_sent : L->peer_bytes_recv), (uint64_t)value);
-        add_rlx(e + (out ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * t, (uint64_t)value);
-    } else if (kind == L->kind_latency && !failed && f1_n == 4 && (memcmp(f1, "ping", 4) == 0 || memcmp(f1, "pong", 4) == 0)) {
-        add_rlx(e + L->peer_ping_sum_ns, (uint64_t)value);
-        st_rlx(e + L->peer_ping_last_ns, (uint64_t)value);
-        char *mp = e + L->peer_ping_min_ns;   /* 0: no ping yet */
-        uint64_t cur = ld_rlx(mp);
-        while ((cur == 0 || (uint64_t)value < cur) &&
-               !__atomic_compare_exchange_n(U64(mp), &cur, (uint64_t)value, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
-        add_rlx(e + L->peer_ping_count, 1);
+        Py_ssize_t t = (Py_ssize_t)(info & 0xFF);
+        XOP(add_rel(e + (out ? L->peer_msgs_sent : L->peer_msgs_recv), 1));
+        XOP(add_rel(e + (out ? L->peer_bytes_sent : L->peer_bytes_recv), value));
+        XOP(add_rel(e + (out ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * t, value));
+    } else if (info & JX_PING) {
+        XOP(add_rel(e + L->peer_ping_sum_ns, value));
+        IOP(st_rlx(e + L->peer_ping_last_ns, value));
+        IOP({
+            char *mp = e + L->peer_ping_min_ns;   /* 0: no ping yet */
+            uint64_t cur = ld_rlx(mp);
+            while ((cur == 0 || value < cur) &&
+                   !__atomic_compare_exchange_n(U64(mp), &cur, value, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+        });
+        XOP(add_rel(e + L->peer_ping_count, 1));
     }
+#undef XOP
+#undef IOP
+    return latest;
 }
 
 /* ---- Mapping object ---------------------------------------------------------------------- */
@@ -570,6 +654,46 @@ static void claim_run(Mapping *self, char *sh) {
     self->bpid = g_pid;
 }
 
+/* Give up the rest [from, bend) of this process's run: seqs it claimed and did not publish
+ * (from may be a seq it took and put back). When nobody claimed after the run (the head still
+ * ends it: always so with one writer), they go back to the head with one CAS, from (gen | end)
+ * to (gen | from), and the next claim, by anyone, reuses them: a ring of N events holds N.
+ * Otherwise they stay unused and are counted in the shard ("unused"), so the shortfall is known.
+ *
+ * Why a reader can never miss or repeat an event because of this. A give-back only removes
+ * the top of the head, and only seqs no one ever published (the giver's unpublished tail, and
+ * the head is exactly its end), so the head never again drops to or below a seq that was once
+ * published: everything below a published seq stays claimed for good. The follower
+ * (core/follow.py) therefore passes an unwritten seq as "never written" only when it has seen
+ * a published record (committed, or deleted or overwritten after being committed) above it;
+ * the unwritten seqs above the highest such record it waits at, without a timeout and without
+ * counting them, since they may be given back and claimed again. So every give-back lowers the
+ * head to at least the follower's cursor, and the seqs it returns, written later, are delivered
+ * once. The shard stops naming the run (release) before the CAS (acq_rel), so a reader that
+ * sees the lowered head and then the shard no longer finds the old run pending over seqs that
+ * a new run of another process now holds. */
+static __attribute__((noinline, cold)) void drop_run(Mapping *self, char *sh, uint64_t from) {
+    const Layout *L = &self->L;
+    uint64_t end = self->bend;
+    self->bnext = end;
+    if (self->bpid != g_pid || !sh || from >= end) return;   /* a forked child leaves the parent's run alone */
+    /* The journal may name `from` (a seq taken and put back): once given back another process
+     * can claim it, and a reaper settling this shard must not free that one's busy slot. The
+     * event, not published and not counted yet, is then simply not recorded if this process
+     * dies before its next claim. */
+    st_rel(sh + L->shard_journal, 0);
+    if (self->bshard == sh) st_rel(sh + L->shard_run, 0);
+    uint64_t gmask = ~((((uint64_t)1) << L->seq_bits) - 1);
+    uint64_t g = self->bhead & gmask;
+    uint64_t expect = g | end;
+    if (__atomic_compare_exchange_n(U64(self->mem + L->hdr_head), &expect, g | from, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE))
+        return;
+    if ((expect & gmask) != g) return;   /* cleared since: those seqs are below the new era's base */
+    sync_era(L, sh, self->bbase);
+    st_rel(sh + L->shard_unused, ld_rlx(sh + L->shard_unused) + (end - from));
+}
+
 static int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
     long v = PyLong_AsLong(o);
     if (v == -1 && PyErr_Occurred()) return -1;
@@ -628,8 +752,10 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
          * the old one, as it would had it claimed its seq just before the clear. */
         uint64_t h = ld_rlx(mem + L->hdr_head);
         if (self->bpid != g_pid || self->bshard != sh || self->bnext >= self->bend ||
-            (h >> L->seq_bits) != (self->bhead >> L->seq_bits) || self->last_mono - self->bt0 > L->run_ttl_ns)
+            (h >> L->seq_bits) != (self->bhead >> L->seq_bits) || self->last_mono - self->bt0 > L->run_ttl_ns) {
+            if (self->bnext < self->bend) drop_run(self, sh, self->bnext);
             claim_run(self, sh);
+        }
         self->win_count++;
         head = self->bhead;
         base = self->bbase;
@@ -679,10 +805,22 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
             }
         }
         if (!retry) break;
-        self->bnext = self->bend;   /* give up the rest of this run */
+        drop_run(self, sh, seq);   /* give up the rest of this run, this seq included */
+    }
+    /* What the event will add to its peer and operation, in the shard before the journal moves
+     * past CLAIMED (see extras_plan). */
+    uint64_t x_peer = 0, x_bank = 0, x_info = 0;
+    if (L->metrics) {
+        extras_plan(self, head >> L->seq_bits, base, kind, flags, value, tp[1], tn[1], tp[2], tn[2],
+                    &x_peer, &x_bank, &x_info);
+        st_rlx(sh + L->shard_jx_peer, x_peer);
+        st_rlx(sh + L->shard_jx_bank, x_bank);
+        st_rlx(sh + L->shard_jx_value, (uint64_t)value);
+        st_rlx(sh + L->shard_jx_info, x_info);
+        st_rlx(sh + L->shard_jstep, 0);
     }
     if (outcome != (uint64_t)L->out_lost) {
-        st_rlx(sh + L->shard_journal, j_make(L, seq, L->ph_owned));
+        st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_owned));
         *I64(rec + L->slot_ts_ns) = ts;
         *I64(rec + L->slot_value) = value;
         *(uint32_t *)(rec + L->slot_pid) = (uint32_t)g_pid;
@@ -699,8 +837,18 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         *U64(rec + L->slot_checksum) = sum;
         st_rel(wp, w_make(L, seq, (unsigned)sev, L->st_committed));   /* publish */
     }
-    if (L->metrics)
-        account_extras(self, head >> L->seq_bits, base, seq, kind, sev, flags, ts, value, tp[1], tn[1], tp[2], tn[2], lens[2]);
+    /* The outcome is decided (published, or lost): the peer and latency adds, step by step. */
+    st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24));
+    st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_extras));
+    if (L->metrics &&
+        extras_apply(self, sh, 0, seq, sev, flags, ts, x_peer, x_bank, (uint64_t)value, x_info)) {
+        /* The latest lifecycle event names the address (the reaper cannot: the text may be gone). */
+        char *e = mem + x_peer;
+        Py_ssize_t an = utf8_floor(tp[2], lens[2], L->addr_cap);
+        memcpy(e + L->peer_addr, tp[2], (size_t)an);
+        *(unsigned char *)(e + L->peer_addr_len) = (unsigned char)an;
+        if (flags & L->flag_life_connect) st_rlx(e + L->peer_connected_at, (uint64_t)ts);
+    }
 
     /* Counting: old values into the journal first, so a reaper can redo "old + 1" exactly. */
     char *c_rec = sh + L->shard_recorded;
@@ -716,7 +864,6 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
      * COUNTING journal before any counter moves. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
     st_rlx(jb, b_rec); st_rlx(jb + 8, b_out); st_rlx(jb + 16, b_sev); st_rlx(jb + 24, b_typ);
-    st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24));
     st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_counting));
     __atomic_thread_fence(__ATOMIC_RELEASE);
     if (L->metrics) {
@@ -925,6 +1072,51 @@ static PyObject *Mapping_shard_counters(Mapping *self, PyObject *const *args, Py
     return PyLong_FromSsize_t(bad);
 }
 
+/* drop_run(): give up the rest of this process's run (at close: see drop_run above). */
+static PyObject *Mapping_drop_run(Mapping *self, PyObject *unused) {
+    if (check_writable(self)) return NULL;
+    if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
+    Py_RETURN_NONE;
+}
+
+/* settle_extras(shard, from_step): a reaper finishing a dead writer's peer and
+ * latency adds from its journal words (see extras_apply). Words that do not name an entry of
+ * the peer table or a bank of the operation table are not followed. */
+static PyObject *Mapping_settle_extras(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "settle_extras(shard, from_step)"); return NULL; }
+    if (check_writable(self)) return NULL;
+    const Layout *L = &self->L;
+    Py_ssize_t i = PyLong_AsSsize_t(args[0]);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= L->max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
+    uint64_t from = PyLong_AsUnsignedLongLong(args[1]);
+    if (from == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    char *sh = self->mem + L->shards_off + i * L->shard_size;
+    uint64_t j = ld_acq(sh + L->shard_journal);
+    uint64_t meta = ld_acq(sh + L->shard_jmeta);
+    uint64_t peer = ld_acq(sh + L->shard_jx_peer), bank = ld_acq(sh + L->shard_jx_bank);
+    uint64_t info = ld_acq(sh + L->shard_jx_info), value = ld_acq(sh + L->shard_jx_value);
+    int64_t ts = (int64_t)ld_acq(sh + L->shard_jts);
+    long sev = (long)((meta >> 8) & 0xFF), flags = (long)((meta >> 16) & 0xFF);
+    if (j == 0 || sev > 4) Py_RETURN_NONE;
+    uint64_t seq = (j >> L->j_phase_bits) - 1;
+    if (peer) {
+        uint64_t lo = (uint64_t)L->peers_off, n = (uint64_t)L->peer_slots;
+        if (peer < lo || (peer - lo) % (uint64_t)L->peer_size || (peer - lo) / (uint64_t)L->peer_size >= n) peer = 0;
+    }
+    if (bank) {
+        uint64_t lo = (uint64_t)L->ops_off;
+        uint64_t rel = bank - lo, op = rel / (uint64_t)L->op_size, in = rel % (uint64_t)L->op_size;
+        if (bank < lo || op >= (uint64_t)L->op_slots || in < (uint64_t)L->op_banks ||
+            (in - (uint64_t)L->op_banks) % (uint64_t)L->bank_size || (in - (uint64_t)L->op_banks) / (uint64_t)L->bank_size >= 2)
+            bank = 0;
+    }
+    if (((info >> JX_BUCKET_SHIFT) & JX_BUCKET_MASK) >= (uint64_t)L->op_buckets || (info & 0xFF) >= (uint64_t)L->msg_types)
+        Py_RETURN_NONE;
+    extras_apply(self, NULL, from, seq, sev, flags, ts, peer, bank, value, info);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Mapping_fence(Mapping *self, PyObject *unused) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
@@ -949,6 +1141,9 @@ static PyMethodDef Mapping_methods[] = {
     {"shard_counters", (PyCFunction)(void (*)(void))Mapping_shard_counters, METH_FASTCALL,
      "Copy every shard's counters, each at one moment of its history (loads only)."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
+    {"drop_run", (PyCFunction)Mapping_drop_run, METH_NOARGS, "Give up the rest of this process's run (at close)."},
+    {"settle_extras", (PyCFunction)(void (*)(void))Mapping_settle_extras, METH_FASTCALL,
+     "Finish a dead writer's peer and latency adds from step from_step on."},
     {NULL},
 };
 

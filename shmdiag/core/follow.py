@@ -19,10 +19,19 @@ shards:
 * the slot holds an older sequence number (or nothing), and a writer's current run, claimed
   less than ``RUN_TTL_NS`` (plus the writers' clock resolution) ago, holds it: it may still be
   written. Delivery stops there too;
-* the slot holds an older sequence number and no such run holds it: it never will be written
-  (the unused end of a run, a writer that died or dropped the event). Not an event: skipped
-  without a word. A writer checks its run's age after taking a slot and gives the slot back if
-  the run is older than ``RUN_TTL_NS``, so this cannot change after the follower has looked.
+* the slot holds an older sequence number and no such run holds it, and a *published* record
+  (committed, or expired or overwritten after being committed) sits above it: it never will be
+  written (the unused end of a run, a writer that died or dropped the event). Not an event:
+  skipped without a word. A writer checks its run's age after taking a slot and gives the slot
+  back if the run is older than ``RUN_TTL_NS``, so this cannot change after the follower has
+  looked;
+* the same, with no published record above it (the unwritten top of the head): delivery waits
+  there, with no timeout and nothing counted. A writer that gives up the rest of its run gives
+  it back to the head when nobody claimed after it (``drop_run`` in ``core/_native.c``), and
+  those seqs are claimed and written again. A give-back never lowers the head to or below a
+  published seq, so it never takes back a seq the follower has passed; if the head is ever below
+  the cursor (a follower that started past it), the seqs between were never written and the
+  cursor goes back to the head.
 
 A follower more than two laps behind counts the older part of its lag as overwritten in one
 step (see ``_LAPS``); it may count there a few never-written sequence numbers as overwritten.
@@ -101,8 +110,11 @@ class _Runs:
         age = now - t0
         fresh = (age >= 0) & (age <= _RUN_DONE_NS) & (run != L.RUN_NONE)  # a time ahead of now: foreign bytes
         self.claiming = bool((fresh & (run == L.RUN_CLAIMING)).any())
-        # Sorting the words sorts the runs by first seq, which sits in their high bits.
-        self.first, self.end = L.run_span(np.sort(run[fresh & (run > L.RUN_CLAIMING)]))
+        # Sorting the words sorts the runs by first seq, which sits in their high bits. Runs can
+        # overlap (a run given back, still fresh by the clock, and the one that reused its seqs),
+        # so a seq is pending if below the furthest end of the runs that start at or before it.
+        self.first, end = L.run_span(np.sort(run[fresh & (run > L.RUN_CLAIMING)]))
+        self.end = np.maximum.accumulate(end) if len(end) else end
 
     def pending(self, seqs: np.ndarray) -> np.ndarray:
         """Which of ``seqs`` (not yet written) a writer may still write."""
@@ -115,6 +127,27 @@ class _Runs:
 def _unwritten(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray) -> np.ndarray:
     """The slot holds an older sequence number, or nothing: these seqs were never written (yet)."""
     return (w == 0) | (ws < seqs)
+
+
+def _published(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray, head: int) -> np.ndarray:
+    """The slot holds a record published at or after this seq (committed, or since retired or
+    overwritten by a committed one): the head never again drops to or below such a seq."""
+    return (w != 0) & (ws >= seqs) & (ws < head) & (L.w_state(w) != L.ST_BUSY)
+
+
+def _top_published(seg: Segment, lo: int, head: int) -> int:
+    """The highest seq in [lo, head) whose slot shows it published (see _published), or lo - 1.
+    Looks back from the head, 4096 seqs at a time: the top is almost always within a run of it."""
+    hi = head
+    while hi > lo:
+        a = max(lo, hi - 4096)
+        seqs = np.arange(a, hi, dtype=np.uint64)
+        _, w, ws = _words(seg, seqs)
+        ok = np.flatnonzero(_published(w, ws, seqs, head))
+        if len(ok):
+            return a + int(ok[-1])
+        hi = a
+    return lo - 1
 
 
 def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray, runs: _Runs) -> np.ndarray:
@@ -143,7 +176,9 @@ def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None =
     seqs = np.arange(lo, head, dtype=np.uint64)
     _, w, ws = _words(seg, seqs)
     busy = np.flatnonzero(_in_flight(w, ws, seqs, runs))
-    cursor = lo + int(busy[0]) if len(busy) else head
+    top = np.flatnonzero(_published(w, ws, seqs, head))
+    # Never past the unwritten top of the head: it may be given back and written again.
+    cursor = min(lo + int(busy[0]) if len(busy) else head, lo + int(top[-1]) + 1 if len(top) else lo)
     if n <= 0:
         return [], cursor
     return newest_events(seg, n, min_severity, accept, below=cursor if follow else head), cursor
@@ -171,6 +206,9 @@ class Follower:
         self._gap = Gap()
 
     def _note_head(self, head: int, now: float) -> None:
+        while self._heads and self._heads[-1] > head:  # seqs given back: no longer claimed
+            self._heads.pop()
+            self._times.pop()
         if not self._heads or head > self._heads[-1]:
             self._heads.append(head)
             self._times.append(now)
@@ -198,6 +236,8 @@ class Follower:
         now_ns = time.monotonic_ns() if now is None else int(now * 1e9)
         now = now_ns / 1e9 if now is None else now
         runs = _Runs(seg, now_ns)
+        if self.cursor > head:  # given back (see the module's docstring): never written
+            self.cursor = head
         self._note_head(head, now)
         out: list[DiagnosticEvent | Gap] = []
         far = head - _LAPS * seg.capacity
@@ -206,6 +246,7 @@ class Follower:
             self._gap.add(_OVERWRITTEN, self.cursor, far - 1)
             self.overwritten += far - self.cursor
             self.cursor = far
+        top = _top_published(seg, self.cursor, head) if self.cursor < head else head
         while self.cursor < head:
             start = self.cursor
             seqs = np.arange(start, min(head, start + self.batch), dtype=np.uint64)
@@ -217,7 +258,9 @@ class Follower:
             gone = nz & (ws > seqs)
             deleted = same & (state == L.ST_DELETED)
             cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
-            cls[_unwritten(w, ws, seqs) & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
+            unwritten = _unwritten(w, ws, seqs)
+            tail = unwritten & (seqs > np.uint64(top)) if top >= 0 else unwritten  # the unwritten top
+            cls[unwritten & ~tail & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
             cls[gone] = _OVERWRITTEN
             cls[deleted] = _UNREADABLE
             sev = L.w_severity(w)
@@ -232,7 +275,7 @@ class Follower:
             rec_of[want] = np.arange(len(want))
             flying = np.flatnonzero(cls < 0)
             if len(flying):
-                stale = now - self._claimed_at(seqs[flying]) > self.pending_timeout
+                stale = (now - self._claimed_at(seqs[flying]) > self.pending_timeout) & ~tail[flying]
                 cls[flying[stale]] = _UNREADABLE
                 blocking = flying[~stale]
                 stop = int(blocking[0]) if len(blocking) else len(seqs)

@@ -25,7 +25,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 6
+VERSION = 7
 HEADER_SIZE = 4096
 SLOT_SIZE = 240
 CACHE_LINE = 64
@@ -43,7 +43,9 @@ BASE_SLOTS = 16
 # RUN_TTL_NS (a power of two, at most run_max(capacity)), so a slow writer claims one seq at a
 # time and leaves no unused ones behind. A run is used for at most RUN_TTL_NS after it was
 # claimed; the writer checks that after taking a slot, so a reader that finds a sequence number
-# unwritten later than that knows it never will be (see _follow._Runs).
+# unwritten later than that, below a published one, knows it never will be (see core/follow.py).
+# The unused rest of a run given up goes back to the head when nobody claimed after it, else it
+# is counted in the shard's "unused" (drop_run in core/_native.c).
 RUN_MAX = 64
 RUN_TTL_NS = 10_000_000
 RUN_NONE, RUN_CLAIMING = 0, 1  # shard word "run": none, one being claimed, or
@@ -64,9 +66,11 @@ ST_COMMITTED, ST_BUSY, ST_DELETED = 0, 1, 2
 W_STATE_BITS, W_SEV_BITS = 2, 3
 W_SEQ_SHIFT = W_STATE_BITS + W_SEV_BITS
 
-# Writer journal (per shard): ((seq + 1) << 2) | phase; 0 when idle.
-J_PHASE_BITS = 2
-PH_CLAIMED, PH_OWNED, PH_COUNTING = 1, 2, 3
+# Writer journal (per shard): ((seq + 1) << 3) | phase; 0 when idle. PH_EXTRAS: the event's
+# outcome is decided (published, or lost) and the writer is applying its peer and latency adds,
+# "jstep" of them done so far, as described by the "jx_*" words (see account_extras in _native.c).
+J_PHASE_BITS = 3
+PH_CLAIMED, PH_OWNED, PH_EXTRAS, PH_COUNTING = 1, 2, 3, 4
 OUT_CLEAN, OUT_OVERWROTE, OUT_LOST = 0, 1, 2
 
 # Shard ownership word: (pid << 8) | state (owner_make / owner_pid / owner_state below).
@@ -206,6 +210,12 @@ SHARD = _struct(
     ("type_name", f"S{TYPE_NAME_SIZE}", (TYPE_SLOTS,), 768),
     ("run", "<u8", 2816),          # the run of sequence numbers in use (RUN_*)
     ("run_t0", "<u8", 2824),       # CLOCK_MONOTONIC_COARSE ns, read before that run was claimed
+    ("unused", "<u8", 2832),       # seqs of this era's runs abandoned unused and not given back
+    ("jstep", "<u8", 2840),        # extras journal: how many of the event's adds are done
+    ("jx_peer", "<u8", 2848),      # byte offset of the event's peer entry, or 0
+    ("jx_bank", "<u8", 2856),      # byte offset of the event's latency bank, or 0
+    ("jx_value", "<u8", 2864),     # the event's value (bytes, duration ns)
+    ("jx_info", "<u8", 2872),      # msg type | bucket << 8 | JX_* << 24
 )
 
 PEER = _struct(
@@ -236,16 +246,21 @@ PEER_COUNTERS = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors",
                  "ping_last_ns", "ping_min_ns", "events")  # zeroed when a clear starts a new generation
 
 OP_BANK = _struct(
-    32 + 8 * OP_BUCKETS,
+    64 + 8 * OP_BUCKETS,
     ("count", "<u8", 0),     # durations in the histogram
     ("errors", "<u8", 8),    # spans that raised: counted, not timed
     ("sum_ns", "<u8", 16),
     ("max_ns", "<u8", 24),
-    ("buckets", "<u8", (OP_BUCKETS,), 32),
+    ("gen", "<u8", 32),      # the clear generation the bank belongs to (BANK_ZEROING while zeroed)
+    ("buckets", "<u8", (OP_BUCKETS,), 64),
 )
+BANK_ZEROING = (1 << 64) - 1
 
-# Two banks per operation, used by alternate clear generations: the clearer zeroes the next
-# generation's bank before it starts, so no writer ever adds into a bank being zeroed.
+# Two banks per operation, used by alternate clear generations: the clearer marks the next
+# generation's bank BANK_ZEROING, zeroes it and names its generation before that generation
+# starts. A writer adds a sample only to a bank that names the sample's generation, so one
+# stalled across two clears does not add into a bank that now belongs to a newer one; readers
+# take a bank only when it names the current generation.
 OP = _struct(
     64 + 2 * OP_BANK.itemsize,
     ("name_state", "<u8", 0),  # as msg_state
@@ -527,7 +542,8 @@ def native_layout(header: np.void) -> dict[str, object]:
         type_slots=TYPE_SLOTS,
         w_state_bits=W_STATE_BITS, w_sev_bits=W_SEV_BITS,
         st_committed=ST_COMMITTED, st_busy=ST_BUSY, st_deleted=ST_DELETED,
-        j_phase_bits=J_PHASE_BITS, ph_claimed=PH_CLAIMED, ph_owned=PH_OWNED, ph_counting=PH_COUNTING,
+        j_phase_bits=J_PHASE_BITS, ph_claimed=PH_CLAIMED, ph_owned=PH_OWNED, ph_extras=PH_EXTRAS,
+        ph_counting=PH_COUNTING,
         out_clean=OUT_CLEAN, out_overwrote=OUT_OVERWROTE, out_lost=OUT_LOST,
         run_max=run_max(int(header["capacity"])), run_ttl_ns=RUN_TTL_NS, run_claiming=RUN_CLAIMING,
         run_len_bits=RUN_LEN_BITS,

@@ -31,8 +31,20 @@ def clear(seg: Segment) -> None:
         # Only a clear changes the generation, and clears are serialised: the bank the next
         # generation will use is idle (its last writers were two clears ago), so it is zeroed
         # here and published by new_era's CAS on the head word.
-        nxt = L.op_bank(L.head_gen(seg.load("head")) + 1)
-        seg.ops["banks"][:, nxt] = 0
+        # Its gen word says BANK_ZEROING while it is zeroed and names the new generation before
+        # that starts: a writer stalled since two clears ago finds another generation there and
+        # adds nothing (see extras_plan in _native.c).
+        gen = (L.head_gen(seg.load("head")) + 1) & ((1 << (64 - L.SEQ_BITS)) - 1)
+        nxt = L.op_bank(gen)
+        for j in range(L.OP_SLOTS):
+            seg.native.store(seg.bank_word(j, nxt, "gen"), L.BANK_ZEROING)
+        seg.native.fence()
+        banks = seg.ops["banks"][:, nxt]
+        for f in ("count", "errors", "sum_ns", "max_ns", "buckets"):
+            banks[f] = 0
+        seg.native.fence()
+        for j in range(L.OP_SLOTS):
+            seg.native.store(seg.bank_word(j, nxt, "gen"), gen)
         seg.native.new_era()
         seg.native.store(seg.header_word("peers_untracked"), 0)
         seg.native.store(seg.header_word("peer_events_untracked"), 0)

@@ -79,6 +79,7 @@ class HealthStatus:
     # claimed by a writer still inside its record (or dead there, not yet reaped): in none of
     # event_count, events_overwritten, ... ; total_events = event_count + overwritten + lost + abandoned + expired
     events_in_flight: int = 0
+    seqs_unused: int = 0  # sequence numbers claimed and never used: up to this many fewer events retained
 
 
 @dataclass

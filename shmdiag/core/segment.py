@@ -162,6 +162,10 @@ class Segment:
     def slot_word(self, slot: int) -> int:
         return self.slots_off + slot * L.SLOT_SIZE
 
+    def bank_word(self, op: int, bank: int, field: str) -> int:
+        return (self.ops_off + op * L.OP.itemsize + L.offset(L.OP, "banks") + bank * L.OP_BANK.itemsize
+                + L.offset(L.OP_BANK, field))
+
     def load(self, field: str) -> int:
         return self.native.load(self.header_word(field))
 

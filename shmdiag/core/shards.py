@@ -91,6 +91,9 @@ class ShardManager:
         with self._lock:
             if self.index is None or self.pid != os.getpid() or self.seg.native.closed:
                 return
+            # The rest of this process's run goes back to the head if nobody claimed after it,
+            # so a writer's last run does not leave the ring short (else it is counted unused).
+            self.seg.native.drop_run()
             off = self.seg.shard_word(self.index, "owner")
             self.seg.native.cas(off, L.owner_make(self.pid, L.SH_ACTIVE), L.owner_make(self.pid, L.SH_EXITED))
             self.seg.native.bind_shard(None)
@@ -193,7 +196,20 @@ class ShardManager:
             # make the reaper raise and leave the shard stuck in REAPING.
             nat.store(off, (nat.load(off) + 1 if to is None else to) & L.U64_MASK)
 
-        if phase == L.PH_COUNTING:
+        if phase == L.PH_EXTRAS:
+            # Decided (published, or lost): finish the peer and latency adds from the step the
+            # writer reached, then count the event as the writer would have.
+            if seg.metrics:
+                nat.settle_extras(i, nat.load(word("jstep")))
+            bump("recorded")
+            if outcome == L.OUT_OVERWROTE:
+                bump("overwritten")
+            elif outcome == L.OUT_LOST:
+                bump("lost")
+            if seg.metrics:
+                bump("sev", sev)
+                bump("type_count", tidx)
+        elif phase == L.PH_COUNTING:
             # The writer had the outcome and the old counter values: redo "old + 1" (idempotent).
             before = [nat.load(word("jbefore", k)) for k in range(4)]
             bump("recorded", to=before[0] + 1)
@@ -205,18 +221,18 @@ class ShardManager:
                 bump("sev", sev, to=before[2] + 1)
                 bump("type_count", tidx, to=before[3] + 1)
         else:
-            committed = nat.load(woff) == L.w_make(seq, sev, L.ST_COMMITTED)
-            if freed or committed:  # its CAS took the slot from jprev
+            # OWNED: the slot is the writer's and only it moves BUSY(seq) on, to COMMITTED(seq)
+            # (others never take a busy slot), so a slot the reaper could not free was published,
+            # even if overwritten or expired since. CLAIMED: never published.
+            published = phase == L.PH_OWNED and not freed
+            if freed or published:  # its CAS took the slot from jprev
                 prev = nat.load(word("jprev"))
                 if prev and L.w_state(prev) == L.ST_COMMITTED and base <= L.w_seq(prev) < seq:
                     bump("overwritten")
-            if not committed:
+            if not published:
                 bump("abandoned")
-            elif seg.metrics and flags & (L.F_LIFE_CONNECT | L.F_LIFE_DISCONNECT):
-                rec = seg.slots[slot]
-                lens = rec["lens"]
-                peer = rec["text"][int(lens[0]): int(lens[0]) + int(lens[1])].tobytes()
-                nat.peer_update(peer, seq, bool(flags & L.F_LIFE_CONNECT))
+            elif seg.metrics:
+                nat.settle_extras(i, 0)  # planned before OWNED; none done yet
             bump("recorded")
             if seg.metrics:
                 bump("sev", sev)

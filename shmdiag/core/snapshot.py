@@ -173,11 +173,12 @@ def untracked(seg: Segment) -> tuple[int, int]:
 
 
 def op_table(seg: Segment) -> tuple[int, np.ndarray]:
-    """(bank, a copy of the operation table): the histogram bank of the current era, read
-    from the head word before the table (clears alternate banks, see ``Recorder.clear_events``)."""
+    """(generation, a copy of the operation table): the clear generation, read from the head
+    word before the table; its histograms are in bank ``L.op_bank(gen)`` of each operation, when
+    that bank's gen word names it (clears alternate banks, see ``core/maintenance.clear``)."""
     head = seg.load("head")
     seg.native.fence()
-    return L.op_bank(L.head_gen(head)), seg.ops.copy()
+    return int(L.head_gen(head)), seg.ops.copy()
 
 
 def metrics_enabled(seg: Segment) -> bool:

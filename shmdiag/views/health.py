@@ -23,6 +23,18 @@ because their slot was still being written by a slower (or stopped) writer a lap
 library ``Recorder(collector=False)``, or whose collector stopped cleanly) expects none: that is
 not a problem; one whose collector was killed gets no retention cleanup and no reaping until
 ``shmdiag serve`` adopts it.
+
+Capacity. A ring of N events holds the last N events recorded, exactly, with one writer: the
+rest of a run a writer gives up goes back to the head (``drop_run`` in ``core/_native.c``). With
+several, a run can be given back only while nobody has claimed after it; otherwise its rest
+stays *unused* (``seqs_unused``, reported in the message) and the ring holds up to that many
+fewer events. The bound: a writer gives up the rest of a run only when it was paused (stopped,
+descheduled) for more than ``RUN_TTL_NS`` (10 ms) in the middle of it, or closes in the middle
+of it, and the rest is at most ``run_max(capacity)`` seqs (64 on rings of 64Ki events or more,
+fewer below, 1 under 2Ki). So the shortfall is at most ``run_max`` per such pause or close while
+another writer was recording, and never more than ``seqs_unused``. It is a warning once it
+reaches ``UNUSED_WARNING`` of what was recorded (a machine so overloaded that writers keep
+being paused mid-run for 10 ms and more).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ ERROR_RATE_DEGRADED = 0.20
 ERROR_RATE_ERROR = 0.50
 LOSS_DEGRADED = 0.01
 LOSS_ERROR = 0.10
+UNUSED_WARNING = 0.01
 
 
 def classify(h: HealthStatus) -> tuple[str, str]:
@@ -59,10 +72,18 @@ def classify(h: HealthStatus) -> tuple[str, str]:
         reasons.append((1, f"{h.writers_inconsistent} writer shard(s) with counters that do not add up (damaged)"))
     if h.writers_dead:
         reasons.append((1, f"{h.writers_dead} writer process(es) died without detaching"))
+    unused = ""
+    if h.seqs_unused:
+        unused = (f"{h.seqs_unused} sequence numbers left unused by writers paused mid-run "
+                  f"(the ring holds up to that many fewer than {h.max_events} events)")
+        if h.seqs_unused >= UNUSED_WARNING * max(h.total_events, 1):
+            reasons.append((1, unused))
+            unused = ""
     if not reasons:
         if h.total_events == 0:
             return "healthy", "no events recorded yet"
-        return "healthy", f"{h.total_events} events recorded, error rate {er:.1%}"
+        return "healthy", "; ".join(filter(None, [f"{h.total_events} events recorded, error rate {er:.1%}", unused]))
     worst = max(level for level, _ in reasons)
     reasons.sort(key=lambda r: -r[0])
-    return ("warning", "degraded", "error")[worst - 1], "; ".join(text for _, text in reasons)
+    texts = [text for _, text in reasons] + ([unused] if unused else [])
+    return ("warning", "degraded", "error")[worst - 1], "; ".join(texts)

@@ -30,7 +30,8 @@ def quantile(buckets: np.ndarray, q: float, max_ns: int) -> float:
 
 
 def read(seg: Segment) -> dict[str, LatencyStats]:
-    bank, ops = snapshot.op_table(seg)
+    gen, ops = snapshot.op_table(seg)
+    bank = L.op_bank(gen)
     merged: dict[str, list] = {}
     for j in range(L.OP_SLOTS):
         st = int(ops["name_state"][j])
@@ -41,6 +42,8 @@ def read(seg: Segment) -> dict[str, LatencyStats]:
         else:
             continue
         b = ops["banks"][j, bank]
+        if int(b["gen"]) != gen:  # being zeroed for the next generation (a clear in progress)
+            continue
         if not int(b["count"]) and not int(b["errors"]):
             continue
         m = merged.setdefault(name, [np.zeros(L.OP_BUCKETS, np.uint64), 0, 0, 0])

@@ -32,8 +32,12 @@ class Accounting:
     lost: int
     abandoned: int
     expired: int
-    in_flight: int = 0
+    in_flight: int = 0  # live writers inside a record right now: the books close when this is 0
     retained: int = 0
+    # Sequence numbers claimed and never used (not events): runs given up by writers paused for
+    # longer than a run lives while others claimed after them. The ring holds up to this many
+    # fewer events than its capacity; see views/health.py for the bound.
+    unused: int = 0
 
 
 _U64_MAX = (1 << 64) - 1
@@ -48,8 +52,9 @@ def _total(col: np.ndarray) -> int:
 def accounting(seg: Segment) -> Accounting:
     """The books from the shard table alone: never a slot, so the same cost at any ring size."""
     c = snapshot.counters(seg)
+    unused = _total(snapshot.era_shards(seg)["unused"])  # changes only when a give-back fails: not in the books
     return Accounting(recorded=c.recorded, overwritten=c.overwritten, lost=c.lost, abandoned=c.abandoned,
-                      expired=c.expired, in_flight=c.in_flight, retained=c.retained)
+                      expired=c.expired, in_flight=c.in_flight, retained=c.retained, unused=unused)
 
 
 def consistent(shards: np.ndarray) -> np.ndarray:
