@@ -243,6 +243,8 @@ class Inspector:
                 writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
                 events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
                 error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
+                active_peers=stats.active_peers, max_peers=seg.max_peers,
+                peers_untracked=_snapshot.untracked(seg)[0] if _snapshot.metrics_enabled(seg) else 0,
             )
             h.status, h.message = _health.classify(h)
             return h

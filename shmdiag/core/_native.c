@@ -3,7 +3,7 @@
  *
  * Pure-Python stores have no ordering guarantees (and on aarch64 the CPU reorders them), so every
  * word that publishes something to another process goes through a GCC __atomic builtin here.
- * The record layout is NOT defined in this file: Python (shmdiag/_layout.py) hands the field
+ * The record layout is NOT defined in this file: Python (shmdiag/core/layout.py) hands the field
  * offsets over as a dict when a Mapping is created, so the numpy reader and this writer derive
  * from one definition.
  *
@@ -69,7 +69,8 @@ typedef struct {
         shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0;
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
-    Py_ssize_t peers_off, peer_size, max_peers, peer_slots, addr_cap, msg_types, msg_name_size;
+    Py_ssize_t peers_off, peer_size, max_peers, peer_slots, peer_window, addr_cap, msg_types, msg_name_size;
+    Py_ssize_t hdr_recycled_era, hdr_recycled, peer_idle;
     Py_ssize_t peer_key_state, peer_life, peer_era, peer_key_len, peer_addr_len, peer_connected_at,
         peer_last_activity, peer_msgs_sent, peer_msgs_recv, peer_bytes_sent, peer_bytes_recv, peer_errors,
         peer_ping_count, peer_ping_sum_ns, peer_ping_last_ns, peer_ping_min_ns, peer_events, peer_key, peer_addr,
@@ -101,7 +102,8 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_first_ts), K(shard_last_ts),
     K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
-    K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(addr_cap), K(msg_types), K(msg_name_size),
+    K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(peer_window), K(addr_cap), K(msg_types), K(msg_name_size),
+    K(hdr_recycled_era), K(hdr_recycled), K(peer_idle),
     K(peer_key_state), K(peer_life), K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
     K(peer_last_activity), K(peer_msgs_sent), K(peer_msgs_recv), K(peer_bytes_sent), K(peer_bytes_recv),
     K(peer_errors), K(peer_ping_count), K(peer_ping_sum_ns), K(peer_ping_last_ns), K(peer_ping_min_ns),
@@ -217,62 +219,65 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
     return -1;
 }
 
-/* Lock-free find-or-insert of a peer's entry. The table has peer_slots = 2 x max_peers entries
- * and at most max_peers are claimed (peers_used), so a lookup of an absent key stops at an
- * empty entry after a few probes, even once the cap is reached. An entry whose key is still
- * being written is skipped rather than waited for; a duplicate entry can result and the reader
- * merges duplicates by key. NULL: the table is full (the caller counts the event untracked). */
-static char *peer_find(Mapping *m, const char *key, Py_ssize_t n) {
-    const Layout *L = &m->L;
-    if (n <= 0 || L->peer_slots <= 0) return NULL;
-    if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
-    uint64_t h = fnv1a(key, n);
-    uint64_t tag = (h << 2) | 2;
-    char *peers = m->mem + L->peers_off;
-    for (Py_ssize_t i = 0; i < L->peer_slots; i++) {
-        char *e = peers + ((Py_ssize_t)((h + (uint64_t)i) % (uint64_t)L->peer_slots)) * L->peer_size;
-        char *ks = e + L->peer_key_state;
-        uint64_t k = ld_acq(ks);
-        if (k == 0) {
-            if (ld_rlx(m->mem + L->hdr_peers_used) >= (uint64_t)L->max_peers) return NULL;
-            uint64_t expect = 0;
-            if (__atomic_compare_exchange_n(U64(ks), &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                add_rlx(m->mem + L->hdr_peers_used, 1);
-                memcpy(e + L->peer_key, key, (size_t)n);
-                *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
-                st_rel(ks, tag);          /* key bytes before the tag that publishes them */
-                return e;
-            }
-            k = expect;
-        }
-        if (k == tag && *(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
-            return e;
-    }
-    return NULL;
-}
-
-/* CAS-max of the entry's lifecycle word, so it holds the highest-sequence lifecycle event
- * whichever process recorded it. Returns 1 if this event is now the latest. */
-static int peer_life(const Layout *L, char *e, uint64_t seq, int connected) {
-    uint64_t want = ((seq + 1) << 1) | (connected ? 1u : 0u);
-    char *lp = e + L->peer_life;
-    uint64_t cur = ld_acq(lp);
-    while ((cur >> 1) < (want >> 1)) {
-        if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return 1;
-    }
-    return 0;
-}
-
-/* Per-peer counters of the current clear generation, named by its base (first sequence number,
- * which only grows) + 1 in the entry's era word. A fresh entry (era 0) is already zero and is
- * simply adopted. An entry of an older generation is zeroed by the one writer whose CAS moves
- * its era word to ZEROING; others wait for the release store of the new era (the zeroing is a
- * hundred stores), and give up after a bounded spin rather than wait on a writer that died
- * mid-zeroing. An event of an older generation arriving late leaves the counters alone.
- * Returns 1: count into them; 0: an older generation's event, skip; -1: gave up. */
+/* ---- the peer table ----------------------------------------------------------------------
+ *
+ * peer_slots = 2 x max_peers entries. A key's entry is one of its 2 x peer_window candidates:
+ * two windows of peer_window consecutive entries, at two positions given by its hash. The
+ * key_state word (see key_make in core/layout.py):
+ *
+ *   0                                   empty (never used)
+ *   KEY_WRITING                         being (re)written by one process: skipped by everyone else
+ *   (hash48 << 16) | (pins << 2) | 2    ready: key, key_len and a zeroed entry are published
+ *
+ * A writer uses an entry only while it holds a pin: a CAS that adds one to `pins` of a ready
+ * word with its key's hash (then the key bytes are compared: they cannot change while pinned),
+ * and a release fetch_sub when done. Candidates are filled in order and never become empty
+ * again, so a lookup stops at the first empty candidate: the key is not beyond it.
+ *
+ * Recycling. When a new key finds no empty candidate, it recycles the candidate whose peer has
+ * been not connected the longest (lowest `idle`: seq + 1 of its latest disconnect, or of the
+ * event that inserted it if it never connected). The recycler takes the entry with one CAS
+ * from ready-with-0-pins to KEY_WRITING; that CAS is the whole ordering argument:
+ *   - it fails while anyone holds a pin, and no one can pin a word that is not ready, so from
+ *     the CAS on nobody but the recycler touches the entry until it publishes the new key;
+ *   - every earlier holder's adds happened before its release unpin, which the CAS (acquire)
+ *     reads from, so the recycler sees every add to the old counters: it folds them into the
+ *     header's `recycled` totals exactly, then zeroes the entry and publishes the new key with
+ *     a release store (already pinned once, for itself); a process that looked the old key up
+ *     and had not pinned yet fails its pin CAS (the word changed) and looks again.
+ *   - a peer connects only through a pinned entry, so the recycler re-checks `life` after its
+ *     CAS and puts the word back if the peer connected meanwhile: connected peers are never
+ *     recycled. (The reaper clears `connected` of a dead writer's peers with a CAS on `life`
+ *     alone, which only ever makes an entry recyclable.)
+ * A writer SIGKILLed while holding a pin or while writing a key leaves that one entry pinned or
+ * unusable: it is never recycled (the peer still works if it was pinned). NULL from peer_find:
+ * every candidate is connected, pinned or being written; the caller counts the event untracked. */
+#define KEY_WRITING 1ULL
+#define KEY_READY 2ULL
+#define KEY_PIN (1ULL << 2)
+#define KEY_PINS_MASK (((1ULL << 14) - 1) << 2)
+#define KEY_HASH_SHIFT 16
+#define LIFE_CONNECTED 1ULL
+#define LIFE_DIED 2ULL
+#define LIFE_WRITER_SHIFT 2
+#define LIFE_SEQ_SHIFT 16
 #define ERA_ZEROING UINT64_MAX
-static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
-    char *gp = e + L->peer_era;
+
+static inline char *peer_candidate(const Layout *L, char *peers, uint64_t h, Py_ssize_t i) {
+    uint64_t S = (uint64_t)L->peer_slots;
+    uint64_t start = i < L->peer_window ? h : (h * 0x9E3779B97F4A7C15ULL) >> 17;
+    return peers + (Py_ssize_t)((start + (uint64_t)(i % L->peer_window)) % S) * L->peer_size;
+}
+
+static inline void peer_unpin(const Layout *L, char *e) {
+    __atomic_fetch_sub(U64(e + L->peer_key_state), KEY_PIN, __ATOMIC_RELEASE);
+}
+
+/* The one writer whose CAS moves an era word from an older generation to ZEROING zeroes what it
+ * guards (zero(p)) and stores the new era with release; others wait, and give up after a bounded
+ * spin rather than wait on a writer that died mid-zeroing. A fresh word (0) is simply adopted.
+ * Returns 1: current; 0: base belongs to an older generation than the word's; -1: gave up. */
+static int era_current(const Layout *L, char *gp, uint64_t base, void (*zero)(const Layout *, char *), char *p) {
     uint64_t want = base + 1;
     for (int spin = 0; spin < 100000; spin++) {
         uint64_t eg = ld_acq(gp);
@@ -284,18 +289,147 @@ static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
             continue;
         }
         if (!__atomic_compare_exchange_n(U64(gp), &eg, ERA_ZEROING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
-        const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
-                                L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
-                                L->peer_ping_min_ns, L->peer_events};
-        for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) st_rlx(e + c[i], 0);
-        for (Py_ssize_t i = 0; i < L->msg_types; i++) {
-            st_rlx(e + L->peer_bytes_sent_per_msg + 8 * i, 0);
-            st_rlx(e + L->peer_bytes_recv_per_msg + 8 * i, 0);
-        }
+        zero(L, p);
         st_rel(gp, want);   /* the zeroes before the era that lets others add */
         return 1;
     }
     return -1;
+}
+
+static void zero_peer_counters(const Layout *L, char *e) {
+    const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                            L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
+                            L->peer_ping_min_ns, L->peer_events};
+    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) st_rlx(e + c[i], 0);
+    for (Py_ssize_t i = 0; i < L->msg_types; i++) {
+        st_rlx(e + L->peer_bytes_sent_per_msg + 8 * i, 0);
+        st_rlx(e + L->peer_bytes_recv_per_msg + 8 * i, 0);
+    }
+}
+
+#define RECYCLED_N 9   /* layout.RECYCLED_FIELDS: the 8 counters below, then how many entries */
+static void zero_recycled(const Layout *L, char *mem) {
+    for (int i = 0; i < RECYCLED_N; i++) st_rlx(mem + L->hdr_recycled + 8 * i, 0);
+}
+
+/* Per-peer counters of the current clear generation, named by its base (first sequence number,
+ * which only grows) + 1 in the entry's era word (era_current). An event of an older generation
+ * arriving late leaves the counters alone. Returns 1: count into them; 0: skip; -1: gave up. */
+static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
+    return era_current(L, e + L->peer_era, base, zero_peer_counters, e);
+}
+
+static inline uint64_t era_base(Mapping *m, uint64_t head);
+
+/* The recycler holds entry e (KEY_WRITING): add what it counted in the current generation to
+ * the header's recycled totals, so aggregate figures stay exact. */
+static void peer_fold(Mapping *m, char *e) {
+    const Layout *L = &m->L;
+    uint64_t base = era_base(m, ld_acq(m->mem + L->hdr_head));
+    char *tot = m->mem + L->hdr_recycled;
+    if (era_current(L, m->mem + L->hdr_recycled_era, base, zero_recycled, m->mem) <= 0) return;
+    add_rlx(tot + 8 * 8, 1);
+    if (ld_acq(e + L->peer_era) != base + 1) return;   /* counters of a cleared generation */
+    const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                            L->peer_errors, L->peer_events, L->peer_ping_count, L->peer_ping_sum_ns};
+    for (int i = 0; i < 8; i++) {
+        uint64_t v = ld_rlx(e + c[i]);
+        if (v) add_rlx(tot + 8 * i, v);
+    }
+}
+
+/* Find `key`'s entry, or give it one (an empty candidate, else a recycled one), and return it
+ * pinned: the caller must peer_unpin it. seq: the event's, for the recycling order. */
+static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) {
+    const Layout *L = &m->L;
+    if (n <= 0 || L->peer_slots <= 0 || L->peer_window <= 0) return NULL;
+    if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
+    uint64_t h = fnv1a(key, n);
+    uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
+    char *peers = m->mem + L->peers_off;
+    /* The candidates are 2 x peer_window cache lines 1 KiB apart, often cold when the key is new:
+     * ask for all of them at once rather than one miss after another. */
+    for (Py_ssize_t i = 0; i < 2 * L->peer_window; i++) __builtin_prefetch(peer_candidate(L, peers, h, i), 1, 1);
+    for (int attempt = 0; attempt < 8; attempt++) {
+        char *empty = NULL, *victim = NULL;
+        uint64_t victim_k = 0, victim_idle = UINT64_MAX;
+        for (Py_ssize_t i = 0; i < 2 * L->peer_window; i++) {
+            char *e = peer_candidate(L, peers, h, i);
+            char *ks = e + L->peer_key_state;
+            uint64_t k = ld_acq(ks);
+            if (k == 0) { empty = e; break; }
+            if ((k & 3) != KEY_READY) continue;
+            if ((k & ~KEY_PINS_MASK) == tag) {
+                int pinned = 0;
+                while ((k & ~KEY_PINS_MASK) == tag && (k & KEY_PINS_MASK) != KEY_PINS_MASK) {
+                    if (__atomic_compare_exchange_n(U64(ks), &k, k + KEY_PIN, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                        pinned = 1;
+                        break;
+                    }
+                }
+                if (pinned) {
+                    if (*(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
+                        return e;
+                    peer_unpin(L, e);   /* another key with the same 48-bit hash */
+                }
+                continue;
+            }
+            if ((k & KEY_PINS_MASK) == 0 && !(ld_rlx(e + L->peer_life) & LIFE_CONNECTED)) {
+                uint64_t idle = ld_rlx(e + L->peer_idle);
+                if (idle < victim_idle) { victim = e; victim_k = k; victim_idle = idle; }
+            }
+        }
+        char *e = empty ? empty : victim;
+        if (!e) return NULL;
+        char *ks = e + L->peer_key_state;
+        uint64_t expect = empty ? 0 : victim_k;
+        if (!__atomic_compare_exchange_n(U64(ks), &expect, KEY_WRITING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue;   /* someone else took it, or pinned it: look again */
+        if (empty) {
+            add_rlx(m->mem + L->hdr_peers_used, 1);
+        } else {
+            if (ld_acq(e + L->peer_life) & LIFE_CONNECTED) {   /* connected before our CAS: keep it */
+                st_rel(ks, victim_k);
+                continue;
+            }
+            peer_fold(m, e);
+            /* Held alone (KEY_WRITING, no pins): plain stores, published by the release below. */
+            const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                                    L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
+                                    L->peer_ping_min_ns, L->peer_events};
+            for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) *U64(e + c[i]) = 0;
+            memset(e + L->peer_bytes_sent_per_msg, 0, (size_t)(8 * L->msg_types));
+            memset(e + L->peer_bytes_recv_per_msg, 0, (size_t)(8 * L->msg_types));
+            st_rlx(e + L->peer_life, 0);
+            st_rlx(e + L->peer_era, 0);
+            st_rlx(e + L->peer_connected_at, 0);
+            st_rlx(e + L->peer_last_activity, 0);
+            *(unsigned char *)(e + L->peer_addr_len) = 0;
+            memset(e + L->peer_key, 0, (size_t)L->peer_cap);   /* readers take the key's bytes up to the first NUL */
+        }
+        st_rlx(e + L->peer_idle, seq + 1);
+        memcpy(e + L->peer_key, key, (size_t)n);
+        *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
+        st_rel(ks, tag + KEY_PIN);   /* the entry and key before the word that publishes them, pinned once */
+        return e;
+    }
+    return NULL;
+}
+
+/* CAS-max of the entry's lifecycle word on its sequence number, so it holds the latest
+ * lifecycle event whichever process recorded it, with the recording writer's shard (writer:
+ * shard index + 1). Returns 1 if this event is now the latest. */
+static int peer_life(const Layout *L, char *e, uint64_t seq, int connected, uint64_t writer) {
+    uint64_t want = ((seq + 1) << LIFE_SEQ_SHIFT) | ((writer & 0x3FFF) << LIFE_WRITER_SHIFT) | (connected ? LIFE_CONNECTED : 0);
+    char *lp = e + L->peer_life;
+    uint64_t cur = ld_acq(lp);
+    while ((cur >> LIFE_SEQ_SHIFT) < (want >> LIFE_SEQ_SHIFT)) {
+        if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            if (!connected) st_rlx(e + L->peer_idle, seq + 1);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
@@ -332,14 +466,15 @@ static void account_extras(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq
         }
     }
     if (peer_n <= 0) return;
-    char *e = peer_find(m, peer, peer_n);
+    char *e = peer_find(m, peer, peer_n, seq);
     int life = (flags & (L->flag_life_connect | L->flag_life_disconnect)) != 0;
     if (!e) {
         add_rlx(mem + L->hdr_peer_events_untracked, 1);
         if (flags & L->flag_life_connect) add_rlx(mem + L->hdr_peers_untracked, 1);
         return;
     }
-    if (life && peer_life(L, e, seq, (flags & L->flag_life_connect) != 0)) {
+    uint64_t writer = m->shard ? (uint64_t)((m->shard - (mem + L->shards_off)) / L->shard_size) + 1 : 0;
+    if (life && peer_life(L, e, seq, (flags & L->flag_life_connect) != 0, writer)) {
         /* The latest lifecycle event names the address. */
         Py_ssize_t an = utf8_floor(f1, f1_stored, L->addr_cap);
         memcpy(e + L->peer_addr, f1, (size_t)an);
@@ -348,28 +483,30 @@ static void account_extras(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq
     }
     int cur = peer_counters_current(L, e, base);
     if (cur < 0) add_rlx(mem + L->hdr_peer_events_untracked, 1);
-    if (cur <= 0) return;
-    add_rlx(e + L->peer_events, 1);
-    max_rlx(e + L->peer_last_activity, (uint64_t)ts);
-    if (sev >= 3) add_rlx(e + L->peer_errors, 1);
-    if (kind == L->kind_message) {
-        int out = (flags & L->flag_outbound) != 0;
-        Py_ssize_t t = f1_n <= L->msg_name_size
-            ? registry_find(mem + L->hdr_msg_state, 8, mem + L->hdr_msg_name, L->msg_name_size, L->msg_types - 1, f1, f1_n)
-            : -1;
-        if (t < 0) t = L->msg_types - 1;
-        add_rlx(e + (out ? L->peer_msgs_sent : L->peer_msgs_recv), 1);
-        add_rlx(e + (out ? L->peer_bytes_sent : L->peer_bytes_recv), (uint64_t)value);
-        add_rlx(e + (out ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * t, (uint64_t)value);
-    } else if (kind == L->kind_latency && !failed && f1_n == 4 && (memcmp(f1, "ping", 4) == 0 || memcmp(f1, "pong", 4) == 0)) {
-        add_rlx(e + L->peer_ping_sum_ns, (uint64_t)value);
-        st_rlx(e + L->peer_ping_last_ns, (uint64_t)value);
-        char *mp = e + L->peer_ping_min_ns;   /* 0: no ping yet */
-        uint64_t cur = ld_rlx(mp);
-        while ((cur == 0 || (uint64_t)value < cur) &&
-               !__atomic_compare_exchange_n(U64(mp), &cur, (uint64_t)value, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
-        add_rlx(e + L->peer_ping_count, 1);
+    if (cur > 0) {
+        add_rlx(e + L->peer_events, 1);
+        max_rlx(e + L->peer_last_activity, (uint64_t)ts);
+        if (sev >= 3) add_rlx(e + L->peer_errors, 1);
+        if (kind == L->kind_message) {
+            int out = (flags & L->flag_outbound) != 0;
+            Py_ssize_t t = f1_n <= L->msg_name_size
+                ? registry_find(mem + L->hdr_msg_state, 8, mem + L->hdr_msg_name, L->msg_name_size, L->msg_types - 1, f1, f1_n)
+                : -1;
+            if (t < 0) t = L->msg_types - 1;
+            add_rlx(e + (out ? L->peer_msgs_sent : L->peer_msgs_recv), 1);
+            add_rlx(e + (out ? L->peer_bytes_sent : L->peer_bytes_recv), (uint64_t)value);
+            add_rlx(e + (out ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * t, (uint64_t)value);
+        } else if (kind == L->kind_latency && !failed && f1_n == 4 && (memcmp(f1, "ping", 4) == 0 || memcmp(f1, "pong", 4) == 0)) {
+            add_rlx(e + L->peer_ping_sum_ns, (uint64_t)value);
+            st_rlx(e + L->peer_ping_last_ns, (uint64_t)value);
+            char *mp = e + L->peer_ping_min_ns;   /* 0: no ping yet */
+            uint64_t pm = ld_rlx(mp);
+            while ((pm == 0 || (uint64_t)value < pm) &&
+                   !__atomic_compare_exchange_n(U64(mp), &pm, (uint64_t)value, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+            add_rlx(e + L->peer_ping_count, 1);
+        }
     }
+    peer_unpin(L, e);   /* release: every add above before a recycler's CAS can succeed */
 }
 
 /* ---- Mapping object ---------------------------------------------------------------------- */
@@ -843,7 +980,7 @@ static PyObject *Mapping_add_expired(Mapping *self, PyObject *arg) {
 }
 
 static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "peer_update(peer_id, seq, connected)"); return NULL; }
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "peer_update(peer_id, seq, connected, shard)"); return NULL; }
     if (check_writable(self)) return NULL;
     const char *p; Py_ssize_t n;
     if (get_text(args[0], &p, &n)) return NULL;
@@ -851,8 +988,14 @@ static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ss
     if (seq == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     int c = PyObject_IsTrue(args[2]);
     if (c < 0) return NULL;
-    char *e = peer_find(self, p, n);
-    if (e) peer_life(&self->L, e, seq, c);
+    Py_ssize_t shard = PyLong_AsSsize_t(args[3]);
+    if (shard == -1 && PyErr_Occurred()) return NULL;
+    if (shard < 0 || shard >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
+    char *e = peer_find(self, p, n, seq);
+    if (e) {
+        peer_life(&self->L, e, seq, c, (uint64_t)shard + 1);
+        peer_unpin(&self->L, e);
+    }
     return PyBool_FromLong(e != NULL);
 }
 
@@ -874,7 +1017,7 @@ static PyMethodDef Mapping_methods[] = {
     {"cas", (PyCFunction)(void (*)(void))Mapping_cas, METH_FASTCALL, "Compare-and-swap a u64; True on success."},
     {"fetch_add", (PyCFunction)(void (*)(void))Mapping_fetch_add, METH_FASTCALL, "Atomic add; returns the old value."},
     {"retire", (PyCFunction)(void (*)(void))Mapping_retire, METH_FASTCALL, "CAS slot words to another state."},
-    {"peer_update", (PyCFunction)(void (*)(void))Mapping_peer_update, METH_FASTCALL, "Apply a lifecycle event to the peer table."},
+    {"peer_update", (PyCFunction)(void (*)(void))Mapping_peer_update, METH_FASTCALL, "Apply a lifecycle event, recorded by shard, to the peer table."},
     {"new_era", (PyCFunction)Mapping_new_era, METH_NOARGS, "Start a new clear generation; returns its base."},
     {"add_expired", (PyCFunction)Mapping_add_expired, METH_O, "Count n expired records in this process's shard."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},

@@ -10,13 +10,17 @@ status            when (the first that applies, worst first)
 ``error``         error rate >= 50%, or >= 10% of recorded events lost or abandoned
 ``degraded``      error rate >= 20%, or >= 1% of recorded events lost or abandoned
 ``warning``       error rate >= 5%, any event lost or abandoned, a writer process died
-                  without detaching, or a writer's counters do not add up (damaged memory)
+                  without detaching, a writer's counters do not add up (damaged memory), or
+                  the peer table is full: more peers connected than ``max_peers``, or a
+                  connect since the last clear found no entry (``peers_untracked``)
 ``healthy``       otherwise
 ================  ============================================================================
 
 Error rate is (ERROR + CRITICAL) / total, as in the Go original. "Lost" events were dropped
 because their slot was still being written by a slower (or stopped) writer a lap behind;
-"abandoned" ones belonged to a writer that died mid-record.
+"abandoned" ones belonged to a writer that died mid-record. The peer table has 2 x ``max_peers``
+entries and recycles those of disconnected peers, so it tracks every connected peer up to
+``max_peers`` of them at once; beyond that, per-peer figures become incomplete.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ def classify(h: HealthStatus) -> tuple[str, str]:
         reasons.append((1, f"{h.writers_inconsistent} writer shard(s) with counters that do not add up (damaged)"))
     if h.writers_dead:
         reasons.append((1, f"{h.writers_dead} writer process(es) died without detaching"))
+    if h.peers_untracked or (h.max_peers and h.active_peers > h.max_peers):
+        reasons.append((1, f"peer table full: {h.active_peers} peers connected (max_peers {h.max_peers}), "
+                           f"{h.peers_untracked} connects untracked"))
     if not reasons:
         if h.total_events == 0:
             return "healthy", "no events recorded yet"
