@@ -42,14 +42,16 @@ def _crawl(name: str, w: int, n: int, keep_every: int, out) -> None:
     out.put((w, sent, recv, bsent, brecv))
 
 
-def _hold(name: str, w: int, n: int, ready, out) -> None:
-    """Connect n peers, say so, then wait to be killed (or for the go-ahead)."""
+def _hold(name: str, w: int, n: int, ready, go) -> None:
+    """Connect n peers, say so, then wait to be killed (or for the go-ahead). An Event of its own,
+    not a shared Queue or Event: a SIGKILLed reader can die holding a Queue's read lock, and
+    setting an Event waits for every sleeper, a dead one included, to wake."""
     with Recorder.attach(name) as r:
         for i in range(n):
             r.record_peer_connection(f"h{w}-{i}", f"10.9.{w}.{i}:8333")
             r.record_message(f"h{w}-{i}", "ping", "outbound", 8)
         ready.set()
-        out.get()  # blocks until killed (or told to go)
+        go.wait(120)
 
 
 def _run(procs):
@@ -102,9 +104,9 @@ def test_a_million_distinct_peers_from_four_processes(make_recorder):
 @pytest.mark.multiprocess
 def test_a_killed_writers_peers_are_disconnected_once_it_is_reaped(make_recorder):
     r = make_recorder(10_000, max_peers=256)
-    out = SPAWN.Queue()
     ready = [SPAWN.Event() for _ in range(2)]
-    procs = _run([SPAWN.Process(target=_hold, args=(r.name, w, 20, ready[w], out)) for w in range(2)])
+    go = [SPAWN.Event() for _ in range(2)]
+    procs = _run([SPAWN.Process(target=_hold, args=(r.name, w, 20, ready[w], go[w])) for w in range(2)])
     try:
         for e in ready:
             assert e.wait(60)
@@ -129,9 +131,12 @@ def test_a_killed_writers_peers_are_disconnected_once_it_is_reaped(make_recorder
         p = {p.peer_id: p for p in r.get_peer_diagnostics()}["h0-3"]
         assert (p.status, p.status_reason, p.address) == ("connected", "", "10.9.9.9:8333")
     finally:
-        out.put("go")
+        go[1].set()  # the survivor's only
         for p in procs:
             p.join(30)
+            if p.exitcode is None:
+                p.kill()
+                p.join(10)
 
 
 def _never(name: str) -> None:

@@ -263,10 +263,12 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
 #define LIFE_SEQ_SHIFT 16
 #define ERA_ZEROING UINT64_MAX
 
-static inline char *peer_candidate(const Layout *L, char *peers, uint64_t h, Py_ssize_t i) {
+/* Candidate i of a key whose windows start at entries s1 and s2 (each < peer_slots). */
+static inline char *peer_candidate(const Layout *L, char *peers, uint64_t s1, uint64_t s2, Py_ssize_t i) {
     uint64_t S = (uint64_t)L->peer_slots;
-    uint64_t start = i < L->peer_window ? h : (h * 0x9E3779B97F4A7C15ULL) >> 17;
-    return peers + (Py_ssize_t)((start + (uint64_t)(i % L->peer_window)) % S) * L->peer_size;
+    uint64_t j = i < L->peer_window ? s1 + (uint64_t)i : s2 + (uint64_t)(i - L->peer_window);
+    if (j >= S) j %= S;   /* wraps past the end: rare, so no division on the common path */
+    return peers + (Py_ssize_t)j * L->peer_size;
 }
 
 static inline void peer_unpin(const Layout *L, char *e) {
@@ -347,14 +349,17 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
     uint64_t h = fnv1a(key, n);
     uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
     char *peers = m->mem + L->peers_off;
-    /* The candidates are 2 x peer_window cache lines 1 KiB apart, often cold when the key is new:
-     * ask for all of them at once rather than one miss after another. */
-    for (Py_ssize_t i = 0; i < 2 * L->peer_window; i++) __builtin_prefetch(peer_candidate(L, peers, h, i), 1, 1);
+    uint64_t s1 = h % (uint64_t)L->peer_slots, s2 = ((h * 0x9E3779B97F4A7C15ULL) >> 17) % (uint64_t)L->peer_slots;
     for (int attempt = 0; attempt < 8; attempt++) {
         char *empty = NULL, *victim = NULL;
         uint64_t victim_k = 0, victim_idle = UINT64_MAX;
         for (Py_ssize_t i = 0; i < 2 * L->peer_window; i++) {
-            char *e = peer_candidate(L, peers, h, i);
+            /* Not at the first candidate: the rest are cache lines 1 KiB apart, often cold when
+             * the key is new. Ask for all of them at once rather than one miss after another. */
+            if (i == 1 && attempt == 0)
+                for (Py_ssize_t j = 1; j < 2 * L->peer_window; j++)
+                    __builtin_prefetch(peer_candidate(L, peers, s1, s2, j), 1, 1);
+            char *e = peer_candidate(L, peers, s1, s2, i);
             char *ks = e + L->peer_key_state;
             uint64_t k = ld_acq(ks);
             if (k == 0) { empty = e; break; }
@@ -381,6 +386,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
         }
         char *e = empty ? empty : victim;
         if (!e) return NULL;
+        for (Py_ssize_t off = 64; off < L->peer_size; off += 64) __builtin_prefetch(e + off, 1, 1);   /* all of it is written */
         char *ks = e + L->peer_key_state;
         uint64_t expect = empty ? 0 : victim_k;
         if (!__atomic_compare_exchange_n(U64(ks), &expect, KEY_WRITING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
