@@ -1,3 +1,5 @@
+"""``python -m shmdiag``: the ``shmdiag`` command."""
+
 import sys
 
 from shmdiag.cli.main import main

@@ -253,6 +253,8 @@ class Inspector:
                 detached=seg.link_state(),
                 events_in_flight=acct.in_flight,
                 seqs_unused=acct.unused,
+                active_peers=stats.active_peers, max_peers=seg.max_peers,
+                peers_untracked=_snapshot.untracked(seg)[0] if _snapshot.metrics_enabled(seg) else 0,
             )
             collector = _owners.collector_of(seg)
             if collector is not None:

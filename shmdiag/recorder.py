@@ -213,8 +213,9 @@ class Recorder:
             self._log(sev, etype, peer, message)
 
     def record_peer_connection(self, peer_id: str, address: str) -> None:
-        _need_str(peer_id, "peer_id", nonempty=True)
-        _need_str(address, "address")
+        if type(peer_id) is not str or not peer_id or type(address) is not str:  # a crawler's hot path: checks inline
+            _need_str(peer_id, "peer_id", nonempty=True)
+            _need_str(address, "address")
         self._write(L.KIND_CONNECT, 1, L.F_LIFE_CONNECT, _TYPE_CONNECTED, 0, 0, "", peer_id, address, "", "")
         if self._log_min <= 1 and self._logger.isEnabledFor(logging.INFO):
             self._log(1, K.CONNECT.name, peer_id, K.CONNECT.log_line(address=address))

@@ -86,6 +86,16 @@ def fix_header_crc(mm) -> None:
     write_field(mm, L.HEADER, "header_crc", L.header_crc(mm[: L.HEADER_STATIC_SIZE]))
 
 
+def own_shard_base(mm) -> int:
+    """Byte offset of the shard this process owns in the segment mapped as ``mm``."""
+    shards_off = int(read_field(mm, L.HEADER, "shards_off"))
+    for i in range(int(read_field(mm, L.HEADER, "max_shards"))):
+        b = shards_off + i * L.SHARD.itemsize
+        if int(read_field(mm, L.SHARD, "owner", b)) == (os.getpid() << 8) | L.SH_ACTIVE:
+            return b
+    raise AssertionError("no shard owned by this process")
+
+
 def slot_base(mm, slot: int) -> int:
     """Byte offset of slot ``slot``, from the segment's own header."""
     return int(read_field(mm, L.HEADER, "slots_off")) + slot * L.SLOT_SIZE
@@ -129,6 +139,16 @@ def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProces
     """``python -m shmdiag ARGS``, text output captured."""
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, **kw)
 
+
+def assert_one_error_line(cp: subprocess.CompletedProcess, status: int, *needles: str) -> str:
+    assert cp.returncode == status, (cp.returncode, cp.stdout, cp.stderr)
+    assert "Traceback" not in cp.stderr, cp.stderr
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, cp.stderr
+    assert lines[0].startswith("shmdiag: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
 
 def write(name: str, ops: list) -> None:
     """Record ``ops`` from a separate writer process, and wait for it."""

@@ -21,6 +21,7 @@ from helpers import (
     CLI,
     OPS_WRITER,
     LineReader,
+    assert_one_error_line,
     attachable,
     run_cli,
     shm_path,
@@ -29,17 +30,6 @@ from helpers import (
     wait_for,
     write,
 )
-
-
-def assert_one_error_line(cp: subprocess.CompletedProcess, status: int, *needles: str) -> str:
-    assert cp.returncode == status, (cp.returncode, cp.stdout, cp.stderr)
-    assert "Traceback" not in cp.stderr, cp.stderr
-    lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1, cp.stderr
-    assert lines[0].startswith("shmdiag: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 # -- serve ----------------------------------------------------------------------------------

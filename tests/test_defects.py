@@ -20,6 +20,7 @@ from shmdiag.core import layout as L
 
 from helpers import (
     CLI,
+    own_shard_base,
     raw_segment,
     read_field,
     run_cli,
@@ -210,21 +211,12 @@ def test_peers_json_with_huge_per_message_counters(make_recorder):
     assert max(peer["bytes_recv_per_msg"].values()) == 2**64 - 1
 
 
-def _own_shard(mm) -> int:
-    shards_off = int(read_field(mm, L.HEADER, "shards_off"))
-    for i in range(int(read_field(mm, L.HEADER, "max_shards"))):
-        b = shards_off + i * L.SHARD.itemsize
-        if int(read_field(mm, L.SHARD, "owner", b)) == (os.getpid() << 8) | L.SH_ACTIVE:
-            return b
-    raise AssertionError("no shard owned by this process")
-
-
 def test_garbage_severity_counter_is_inconsistent_not_a_rate(make_recorder):
     r = make_recorder(5)
     for i in range(5):
         r.record_message("p", "inv", "inbound", i)
     with raw_segment(r.name) as mm:
-        b = _own_shard(mm)
+        b = own_shard_base(mm)
         sev = np.array(read_field(mm, L.SHARD, "sev", b))
         sev[3] = 2**40
         write_field(mm, L.SHARD, "sev", sev, b)

@@ -224,7 +224,7 @@ def check_health(h, cap):
 def check_peer(p):
     assert isinstance(p, shmdiag.PeerDiagnostic), type(p)
     assert isinstance(p.peer_id, str) and isinstance(p.address, str)
-    assert p.status in ("connected", "disconnected"), f"status {p.status!r}"
+    assert p.status in ("connected", "disconnected", "never_connected"), f"status {p.status!r}"
     for f in ("messages_sent", "messages_received", "bytes_sent", "bytes_received", "error_count"):
         assert is_int(getattr(p, f)), f"{p.peer_id!r}.{f} {getattr(p, f)!r}"
     for f in ("bytes_sent_per_msg", "bytes_recv_per_msg"):

@@ -255,7 +255,7 @@ def test_inspector_has_no_write_methods_and_its_mapping_refuses_stores(quiet_rin
         with pytest.raises(ReadOnlyRingError):
             nat.set_provider(lambda: None)
         with pytest.raises(ReadOnlyRingError):
-            nat.peer_update("p1", 0, True)
+            nat.peer_update("p1", 0, True, 0)
         with pytest.raises(ReadOnlyRingError):
             nat.retire(np.zeros(1, "<u8"), np.zeros(1, "<u8"), 0)
         with pytest.raises(ValueError, match="read-only"):  # numpy views are read-only too

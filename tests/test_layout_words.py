@@ -41,24 +41,32 @@ def test_words_the_writers_store_decode(make_recorder):
     (row,) = np.flatnonzero(L.key_ready(ks))
     assert int(ks[row]) == L.key_make(_fnv1a(b"peer-1"))
     life = int(seg.peers["life"][row])
-    assert not L.life_connected(life) and L.life_seq(life) == 3  # the disconnect, the 4th event
-    assert life == L.life_make(3, False)
-
     owners = seg.shards["owner"]
     mine = np.flatnonzero(L.owner_state(owners) == L.SH_ACTIVE)
+    assert not L.life_connected(life) and L.life_seq(life) == 3  # the disconnect, the 4th event
+    assert L.life_writer(life) == int(mine[0]) + 1 and not L.life_died(life)  # recorded by this process's shard
+    assert life == L.life_make(3, False, writer=int(mine[0]))
+
     assert L.owner_pid(owners[mine]).tolist() == [os.getpid()]
     assert int(owners[mine[0]]) == L.owner_make(os.getpid(), L.SH_ACTIVE)
     assert int(seg.shards["start_time"][mine[0]]) == own_start_ms()
 
 
 def test_helpers_take_ints_and_arrays_alike():
-    words = [0, 1, L.name_make(0xABCDEF, 17), L.owner_make(4_000_000, L.SH_DEAD), L.life_make(41, True),
+    words = [0, 1, L.name_make(0xABCDEF, 17), L.owner_make(4_000_000, L.SH_DEAD), L.life_make(41, True, 7, True),
              L.clear_make(123, 1 << 40 | 99), L.j_make(77, L.PH_COUNTING), L.jmeta_make(5, 3, 18, L.OUT_LOST)]
     arr = np.array(words, dtype=np.uint64)
-    for f in (L.name_ready, L.name_len, L.key_ready, L.owner_pid, L.owner_state, L.life_connected, L.life_seq,
-              L.clear_pid, L.clear_start, L.j_seq, L.j_phase):
-        valid = slice(2, None) if f in (L.life_seq, L.j_seq) else slice(None)  # sequence numbers of 0 and 1: none
-        assert f(arr)[valid].tolist() == [f(w) for w in words][valid], f.__name__
+    for f in (L.name_ready, L.name_len, L.key_ready, L.key_pins, L.owner_pid, L.owner_state, L.life_connected,
+              L.life_died, L.life_writer, L.life_seq, L.clear_pid, L.clear_start, L.j_seq, L.j_phase):
+        # words that hold no sequence number (0, 1; for life words any below 1 << LIFE_SEQ_SHIFT) decode to none
+        valid = [w >> L.LIFE_SEQ_SHIFT > 0 if f is L.life_seq else f is not L.j_seq or w > 1 for w in words]
+        got, want = f(arr).tolist(), [f(w) for w in words]
+        got = [x for x, v in zip(got, valid, strict=True) if v]
+        assert got == [x for x, v in zip(want, valid, strict=True) if v], f.__name__
+    assert (L.life_seq(words[4]), L.life_writer(words[4]), L.life_connected(words[4]), L.life_died(words[4])) == (
+        41, 8, True, True)
+    assert L.life_writer_died(L.life_make(41, True, 7)) == L.life_make(41, False, 7, died=True)
+    assert L.key_pins(L.key_make(0xFEED, pins=3)) == 3 and L.key_ready(L.key_make(0xFEED, pins=3))
     assert not L.name_ready(0) and not L.name_ready(1) and L.name_len(words[2]) == 17
     assert (L.owner_pid(words[3]), L.owner_state(words[3])) == (4_000_000, L.SH_DEAD)
     assert (L.clear_pid(words[5]), L.clear_start(words[5])) == (123, 99)

@@ -62,7 +62,8 @@ def test_status_follows_the_latest_lifecycle_event(rec):
 def test_a_peer_without_lifecycle_events_is_listed_by_its_traffic(rec):
     rec.record_message("ghost", "addr", "inbound", 30003)
     p = by_id(rec)["ghost"]
-    assert p.status == "disconnected" and p.address == "" and p.connected_at is None
+    assert p.status == "never_connected" and p.status_reason == "no connect recorded"
+    assert p.address == "" and p.connected_at is None
     assert p.bytes_received == 30003 and p.latency is None
 
 
@@ -101,25 +102,47 @@ def test_clear_resets_counters_but_not_connections(rec):
     assert rec.get_network_diagnostic().network_latency is None
 
 
-def test_cap_on_tracked_peers_and_the_count_beyond_it(make_recorder):
+def test_a_full_table_counts_the_rest_and_recycles_disconnected_peers(make_recorder):
+    """max_peers=4: 8 entries. Ten connected peers: eight tracked, two counted beyond the table
+    (and health warns). Disconnected peers' entries go to new peers, oldest disconnect first,
+    and what they counted stays in the recycled totals."""
     r = make_recorder(100, max_peers=4)
     for i in range(10):
         r.record_peer_connection(f"p{i}", f"10.0.0.{i}:8333")
         r.record_message(f"p{i}", "ping", "outbound", 8)
     net = r.get_network_diagnostic()
-    assert net.total_peers == 4
-    assert net.untracked_peers == 6
-    assert net.untracked_events == 12  # each untracked peer's connect and message
+    assert net.total_peers == net.active_peers == 8
+    assert net.untracked_peers == 2
+    assert net.untracked_events == 4  # each untracked peer's connect and message
     tracked = {p.peer_id for p in net.peer_diagnostics}
-    assert tracked == {f"p{i}" for i in range(4)}
-    for p in net.peer_diagnostics:
-        assert p.bytes_sent == 8
+    assert tracked == {f"p{i}" for i in range(8)}
+    assert all(p.bytes_sent == 8 for p in net.peer_diagnostics)
     r.record_message("p0", "pong", "inbound", 8)  # tracked peers keep being counted at the cap
     assert by_id(r)["p0"].bytes_recv_per_msg == {"pong": 8}
-    assert r.get_stats().active_peers == 4
+    h = r.health_check()
+    assert h.status == "warning" and "peer table full" in h.message
+    assert (h.active_peers, h.max_peers, h.peers_untracked) == (8, 4, 2)
+
+    for i in (3, 1, 2):  # in this order: p3 left first
+        r.record_peer_disconnection(f"p{i}", f"10.0.0.{i}:8333", "bye")
+    r.record_peer_connection("q0", "10.0.1.0:8333")
+    r.record_message("q0", "inv", "inbound", 37)
+    peers = by_id(r)
+    assert "p3" not in peers and {"p1", "p2", "q0"} <= set(peers)  # the oldest disconnect went first
+    assert peers["q0"].status == "connected" and peers["q0"].bytes_received == 37
+    assert peers["q0"].bytes_sent == 0  # a recycled entry starts from zero
+    net = r.get_network_diagnostic()
+    assert (net.recycled_peers, net.recycled_messages_sent, net.recycled_bytes_sent) == (1, 1, 8)
+    assert net.recycled_events == 3  # p3's connect, message and disconnect
+    assert net.active_peers == r.get_stats().active_peers == 6
     r.clear_events()
     net = r.get_network_diagnostic()
-    assert (net.untracked_peers, net.untracked_events) == (0, 0)
+    assert (net.untracked_peers, net.untracked_events, net.recycled_peers, net.recycled_bytes_sent) == (0, 0, 0, 0)
+    h = r.health_check()  # still more peers connected than max_peers: a clear does not disconnect anyone
+    assert h.status == "warning" and h.peers_untracked == 0 and h.active_peers == 6
+    for i in (0, 4):
+        r.record_peer_disconnection(f"p{i}", f"10.0.0.{i}:8333", "bye")
+    assert r.health_check().status == "healthy"
 
 
 def test_message_types_beyond_the_registry_go_to_other(rec):
@@ -199,7 +222,7 @@ def test_duplicate_entries_of_one_key_are_merged(make_recorder):
     src = int(np.flatnonzero((table["key_state"] & 3) == 2)[0])
     dst = (src + 3) % len(table)
     table[dst] = table[src]
-    table["life"][dst] = (int(table["life"][src]) + 8) & ~1  # a later lifecycle event, a disconnect
+    table["life"][dst] = (int(table["life"][src]) + (1 << L.LIFE_SEQ_SHIFT)) & ~1  # a later event, a disconnect
     table["addr"][dst], table["addr_len"][dst] = b"new:2", 5
     table["last_activity"][dst] = table["last_activity"][src] + 1
     table["ping_last_ns"][dst] = 250_000_000

@@ -25,6 +25,7 @@ from shmdiag.core import layout as L
 from helpers import (
     CLI,
     LineReader,
+    assert_one_error_line,
     attachable,
     fix_header_crc,
     run_cli,
@@ -34,17 +35,6 @@ from helpers import (
     write,
     write_field,
 )
-
-
-def one_error_line(cp: subprocess.CompletedProcess, status: int, *needles: str) -> str:
-    assert cp.returncode == status, (cp.returncode, cp.stdout, cp.stderr)
-    assert "Traceback" not in cp.stderr, cp.stderr
-    lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1, cp.stderr
-    assert lines[0].startswith("shmdiag: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def start_serve(name: str, procs: list, *args: str) -> tuple[subprocess.Popen, list[bytes]]:
@@ -126,7 +116,7 @@ def test_a_killed_serve_leaves_its_ring_and_serve_adopts_it(procs, shm_names):
     # Asked to adopt it with another size: refused, nothing changed.
     with open(shm_path(name), "rb") as f:
         raw = f.read()
-    one_error_line(run_cli("serve", name, "--max-events", "600"), 1, "max_events = 500", "600")
+    assert_one_error_line(run_cli("serve", name, "--max-events", "600"), 1, "max_events = 500", "600")
     with open(shm_path(name), "rb") as f:
         assert f.read() == raw
 
@@ -142,8 +132,8 @@ def test_a_killed_serve_leaves_its_ring_and_serve_adopts_it(procs, shm_names):
     assert run_cli("health", name).returncode == 0
 
     # A live collector keeps others off: serve and rm refuse, naming it; so does a Collector.
-    one_error_line(run_cli("serve", name), 1, "in use", f"pid {second.pid}, still running")
-    one_error_line(run_cli("rm", name), 1, "in use", f"collector (pid {second.pid})")
+    assert_one_error_line(run_cli("serve", name), 1, "in use", f"pid {second.pid}, still running")
+    assert_one_error_line(run_cli("rm", name), 1, "in use", f"collector (pid {second.pid})")
     with Recorder.attach(name) as rec:
         with pytest.raises(RingInUseError, match=str(second.pid)):
             Collector(rec).start()
@@ -217,7 +207,7 @@ def test_serve_refuses_to_adopt_what_is_not_a_ring_of_its_version(shm_names, kin
     with open(shm_path(name), "wb") as f:
         f.write(raw)
     os.chmod(shm_path(name), 0o600)
-    line = one_error_line(run_cli("serve", name, "--max-events", "100"), 1, "cannot adopt", needle)
+    line = assert_one_error_line(run_cli("serve", name, "--max-events", "100"), 1, "cannot adopt", needle)
     assert "nothing was changed" in line
     with open(shm_path(name), "rb") as f:
         assert f.read() == raw  # not a byte written
@@ -395,7 +385,7 @@ def test_serve_of_an_impossible_size_is_one_line(shm_names):
     name = unique_name("huge")
     shm_names.append(name)
     n, size = _too_many_events()
-    one_error_line(run_cli("serve", name, "--max-events", str(n)), 1, f"{size} bytes", "is available")
+    assert_one_error_line(run_cli("serve", name, "--max-events", str(n)), 1, f"{size} bytes", "is available")
     assert not os.path.exists(shm_path(name))
 
 

@@ -28,6 +28,7 @@ from shmdiag.core import layout as L
 
 from helpers import (
     fix_header_crc,
+    own_shard_base,
     raw_segment,
     read_field,
     shm_path,
@@ -402,15 +403,6 @@ def test_garbage_peer_table_never_crashes(ring):
 def known_events_intact_prefix(r) -> None:
     got = r.get_events(0)
     assert [(e.event_type, e.message) for e in got[:3]] == [("known", f"event {i}") for i in range(3)]
-
-
-def own_shard_base(mm) -> int:
-    shards_off = int(read_field(mm, L.HEADER, "shards_off"))
-    for i in range(int(read_field(mm, L.HEADER, "max_shards"))):
-        b = shards_off + i * L.SHARD.itemsize
-        if int(read_field(mm, L.SHARD, "owner", b)) == (os.getpid() << 8) | L.SH_ACTIVE:
-            return b
-    raise AssertionError("no shard owned by this process")
 
 
 def test_garbage_counters_in_own_shard_never_crash(ring):

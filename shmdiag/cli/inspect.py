@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from shmdiag.cli._common import (
     attached,
@@ -12,6 +13,9 @@ from shmdiag.cli._common import (
     print_json,
 )
 from shmdiag.cli.format import clean
+
+if TYPE_CHECKING:
+    from shmdiag.core.models import PeerDiagnostic
 
 
 # -- stats / health / peers ----------------------------------------------------------------
@@ -77,13 +81,20 @@ def cmd_peers(args: argparse.Namespace) -> int:
             f"mean ping {lat}")
     if nd.untracked_peers or nd.untracked_events:
         line += f"; {nd.untracked_peers} connects and {nd.untracked_events} events of peers beyond the table's cap"
+    if nd.recycled_peers:
+        line += (f"; {nd.recycled_peers} entries of disconnected peers recycled (their {nd.recycled_messages_sent}"
+                 f" msgs out, {nd.recycled_messages_received} in, {human_bytes(nd.recycled_bytes_sent)} out,"
+                 f" {human_bytes(nd.recycled_bytes_received)} in are in the totals only)")
     out(line)
     peers = sorted(nd.peer_diagnostics, key=lambda p: (-(p.bytes_sent + p.bytes_received), p.peer_id))
     if args.limit:
         peers = peers[: args.limit]
     if not peers:
         return 0
-    rows = [[p.peer_id, p.address or "-", p.status, p.messages_sent, p.messages_received, human_bytes(p.bytes_sent),
+    def status(p: PeerDiagnostic) -> str:
+        return f"{p.status} ({p.status_reason})" if p.status == "disconnected" and p.status_reason else p.status
+
+    rows = [[p.peer_id, p.address or "-", status(p), p.messages_sent, p.messages_received, human_bytes(p.bytes_sent),
              human_bytes(p.bytes_received), human_duration(p.latency), p.error_count,
              local_time(p.last_activity, "%H:%M:%S")]
             for p in peers]

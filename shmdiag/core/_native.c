@@ -3,7 +3,7 @@
  *
  * Pure-Python stores have no ordering guarantees (and on aarch64 the CPU reorders them), so every
  * word that publishes something to another process goes through a GCC __atomic builtin here.
- * The record layout is NOT defined in this file: Python (shmdiag/_layout.py) hands the field
+ * The record layout is NOT defined in this file: Python (shmdiag/core/layout.py) hands the field
  * offsets over as a dict when a Mapping is created, so the numpy reader and this writer derive
  * from one definition.
  *
@@ -75,7 +75,8 @@ typedef struct {
         shard_unused, shard_jstep, shard_jx_peer, shard_jx_bank, shard_jx_value, shard_jx_info;
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
-    Py_ssize_t peers_off, peer_size, max_peers, peer_slots, addr_cap, msg_types, msg_name_size;
+    Py_ssize_t peers_off, peer_size, max_peers, peer_slots, peer_window, addr_cap, msg_types, msg_name_size;
+    Py_ssize_t hdr_recycled_era, hdr_recycled, peer_idle;
     Py_ssize_t peer_key_state, peer_life, peer_era, peer_key_len, peer_addr_len, peer_connected_at,
         peer_last_activity, peer_msgs_sent, peer_msgs_recv, peer_bytes_sent, peer_bytes_recv, peer_errors,
         peer_ping_count, peer_ping_sum_ns, peer_ping_last_ns, peer_ping_min_ns, peer_events, peer_key, peer_addr,
@@ -108,7 +109,8 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
     K(shard_unused), K(shard_jstep), K(shard_jx_peer), K(shard_jx_bank), K(shard_jx_value), K(shard_jx_info),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
-    K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(addr_cap), K(msg_types), K(msg_name_size),
+    K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(peer_window), K(addr_cap), K(msg_types), K(msg_name_size),
+    K(hdr_recycled_era), K(hdr_recycled), K(peer_idle),
     K(peer_key_state), K(peer_life), K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
     K(peer_last_activity), K(peer_msgs_sent), K(peer_msgs_recv), K(peer_bytes_sent), K(peer_bytes_recv),
     K(peer_errors), K(peer_ping_count), K(peer_ping_sum_ns), K(peer_ping_last_ns), K(peer_ping_min_ns),
@@ -227,62 +229,67 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
     return -1;
 }
 
-/* Lock-free find-or-insert of a peer's entry. The table has peer_slots = 2 x max_peers entries
- * and at most max_peers are claimed (peers_used), so a lookup of an absent key stops at an
- * empty entry after a few probes, even once the cap is reached. An entry whose key is still
- * being written is skipped rather than waited for; a duplicate entry can result and the reader
- * merges duplicates by key. NULL: the table is full (the caller counts the event untracked). */
-static char *peer_find(Mapping *m, const char *key, Py_ssize_t n) {
-    const Layout *L = &m->L;
-    if (n <= 0 || L->peer_slots <= 0) return NULL;
-    if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
-    uint64_t h = fnv1a(key, n);
-    uint64_t tag = (h << 2) | 2;
-    char *peers = m->mem + L->peers_off;
-    for (Py_ssize_t i = 0; i < L->peer_slots; i++) {
-        char *e = peers + ((Py_ssize_t)((h + (uint64_t)i) % (uint64_t)L->peer_slots)) * L->peer_size;
-        char *ks = e + L->peer_key_state;
-        uint64_t k = ld_acq(ks);
-        if (k == 0) {
-            if (ld_rlx(m->mem + L->hdr_peers_used) >= (uint64_t)L->max_peers) return NULL;
-            uint64_t expect = 0;
-            if (__atomic_compare_exchange_n(U64(ks), &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                add_rlx(m->mem + L->hdr_peers_used, 1);
-                memcpy(e + L->peer_key, key, (size_t)n);
-                *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
-                st_rel(ks, tag);          /* key bytes before the tag that publishes them */
-                return e;
-            }
-            k = expect;
-        }
-        if (k == tag && *(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
-            return e;
-    }
-    return NULL;
-}
-
-/* CAS-max of the entry's lifecycle word, so it holds the highest-sequence lifecycle event
- * whichever process recorded it. Returns 1 if this event is now the latest. */
-static int peer_life(const Layout *L, char *e, uint64_t seq, int connected) {
-    uint64_t want = ((seq + 1) << 1) | (connected ? 1u : 0u);
-    char *lp = e + L->peer_life;
-    uint64_t cur = ld_acq(lp);
-    while ((cur >> 1) < (want >> 1)) {
-        if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) return 1;
-    }
-    return 0;
-}
-
-/* Per-peer counters of the current clear generation, named by its base (first sequence number,
- * which only grows) + 1 in the entry's era word. A fresh entry (era 0) is already zero and is
- * simply adopted. An entry of an older generation is zeroed by the one writer whose CAS moves
- * its era word to ZEROING; others wait for the release store of the new era (the zeroing is a
- * hundred stores), and give up after a bounded spin rather than wait on a writer that died
- * mid-zeroing. An event of an older generation arriving late leaves the counters alone.
- * Returns 1: count into them; 0: an older generation's event, skip; -1: gave up. */
+/* ---- the peer table ----------------------------------------------------------------------
+ *
+ * peer_slots = 2 x max_peers entries. A key's entry is one of its 2 x peer_window candidates:
+ * two windows of peer_window consecutive entries, at two positions given by its hash. The
+ * key_state word (see key_make in core/layout.py):
+ *
+ *   0                                   empty (never used)
+ *   KEY_WRITING                         being (re)written by one process: skipped by everyone else
+ *   (hash48 << 16) | (pins << 2) | 2    ready: key, key_len and a zeroed entry are published
+ *
+ * A writer uses an entry only while it holds a pin: a CAS that adds one to `pins` of a ready
+ * word with its key's hash (then the key bytes are compared: they cannot change while pinned),
+ * and a release fetch_sub when done. Candidates are filled in order and never become empty
+ * again, so a lookup stops at the first empty candidate: the key is not beyond it.
+ *
+ * Recycling. When a new key finds no empty candidate, it recycles the candidate whose peer has
+ * been not connected the longest (lowest `idle`: seq + 1 of its latest disconnect, or of the
+ * event that inserted it if it never connected). The recycler takes the entry with one CAS
+ * from ready-with-0-pins to KEY_WRITING; that CAS is the whole ordering argument:
+ *   - it fails while anyone holds a pin, and no one can pin a word that is not ready, so from
+ *     the CAS on nobody but the recycler touches the entry until it publishes the new key;
+ *   - every earlier holder's adds happened before its release unpin, which the CAS (acquire)
+ *     reads from, so the recycler sees every add to the old counters: it folds them into the
+ *     header's `recycled` totals exactly, then zeroes the entry and publishes the new key with
+ *     a release store (already pinned once, for itself); a process that looked the old key up
+ *     and had not pinned yet fails its pin CAS (the word changed) and looks again.
+ *   - a peer connects only through a pinned entry, so the recycler re-checks `life` after its
+ *     CAS and puts the word back if the peer connected meanwhile: connected peers are never
+ *     recycled. (The reaper clears `connected` of a dead writer's peers with a CAS on `life`
+ *     alone, which only ever makes an entry recyclable.)
+ * A writer SIGKILLed while holding a pin or while writing a key leaves that one entry pinned or
+ * unusable: it is never recycled (the peer still works if it was pinned). NULL from peer_find:
+ * every candidate is connected, pinned or being written; the caller counts the event untracked. */
+#define KEY_WRITING 1ULL
+#define KEY_READY 2ULL
+#define KEY_PIN (1ULL << 2)
+#define KEY_PINS_MASK (((1ULL << 14) - 1) << 2)
+#define KEY_HASH_SHIFT 16
+#define LIFE_CONNECTED 1ULL
+#define LIFE_DIED 2ULL
+#define LIFE_WRITER_SHIFT 2
+#define LIFE_SEQ_SHIFT 16
 #define ERA_ZEROING UINT64_MAX
-static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
-    char *gp = e + L->peer_era;
+
+/* Candidate i of a key whose windows start at entries s1 and s2 (each < peer_slots). */
+static inline char *peer_candidate(const Layout *L, char *peers, uint64_t s1, uint64_t s2, Py_ssize_t i) {
+    uint64_t S = (uint64_t)L->peer_slots;
+    uint64_t j = i < L->peer_window ? s1 + (uint64_t)i : s2 + (uint64_t)(i - L->peer_window);
+    if (j >= S) j %= S;   /* wraps past the end: rare, so no division on the common path */
+    return peers + (Py_ssize_t)j * L->peer_size;
+}
+
+static inline void peer_unpin(const Layout *L, char *e) {
+    __atomic_fetch_sub(U64(e + L->peer_key_state), KEY_PIN, __ATOMIC_RELEASE);
+}
+
+/* The one writer whose CAS moves an era word from an older generation to ZEROING zeroes what it
+ * guards (zero(p)) and stores the new era with release; others wait, and give up after a bounded
+ * spin rather than wait on a writer that died mid-zeroing. A fresh word (0) is simply adopted.
+ * Returns 1: current; 0: base belongs to an older generation than the word's; -1: gave up. */
+static int era_current(const Layout *L, char *gp, uint64_t base, void (*zero)(const Layout *, char *), char *p) {
     uint64_t want = base + 1;
     for (int spin = 0; spin < 100000; spin++) {
         uint64_t eg = ld_acq(gp);
@@ -294,18 +301,151 @@ static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
             continue;
         }
         if (!__atomic_compare_exchange_n(U64(gp), &eg, ERA_ZEROING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
-        const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
-                                L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
-                                L->peer_ping_min_ns, L->peer_events};
-        for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) st_rlx(e + c[i], 0);
-        for (Py_ssize_t i = 0; i < L->msg_types; i++) {
-            st_rlx(e + L->peer_bytes_sent_per_msg + 8 * i, 0);
-            st_rlx(e + L->peer_bytes_recv_per_msg + 8 * i, 0);
-        }
+        zero(L, p);
         st_rel(gp, want);   /* the zeroes before the era that lets others add */
         return 1;
     }
     return -1;
+}
+
+static void zero_peer_counters(const Layout *L, char *e) {
+    const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                            L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
+                            L->peer_ping_min_ns, L->peer_events};
+    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) st_rlx(e + c[i], 0);
+    for (Py_ssize_t i = 0; i < L->msg_types; i++) {
+        st_rlx(e + L->peer_bytes_sent_per_msg + 8 * i, 0);
+        st_rlx(e + L->peer_bytes_recv_per_msg + 8 * i, 0);
+    }
+}
+
+#define RECYCLED_N 9   /* layout.RECYCLED_FIELDS: the 8 counters below, then how many entries */
+static void zero_recycled(const Layout *L, char *mem) {
+    for (int i = 0; i < RECYCLED_N; i++) st_rlx(mem + L->hdr_recycled + 8 * i, 0);
+}
+
+/* Per-peer counters of the current clear generation, named by its base (first sequence number,
+ * which only grows) + 1 in the entry's era word (era_current). An event of an older generation
+ * arriving late leaves the counters alone. Returns 1: count into them; 0: skip; -1: gave up. */
+static int peer_counters_current(const Layout *L, char *e, uint64_t base) {
+    return era_current(L, e + L->peer_era, base, zero_peer_counters, e);
+}
+
+static inline uint64_t era_base(Mapping *m, uint64_t head);
+
+/* The recycler holds entry e (KEY_WRITING): add what it counted in the current generation to
+ * the header's recycled totals, so aggregate figures stay exact. */
+static void peer_fold(Mapping *m, char *e) {
+    const Layout *L = &m->L;
+    uint64_t base = era_base(m, ld_acq(m->mem + L->hdr_head));
+    char *tot = m->mem + L->hdr_recycled;
+    if (era_current(L, m->mem + L->hdr_recycled_era, base, zero_recycled, m->mem) <= 0) return;
+    add_rlx(tot + 8 * 8, 1);
+    if (ld_acq(e + L->peer_era) != base + 1) return;   /* counters of a cleared generation */
+    const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                            L->peer_errors, L->peer_events, L->peer_ping_count, L->peer_ping_sum_ns};
+    for (int i = 0; i < 8; i++) {
+        uint64_t v = ld_rlx(e + c[i]);
+        if (v) add_rlx(tot + 8 * i, v);
+    }
+}
+
+/* Find `key`'s entry, or give it one (an empty candidate, else a recycled one), and return it
+ * pinned: the caller must peer_unpin it. seq: the event's, for the recycling order. */
+static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) {
+    const Layout *L = &m->L;
+    if (n <= 0 || L->peer_slots <= 0 || L->peer_window <= 0) return NULL;
+    if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
+    uint64_t h = fnv1a(key, n);
+    uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
+    char *peers = m->mem + L->peers_off;
+    uint64_t s1 = h % (uint64_t)L->peer_slots, s2 = ((h * 0x9E3779B97F4A7C15ULL) >> 17) % (uint64_t)L->peer_slots;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        char *empty = NULL, *victim = NULL;
+        uint64_t victim_k = 0, victim_idle = UINT64_MAX;
+        for (Py_ssize_t i = 0; i < 2 * L->peer_window; i++) {
+            /* Not at the first candidate: the rest are cache lines 1 KiB apart, often cold when
+             * the key is new. Ask for all of them at once rather than one miss after another. */
+            if (i == 1 && attempt == 0)
+                for (Py_ssize_t j = 1; j < 2 * L->peer_window; j++)
+                    __builtin_prefetch(peer_candidate(L, peers, s1, s2, j), 1, 1);
+            char *e = peer_candidate(L, peers, s1, s2, i);
+            char *ks = e + L->peer_key_state;
+            uint64_t k = ld_acq(ks);
+            if (k == 0) { empty = e; break; }
+            if ((k & 3) != KEY_READY) continue;
+            if ((k & ~KEY_PINS_MASK) == tag) {
+                int pinned = 0;
+                while ((k & ~KEY_PINS_MASK) == tag && (k & KEY_PINS_MASK) != KEY_PINS_MASK) {
+                    if (__atomic_compare_exchange_n(U64(ks), &k, k + KEY_PIN, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                        pinned = 1;
+                        break;
+                    }
+                }
+                if (pinned) {
+                    if (*(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
+                        return e;
+                    peer_unpin(L, e);   /* another key with the same 48-bit hash */
+                }
+                continue;
+            }
+            if ((k & KEY_PINS_MASK) == 0 && !(ld_rlx(e + L->peer_life) & LIFE_CONNECTED)) {
+                uint64_t idle = ld_rlx(e + L->peer_idle);
+                if (idle < victim_idle) { victim = e; victim_k = k; victim_idle = idle; }
+            }
+        }
+        char *e = empty ? empty : victim;
+        if (!e) return NULL;
+        for (Py_ssize_t off = 64; off < L->peer_size; off += 64) __builtin_prefetch(e + off, 1, 1);   /* all of it is written */
+        char *ks = e + L->peer_key_state;
+        uint64_t expect = empty ? 0 : victim_k;
+        if (!__atomic_compare_exchange_n(U64(ks), &expect, KEY_WRITING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue;   /* someone else took it, or pinned it: look again */
+        if (empty) {
+            add_rlx(m->mem + L->hdr_peers_used, 1);
+        } else {
+            if (ld_acq(e + L->peer_life) & LIFE_CONNECTED) {   /* connected before our CAS: keep it */
+                st_rel(ks, victim_k);
+                continue;
+            }
+            peer_fold(m, e);
+            /* Held alone (KEY_WRITING, no pins): plain stores, published by the release below. */
+            const Py_ssize_t c[] = {L->peer_msgs_sent, L->peer_msgs_recv, L->peer_bytes_sent, L->peer_bytes_recv,
+                                    L->peer_errors, L->peer_ping_count, L->peer_ping_sum_ns, L->peer_ping_last_ns,
+                                    L->peer_ping_min_ns, L->peer_events};
+            for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) *U64(e + c[i]) = 0;
+            memset(e + L->peer_bytes_sent_per_msg, 0, (size_t)(8 * L->msg_types));
+            memset(e + L->peer_bytes_recv_per_msg, 0, (size_t)(8 * L->msg_types));
+            st_rlx(e + L->peer_life, 0);
+            st_rlx(e + L->peer_era, 0);
+            st_rlx(e + L->peer_connected_at, 0);
+            st_rlx(e + L->peer_last_activity, 0);
+            *(unsigned char *)(e + L->peer_addr_len) = 0;
+            memset(e + L->peer_key, 0, (size_t)L->peer_cap);   /* readers take the key's bytes up to the first NUL */
+        }
+        st_rlx(e + L->peer_idle, seq + 1);
+        memcpy(e + L->peer_key, key, (size_t)n);
+        *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
+        st_rel(ks, tag + KEY_PIN);   /* the entry and key before the word that publishes them, pinned once */
+        return e;
+    }
+    return NULL;
+}
+
+/* CAS-max of the entry's lifecycle word on its sequence number, so it holds the latest
+ * lifecycle event whichever process recorded it, with the recording writer's shard (writer:
+ * shard index + 1). Returns 1 if this event is now the latest. */
+static int peer_life(const Layout *L, char *e, uint64_t seq, int connected, uint64_t writer) {
+    uint64_t want = ((seq + 1) << LIFE_SEQ_SHIFT) | ((writer & 0x3FFF) << LIFE_WRITER_SHIFT) | (connected ? LIFE_CONNECTED : 0);
+    char *lp = e + L->peer_life;
+    uint64_t cur = ld_acq(lp);
+    while ((cur >> LIFE_SEQ_SHIFT) < (want >> LIFE_SEQ_SHIFT)) {
+        if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            if (!connected) st_rlx(e + L->peer_idle, seq + 1);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
@@ -347,7 +487,7 @@ static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
 #define JX_BUCKET_SHIFT 8
 #define JX_BUCKET_MASK 0x7FFULL
 
-static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64_t gen, uint64_t base, long kind, long flags, int64_t value,
+static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq, long kind, long flags, int64_t value,
                         const char *peer, Py_ssize_t peer_n, const char *f1, Py_ssize_t f1_n,
                         uint64_t *x_peer, uint64_t *x_bank, uint64_t *x_info) {
     const Layout *L = &m->L;
@@ -368,7 +508,7 @@ static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64
         }
     }
     if (peer_n > 0) {
-        char *e = peer_find(m, peer, peer_n);
+        char *e = peer_find(m, peer, peer_n, seq);   /* pinned: see peer_find; unpinned by extras_apply */
         if (!e) {
             info |= JX_UNTRACKED;
             if (flags & L->flag_life_connect) info |= JX_UNTRACKED_CONNECT;
@@ -398,7 +538,8 @@ static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64
 /* The adds of a planned event, from the from-th on. sh: the writer's shard, to store progress
  * in (NULL for the reaper). Returns 1 if the event became its peer's latest lifecycle event. */
 static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *sh, uint64_t from, uint64_t seq, long sev, long flags, int64_t ts,
-                        uint64_t peer_off, uint64_t bank_off, uint64_t value, uint64_t info) {
+                        uint64_t peer_off, uint64_t bank_off, uint64_t value, uint64_t info,
+                        uint64_t writer, const char *addr, Py_ssize_t addr_n) {
     const Layout *L = &m->L;
     char *mem = m->mem;
     uint64_t i = 0;
@@ -429,8 +570,16 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
     if (!peer_off) return 0;
     char *e = mem + peer_off;
     if (flags & (L->flag_life_connect | L->flag_life_disconnect))
-        IOP(latest = peer_life(L, e, seq, (flags & L->flag_life_connect) != 0));
-    if (!(info & JX_COUNT)) return latest;
+        IOP(latest = peer_life(L, e, seq, (flags & L->flag_life_connect) != 0, writer));
+    if (latest && addr) {
+        /* The latest lifecycle event names the address, while the entry is pinned (a recycler
+         * cannot take it under us). The reaper passes no text: the slot may be gone. */
+        Py_ssize_t an = utf8_floor(addr, addr_n, L->addr_cap);
+        memcpy(e + L->peer_addr, addr, (size_t)an);
+        *(unsigned char *)(e + L->peer_addr_len) = (unsigned char)an;
+        if (flags & L->flag_life_connect) st_rlx(e + L->peer_connected_at, (uint64_t)ts);
+    }
+    if (!(info & JX_COUNT)) goto unpin;
     XOP(add_rel(e + L->peer_events, 1));
     IOP(max_rlx(e + L->peer_last_activity, (uint64_t)ts));
     if (sev >= 3) XOP(add_rel(e + L->peer_errors, 1));
@@ -451,6 +600,10 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
         });
         XOP(add_rel(e + L->peer_ping_count, 1));
     }
+unpin:
+    /* Last, a step of its own (done at most once, by the writer or its reaper): release, so every
+     * add above comes before a recycler's CAS can take the entry (see peer_find). */
+    XOP(peer_unpin(L, e));
 #undef XOP
 #undef IOP
     return latest;
@@ -811,7 +964,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
      * past CLAIMED (see extras_plan). */
     uint64_t x_peer = 0, x_bank = 0, x_info = 0;
     if (L->metrics) {
-        extras_plan(self, head >> L->seq_bits, base, kind, flags, value, tp[1], tn[1], tp[2], tn[2],
+        extras_plan(self, head >> L->seq_bits, base, seq, kind, flags, value, tp[1], tn[1], tp[2], tn[2],
                     &x_peer, &x_bank, &x_info);
         st_rlx(sh + L->shard_jx_peer, x_peer);
         st_rlx(sh + L->shard_jx_bank, x_bank);
@@ -840,15 +993,9 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     /* The outcome is decided (published, or lost): the peer and latency adds, step by step. */
     st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24));
     st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_extras));
-    if (L->metrics &&
-        extras_apply(self, sh, 0, seq, sev, flags, ts, x_peer, x_bank, (uint64_t)value, x_info)) {
-        /* The latest lifecycle event names the address (the reaper cannot: the text may be gone). */
-        char *e = mem + x_peer;
-        Py_ssize_t an = utf8_floor(tp[2], lens[2], L->addr_cap);
-        memcpy(e + L->peer_addr, tp[2], (size_t)an);
-        *(unsigned char *)(e + L->peer_addr_len) = (unsigned char)an;
-        if (flags & L->flag_life_connect) st_rlx(e + L->peer_connected_at, (uint64_t)ts);
-    }
+    if (L->metrics)
+        extras_apply(self, sh, 0, seq, sev, flags, ts, x_peer, x_bank, (uint64_t)value, x_info,
+                     (uint64_t)((sh - (mem + L->shards_off)) / L->shard_size) + 1, tp[2], lens[2]);
 
     /* Counting: old values into the journal first, so a reaper can redo "old + 1" exactly. */
     char *c_rec = sh + L->shard_recorded;
@@ -995,7 +1142,7 @@ static PyObject *Mapping_add_expired(Mapping *self, PyObject *arg) {
 }
 
 static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "peer_update(peer_id, seq, connected)"); return NULL; }
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "peer_update(peer_id, seq, connected, shard)"); return NULL; }
     if (check_writable(self)) return NULL;
     const char *p; Py_ssize_t n;
     if (get_text(args[0], &p, &n)) return NULL;
@@ -1003,8 +1150,14 @@ static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ss
     if (seq == (uint64_t)-1 && PyErr_Occurred()) return NULL;
     int c = PyObject_IsTrue(args[2]);
     if (c < 0) return NULL;
-    char *e = peer_find(self, p, n);
-    if (e) peer_life(&self->L, e, seq, c);
+    Py_ssize_t shard = PyLong_AsSsize_t(args[3]);
+    if (shard == -1 && PyErr_Occurred()) return NULL;
+    if (shard < 0 || shard >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
+    char *e = peer_find(self, p, n, seq);
+    if (e) {
+        peer_life(&self->L, e, seq, c, (uint64_t)shard + 1);
+        peer_unpin(&self->L, e);
+    }
     return PyBool_FromLong(e != NULL);
 }
 
@@ -1113,7 +1266,7 @@ static PyObject *Mapping_settle_extras(Mapping *self, PyObject *const *args, Py_
     }
     if (((info >> JX_BUCKET_SHIFT) & JX_BUCKET_MASK) >= (uint64_t)L->op_buckets || (info & 0xFF) >= (uint64_t)L->msg_types)
         Py_RETURN_NONE;
-    extras_apply(self, NULL, from, seq, sev, flags, ts, peer, bank, value, info);
+    extras_apply(self, NULL, from, seq, sev, flags, ts, peer, bank, value, info, (uint64_t)i + 1, NULL, 0);
     Py_RETURN_NONE;
 }
 
@@ -1135,7 +1288,7 @@ static PyMethodDef Mapping_methods[] = {
     {"cas", (PyCFunction)(void (*)(void))Mapping_cas, METH_FASTCALL, "Compare-and-swap a u64; True on success."},
     {"fetch_add", (PyCFunction)(void (*)(void))Mapping_fetch_add, METH_FASTCALL, "Atomic add; returns the old value."},
     {"retire", (PyCFunction)(void (*)(void))Mapping_retire, METH_FASTCALL, "CAS slot words to another state."},
-    {"peer_update", (PyCFunction)(void (*)(void))Mapping_peer_update, METH_FASTCALL, "Apply a lifecycle event to the peer table."},
+    {"peer_update", (PyCFunction)(void (*)(void))Mapping_peer_update, METH_FASTCALL, "Apply a lifecycle event, recorded by shard, to the peer table."},
     {"new_era", (PyCFunction)Mapping_new_era, METH_NOARGS, "Start a new clear generation; returns its base."},
     {"add_expired", (PyCFunction)Mapping_add_expired, METH_O, "Count n expired records in this process's shard."},
     {"shard_counters", (PyCFunction)(void (*)(void))Mapping_shard_counters, METH_FASTCALL,

@@ -25,7 +25,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 7
+VERSION = 8
 HEADER_SIZE = 4096
 SLOT_SIZE = 240
 CACHE_LINE = 64
@@ -113,10 +113,17 @@ MSG_TYPES = 47
 MSG_NAME_SIZE = 16
 OTHER_MSG = "*other*"
 
-# Peer table: open addressing over 2 x max_peers entries, at most max_peers of them used, so a
-# lookup ends at an empty entry after a few probes even when the cap is reached.
+# Peer table: 2 x max_peers entries. A peer's entry is one of its PEER_CANDIDATES candidates: two
+# windows of PEER_WINDOW consecutive entries, at two positions given by its key's hash. A new peer
+# takes an empty candidate or recycles the one whose peer left longest ago (see peer_find in
+# _native.c); entries of connected peers are never recycled.
 PEER_TABLE_FACTOR = 2
+PEER_WINDOW = 16
+PEER_CANDIDATES = 2 * PEER_WINDOW
 ADDR_CAP = 72
+# What recycled entries had counted (of the current clear generation): header words "recycled".
+RECYCLED_FIELDS = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "events", "ping_count",
+                   "ping_sum_ns", "peers")  # "peers": how many entries were recycled
 
 # Timed operations (spans, record_latency): a log-bucketed histogram per operation, as in
 # DDSketch. Bucket i >= 1 holds durations d (ns) with gamma**(i-1) < d <= gamma**i; reporting
@@ -176,10 +183,12 @@ HEADER = _struct(
     # live words, each hot one on a cache line of its own
     ("head", "<u8", 256),                 # (generation << SEQ_BITS) | next sequence number
     ("base_of", "<u8", (BASE_SLOTS,), 320),  # first sequence number of generation g, at g % BASE_SLOTS
-    ("peers_used", "<u8", 448),             # entries claimed in the peer table (at most max_peers)
+    ("peers_used", "<u8", 448),             # entries of the peer table ever used (recycled ones stay used)
     ("clear_lock", "<u8", 512),             # pid of the process clearing, or 0: clears are serialised
     ("peers_untracked", "<u8", 576),        # connects of peers that found the peer table full
     ("peer_events_untracked", "<u8", 584),  # events of any kind for peers not in the table
+    ("recycled_era", "<u8", 640),            # base + 1 of the clear generation "recycled" counts, as a peer's era
+    ("recycled", "<u8", (9,), 648),          # RECYCLED_FIELDS: what recycled peer entries had counted
     ("collector", "<u8", 896),              # the running collector, as clear_lock (pid, start), or 0: none
     ("msg_state", "<u8", (MSG_TYPES,), 1024),  # 0 empty, 1 being named, (hash << 8) | (len << 2) | 2
     ("msg_name", f"S{MSG_NAME_SIZE}", (MSG_TYPES,), 1408),
@@ -220,11 +229,10 @@ SHARD = _struct(
 
 PEER = _struct(
     1024,
-    ("key_state", "<u8", 0),  # 0 empty, 1 key being written, (fnv1a(key) << 2) | 2 ready
-    ("life", "<u8", 8),       # ((seq + 1) << 1) | connected, of the latest lifecycle event
+    ("key_state", "<u8", 0),  # key_make(): 0 empty, 1 being (re)written, (hash << 16) | (pins << 2) | 2 ready
+    ("life", "<u8", 8),       # life_make(): seq, writer, died and connected of the latest lifecycle event
     ("era", "<u8", 16),       # base + 1 of the clear generation the counters below belong to
-    ("key_len", "<u1", 24),
-    ("addr_len", "<u1", 25),
+    ("idle", "<u8", 24),      # seq + 1 of the event since which it is not connected: recycling order
     ("connected_at", "<i8", 32),   # ns, of the latest connect
     ("last_activity", "<i8", 40),  # ns, of the latest event of any kind
     ("msgs_sent", "<u8", 48),
@@ -241,6 +249,8 @@ PEER = _struct(
     ("addr", f"S{ADDR_CAP}", 192),
     ("bytes_sent_per_msg", "<u8", (MSG_TYPES,), 264),
     ("bytes_recv_per_msg", "<u8", (MSG_TYPES,), 264 + 8 * MSG_TYPES),
+    ("key_len", "<u1", 1016),
+    ("addr_len", "<u1", 1017),
 )
 PEER_COUNTERS = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns",
                  "ping_last_ns", "ping_min_ns", "events")  # zeroed when a clear starts a new generation
@@ -419,7 +429,7 @@ def owner_state(w: Word) -> Word:
 # "key_state" share a tag in the two low bits: TAG_EMPTY (the word is 0), TAG_WRITING (the word
 # is 1: a name or key being written) or TAG_READY, published with a release store after the bytes:
 #   registry word  (hash << 8) | (len << 2) | TAG_READY     (see registry_find in _native.c)
-#   peer key word  (fnv1a(key) << 2) | TAG_READY              (see peer_find; the length is key_len)
+#   peer key word  (fnv1a(key) << 16) | (pins << 2) | TAG_READY  (see key_make; the length is key_len)
 TAG_BITS = 2
 TAG_EMPTY, TAG_WRITING, TAG_READY = 0, 1, 2
 NAME_LEN_BITS = 6  # names of at most 63 bytes
@@ -440,8 +450,13 @@ def name_len(w: Word) -> Word:
     return (w >> TAG_BITS) & ((1 << NAME_LEN_BITS) - 1)
 
 
-def key_make(key_hash: int) -> int:
-    return ((key_hash << TAG_BITS) | TAG_READY) & ((1 << 64) - 1)
+KEY_PIN_SHIFT, KEY_PIN_BITS, KEY_HASH_SHIFT = 2, 14, 16
+
+
+def key_make(key_hash: int, pins: int = 0) -> int:
+    """A ready peer key word: the low 48 bits of the key's hash, and how many writers hold the
+    entry pinned (a pinned entry is never recycled; see peer_find in _native.c)."""
+    return ((key_hash << KEY_HASH_SHIFT) | (pins << KEY_PIN_SHIFT) | TAG_READY) & ((1 << 64) - 1)
 
 
 def key_ready(w: Word) -> Word:
@@ -449,20 +464,46 @@ def key_ready(w: Word) -> Word:
     return name_ready(w)
 
 
-# A peer's lifecycle (peer word "life"): ((seq + 1) << 1) | connected, of its latest connect or
-# disconnect, raised by CAS-max, so the highest word is the latest event; 0: none yet.
-def life_make(seq: int, connected: bool) -> int:
-    return ((seq + 1) << 1) | int(connected)
+def key_pins(w: Word) -> Word:
+    return (w >> KEY_PIN_SHIFT) & ((1 << KEY_PIN_BITS) - 1)
+
+
+# A peer's lifecycle (peer word "life"), of its latest connect or disconnect, raised by CAS-max on
+# the sequence number (the high bits), so the highest word is the latest event; 0: none yet.
+#   ((seq + 1) << 16) | ((writer shard + 1) << 2) | (died << 1) | connected
+# "died": the reaper of the writer that recorded the connect took the peer down (core/shards.py).
+LIFE_SEQ_SHIFT, LIFE_WRITER_SHIFT, LIFE_WRITER_BITS = 16, 2, 14
+LIFE_CONNECTED, LIFE_DIED = 1, 2
+
+
+def life_make(seq: int, connected: bool, writer: int = -1, died: bool = False) -> int:
+    return (((seq + 1) << LIFE_SEQ_SHIFT) | ((writer + 1) << LIFE_WRITER_SHIFT) | (LIFE_DIED if died else 0)
+            | int(connected))
 
 
 def life_connected(w: Word) -> Word:
     """Whether life words say connected (False for 0: no lifecycle event)."""
-    return cast(Word, (w & 1) == 1)
+    return cast(Word, (w & LIFE_CONNECTED) == LIFE_CONNECTED)
+
+
+def life_died(w: Word) -> Word:
+    """Whether life words say the peer was taken down because its writer died."""
+    return cast(Word, (w & LIFE_DIED) == LIFE_DIED)
+
+
+def life_writer(w: Word) -> Word:
+    """Shard index + 1 of the writer that recorded the lifecycle event (0: unknown)."""
+    return (w >> LIFE_WRITER_SHIFT) & ((1 << LIFE_WRITER_BITS) - 1)
 
 
 def life_seq(w: Word) -> Word:
     """Sequence number of the lifecycle event (valid only where w != 0)."""
-    return (w >> 1) - 1
+    return (w >> LIFE_SEQ_SHIFT) - 1
+
+
+def life_writer_died(w: int) -> int:
+    """The life word of a connected peer taken down because its writer died (same event, same seq)."""
+    return (w & ~LIFE_CONNECTED) | LIFE_DIED
 
 
 # The clear lock (header word "clear_lock"): 0 when free, else the clearer's pid in the high half
@@ -532,7 +573,7 @@ def native_layout(header: np.void) -> dict[str, object]:
         capacity=int(header["capacity"]), slot_size=SLOT_SIZE, slots_off=int(header["slots_off"]),
         shards_off=int(header["shards_off"]), shard_size=SHARD.itemsize, max_shards=int(header["max_shards"]),
         peers_off=int(header["peers_off"]), peer_size=PEER.itemsize, max_peers=int(header["max_peers"]),
-        peer_slots=PEER_TABLE_FACTOR * int(header["max_peers"]), addr_cap=ADDR_CAP,
+        peer_slots=PEER_TABLE_FACTOR * int(header["max_peers"]), addr_cap=ADDR_CAP, peer_window=PEER_WINDOW,
         msg_types=MSG_TYPES, msg_name_size=MSG_NAME_SIZE,
         ops_off=int(header["ops_off"]), op_size=OP.itemsize, op_slots=OP_SLOTS, op_name_size=OP_NAME_SIZE,
         bank_size=OP_BANK.itemsize, op_buckets=OP_BUCKETS, flag_has_error=F_HAS_ERROR, flag_outbound=F_OUTBOUND,

@@ -80,12 +80,25 @@ class HealthStatus:
     # event_count, events_overwritten, ... ; total_events = event_count + overwritten + lost + abandoned + expired
     events_in_flight: int = 0
     seqs_unused: int = 0  # sequence numbers claimed and never used: up to this many fewer events retained
+    active_peers: int = 0     # connected peers, as get_stats().active_peers
+    max_peers: int = 0        # the peer table's guaranteed capacity for connected peers
+    peers_untracked: int = 0  # connects since the last clear that found no entry (the table was full)
 
 
 @dataclass
 class PeerDiagnostic:
     """One peer, over everything recorded since creation or the last clear (overwritten events
-    included). The per-message dicts are keyed by message type, as Bitcoin Core's getpeerinfo."""
+    included). The per-message dicts are keyed by message type, as Bitcoin Core's getpeerinfo.
+
+    ``status`` is one of:
+
+    * ``"connected"``: its latest lifecycle event is a connect, by a writer still alive (or not
+      yet reaped);
+    * ``"disconnected"``: its latest lifecycle event is a disconnect, or its connect's writer
+      died and was reaped (``status_reason`` ``"writer died"``);
+    * ``"never_connected"``: no connect was ever recorded for it (only traffic, errors or a
+      disconnect: a failed connection attempt), ``status_reason`` ``"no connect recorded"``.
+    """
 
     peer_id: str
     address: str = ""
@@ -99,12 +112,17 @@ class PeerDiagnostic:
     bytes_recv_per_msg: dict[str, int] = field(default_factory=dict)
     latency: float | None = None  # seconds: the latest ping round trip, None before the first
     error_count: int = 0
-    status: str = "disconnected"  # "connected" while its latest lifecycle event is a connect
+    status: str = "never_connected"  # "connected", "disconnected" or "never_connected" (above)
+    status_reason: str = ""  # why it is not connected, when known: "writer died", "no connect recorded"
 
 
 @dataclass
 class NetworkDiagnostic:
-    """All tracked peers, and how many were beyond the peer table's cap (``max_peers``)."""
+    """All tracked peers, what recycled entries had counted, and how many events found the table full.
+
+    Entries of peers that are not connected are recycled, oldest disconnect first, when a new
+    peer needs one; what they had counted since the last clear stays in the ``recycled_*``
+    totals, so tracked + recycled figures add up to everything recorded for peers."""
 
     total_peers: int = 0
     active_peers: int = 0
@@ -113,6 +131,13 @@ class NetworkDiagnostic:
     peer_diagnostics: list[PeerDiagnostic] = field(default_factory=list)
     untracked_peers: int = 0   # connects of peers that found the table full
     untracked_events: int = 0  # events of any kind for such peers
+    recycled_peers: int = 0    # entries recycled since the last clear
+    recycled_messages_sent: int = 0
+    recycled_messages_received: int = 0
+    recycled_bytes_sent: int = 0
+    recycled_bytes_received: int = 0
+    recycled_errors: int = 0
+    recycled_events: int = 0
 
 
 @dataclass

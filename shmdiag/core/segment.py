@@ -159,6 +159,9 @@ class Segment:
     def shard_word(self, index: int, field: str, item: int = 0) -> int:
         return self.shards_off + index * L.SHARD.itemsize + L.offset(L.SHARD, field) + 8 * item
 
+    def peer_word(self, row: int, field: str) -> int:
+        return self.peers_off + row * L.PEER.itemsize + L.offset(L.PEER, field)
+
     def slot_word(self, slot: int) -> int:
         return self.slots_off + slot * L.SLOT_SIZE
 

@@ -23,6 +23,8 @@ import os
 import threading
 from collections.abc import Callable
 
+import numpy as np
+
 from shmdiag.core import layout as L
 from shmdiag.core.errors import RecorderClosedError, TooManyWritersError
 from shmdiag.core.procs import own_start_ms, same_process
@@ -165,8 +167,21 @@ class ShardManager:
         if not seg.native.cas(off, cur, L.owner_make(pid, L.SH_REAPING)):
             return False
         self._settle_journal(i)
+        self._take_down_peers(i)
         seg.native.store(off, L.owner_make(pid, L.SH_DEAD))
         return True
+
+    def _take_down_peers(self, i: int) -> None:
+        """Peers whose latest connect the dead writer of shard ``i`` recorded are no longer
+        connected: it held their connections. Their life word keeps the connect's sequence number
+        and gains "died", by a CAS, so a later lifecycle event (or a recycled entry) wins."""
+        seg = self.seg
+        if not seg.metrics or not len(seg.peers):
+            return
+        life = seg.peers["life"].copy()
+        rows = np.flatnonzero(L.life_connected(life) & (L.life_writer(life) == i + 1))
+        for row, w in zip(rows.tolist(), life[rows].tolist(), strict=True):
+            seg.native.cas(seg.peer_word(row, "life"), w, L.life_writer_died(w))
 
     def _settle_journal(self, i: int) -> None:
         seg, nat = self.seg, self.seg.native

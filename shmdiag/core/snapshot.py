@@ -133,14 +133,25 @@ def era_shards(seg: Segment) -> np.ndarray:
     return table[used & (table["base"] == base)]
 
 
+def _same_keys(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Which key_state words name the same published key before and after a copy (pins aside):
+    an entry recycled for another peer meanwhile (core/_native.c, peer_find) is left out."""
+    ident = ~np.uint64(((1 << L.KEY_PIN_BITS) - 1) << L.KEY_PIN_SHIFT)
+    return L.key_ready(before) & ((before & ident) == (after & ident))
+
+
 def peer_rows(seg: Segment) -> tuple[int, np.ndarray]:
     """(base, a copy of every peer entry whose key is published). The key state is read,
-    with acquire, before the rest of the entry: a writer publishes the key after the entry."""
+    with acquire, before the rest of the entry (a writer publishes the key after the entry),
+    and again after it: an entry recycled during the copy is left out."""
     _, base = seg.era()
     seg.native.fence()
     ks = seg.peers["key_state"].copy()
     seg.native.fence()
-    return base, seg.peers[np.flatnonzero(L.key_ready(ks))]
+    sel = np.flatnonzero(L.key_ready(ks))
+    rows = seg.peers[sel]
+    seg.native.fence()
+    return base, rows[_same_keys(ks[sel], seg.peers["key_state"][sel])]
 
 
 def peer_lifecycles(seg: Segment) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +162,10 @@ def peer_lifecycles(seg: Segment) -> tuple[np.ndarray, np.ndarray]:
     seg.native.fence()
     life = seg.peers["life"].copy()
     sel = np.flatnonzero(L.key_ready(ks) & (life != 0))
-    return seg.peers["key"][sel], life[sel]
+    keys = seg.peers["key"][sel]
+    seg.native.fence()
+    keep = _same_keys(ks[sel], seg.peers["key_state"][sel])
+    return keys[keep], life[sel][keep]
 
 
 def message_types(seg: Segment) -> list[str]:
@@ -170,6 +184,18 @@ def message_types(seg: Segment) -> list[str]:
 def untracked(seg: Segment) -> tuple[int, int]:
     """(connects, events) of peers that found the peer table full."""
     return seg.load("peers_untracked"), seg.load("peer_events_untracked")
+
+
+def recycled(seg: Segment) -> dict[str, int]:
+    """What recycled peer entries had counted since the last clear ({RECYCLED_FIELDS: n}): the
+    totals' era word is read before them, as a peer entry's (zeros if of an older generation)."""
+    _, base = seg.era()
+    era = seg.load("recycled_era")
+    seg.native.fence()
+    values = seg.header["recycled"].copy().tolist()
+    if era != base + 1:
+        values = [0] * len(values)
+    return dict(zip(L.RECYCLED_FIELDS, values, strict=True))
 
 
 def op_table(seg: Segment) -> tuple[int, np.ndarray]:

@@ -13,7 +13,9 @@ status            when (the first that applies, worst first)
                   or >= 10% of recorded events lost or abandoned
 ``degraded``      error rate >= 20%, or >= 1% of recorded events lost or abandoned
 ``warning``       error rate >= 5%, any event lost or abandoned, a writer process died
-                  without detaching, or a writer's counters do not add up (damaged memory)
+                  without detaching, a writer's counters do not add up (damaged memory), or
+                  the peer table is full: more peers connected than ``max_peers``, or a
+                  connect since the last clear found no entry (``peers_untracked``)
 ``healthy``       otherwise
 ================  ============================================================================
 
@@ -22,7 +24,9 @@ because their slot was still being written by a slower (or stopped) writer a lap
 "abandoned" ones belonged to a writer that died mid-record. A ring without a collector (a
 library ``Recorder(collector=False)``, or whose collector stopped cleanly) expects none: that is
 not a problem; one whose collector was killed gets no retention cleanup and no reaping until
-``shmdiag serve`` adopts it.
+``shmdiag serve`` adopts it. The peer table has 2 x ``max_peers``
+entries and recycles those of disconnected peers, so it tracks every connected peer up to
+``max_peers`` of them at once; beyond that, per-peer figures become incomplete.
 
 Capacity. A ring of N events holds the last N events recorded, exactly, with one writer: the
 rest of a run a writer gives up goes back to the head (``drop_run`` in ``core/_native.c``). With
@@ -79,6 +83,9 @@ def classify(h: HealthStatus) -> tuple[str, str]:
         if h.seqs_unused >= UNUSED_WARNING * max(h.total_events, 1):
             reasons.append((1, unused))
             unused = ""
+    if h.peers_untracked or (h.max_peers and h.active_peers > h.max_peers):
+        reasons.append((1, f"peer table full: {h.active_peers} peers connected (max_peers {h.max_peers}), "
+                           f"{h.peers_untracked} connects untracked"))
     if not reasons:
         if h.total_events == 0:
             return "healthy", "no events recorded yet"

@@ -2,7 +2,9 @@
 
 Writers keep each peer's counters in its table entry with atomic adds (``account_extras`` in
 core/_native.c), so the figures cover every event recorded since the last clear, overwritten ones
-included. Racing inserts can leave two entries for one key: they are merged here.
+included. Racing inserts can leave two entries for one key: they are merged here. Entries of
+peers that are not connected are recycled for new peers (oldest disconnect first); what they had
+counted is in the header's recycled totals, reported beside the tracked peers.
 """
 
 from __future__ import annotations
@@ -73,8 +75,14 @@ def read(seg: Segment) -> NetworkDiagnostic:
     cols = {f: sums[f].tolist() for f in _SUMMED}
 
     untracked_peers, untracked_events = snapshot.untracked(seg)
-    net = NetworkDiagnostic(untracked_peers=untracked_peers, untracked_events=untracked_events)
+    rec = snapshot.recycled(seg)
+    net = NetworkDiagnostic(untracked_peers=untracked_peers, untracked_events=untracked_events,
+                            recycled_peers=rec["peers"], recycled_messages_sent=rec["msgs_sent"],
+                            recycled_messages_received=rec["msgs_recv"], recycled_bytes_sent=rec["bytes_sent"],
+                            recycled_bytes_received=rec["bytes_recv"], recycled_errors=rec["errors"],
+                            recycled_events=rec["events"])
     for i, key in enumerate(uniq.tolist()):
+        status, reason = _status(lives[i], connected_at[i])
         net.peer_diagnostics.append(PeerDiagnostic(
             peer_id=key.decode("utf-8", "replace"), address=addrs[i],
             connected_at=ns_to_datetime(connected_at[i]) if connected_at[i] else None,
@@ -83,14 +91,26 @@ def read(seg: Segment) -> NetworkDiagnostic:
             bytes_sent=cols["bytes_sent"][i], bytes_received=cols["bytes_recv"][i],
             bytes_sent_per_msg=sent[i], bytes_recv_per_msg=recv[i],
             latency=ping_last[i] / 1e9 if cols["ping_count"][i] and ping_last[i] else None,
-            error_count=cols["errors"][i], status="connected" if L.life_connected(lives[i]) else "disconnected",
+            error_count=cols["errors"][i], status=status, status_reason=reason,
         ))
     net.total_peers = len(net.peer_diagnostics)
     net.active_peers = sum(p.status == "connected" for p in net.peer_diagnostics)
     net.disconnected_peers = net.total_peers - net.active_peers
-    pings = int(sums["ping_count"].sum())
-    net.network_latency = int(sums["ping_sum_ns"].sum()) / pings / 1e9 if pings else None
+    pings = int(sums["ping_count"].sum()) + rec["ping_count"]
+    ping_ns = int(sums["ping_sum_ns"].sum()) + rec["ping_sum_ns"]
+    net.network_latency = ping_ns / pings / 1e9 if pings else None
     return net
+
+
+def _status(life: int, connected_at: int) -> tuple[str, str]:
+    """(status, status_reason) of a peer from its latest lifecycle word (see PeerDiagnostic)."""
+    if L.life_connected(life):
+        return "connected", ""
+    if L.life_died(life):
+        return "disconnected", "writer died"
+    if life == 0 or connected_at == 0:
+        return "never_connected", "no connect recorded"
+    return "disconnected", ""
 
 
 def _per_msg(names: list[str], counts: np.ndarray) -> list[dict[str, int]]:
