@@ -37,7 +37,7 @@ from shmdiag.core.models import (
     WriterInfo,
 )
 from shmdiag.core.segment import Segment
-from shmdiag.core.shards import writer_alive
+from shmdiag.core.shards import writer_alive, writer_counts
 from shmdiag.export import stream as _export
 from shmdiag.views import health as _health
 from shmdiag.views import latency as _latency
@@ -240,38 +240,31 @@ class Inspector:
             if self._closed:
                 return HealthStatus(status="stopped", message=f"{self._what} is closed",
                                     max_events=self._seg.config.max_events)
-            seg = self._seg
-            acct = _stats.accounting(seg)
-            stats = _stats.compute(seg)
-            alive, dead = self._writer_counts()
-            h = HealthStatus(
-                status="", message="", event_count=acct.retained, max_events=seg.capacity,
-                total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
-                writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
-                events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
-                error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
-                detached=seg.link_state(),
-                events_in_flight=acct.in_flight,
-                seqs_unused=acct.unused,
-                active_peers=stats.active_peers, max_peers=seg.max_peers,
-                peers_untracked=_snapshot.untracked(seg)[0] if _snapshot.metrics_enabled(seg) else 0,
-            )
-            collector = _owners.collector_of(seg)
-            if collector is not None:
-                h.collector_pid, h.collector_alive = collector.pid, collector.alive
-            h.status, h.message = _health.classify(h)
-            return h
+            return self._health(_stats.compute(self._seg))
 
-    def _writer_counts(self) -> tuple[int, int]:
-        """(alive, dead) writers: an active shard whose process is gone counts as dead until reaped."""
-        _, table = _snapshot.shards(self._seg)
-        alive = dead = 0
-        for w, start in zip(table["owner"].tolist(), table["start_time"].tolist(), strict=True):
-            if writer_alive(w, start):
-                alive += 1
-            elif L.owner_state(w) in (L.SH_ACTIVE, L.SH_DEAD, L.SH_REAPING):
-                dead += 1
-        return alive, dead
+    def _health(self, stats: DiagnosticStats) -> HealthStatus:
+        """Health from ``stats`` (computed once by a caller that needs both) and the books.
+        The caller holds the lock and has checked the inspector is open."""
+        seg = self._seg
+        acct = _stats.accounting(seg)
+        alive, dead = writer_counts(_snapshot.shards(seg)[1])
+        h = HealthStatus(
+            status="", message="", event_count=acct.retained, max_events=seg.capacity,
+            total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
+            writers_alive=alive, writers_dead=dead, events_overwritten=acct.overwritten,
+            events_lost=acct.lost, events_abandoned=acct.abandoned, events_expired=acct.expired,
+            error_rate=stats.error_rate, writers_inconsistent=stats.writers_inconsistent,
+            detached=seg.link_state(),
+            events_in_flight=acct.in_flight,
+            seqs_unused=acct.unused,
+            active_peers=stats.active_peers, max_peers=seg.max_peers,
+            peers_untracked=_snapshot.untracked(seg)[0] if _snapshot.metrics_enabled(seg) else 0,
+        )
+        collector = _owners.collector_of(seg)
+        if collector is not None:
+            h.collector_pid, h.collector_alive = collector.pid, collector.alive
+        h.status, h.message = _health.classify(h)
+        return h
 
     def get_latency_stats(self) -> dict[str, LatencyStats]:
         """Per timed operation, across all processes since the last clear: count, errors, mean,
@@ -342,7 +335,8 @@ class Inspector:
     def _export_head(self) -> dict:
         """Everything an export carries besides its events."""
         latency = {op: dataclasses.asdict(st) for op, st in _latency.read(self._seg).items()}
-        return _export.export_head(self._seg.name, self.get_stats(), self.health_check(), latency=latency)
+        stats = _stats.compute(self._seg)
+        return _export.export_head(self._seg.name, stats, self._health(stats), latency=latency)
 
 
 class Following:

@@ -124,16 +124,22 @@ def test_a_writer_pausing_between_bursts_fills_the_ring_exactly():
         _assert_full(rec, CAP)
 
 
+def _long_runs_then_end_mid_run(rec) -> tuple[int, int, int]:
+    """Record fast for a few run lives, so runs grow long, then stop in the middle of one:
+    ``end_mid_run``'s (first seq of the run, its length, how many of it were used)."""
+    end = time.monotonic() + 5 * TTL
+    while time.monotonic() < end:
+        for _ in range(100):
+            rec.record_message("fast", "inv", "inbound", 37)
+    return end_mid_run(rec)
+
+
 def test_a_run_given_up_after_another_writer_claimed_is_counted_unused(make_recorder, tmp_path):
     """Deterministic: this process stops mid-run, another process claims after it, then this one
     records again after the run's life: its rest cannot go back, so it is counted, and health
     says so; the books still balance and nothing recorded is missing."""
     rec = make_recorder(CAP)
-    end = time.monotonic() + 5 * TTL
-    while time.monotonic() < end:
-        for _ in range(100):
-            rec.record_message("fast", "inv", "inbound", 37)
-    first, n, used = end_mid_run(rec)
+    first, n, used = _long_runs_then_end_mid_run(rec)
     progress = SPAWN.Value("q", 0, lock=False)
     p = SPAWN.Process(target=_writer, args=(rec.name, 1, 0, progress))
     p.start()
@@ -240,11 +246,7 @@ def test_history_and_follow_wait_at_the_unwritten_top_of_the_head(make_recorder)
     """A run's unused rest at the top of the head may be given back and written again: a follower
     stops there (no gap, no timeout) instead of passing it as never written."""
     rec = make_recorder(CAP)
-    end = time.monotonic() + 5 * TTL
-    while time.monotonic() < end:
-        for _ in range(100):
-            rec.record_message("fast", "inv", "inbound", 37)
-    first, n, used = end_mid_run(rec)
+    first, n, used = _long_runs_then_end_mid_run(rec)
     time.sleep(2 * TTL)  # the run is stale: a follower must still not pass its rest
     _, cursor = history(rec._seg, 0)
     assert cursor == first + used

@@ -34,7 +34,8 @@ CACHE_LINE = 64
 # that claims a sequence number also tells the writer which era (which clear) it belongs to.
 SEQ_BITS = 48
 SEQ_MASK = (1 << SEQ_BITS) - 1
-U64_MASK = (1 << 64) - 1  # counters are u64 words: arithmetic on them wraps, as in C
+U64_MAX = (1 << 64) - 1  # counters are u64 words: the mask their arithmetic wraps with, as in C, and the
+                         # bound a sum of them saturates at, so no figure exceeds what JSON consumers read
 BASE_SLOTS = 16
 
 # Runs of sequence numbers: a writer claims several sequence numbers with one fetch_add and

@@ -29,7 +29,7 @@ from shmdiag.core.errors import (
 )
 from shmdiag.core.procs import started_by
 from shmdiag.core.segment import Segment
-from shmdiag.core.shards import writer_alive
+from shmdiag.core.shards import writer_counts
 
 SHM_DIR = "/dev/shm"
 
@@ -117,9 +117,7 @@ def ring_info(name: str, size: int | None = None) -> RingInfo:
         info.capacity = seg.capacity
         books = snapshot.counters(seg)  # counters only: ls never touches a slot
         info.retained, info.total_events = books.retained, books.recorded
-        _, shards = snapshot.shards(seg)
-        writers = zip(shards["owner"].tolist(), shards["start_time"].tolist(), strict=True)
-        info.live_writers = sum(1 for w, start in writers if writer_alive(w, start))
+        info.live_writers = writer_counts(snapshot.shards(seg)[1])[0]
         info.created = seg.created_ns / 1e9
         info.age = max(0.0, time.time() - info.created)
     finally:

@@ -37,6 +37,18 @@ def writer_alive(owner: int, start_ms: int) -> bool:
     return L.owner_state(owner) == L.SH_ACTIVE and same_process(L.owner_pid(owner), start_ms)
 
 
+def writer_counts(table: np.ndarray) -> tuple[int, int]:
+    """(alive, dead) writers in a copy of the shard table: a shard whose process died without
+    detaching counts as dead until it is reaped and taken again."""
+    alive = dead = 0
+    for w, start in zip(table["owner"].tolist(), table["start_time"].tolist(), strict=True):
+        if writer_alive(w, start):
+            alive += 1
+        elif L.owner_state(w) in (L.SH_ACTIVE, L.SH_DEAD, L.SH_REAPING):
+            dead += 1
+    return alive, dead
+
+
 class ShardManager:
     """This process's claim on a shard of one segment, and reaping of other processes' shards."""
 
@@ -209,7 +221,7 @@ class ShardManager:
             off = word(field, item)
             # Wrap as the writer's u64 arithmetic does: a damaged counter at 2**64-1 must not
             # make the reaper raise and leave the shard stuck in REAPING.
-            nat.store(off, (nat.load(off) + 1 if to is None else to) & L.U64_MASK)
+            nat.store(off, (nat.load(off) + 1 if to is None else to) & L.U64_MAX)
 
         if phase == L.PH_EXTRAS:
             # Decided (published, or lost): finish the peer and latency adds from the step the

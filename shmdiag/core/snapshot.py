@@ -30,7 +30,6 @@ def shards(seg: Segment) -> tuple[int, np.ndarray]:
 _C_OWNER, _C_BASE, _C_JOURNAL, _C_JMETA, _C_JB_REC, _C_JB_OUT = 0, 1, 2, 3, 4, 5
 _C_RECORDED, _C_OVERWRITTEN, _C_LOST, _C_ABANDONED, _C_EXPIRED, _C_START, _C_OK = 6, 7, 8, 9, 10, 11, 12
 _COLS = 13
-_U64_MAX = (1 << 64) - 1
 _TRIES = 20  # whole-table attempts before a shard that never held still is taken as it was
 
 
@@ -67,12 +66,15 @@ class Counters:
     in_flight: int
     adjusted: int = 0
     unsteady: int = 0  # shards that never held still long enough to be copied (taken as seen)
+    # Sequence numbers claimed and never used (not events, so not in the books above): read with
+    # the shards in use, a column of its own, since it changes only when a give-back fails.
+    unused: int = 0
 
 
-def _sum(col: np.ndarray) -> int:
-    """An exact sum (numpy's u64 sum wraps), saturated at what a u64 holds: damaged words must
-    not make a figure no JSON consumer can read."""
-    return min(int(sum(col.tolist())), _U64_MAX)
+def total(col: np.ndarray) -> int:
+    """An exact sum of u64 counters (numpy's u64 sum wraps), saturated at ``L.U64_MAX``: damaged
+    words must not make a figure no JSON consumer can read."""
+    return min(int(sum(col.tolist())), L.U64_MAX)
 
 
 def counters(seg: Segment) -> Counters:
@@ -92,6 +94,7 @@ def counters(seg: Segment) -> Counters:
     t = buf
     used = (L.owner_state(t[:, _C_OWNER]) != L.SH_FREE) & (t[:, _C_BASE] == np.uint64(base))
     t = t[used].copy()
+    unused = total(seg.shards["unused"][used])
     journal = t[:, _C_JOURNAL]
     busy = journal != 0
     # In its counting phase a writer has stored "old + 1" in some counters and not yet in
@@ -104,7 +107,7 @@ def counters(seg: Segment) -> Counters:
             sel = counting & (outcome == np.uint64(out))
             t[sel, col] = t[sel, _C_JB_OUT]
     recorded, overwritten, lost, abandoned, expired = (
-        _sum(t[:, c]) for c in (_C_RECORDED, _C_OVERWRITTEN, _C_LOST, _C_ABANDONED, _C_EXPIRED))
+        total(t[:, c]) for c in (_C_RECORDED, _C_OVERWRITTEN, _C_LOST, _C_ABANDONED, _C_EXPIRED))
     retained = recorded - overwritten - lost - abandoned - expired
     top = min(seg.capacity, recorded)
     adjusted = 0
@@ -122,7 +125,7 @@ def counters(seg: Segment) -> Counters:
         overwritten, expired, lost, abandoned = terms
         retained = 0
     return Counters(base=base, recorded=recorded, overwritten=overwritten, lost=lost, abandoned=abandoned,
-                    expired=expired, retained=retained, in_flight=int(busy.sum()), adjusted=adjusted,
+                    expired=expired, retained=retained, in_flight=int(busy.sum()), adjusted=adjusted, unused=unused,
                     unsteady=int(unsteady))
 
 

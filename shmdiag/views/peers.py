@@ -17,7 +17,6 @@ from shmdiag.core.models import NetworkDiagnostic, PeerDiagnostic
 from shmdiag.core.reader import ns_to_datetime
 from shmdiag.core.segment import Segment
 
-_U64_MAX = (1 << 64) - 1
 _SUMMED = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns", "events")
 
 
@@ -121,5 +120,5 @@ def _per_msg(names: list[str], counts: np.ndarray) -> list[dict[str, int]]:
         name = names[c] or L.OTHER_MSG  # an entry still being named when read
         # Saturate: two entries of one name (a racing registration, or damaged words) must not
         # sum past what a u64 (and JSON consumers) can hold.
-        out[r][name] = min(out[r].get(name, 0) + v, _U64_MAX)
+        out[r][name] = min(out[r].get(name, 0) + v, L.U64_MAX)
     return out

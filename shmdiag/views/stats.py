@@ -40,21 +40,11 @@ class Accounting:
     unused: int = 0
 
 
-_U64_MAX = (1 << 64) - 1
-
-
-def _total(col: np.ndarray) -> int:
-    """An exact sum of counters (numpy's u64 sum wraps), saturated at what a u64 holds: damaged
-    words must not make a figure no JSON consumer can read."""
-    return min(int(sum(col.tolist())), _U64_MAX)
-
-
 def accounting(seg: Segment) -> Accounting:
     """The books from the shard table alone: never a slot, so the same cost at any ring size."""
     c = snapshot.counters(seg)
-    unused = _total(snapshot.era_shards(seg)["unused"])  # changes only when a give-back fails: not in the books
     return Accounting(recorded=c.recorded, overwritten=c.overwritten, lost=c.lost, abandoned=c.abandoned,
-                      expired=c.expired, in_flight=c.in_flight, retained=c.retained, unused=unused)
+                      expired=c.expired, in_flight=c.in_flight, retained=c.retained, unused=c.unused)
 
 
 def consistent(shards: np.ndarray) -> np.ndarray:
@@ -72,7 +62,7 @@ def consistent(shards: np.ndarray) -> np.ndarray:
 
 def compute(seg: Segment) -> DiagnosticStats:
     shards = snapshot.era_shards(seg)
-    total = _total(shards["recorded"])
+    total = snapshot.total(shards["recorded"])
     stats = DiagnosticStats(total_events=total)
     if not snapshot.metrics_enabled(seg):
         stats.events_by_severity = {s: 0 for s in Severity}
@@ -80,7 +70,7 @@ def compute(seg: Segment) -> DiagnosticStats:
     good = consistent(shards)
     stats.writers_inconsistent = int((~good).sum())
     counted = shards[good]
-    sev = [_total(counted["sev"][:, s]) for s in Severity]
+    sev = [snapshot.total(counted["sev"][:, s]) for s in Severity]
     stats.events_by_severity = {s: sev[s] for s in Severity}
     by_type: dict[str, int] = {}
     for sh in counted:
@@ -97,7 +87,7 @@ def compute(seg: Segment) -> DiagnosticStats:
         stats.last_event = ns_to_datetime(int(recorded["last_ts"].max()))
     stats.active_peers = len(connected_peers(seg))
     # Over the shards whose breakdown is believed, so the rate stays within 0..1.
-    believed = _total(counted["recorded"])
+    believed = snapshot.total(counted["recorded"])
     errors = sev[Severity.ERROR] + sev[Severity.CRITICAL]
     stats.error_rate = min(1.0, errors / believed) if believed else 0.0
     return stats
