@@ -93,9 +93,11 @@ class Collector:
         if rec.closed:
             raise RecorderClosedError(f"recorder {rec.name!r} is closed")
         rec.check_ring()  # logs once if the ring's name was removed or replaced
-        if (time.monotonic() if now is None else now) >= self._next_cleanup:
+        if now is None:
+            now = time.monotonic()
+        if now >= self._next_cleanup:
             n = rec.cleanup_old_events()
-            self._next_cleanup = (time.monotonic() if now is None else now) + cfg.cleanup_interval
+            self._next_cleanup = now + cfg.cleanup_interval
             if n:
                 self._logger.info("shmdiag %s: retention cleanup dropped %d events", rec.name, n)
         if cfg.enable_health_check:

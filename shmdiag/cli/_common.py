@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -82,29 +80,20 @@ def check_name(name: str) -> str:
         raise UsageError(str(e).removeprefix("name: ")) from None
 
 
-@contextmanager
-def attached(name: str) -> Iterator[Inspector]:
-    """An Inspector of the ring (mapped read-only: a read command cannot write into it), always closed."""
+def attached(name: str) -> Inspector:
+    """An Inspector of the ring (mapped read-only: a read command cannot write into it); use it
+    in a ``with`` block, which closes it."""
     from shmdiag.inspector import Inspector
 
-    insp = Inspector.attach(check_name(name))
-    try:
-        yield insp
-    finally:
-        insp.close()
+    return Inspector.attach(check_name(name))
 
 
-@contextmanager
-def attached_recorder(name: str) -> Iterator[Recorder]:
-    """An attached Recorder, for the commands that write (``clear``); always closed (an
-    attached recorder never unlinks the ring)."""
+def attached_recorder(name: str) -> Recorder:
+    """An attached Recorder, for the commands that write (``clear``); use it in a ``with`` block
+    (an attached recorder never unlinks the ring)."""
     from shmdiag.recorder import Recorder
 
-    rec = Recorder.attach(check_name(name))
-    try:
-        yield rec
-    finally:
-        rec.close()
+    return Recorder.attach(check_name(name))
 
 
 def local_time(ts: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:

@@ -11,9 +11,10 @@ clears it when it stops cleanly, so:
 * the word names a process that is gone: the collector was killed (SIGKILL, the OOM killer)
   and the ring outlived it; ``health`` reports it as an error, ``shmdiag serve`` adopts it.
 
-A ring is **in use** while its collector runs or, when it has none, while its creator runs
-(see core/procs.py for how a reused pid is told apart). ``shmdiag rm`` refuses such a ring
-without ``--force``; ``shmdiag serve`` refuses to adopt it.
+A ring is **in use** while its collector or its creator runs (see core/procs.py for how a
+reused pid is told apart): the creator counts whatever the collector word says, since that word
+is live and unchecksummed, and one damaged word must not make a ring in use look stale.
+``shmdiag rm`` refuses such a ring without ``--force``; ``shmdiag serve`` refuses to adopt it.
 """
 
 from __future__ import annotations
