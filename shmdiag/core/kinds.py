@@ -204,6 +204,9 @@ assert sorted(BY_CODE) == list(range(len(KINDS))), "kind codes are 0..n-1"
 KIND_EVENT, KIND_CONNECT, KIND_DISCONNECT = EVENT.code, CONNECT.code, DISCONNECT.code
 KIND_MESSAGE, KIND_ERROR, KIND_LATENCY = MESSAGE.code, ERROR.code, LATENCY.code
 KIND_MAX = max(BY_CODE)
+# Not a kind of event: a slot that continues the text of the event in the slot before it, in the same
+# writer's run (an event longer than one slot). Every reader skips it as an event of its own.
+KIND_CONTINUATION = 255
 
 # Event types each shard counts at fixed indices (BUILTIN_TYPES.index(t)), in code order.
 BUILTIN_TYPES: tuple[str, ...] = tuple(k.event_type for k in KINDS if k.event_type is not None)
