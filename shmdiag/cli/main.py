@@ -25,6 +25,7 @@ from shmdiag.cli._common import (
     severity_arg,
 )
 from shmdiag.cli.export import cmd_export
+from shmdiag.cli.format import add_human_args
 from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
@@ -74,6 +75,7 @@ def build_parser() -> Parser:
                     help="debug, info, warning, error or critical (default debug)")
     sp.add_argument("--type", action="append", metavar="T", help="only events of this type (repeatable)")
     sp.add_argument("--peer", action="append", metavar="P", help="only events of this peer (repeatable)")
+    add_human_args(sp)
     sp = cmd("top", "live full-screen view (q quits)", cmd_top)
     sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
     sp = cmd("export", "export the retained events with stats and health", cmd_export)
