@@ -31,7 +31,7 @@ from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
 from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
-from shmdiag.cli.top import cmd_top
+from shmdiag.cli.top import _TOP_EPILOG, add_top_args, cmd_top
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import Severity
 
@@ -76,8 +76,9 @@ def build_parser() -> Parser:
     sp.add_argument("--type", action="append", metavar="T", help="only events of this type (repeatable)")
     sp.add_argument("--peer", action="append", metavar="P", help="only events of this peer (repeatable)")
     add_human_args(sp)
-    sp = cmd("top", "live full-screen view (q quits)", cmd_top)
-    sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
+    sp = cmd("top", "live full-screen view (? help, q quits); --batch -n 1 for a text snapshot", cmd_top,
+             epilog=_TOP_EPILOG)
+    add_top_args(sp)
     sp = cmd("export", "export the retained events with stats and health", cmd_export)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
