@@ -32,6 +32,7 @@ from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
 from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
 from shmdiag.cli.top import _TOP_EPILOG, add_top_args, cmd_top
+from shmdiag.cli.watch import add_watch_args
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import Severity
 
@@ -63,11 +64,14 @@ def build_parser() -> Parser:
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
     sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
     sp.add_argument("--force", action="store_true", help="remove it even if it is in use")
-    cmd("stats", "event counts by type and severity since creation or the last clear", cmd_stats, json=True)
+    sp = cmd("stats", "event counts by type and severity since creation or the last clear; --watch adds rates",
+             cmd_stats, json=True)
+    add_watch_args(sp)
     cmd("health", "health status; exit 0 healthy, 1 warning, 2 degraded/error", cmd_health, json=True)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
     sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
                     help="show the N busiest peers (default 50, 0 = all)")
+    add_human_args(sp, color=False)
     sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG)
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
     sp.add_argument("-n", type=count_arg, default=10, metavar="N", help="how many past events (default 10)")

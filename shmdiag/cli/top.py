@@ -363,7 +363,11 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int 
         fixed += 2 + 1 + (2 if peers else 1)  # titles and headers of the three shared sections
         if not two:
             fixed += 2  # latency's title and header on lines of their own
-        k, m, r = _share(max(0, h_rows - fixed), [min(w_need, 7), min(p_need, 8), peer_need])
+        rest = max(0, h_rows - fixed)
+        k, m, r = _share(rest, [min(w_need, 7), min(p_need, 8), peer_need])
+        # Rows nobody took (a tall terminal): more warnings, then more writers.
+        more_m, more_k = _share(rest - k - m - r, [p_need - m, w_need - k])
+        k, m = k + more_k, m + more_m
         k = max(k, 1)
 
     shown, more = _writer_rows(cur.writers, k)
@@ -409,9 +413,9 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int 
                       "LAST"]
             p_right: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
         else:
-            p_rows = [[p.peer_id, p.address or "-", p_status(p), human_bytes(p.bytes_sent), human_bytes(p.bytes_received),
-                       human_count(p.messages_sent + p.messages_received), human_duration(p.latency), p.error_count,
-                       t] for p, t in zip(peers, last, strict=False)]
+            p_rows = [[p.peer_id, p.address or "-", p_status(p), human_bytes(p.bytes_sent),
+                       human_bytes(p.bytes_received), human_count(p.messages_sent + p.messages_received),
+                       human_duration(p.latency), p.error_count, t] for p, t in zip(peers, last, strict=False)]
             p_head = ["PEER", "ADDRESS", "STATUS", "OUT", "IN", "MSGS", "PING", "ERR", "LAST"]
             p_right = (3, 4, 5, 6, 7)
         # Full ids and addresses when they fit; else the id gives way first, then the address,
