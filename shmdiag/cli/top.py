@@ -605,6 +605,8 @@ def batch(rec: Inspector | Recorder, count: int, delay: float, width: int, view:
             sys.stdout.flush()
             prev = cur
             i += 1
+            if cur.removed:  # said on the snapshot; nothing more will come
+                return 0
     except KeyboardInterrupt:
         return 0
     return 0
