@@ -108,7 +108,7 @@ class Sample:
     removed: bool = False
     recorded_by_pid: dict[int, int] = field(default_factory=dict)
     problems: list[DiagnosticEvent] = field(default_factory=list)  # latest warnings/errors, oldest first
-    problems_missed: int = 0  # warnings/errors the pane's follower could not read (overwritten first)
+    problems_missed: int = 0  # events (any severity) the pane's follower could not read: overwritten, expired
 
 
 def _problem_count(st: DiagnosticStats) -> int:
@@ -390,7 +390,9 @@ def render(name: str, cur: Sample, prev: Sample | None, width: int, height: int 
     # The latest warnings and errors, newest last (as tail shows them).
     p_title = (f"LATEST WARNINGS/ERRORS ({human_count(_problem_count(st))} since "
                f"{'creation or the last clear' if wide else 'clear'}")
-    p_title += f"; {cur.problems_missed} overwritten before top read them)" if cur.problems_missed else ")"
+    # The follower cannot tell the severity of what it could not read: counted as events.
+    p_title += (f"; {human_count(cur.problems_missed)} events went by unread, overwritten or expired)"
+                if cur.problems_missed else ")")
     lines.append((_fit(p_title, width), "title"))
     if problems:
         for e in problems[-m:] if m else []:
