@@ -458,3 +458,30 @@ def test_writers_collapse_and_peer_sorts():
     assert order == {"bytes": ["a", "c", "b"], "messages": ["b", "c", "a"], "ping": ["b", "c", "a"],
                      "errors": ["b", "c", "a"]}
     assert [p.peer_id for p in _top.sort_peers(ps, "ping", reverse=True)] == ["a", "c", "b"]
+
+
+def test_pane_follows_warnings_and_says_what_went_by_unread(make_recorder):
+    """In-process, two refreshes: the pane keeps the latest warnings/errors across them, forgets
+    them at a clear, and says when the ring lapped between two refreshes."""
+    from shmdiag import DiagnosticEvent, Inspector, Severity
+    from shmdiag.cli import top as _top
+
+    rec = make_recorder(100)
+    rec.record_error("p1", "first", "read")
+    with Inspector.attach(rec.name) as ins:
+        s = _top.Sampler(ins)
+        assert [e.error for e in s.take().problems] == ["first"]
+        for _ in range(30):
+            rec.record_message("p1", "inv", "inbound", 1)
+        rec.record_event(DiagnosticEvent("stall", "slow", Severity.WARNING))
+        cur = s.take()
+        assert [e.event_type for e in cur.problems] == ["error", "stall"] and cur.problems_missed == 0
+        for _ in range(300):  # three laps of the ring before the next refresh
+            rec.record_message("p1", "inv", "inbound", 1)
+        rec.record_error("p1", "last", "read")
+        prev, cur = cur, s.take()
+        assert cur.problems[-1].error == "last" and cur.problems_missed > 0
+        text = "\n".join(t for t, _ in _top.render(rec.name, cur, prev, 80, 24))
+        assert "went by unread" in text and "last" in _row_of(text, "Error in read  error: last")
+        rec.clear_events()
+        assert s.take().problems == []
