@@ -675,8 +675,8 @@ def cmd_top(args: argparse.Namespace) -> int:
 _TOP_EPILOG = """\
 keys: q quit, ? help, space pause (sampling goes on), peers sorted by b bytes, m messages,
 p ping, e errors, r reverse. Rates are per second between two refreshes, from the ring's
-exact counters. The warnings/errors pane reads only the warnings and errors recorded since
-the previous refresh, so top costs the same on any ring size.
+exact counters. The warnings/errors pane reads only what was recorded since the previous
+refresh (and decodes only its warnings and errors), so top costs the same on any ring size.
 
 --batch prints plain-text snapshots instead (no curses, no terminal needed): -n 1 (the
 default) one snapshot after one delay, -n N that many, -n 0 until interrupted. Its width is
