@@ -24,6 +24,7 @@ from shmdiag.cli._common import (
     err,
     severity_arg,
 )
+from shmdiag.cli.alerts import cmd_alert_rules, cmd_alerts
 from shmdiag.cli.export import cmd_export
 from shmdiag.cli.format import add_human_args
 from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
@@ -87,6 +88,11 @@ def build_parser() -> Parser:
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
     cmd("clear", "forget every retained event and zero the stats", cmd_clear)
+    cmd("alerts", "the alert rules of the ring's collector and where each stands", cmd_alerts, json=True)
+    sp = cmd("alert-rules", "print the alert rules (the defaults, or those of --config) as a Prometheus rule file",
+             cmd_alert_rules, ring=False)
+    sp.add_argument("--config", metavar="FILE", help="the collector's TOML config ([alerting], [[alert]] tables)")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp = cmd("demo", "record a simulated node from several processes and show the result", cmd_demo, ring=False)
     sp.add_argument("--writers", type=int, default=4, help="writer processes (default 4)")
     sp.add_argument("--seconds", type=float, default=2.0, help="how long they record (default 2)")
