@@ -262,6 +262,7 @@ class Worker:
         self.allow = [ipaddress.ip_network(n) for n in cfg["allow"]]
         self.rec = make_sink(cfg["record"], cfg["ring"], cfg["log_file"])
         self.seen: dict[str, str] = {}  # endpoint (owned by this process) -> who told us ("seed" or a peer)
+        self.heard: dict[str, set[str]] = {}  # endpoint (owned) -> everyone who told us, first or not
         self.outbox: dict[int, list[tuple[str, str]]] = {}
         self.peers: dict[str, dict] = {}  # per visited endpoint: outcome and counts
         self.conns: dict[str, PeerConn] = {}
@@ -288,6 +289,7 @@ class Worker:
             self.outbox.setdefault(o, []).append((endpoint, via))
 
     def offer(self, endpoint: str, via: str) -> None:
+        self.heard.setdefault(endpoint, set()).add(via)
         if endpoint in self.seen:
             self.dup += 1
             return
@@ -449,6 +451,8 @@ class Worker:
             await asyncio.sleep(POLL)
         self.flush()
         assert crawl_figures is not None
+        for endpoint, info in self.peers.items():
+            info["heard_from"] = sorted(self.heard.get(endpoint, ()))
         self.results.put(("done", self.index, {
             "pid": os.getpid(), **crawl_figures, "peers": self.peers, "duplicates": self.dup,
             "filtered": self.filtered, "late": self.late, "seen": len(self.seen)}))
