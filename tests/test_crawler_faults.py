@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import struct
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 from shmdiag import Severity
 from tools.crawler import wire
 from tools.crawler.bcoin import free_ports
+
+from helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MAGIC = wire.MAGIC["regtest"]
@@ -189,3 +192,24 @@ def test_crawler_usage_errors(make_recorder):
         cp = subprocess.run([sys.executable, "-m", "tools.crawler", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=30)
         assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and needle in cp.stderr, cp.stderr
+
+
+def test_sigterm_ends_the_crawl_cleanly(fakes, make_recorder):
+    rec = make_recorder(10_000)
+    p = subprocess.Popen([sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
+                          "--processes", "2", "--duration", "120", "--json"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(d.peer_id == fakes.endpoint("good") and d.status == "connected"
+                             for d in rec.get_peer_diagnostics()), 30, "the crawler to connect")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    assert p.returncode == 0, err
+    assert "stopping" in err
+    assert json.loads(out)["peers"][fakes.endpoint("good")]["reason"] == "crawl finished"
+    d = {x.peer_id: x for x in rec.get_peer_diagnostics()}[fakes.endpoint("good")]
+    assert d.status == "disconnected"

@@ -138,3 +138,19 @@ def test_header_faults_are_named():
         wire.parse_header(regtest + b"pi\0ng".ljust(12, b"\0") + ping[16:24], regtest)
     with pytest.raises(wire.WireError):
         wire.decode_inv(b"\x02" + b"\0" * 36)  # promises 2 entries, holds 1
+
+
+def test_crawler_uses_only_the_public_api():
+    """The crawler is a user of shmdiag: ``from shmdiag import <public name>`` and nothing deeper."""
+    import ast
+    from pathlib import Path
+
+    import shmdiag
+
+    for path in (Path(__file__).resolve().parent.parent / "tools" / "crawler").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not [a.name for a in node.names if a.name.startswith("shmdiag")], path
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shmdiag"):
+                assert node.module == "shmdiag", (path, node.module)
+                assert {a.name for a in node.names} <= set(shmdiag.__all__), path

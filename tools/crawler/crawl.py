@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -355,21 +356,22 @@ class Worker:
             # Not awaited: a node that thinks it is still syncing (bcoin, Bitcoin Core in IBD) ignores it.
             conn.send("getheaders", wire.encode_getheaders([self.genesis]))
             op = "crawl"
-            end = min(self.crawl_end, time.monotonic() + cfg["dwell"]) if cfg["dwell"] else self.crawl_end
+            dwell_end = time.monotonic() + cfg["dwell"] if cfg["dwell"] else math.inf
             interval = cfg["ping_interval"]
+            next_ping = time.monotonic() + interval
             while True:
-                left = end - time.monotonic()
-                if left <= 0:
+                now = time.monotonic()
+                end = min(self.crawl_end, dwell_end)  # crawl_end moves earlier on a stop request
+                if now >= end:
                     break
-                if interval <= 0:
+                if now >= next_ping:
                     op = "ping"
                     await self.ping(conn)
+                    next_ping = time.monotonic() + interval
                     continue
-                done, _ = await asyncio.wait({conn.closed}, timeout=min(interval, left))
+                done, _ = await asyncio.wait({conn.closed}, timeout=min(next_ping, end) - now)
                 if done:
                     raise PeerClosed(conn.closed.result())
-                op = "ping"
-                await self.ping(conn)
             op = "hold"
             conn.active = False
             if cfg["hold"]:
@@ -431,6 +433,8 @@ class Worker:
                 pass
             self.flush()
             now = time.monotonic()
+            if crawl_figures is None and self.release_evt.is_set():
+                self.crawl_end = min(self.crawl_end, now)  # the main process asks us to stop early
             if crawl_figures is None and now >= self.crawl_end:
                 crawl_figures = {"cpu_s": time.process_time() - cpu0, "wall_s": now - t0, "messages": self.msgs}
             if crawl_figures is not None:
@@ -552,9 +556,22 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     for p in procs:
         p.start()
+    deadline = [t0 + cfg["duration"] + 4 * cfg["timeout"] + 30]  # for the workers to report, once stopping
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        # First SIGINT/SIGTERM: end the crawl now, disconnect cleanly, print the summary. Second: abort.
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(signum)
+        deadline[0] = time.monotonic() + 4 * cfg["timeout"] + 30
+        release.set()
+        print("crawler: stopping (again to abort)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     done: dict[int, dict] = {}
     holding: dict[int, dict] = {}
-    deadline = t0 + cfg["duration"] + 4 * cfg["timeout"] + 30
     try:
         while len(done) < P:
             try:
@@ -564,13 +581,13 @@ def run(argv: list[str] | None = None) -> int:
                     print("crawler: a crawl process died: " + ", ".join(
                         f"{p.name} exit {p.exitcode}" for p in procs if p.exitcode), file=sys.stderr)
                     return 1
-                if not cfg["hold"] and time.monotonic() > deadline:
+                if (stopping or not cfg["hold"]) and time.monotonic() > deadline[0]:
                     print("crawler: crawl processes did not finish in time", file=sys.stderr)
                     return 1
                 continue
             if kind == "holding":
                 holding[idx] = payload
-                if len(holding) == P:
+                if len(holding) == P and not release.is_set():
                     merged = {k: v for h in holding.values() for k, v in h.items()}
                     sys.stdout.write(json.dumps({"holding": merged}) + "\n")
                     sys.stdout.flush()
@@ -579,6 +596,9 @@ def run(argv: list[str] | None = None) -> int:
             else:
                 done[idx] = payload
         wall = time.monotonic() - t0
+    except KeyboardInterrupt:
+        print("crawler: aborted", file=sys.stderr)
+        return 130
     finally:
         release.set()
         for p in procs:
