@@ -44,6 +44,23 @@ def crawl(mode: str, seed: str, ring: str, workdir: Path, a: argparse.Namespace)
             "cpu_us_per_message": s["cpu_us_per_message"], "messages_per_s": s["messages_per_s"]}
 
 
+def micro(rec, n: int = 200_000) -> tuple[float, float]:
+    """ns per record_message and per ``with span(...)``, best of 3 x n calls."""
+    rm, sp = rec.record_message, rec.span
+    best_m = best_s = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            rm("127.0.0.1:18444", "ping", "outbound", 32)
+        best_m = min(best_m, (time.perf_counter_ns() - t0) / n)
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            with sp("ping", "127.0.0.1:18444"):
+                pass
+        best_s = min(best_s, (time.perf_counter_ns() - t0) / n)
+    return best_m, best_s
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.crawler.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=4)
@@ -71,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {mode:<8} {res['messages']:>7} msgs  {res['messages_per_s']:>8.0f}/s  "
                       f"{res['cpu_us_per_message']:6.2f} us CPU/msg", file=sys.stderr)
         books = rec.accounting()
+        # What shmdiag's calls alone cost, measured in this process on the same ring: events per
+        # message (record_message, plus a span per ping round trip) x ns per event.
+        st = rec.get_stats()
+        n_msg = st.events_by_type.get("message", 0)
+        n_lat = st.events_by_type.get("latency", 0)
+        n_other = st.total_events - n_msg - n_lat  # connects, disconnects, errors: priced as a message
+        ns_message, ns_span = micro(rec)
     med = {m: {k: statistics.median(x[k] for x in runs if x["mode"] == m)
                for k in ("cpu_us_per_message", "messages_per_s", "messages")} for m in MODES}
     base = med["off"]["cpu_us_per_message"]
@@ -81,7 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     for m in MODES:
         c = med[m]["cpu_us_per_message"]
         lines.append(f"| {m} | {c:.2f} | {100 * (c / base - 1):+.1f}% | {med[m]['messages_per_s']:,.0f} |")
-    lines += ["", f"shmdiag ring books after the runs: {books}"]
+    attributable_us = (ns_message * (n_msg + n_other) + ns_span * n_lat) / n_msg / 1000
+    lines += ["", f"shmdiag's own calls, timed in the bench process on the same ring: record_message "
+              f"{ns_message:.0f} ns, a span {ns_span:.0f} ns; per message in the shmdiag crawls "
+              f"{n_lat / n_msg:.2f} spans and {n_other / n_msg:.4f} other events, "
+              f"so {attributable_us:.2f} us per message = "
+              f"{100 * attributable_us / base:.2f}% of the crawler's CPU per message with recording off.",
+              "", f"shmdiag ring books after the runs: {books}"]
     text = "\n".join(lines)
     print(text)
     if not a.no_write:
