@@ -43,6 +43,7 @@ import multiprocessing as mp
 import os
 import queue
 import random
+import resource
 import signal
 import sys
 import time
@@ -420,7 +421,7 @@ class Worker:
         self.slots = asyncio.Semaphore(cfg["connections"])
         self.released = asyncio.get_running_loop().create_future()
         self.crawl_end = time.monotonic() + cfg["duration"]
-        cpu0, t0 = time.process_time(), time.monotonic()
+        cpu0, t0, ru0 = time.process_time(), time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
         inbox = self.inboxes[self.index]
         crawl_figures: dict | None = None
         held = False
@@ -436,7 +437,11 @@ class Worker:
             if crawl_figures is None and self.release_evt.is_set():
                 self.crawl_end = min(self.crawl_end, now)  # the main process asks us to stop early
             if crawl_figures is None and now >= self.crawl_end:
-                crawl_figures = {"cpu_s": time.process_time() - cpu0, "wall_s": now - t0, "messages": self.msgs}
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                crawl_figures = {"cpu_s": time.process_time() - cpu0, "wall_s": now - t0, "messages": self.msgs,
+                                 "user_s": ru.ru_utime - ru0.ru_utime, "sys_s": ru.ru_stime - ru0.ru_stime,
+                                 "voluntary_switches": ru.ru_nvcsw - ru0.ru_nvcsw,
+                                 "involuntary_switches": ru.ru_nivcsw - ru0.ru_nivcsw}
             if crawl_figures is not None:
                 if not cfg["hold"]:
                     if not self.tasks:
@@ -618,7 +623,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def _summary(cfg: dict, done: dict[int, dict], wall: float) -> dict:
     peers = {k: v for d in done.values() for k, v in d["peers"].items()}
-    workers = [{"index": i, "pid": d["pid"], "cpu_s": d["cpu_s"], "wall_s": d["wall_s"], "messages": d["messages"],
+    workers = [{"index": i, "pid": d["pid"], "cpu_s": d["cpu_s"], "user_s": d["user_s"], "sys_s": d["sys_s"],
+                "voluntary_switches": d["voluntary_switches"], "involuntary_switches": d["involuntary_switches"],
+                "wall_s": d["wall_s"], "messages": d["messages"],
                 "duplicates": d["duplicates"], "filtered": d["filtered"], "late": d["late"], "seen": d["seen"]}
                for i, d in sorted(done.items())]
     msgs = sum(w["messages"] for w in workers)
