@@ -33,6 +33,17 @@ def bcoin_bin() -> str | None:
     return str(BCOIN) if BCOIN.exists() and shutil.which("node") else None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the process that started it dies (Linux), so a
+    test runner killed outright leaves no node behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -67,7 +78,7 @@ class BcoinNode:
                 "--log-console=true", "--workers=false"]
         self.log = open(self.prefix / "node.log", "wb")  # closed in stop()
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
 
     def rpc(self, method: str, *params: Any, timeout: float = 10.0) -> Any:
         body = json.dumps({"method": method, "params": list(params), "id": 1}).encode()

@@ -1,6 +1,6 @@
 """The cost of diagnostics to a real crawler: the same crawl of the same local bcoin nodes with
-recording off, with shmdiag, with ``logging`` to a file and with orjson JSON lines to one
-O_APPEND file, interleaved, in one run.
+recording off, with the ring attached but nothing recorded, with shmdiag, with ``logging`` to a
+file and with orjson JSON lines to one O_APPEND file, interleaved, in one run.
 
 ``python -m tools.crawler.bench [--nodes 4] [--processes 2] [--duration 5] [--repeats 3]``
 (from the repository root; needs bcoin, see the README). Each crawl pings back to back
@@ -25,14 +25,14 @@ from tools.crawler.bcoin import bcoin_bin, bcoin_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench" / "results"
-MODES = ("off", "shmdiag", "logging", "jsonl")
+MODES = ("off", "attached", "shmdiag", "logging", "jsonl")
 
 
 def crawl(mode: str, seed: str, ring: str, workdir: Path, a: argparse.Namespace) -> dict:
     args = [sys.executable, "-m", "tools.crawler", "--seed", seed, "--processes", str(a.processes),
             "--connections", "16", "--duration", str(a.duration), "--ping-interval", "0", "--timeout", "10",
             "--record", mode, "--json"]
-    if mode == "shmdiag":
+    if mode in ("shmdiag", "attached"):
         args += ["--ring", ring]
     elif mode in ("logging", "jsonl"):
         args += ["--log-file", str(workdir / f"crawl.{mode}")]
@@ -102,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"Crawler CPU per message, {a.nodes} bcoin nodes, {a.processes} crawl processes, "
              f"{a.duration:g} s crawls, {a.repeats} interleaved repeats (medians), "
              f"{time.strftime('%Y-%m-%d', time.gmtime())}:", "",
-             "| recording | us CPU per message | vs off | messages/s |", "|---|---:|---:|---:|"]
+             "| recording | us CPU per message | vs off | range over repeats | messages/s |",
+             "|---|---:|---:|---:|---:|"]
     for m in MODES:
         c = med[m]["cpu_us_per_message"]
-        lines.append(f"| {m} | {c:.2f} | {100 * (c / base - 1):+.1f}% | {med[m]['messages_per_s']:,.0f} |")
+        xs = [x["cpu_us_per_message"] for x in runs if x["mode"] == m]
+        lines.append(f"| {m} | {c:.2f} | {100 * (c / base - 1):+.1f}% | {min(xs):.1f}-{max(xs):.1f} | "
+                     f"{med[m]['messages_per_s']:,.0f} |")
     attributable_us = (ns_message * (n_msg + n_other) + ns_span * n_lat) / n_msg / 1000
     lines += ["", f"shmdiag's own calls, CPU time in the bench process on the same ring: record_message "
               f"{ns_message:.0f} ns, a span {ns_span:.0f} ns; per message in the shmdiag crawls "

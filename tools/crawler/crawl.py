@@ -28,8 +28,9 @@ idle after the crawl: the main process prints one JSON line ``{"holding": {...}}
 bytes have moved for ``--settle`` seconds, and closes them when its stdin reaches end of file
 (or gets a line) -- the moment to read the nodes' accounting.
 
-``--record off|logging|jsonl`` replaces shmdiag by nothing, ``logging`` to ``--log-file`` or
-orjson lines appended to ``--log-file``: the benchmark's alternatives (``tools/crawler/bench.py``).
+``--record off|attached|logging|jsonl`` replaces shmdiag by nothing, nothing with the ring
+attached, ``logging`` to ``--log-file`` or orjson lines appended to ``--log-file``: the
+benchmark's alternatives (``tools/crawler/bench.py``).
 """
 
 from __future__ import annotations
@@ -542,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", action="store_true",
                    help="after the crawl keep connections open and idle; print a holding line, close at stdin EOF")
     p.add_argument("--settle", type=float, default=0.5, help="with --hold: seconds without traffic first")
-    p.add_argument("--record", choices=MODES, default="shmdiag", help="where diagnostics go (default shmdiag)")
+    p.add_argument("--record", choices=MODES, default="shmdiag",
+                   help="where diagnostics go (default shmdiag; the others are the benchmark's)")
     p.add_argument("--log-file", help="file for --record logging / jsonl")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     return p
@@ -559,8 +561,8 @@ def _config(a: argparse.Namespace) -> dict:
         raise UsageError("--connections must be at least 1")
     if a.duration <= 0 or a.timeout <= 0:
         raise UsageError("--duration and --timeout must be positive")
-    if a.record == "shmdiag" and not a.ring:
-        raise UsageError("--ring is needed with --record shmdiag")
+    if a.record in ("shmdiag", "attached") and not a.ring:
+        raise UsageError(f"--ring is needed with --record {a.record}")
     if a.record in ("logging", "jsonl") and not a.log_file:
         raise UsageError(f"--record {a.record} needs --log-file")
     allow = a.allow or ["127.0.0.0/8", "::1/128"]
@@ -584,7 +586,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"crawler: {e}", file=sys.stderr)
         return 2
     creator = None
-    if cfg["record"] == "shmdiag":
+    if cfg["record"] in ("shmdiag", "attached"):
         from shmdiag import Recorder, RingNotFoundError, ShmDiagError
 
         try:

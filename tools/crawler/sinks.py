@@ -1,4 +1,5 @@
 """Where the crawler's diagnostics go: shmdiag (the point), or, for the benchmark, nowhere,
+nowhere but with the ring attached (what importing and mapping shmdiag costs by itself),
 ``logging`` to a file, or orjson JSON lines to one O_APPEND file.
 
 The alternatives have the methods of ``shmdiag.Recorder`` the crawler calls, so the crawl code
@@ -15,7 +16,7 @@ from typing import Any
 
 import orjson
 
-MODES = ("shmdiag", "off", "logging", "jsonl")
+MODES = ("shmdiag", "off", "attached", "logging", "jsonl")
 
 
 class _NoSpan:
@@ -54,6 +55,16 @@ class NullSink:
 
     def close(self) -> None:
         pass
+
+
+class AttachedNullSink(NullSink):
+    """Records nothing, but holds an attached Recorder: shmdiag imported, the ring mapped."""
+
+    def __init__(self, rec: Any) -> None:
+        self._rec = rec
+
+    def close(self) -> None:
+        self._rec.close()
 
 
 class _TimedSpan:
@@ -154,6 +165,11 @@ def make_sink(mode: str, ring: str | None, log_file: str | None) -> Any:
         return Recorder.attach(ring)
     if mode == "off":
         return NullSink()
+    if mode == "attached":
+        from shmdiag import Recorder
+
+        assert ring is not None
+        return AttachedNullSink(Recorder.attach(ring))
     if log_file is None:
         raise ValueError(f"--record {mode} needs --log-file")
     if mode == "logging":
