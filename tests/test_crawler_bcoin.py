@@ -166,3 +166,14 @@ def test_node_killed_mid_crawl(tmp_path, make_recorder, crawler_procs):
     d = {x.peer_id: x for x in rec.get_peer_diagnostics()}[killed]
     assert d.status == "disconnected" and d.error_count >= 1
     assert d.bytes_received == peers[killed]["bytes_received"] and d.bytes_sent == peers[killed]["bytes_sent"]
+
+
+def test_bench_script_runs():
+    """The benchmark (python -m tools.crawler.bench) end to end, briefly: every mode crawls and
+    reports messages; no figures are asserted (timings are never asserted in tests)."""
+    cp = subprocess.run([sys.executable, "-m", "tools.crawler.bench", "--nodes", "2", "--repeats", "1",
+                         "--duration", "1.5", "--no-write"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert cp.returncode == 0, cp.stderr
+    for mode in ("off", "attached", "shmdiag", "logging", "jsonl"):
+        assert f"| {mode} |" in cp.stdout, cp.stdout
+    assert "us per message" in cp.stdout
