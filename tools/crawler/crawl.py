@@ -469,6 +469,7 @@ class Worker:
                                  "user_s": ru.ru_utime - ru0.ru_utime, "sys_s": ru.ru_stime - ru0.ru_stime,
                                  "voluntary_switches": ru.ru_nvcsw - ru0.ru_nvcsw,
                                  "involuntary_switches": ru.ru_nivcsw - ru0.ru_nivcsw,
+                                 "minor_faults": ru.ru_minflt - ru0.ru_minflt,
                                  "gc_s": GC.seconds - gc0,
                                  "gc_collections": [a - b for a, b in zip(GC.collections, gcn0, strict=True)]}
             if crawl_figures is not None:
@@ -673,7 +674,7 @@ def _summary(cfg: dict, done: dict[int, dict], wall: float) -> dict:
     peers = {k: v for d in done.values() for k, v in d["peers"].items()}
     workers = [{"index": i, "pid": d["pid"], "cpu_s": d["cpu_s"], "user_s": d["user_s"], "sys_s": d["sys_s"],
                 "voluntary_switches": d["voluntary_switches"], "involuntary_switches": d["involuntary_switches"],
-                "gc_s": d["gc_s"], "gc_collections": d["gc_collections"],
+                "gc_s": d["gc_s"], "gc_collections": d["gc_collections"], "minor_faults": d["minor_faults"],
                 "wall_s": d["wall_s"], "messages": d["messages"],
                 "duplicates": d["duplicates"], "filtered": d["filtered"], "late": d["late"], "seen": d["seen"]}
                for i, d in sorted(done.items())]
