@@ -9,6 +9,8 @@ counted is in the header's recycled totals, reported beside the tracked peers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from shmdiag.core import layout as L
@@ -99,6 +101,52 @@ def read(seg: Segment) -> NetworkDiagnostic:
     ping_ns = int(sums["ping_sum_ns"].sum()) + rec["ping_sum_ns"]
     net.network_latency = ping_ns / pings / 1e9 if pings else None
     return net
+
+
+@dataclass
+class PeerTotals:
+    """How many peers the table tracks and has recycled; messages and bytes each way over every
+    peer since the last clear, recycled entries included (exact); bytes per message type each
+    way. Per-type bytes come from the tracked entries' counters plus, under ``*other*``, what
+    recycled entries had counted (their per-type split is not kept): so the types sum to the
+    byte totals exactly, but a type's figure drops when an entry that counted it is recycled."""
+
+    peers_tracked: int = 0   # distinct peers in the table: an event since the last clear, or connected
+    peers_recycled: int = 0  # entries recycled for new peers since the last clear
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent_per_msg: dict[str, int] = field(default_factory=dict)
+    bytes_recv_per_msg: dict[str, int] = field(default_factory=dict)
+
+
+def totals(seg: Segment) -> PeerTotals:
+    """Ring-wide message figures, summed in numpy over the peer table (no per-peer objects):
+    what a metrics scrape needs, at the same cost for 10 peers or 8,192 entries."""
+    base, rows = snapshot.peer_rows(seg)
+    current = rows["era"] == base + 1
+    tracked = len(np.unique(rows["key"][current | L.life_connected(rows["life"])]))
+    rows = rows[current]
+    rec = snapshot.recycled(seg)
+    names = snapshot.message_types(seg)
+    out = PeerTotals(
+        peers_tracked=tracked, peers_recycled=rec["peers"],
+        messages_sent=int(rows["msgs_sent"].sum(dtype=np.uint64)) + rec["msgs_sent"],
+        messages_received=int(rows["msgs_recv"].sum(dtype=np.uint64)) + rec["msgs_recv"],
+        bytes_sent=int(rows["bytes_sent"].sum(dtype=np.uint64)) + rec["bytes_sent"],
+        bytes_received=int(rows["bytes_recv"].sum(dtype=np.uint64)) + rec["bytes_recv"],
+    )
+    for col, extra, into in (("bytes_sent_per_msg", rec["bytes_sent"], out.bytes_sent_per_msg),
+                             ("bytes_recv_per_msg", rec["bytes_recv"], out.bytes_recv_per_msg)):
+        sums = rows[col].sum(axis=0, dtype=np.uint64).tolist() if len(rows) else [0] * L.MSG_TYPES
+        for j, v in enumerate(sums):
+            if v:
+                name = names[j] or L.OTHER_MSG  # an entry still being named when read
+                into[name] = into.get(name, 0) + int(v)
+        if extra:
+            into[L.OTHER_MSG] = into.get(L.OTHER_MSG, 0) + extra
+    return out
 
 
 def _status(life: int, connected_at: int) -> tuple[str, str]:
