@@ -141,17 +141,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         await resp.write(b"retry: 1000\n\n")
         while True:
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), SSE_KEEPALIVE)
-            except asyncio.TimeoutError:
+            chunk = await sub.take(SSE_KEEPALIVE)
+            if not chunk:
                 await resp.write(b": keepalive\n\n")
                 continue
-            chunk = [item]
-            while not sub.queue.empty() and len(chunk) < 500:
-                chunk.append(sub.queue.get_nowait())
-            out = b"".join(b"data: " + orjson.dumps(d, option=OPTS) + b"\n\n" for d in chunk)
-            await resp.write(out)
-            if chunk[-1].get("kind") == "end":
+            await resp.write(b"".join(line for _, line in chunk))
+            if chunk[-1][0].get("kind") == "end":
                 break
     except (ConnectionResetError, asyncio.CancelledError):
         pass

@@ -21,6 +21,8 @@ import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import orjson
+
 from shmdiag.core.follow import Gap
 from shmdiag.core.models import DiagnosticEvent
 from shmdiag.export import dicts
@@ -29,26 +31,62 @@ if TYPE_CHECKING:
     from shmdiag.inspector import Following, Inspector
 
 POLL = 0.1       # seconds between polls: an event shows within about this (plus the client's)
-BATCH = 4096     # sequence numbers one poll looks at, at most (about 40k events/s decoded)
+BATCH = 1024     # sequence numbers one poll looks at, at most: about 10k events/s decoded, a
+                 # fraction of a core, more than a person can read; beyond, gap records
 BACKLOG = 500    # items kept for new subscribers
-QUEUE = 2000     # items a subscriber's queue holds before it drops
+QUEUE = 4 * BATCH  # items a subscriber's queue holds before it drops
+
+Item = tuple[dict, bytes]  # a record and its SSE frame, serialised once for every subscriber
+
+
+def frame(d: dict) -> Item:
+    return d, b"data: " + orjson.dumps(d, option=dicts.OPTS) + b"\n\n"
 
 
 class Subscriber:
+    """One client's queue. What does not fit is counted (events, and the events of gap records)
+    with the range of sequence numbers it spans, and handed over as one gap record
+    (``"dropped"``) before the next item, or as soon as the client has drained the queue."""
+
     def __init__(self, accept: Callable[[DiagnosticEvent], bool]) -> None:
         self.accept = accept
-        self.queue: asyncio.Queue[dict] = asyncio.Queue(QUEUE)
-        self.dropped = 0  # items lost since the last one delivered: sent as a gap record
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(QUEUE)
+        self.dropped = 0  # events lost since the last item delivered
+        self._first = self._last = -1
 
-    def offer(self, item: dict) -> None:
+    def _gap(self) -> Item:
+        d = {"kind": "gap", "skipped": self.dropped, "overwritten": 0, "unreadable": 0, "dropped": self.dropped,
+             "first_seq": self._first, "last_seq": self._last}
+        self.dropped, self._first, self._last = 0, -1, -1
+        return frame(d)
+
+    def offer(self, it: Item) -> None:
+        item = it[0]
         if self.dropped and self.queue.qsize() < QUEUE - 1:
-            self.queue.put_nowait({"kind": "gap", "skipped": self.dropped, "overwritten": 0, "unreadable": 0,
-                                   "dropped": self.dropped, "first_seq": -1, "last_seq": -1})
-            self.dropped = 0
+            self.queue.put_nowait(self._gap())
         try:
-            self.queue.put_nowait(item)
+            self.queue.put_nowait(it)
         except asyncio.QueueFull:
-            self.dropped += 1
+            gap = item.get("kind") == "gap"
+            self.dropped += item["skipped"] if gap else 1
+            first, last = (item["first_seq"], item["last_seq"]) if gap else (item["seq"], item["seq"])
+            if self._first < 0:
+                self._first = first
+            self._last = last
+
+    async def take(self, timeout: float, most: int = 500) -> list[Item]:
+        """Up to ``most`` items, waiting up to ``timeout`` seconds for the first ([] if none)."""
+        if self.queue.empty() and self.dropped:
+            return [self._gap()]
+        try:
+            out = [await asyncio.wait_for(self.queue.get(), timeout)]
+        except asyncio.TimeoutError:
+            return []
+        while not self.queue.empty() and len(out) < most:
+            out.append(self.queue.get_nowait())
+        if self.queue.empty() and self.dropped:
+            out.append(self._gap())
+        return out
 
 
 class Broadcaster:
@@ -57,7 +95,7 @@ class Broadcaster:
     def __init__(self, inspector: Inspector) -> None:
         self.insp = inspector
         self.subs: set[Subscriber] = set()
-        self.backlog: collections.deque[tuple[DiagnosticEvent | Gap, dict]] = collections.deque(maxlen=BACKLOG)
+        self.backlog: collections.deque[tuple[DiagnosticEvent | Gap, Item]] = collections.deque(maxlen=BACKLOG)
         self._task: asyncio.Task[None] | None = None
         self._following: Following | None = None
         self.error: str | None = None  # why polling stopped (the ring's inspector was closed)
@@ -68,7 +106,7 @@ class Broadcaster:
         if self._following is None:
             events, cursor = self.insp.history(BACKLOG)
             self.backlog.clear()
-            self.backlog.extend((e, dicts.event_to_dict(e)) for e in events)
+            self.backlog.extend((e, frame(dicts.event_to_dict(e))) for e in events)
             self._following = self.insp.follower(cursor, batch=BATCH)
         sub = Subscriber(accept)
         if n > 0:
@@ -77,7 +115,7 @@ class Broadcaster:
             taken, count = [], 0
             for d in reversed(picked):
                 taken.append(d)
-                count += d.get("kind") != "gap"
+                count += d[0].get("kind") != "gap"
                 if count >= n:
                     break
             for d in reversed(taken):
@@ -99,10 +137,11 @@ class Broadcaster:
                 except Exception as e:  # the inspector was closed (server stopping) or the ring is unreadable
                     self.error = f"{type(e).__name__}: {e}"
                     for sub in list(self.subs):
-                        sub.queue.put_nowait({"kind": "end", "reason": self.error}) if not sub.queue.full() else None
+                        if not sub.queue.full():
+                            sub.queue.put_nowait(frame({"kind": "end", "reason": self.error}))
                     return
                 for it in items:
-                    d = dicts.gap_to_dict(it) if isinstance(it, Gap) else dicts.event_to_dict(it)
+                    d = frame(dicts.gap_to_dict(it) if isinstance(it, Gap) else dicts.event_to_dict(it))
                     self.backlog.append((it, d))
                     for sub in self.subs:
                         if isinstance(it, Gap) or sub.accept(it):
