@@ -263,7 +263,7 @@ def test_bad_addresses_and_rings_are_one_line(node, procs):
         cp = run_cli("web", node.name, "--http", bad, timeout=30)
         assert cp.returncode == 2 and "Traceback" not in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
     cp = run_cli("web", unique_name("none"), "--http", "127.0.0.1:0", timeout=30)
-    assert_one_error_line(cp, 1, "no ring named")
+    assert_one_error_line(cp, 1, "no shmdiag ring named")
 
 
 def test_serve_http_serves_the_collectors_ring(ring_name, procs):
