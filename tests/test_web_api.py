@@ -281,3 +281,19 @@ def test_serve_http_serves_the_collectors_ring(ring_name, procs):
     p.terminate()
     assert p.wait(timeout=30) == 0
     assert not os.path.exists(shm_path(ring_name))
+
+
+def test_a_filtered_stream_starts_with_older_matches(procs):
+    """?n= with a filter looks past the live backlog (the last 500 items) into the ring."""
+    rec = Recorder.with_config(RecorderConfig(name=unique_name("web"), max_events=5000), collector=False)
+    try:
+        rec.record_event(DiagnosticEvent("rare", "long ago", peer_id="old"))
+        for i in range(2000):
+            rec.record_message("p", "inv", "inbound", i)
+        url = start_web(rec.name, procs)
+        items = read_stream(url + "api/events/stream?n=5&type=rare", lambda items: len(items) >= 1)
+        assert items[0]["event_type"] == "rare" and items[0]["message"] == "long ago"
+        items = read_stream(url + "api/events/stream?n=2&peer=old&type=rare", lambda items: len(items) >= 1)
+        assert items[0]["peer_id"] == "old"
+    finally:
+        rec.close()

@@ -101,8 +101,11 @@ class Broadcaster:
         self.error: str | None = None  # why polling stopped (the ring's inspector was closed)
 
     def subscribe(self, accept: Callable[[DiagnosticEvent], bool], n: int) -> Subscriber:
-        """A new subscriber, its queue primed with the last ``n`` backlog items it accepts (and
-        the gaps between them)."""
+        """A new subscriber, its queue primed with the last ``n`` events it accepts: from the
+        backlog (with the gap records among them) and, when the backlog holds fewer, older ones
+        from the ring (``history``), so a filter for a rare type or peer still shows its past.
+        TODO(i12-tail): that look-back decodes events to filter them (a rare filter may scan
+        the whole ring); get_events' own filters will make it cheap."""
         if self._following is None:
             events, cursor = self.insp.history(BACKLOG)
             self.backlog.clear()
@@ -118,6 +121,13 @@ class Broadcaster:
                 count += d[0].get("kind") != "gap"
                 if count >= n:
                     break
+            if count < n:
+                oldest = next((it.seq for it, _ in self.backlog if isinstance(it, DiagnosticEvent)), None)
+                if oldest is not None:
+                    older, _ = self.insp.history(n - count, 0, lambda e: e.seq is not None and e.seq < oldest
+                                                 and accept(e), follow=False)
+                    for e in older:
+                        sub.offer(frame(dicts.event_to_dict(e)))
             for d in reversed(taken):
                 sub.offer(d)
         self.subs.add(sub)
