@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 from _benchlib import NOTES
 
@@ -93,6 +94,9 @@ CLIENTS = textwrap.dedent("""
         end = time.monotonic() + seconds
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
             await asyncio.gather(*[poller(s, k, end) for k in range(n - 5)], *[streamer(s, end) for _ in range(5)])
+        import resource
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        counts["cpu_s"] = ru.ru_utime + ru.ru_stime
         print(json.dumps(counts))
 
     asyncio.run(main())
@@ -121,21 +125,27 @@ def test_writer_rate_with_50_http_clients(tmp_path, writers):
                 break
         assert url
         seconds, rounds = 4.0, 3
-        alone, loaded, served = [], [], []
+        alone, loaded, served, server_cpu = [], [], [], []
+        server = psutil.Process(serve.pid)
         for _ in range(rounds):
             alone.append(_loadgen(name, seconds, writers))
             clients = subprocess.Popen([sys.executable, "-c", CLIENTS, url, str(seconds + 2), "50"],
                                        stdout=subprocess.PIPE, text=True)
+            t = server.cpu_times()
             time.sleep(1.0)  # clients connected and polling before writers start
             loaded.append(_loadgen(name, seconds, writers))
             out, _ = clients.communicate(timeout=60)
+            t2 = server.cpu_times()
+            server_cpu.append((t2.user + t2.system - t.user - t.system) / (seconds + 1))
             served.append(json.loads(out))
         assert all(s["requests"] > 100 and s["errors"] == 0 and s["stream_items"] > 0 for s in served), served
         a, b = sum(alone) / rounds, sum(loaded) / rounds
         NOTES.append(f"loadgen --writers {writers}: {a:,.0f} events/s alone, {b:,.0f} with 50 HTTP clients "
                      f"({(b / a - 1) * 100:+.1f}%; rounds alone {[round(x) for x in alone]}, "
                      f"with clients {[round(x) for x in loaded]}; "
-                     f"{sum(s['requests'] for s in served) / rounds / (seconds + 2):.0f} requests/s served)")
+                     f"{sum(s['requests'] for s in served) / rounds / (seconds + 2):.0f} requests/s served; "
+                     f"server {sum(server_cpu) / rounds:.0%} of a core, clients "
+                     f"{sum(s['cpu_s'] for s in served) / rounds / (seconds + 2):.0%})")
         print(NOTES[-1])
     finally:
         serve.terminate()

@@ -63,8 +63,8 @@ def build_parser() -> Parser:
     sp.add_argument("--http", type=http_arg, metavar="ADDR", help=WEB_HELP + "; refused at start if it cannot "
                     "be bound")
     sp = cmd("web", "serve a running ring's /metrics, JSON API and dashboard over HTTP (read-only)", cmd_web)
-    sp.add_argument("--http", type=http_arg, metavar="ADDR", default=("127.0.0.1", 8080),
-                    help=WEB_HELP + " (default 127.0.0.1:8080)")
+    sp.add_argument("--http", type=http_arg, metavar="ADDR", default=("127.0.0.1", 9464),
+                    help=WEB_HELP + " (default 127.0.0.1:9464)")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
     sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
     sp.add_argument("--force", action="store_true", help="remove it even if it is in use")

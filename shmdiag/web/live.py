@@ -2,9 +2,9 @@
 
 One ``Broadcaster`` per server polls a single ``Following`` of the ring every ``POLL`` seconds
 and hands what it delivers (events, and Gaps for what it could not read) to every subscriber's
-queue, so 50 open dashboards cost the ring what one does. A poll looks at no more than ``BATCH``
-sequence numbers: when writers outrun that, the follower falls behind, the ring overwrites what
-it had not reached and the stream says so with gap records, in place, instead of taking a core.
+queue, so 50 open dashboards cost the ring what one does. The stream reads at most about
+``BATCH`` events per poll: when writers outrun that, it passes over the excess and says so
+with a gap record of its own (``"dropped"``), in place, instead of taking a core from them.
 
 A subscriber that does not keep up (its queue of ``QUEUE`` items is full) loses what does not
 fit; that is counted and delivered as a gap record of its own (``"dropped"``), so delivered +
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from shmdiag.inspector import Following, Inspector
 
 POLL = 0.1       # seconds between polls: an event shows within about this (plus the client's)
-BATCH = 1024     # sequence numbers one poll looks at, at most: about 10k events/s decoded, a
-                 # fraction of a core, more than a person can read; beyond, gap records
+BATCH = 1024     # events one poll reads, about: ~10k events/s decoded at most, a fraction of a
+                 # core, more than a person can read; beyond, gap records say what went by
 BACKLOG = 500    # items kept for new subscribers
 QUEUE = 4 * BATCH  # items a subscriber's queue holds before it drops
 
@@ -95,7 +95,8 @@ class Broadcaster:
     def __init__(self, inspector: Inspector) -> None:
         self.insp = inspector
         self.subs: set[Subscriber] = set()
-        self.backlog: collections.deque[tuple[DiagnosticEvent | Gap, Item]] = collections.deque(maxlen=BACKLOG)
+        # (the event or Gap, or None for a gap record of the stream's own, and its frame)
+        self.backlog: collections.deque[tuple[DiagnosticEvent | Gap | None, Item]] = collections.deque(maxlen=BACKLOG)
         self._task: asyncio.Task[None] | None = None
         self._following: Following | None = None
         self.error: str | None = None  # why polling stopped (the ring's inspector was closed)
@@ -113,7 +114,7 @@ class Broadcaster:
             self._following = self.insp.follower(cursor, batch=BATCH)
         sub = Subscriber(accept)
         if n > 0:
-            picked = [d for it, d in self.backlog if isinstance(it, Gap) or accept(it)]
+            picked = [d for it, d in self.backlog if not isinstance(it, DiagnosticEvent) or accept(it)]
             # the last n events, with the gap records among them
             taken, count = [], 0
             for d in reversed(picked):
@@ -138,11 +139,34 @@ class Broadcaster:
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subs.discard(sub)
 
+    def _send(self, it: DiagnosticEvent | Gap | None, d: Item) -> None:
+        self.backlog.append((it, d))
+        for sub in self.subs:
+            if not isinstance(it, DiagnosticEvent) or sub.accept(it):
+                sub.offer(d)
+
+    def _skip_ahead(self) -> Item | None:
+        """Keep the stream's reading within budget: when the follower is more than BATCH behind
+        the ring's tail, start it again BATCH / 2 below the tail and return the gap record for
+        what it passes over (``dropped``), or None. Without this a poll would decode everything
+        the writers recorded since the last one (hundreds of thousands of events a second)."""
+        assert self._following is not None
+        cursor = self._following.cursor
+        _, top = self.insp.history(0)
+        if top - cursor <= BATCH:
+            return None
+        start = top - BATCH // 2
+        self._following = self.insp.follower(start, batch=BATCH)
+        n = start - cursor
+        return frame({"kind": "gap", "skipped": n, "overwritten": 0, "unreadable": 0, "dropped": n,
+                      "first_seq": cursor, "last_seq": start - 1})
+
     async def _run(self) -> None:
         try:
             while self.subs:
                 assert self._following is not None
                 try:
+                    skipped = self._skip_ahead()
                     items = self._following.poll()
                 except Exception as e:  # the inspector was closed (server stopping) or the ring is unreadable
                     self.error = f"{type(e).__name__}: {e}"
@@ -150,12 +174,10 @@ class Broadcaster:
                         if not sub.queue.full():
                             sub.queue.put_nowait(frame({"kind": "end", "reason": self.error}))
                     return
+                if skipped is not None:
+                    self._send(None, skipped)
                 for it in items:
-                    d = frame(dicts.gap_to_dict(it) if isinstance(it, Gap) else dicts.event_to_dict(it))
-                    self.backlog.append((it, d))
-                    for sub in self.subs:
-                        if isinstance(it, Gap) or sub.accept(it):
-                            sub.offer(d)
+                    self._send(it, frame(dicts.gap_to_dict(it) if isinstance(it, Gap) else dicts.event_to_dict(it)))
                 await asyncio.sleep(POLL)
         finally:
             # Nobody listens: forget the position; the next subscriber starts from the ring's tail.

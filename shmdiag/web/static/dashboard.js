@@ -227,7 +227,7 @@ function tailRow(item) {
     const parts = [];
     if (item.overwritten) parts.push(item.overwritten + " overwritten before they could be read");
     if (item.unreadable) parts.push(item.unreadable + " never completed or expired");
-    if (item.dropped) parts.push(item.dropped + " dropped: this page fell behind");
+    if (item.dropped) parts.push(item.dropped + " not sent: faster than the live stream shows (or this page fell behind)");
     const td = cell(tr, "— " + num(item.skipped) + " events went by unread: " + parts.join(", ") + " —");
     td.colSpan = 6;
     return tr;
