@@ -141,3 +141,15 @@ def test_promtool_accepts_it(rec, tmp_path):
     cp = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert cp.stdout == b"" and cp.stderr == b"", cp.stdout + cp.stderr  # not even a lint warning
+
+
+def test_the_readme_documents_every_metric(rec):
+    import re
+    from pathlib import Path
+
+    record_a_node(rec)
+    _, m = scrape(rec.name)
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) if "duration_seconds" in n else n for n in m}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"`(shmdiag_[a-z_]+)", readme))
+    assert families <= documented, families - documented
