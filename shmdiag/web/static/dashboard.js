@@ -141,7 +141,10 @@ function drawRates(canvasId, legendId, data, colors) {
     ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
     ctx.fillText(rate(max * i / 4), 2, y + 4);
   }
-  ctx.fillText("-5 min", left, h - 2); ctx.fillText("now", w - 24, h - 2);
+  // The x axis spans what has been seen, up to 5 minutes (at least 30 s).
+  const span = Math.min(HISTORY, Math.max(30, ...keys.map((k) => data[k].length)));
+  ctx.fillText(span >= 120 ? "-" + Math.round(span / 60) + " min" : "-" + span + " s", left, h - 2);
+  ctx.fillText("now", w - 24, h - 2);
   const legend = $(legendId);
   legend.replaceChildren();
   keys.forEach((k, idx) => {
@@ -149,7 +152,7 @@ function drawRates(canvasId, legendId, data, colors) {
     const vals = data[k];
     ctx.strokeStyle = col; ctx.lineWidth = 1.5; ctx.beginPath();
     vals.forEach((v, i) => {
-      const x = left + (w - left) * (HISTORY - vals.length + i) / HISTORY;
+      const x = left + (w - left) * (span - vals.length + i) / span;
       const y = bottom - (bottom - 6) * v / max;
       if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
     });
