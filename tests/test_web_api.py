@@ -297,3 +297,13 @@ def test_a_filtered_stream_starts_with_older_matches(procs):
         assert items[0]["peer_id"] == "old"
     finally:
         rec.close()
+
+
+def test_web_stops_cleanly_on_sigterm_and_leaves_the_ring(node, procs):
+    url = start_web(node.name, procs)
+    assert get(url + "api/stats")[0] == 200
+    p = procs[-1]
+    p.terminate()
+    assert p.wait(timeout=30) == 0
+    assert b"Traceback" not in p.stderr.read()
+    assert os.path.exists(shm_path(node.name))  # read-only: it never removes what it serves
