@@ -181,6 +181,6 @@ def make_app(inspector: Inspector) -> web.Application:
     app[API] = Api(inspector)
     app[LIVE] = Broadcaster(inspector)
     for path, handler in ROUTES:
-        app.router.add_get(path, handler, allow_head=True)
+        app.router.add_get(path, handler, allow_head=handler is not stream)  # HEAD of a stream: 405
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
     return app
