@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import urllib.request
 
 import pytest
 
@@ -298,12 +299,13 @@ def webhook():
     srv.server_close()
 
 
-def serve_with(tmp_path, procs, shm_names, config: str, tag: str) -> tuple[str, subprocess.Popen]:
+def serve_with(tmp_path, procs, shm_names, config: str, tag: str, *extra: str) -> tuple[str, subprocess.Popen]:
     name = unique_name(tag)
     shm_names.append(name)
     cfg = tmp_path / f"{tag}.toml"
     cfg.write_text(config)
-    p = subprocess.Popen([*CLI, "serve", name, "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([*CLI, "serve", name, "--config", str(cfg), *extra], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
     procs.append(p)
     wait_for(lambda: attachable(name) or p.poll() is not None, what="serve to create the ring")
     assert p.poll() is None, p.stderr.read()
@@ -418,7 +420,8 @@ def test_an_unreachable_alertmanager_is_counted_and_never_stops_the_collector(tm
         rate_above = 0
         window = 5
     """)
-    name, serve = serve_with(tmp_path, procs, shm_names, config, "unreach")
+    port = free_port()
+    name, serve = serve_with(tmp_path, procs, shm_names, config, "unreach", "--http", f"127.0.0.1:{port}")
     write(name, [["err", "p", "boom", "op"]])
 
     def failed() -> bool:
@@ -432,6 +435,15 @@ def test_an_unreachable_alertmanager_is_counted_and_never_stops_the_collector(tm
     assert serve.poll() is None
     cp = run_cli("alerts", name)
     assert cp.returncode == 0 and "FIRING" in cp.stdout and "failed" in cp.stdout
+    # the endpoint shows the same: /api/alerts, and the metrics of alerts and failed deliveries
+    api = http_json(f"http://127.0.0.1:{port}/api/alerts")
+    assert api["evaluated"] is True and [(a["name"], a["state"]) for a in api["alerts"]] == [("AnyError", "firing")]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'shmdiag_alerts_firing{alertname="AnyError",severity="warning"} 1.0' in text
+    failed = [line for line in text.splitlines()
+              if line.startswith('shmdiag_alert_notifications_failed_total{receiver="alertmanager"}')]
+    assert failed and float(failed[0].split()[-1]) >= 1
 
 
 def test_alerts_of_a_ring_whose_collector_runs_no_rules_says_so(rec):

@@ -14,8 +14,9 @@ from shmdiag.alerts.rules import (
     AlertRule,
     default_rules,
     parse_alerting,
+    with_dashboard,
 )
-from shmdiag.alerts.service import AlertService, read_state, state_path
+from shmdiag.alerts.service import AlertService, live_state, read_state, state_path
 
 __all__ = [
     "CONDITIONS",
@@ -27,8 +28,10 @@ __all__ = [
     "AlertingConfig",
     "Transition",
     "default_rules",
+    "live_state",
     "parse_alerting",
     "prometheus_rules",
     "read_state",
     "state_path",
+    "with_dashboard",
 ]

@@ -46,6 +46,16 @@ def read_state(ring: str) -> dict | None:
     return doc if isinstance(doc, dict) and doc.get("ring") == ring else None
 
 
+def live_state(ring: str, collector_pid: int, collector_alive: bool | None) -> dict | None:
+    """The states of ``ring``'s alerts if its running collector (as the ring's header names it:
+    ``HealthStatus.collector_pid``/``collector_alive``) wrote them; None otherwise (no collector,
+    or a file left by one that was killed)."""
+    doc = read_state(ring)
+    if doc is None or not collector_alive or doc.get("collector_pid") != collector_pid:
+        return None
+    return doc
+
+
 class AlertService:
     """Runs an :class:`AlertEngine` every ``config.interval`` seconds on a thread of its own."""
 

@@ -11,12 +11,12 @@ from shmdiag.core.errors import ShmDiagError
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from shmdiag.alerts import read_state
+    from shmdiag.alerts import live_state
 
     with attached(args.name) as insp:
         h = insp.health_check()
-    doc = read_state(args.name)
-    if doc is None or doc.get("collector_pid") != h.collector_pid or not h.collector_alive:
+    doc = live_state(args.name, h.collector_pid, h.collector_alive)
+    if doc is None:
         raise ShmDiagError(f"no collector evaluates alerts for ring {args.name!r} "
                            f"(start one with 'shmdiag serve {args.name}')")
     if args.json:

@@ -34,6 +34,7 @@ from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
 from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
 from shmdiag.cli.top import _TOP_EPILOG, add_top_args, cmd_top
 from shmdiag.cli.watch import add_watch_args
+from shmdiag.cli.web import WEB_HELP, cmd_web, http_arg
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import Severity
 
@@ -62,6 +63,11 @@ def build_parser() -> Parser:
     sp.add_argument("--max-events", type=int, metavar="N", help="ring capacity (overrides the config file)")
     sp.add_argument("--config", metavar="FILE",
                     help="TOML file of RecorderConfig fields, at the top level or under [shmdiag]")
+    sp.add_argument("--http", type=http_arg, metavar="ADDR", help=WEB_HELP + "; refused at start if it cannot "
+                    "be bound")
+    sp = cmd("web", "serve a running ring's /metrics, JSON API and dashboard over HTTP (read-only)", cmd_web)
+    sp.add_argument("--http", type=http_arg, metavar="ADDR", default=("127.0.0.1", 9464),
+                    help=WEB_HELP + " (default 127.0.0.1:9464)")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
     sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
     sp.add_argument("--force", action="store_true", help="remove it even if it is in use")

@@ -110,7 +110,7 @@ def _adopt(cfg: RecorderConfig, given: set[str]) -> Recorder:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from shmdiag.alerts import AlertService
+    from shmdiag.alerts import AlertService, with_dashboard
     from shmdiag.cli.format import human_bytes
     from shmdiag.collector import Collector
     from shmdiag.core.segment import RingExistsError
@@ -118,6 +118,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg, given, alerting = _load_config(args.config, args.name, args.max_events)
     assert cfg.name is not None  # _load_config always sets it (from NAME)
+    sock = None
+    if args.http is not None:  # bound before the ring is made: a busy port changes nothing
+        from shmdiag.cli.web import listen, need_web
+
+        need_web()
+        sock = listen(args.http)
+        host, port = sock.getsockname()[:2]
+        alerting = with_dashboard(alerting, f"http://{f'[{host}]' if ':' in host else host}:{port}/")
     # Wait for SIGINT/SIGTERM/SIGHUP without polling. Not sigwait with the signals blocked: threads
     # that already exist (numpy's BLAS pool) do not have them blocked, and the kernel may hand
     # the signal to one of them. A handler plus a wakeup fd works whichever thread gets it.
@@ -144,9 +152,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     collector = Collector(rec, log)
     alerts = AlertService(rec, alerting, ring=cfg.name, record=rec.record_event, logger=log)
     sig = None
+    web = insp = None
     try:
         collector.start()  # names this process the ring's collector (refused if another live one is)
         alerts.start()
+        if sock is not None:
+            # The endpoint reads through its own read-only Inspector (never the collector's
+            # recorder: no request can write) in a thread of its own, so a slow or hostile
+            # client never holds up the collector thread.
+            from shmdiag.inspector import Inspector
+            from shmdiag.web.server import WebServer
+
+            insp = Inspector.attach(rec.name)
+            web = WebServer(insp, sock)
+            web.start()
         size = os.stat(f"/dev/shm/{rec.name}").st_size
         n = rec.name
         if adopted:
@@ -168,6 +187,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         out(f"  follow it:    shmdiag tail {n} -f")
         out(f"  watch it:     shmdiag top {n}")
         out(f"  from Python:  Recorder.attach({n!r})")
+        if web is not None:
+            out(f"  dashboard:    {web.url}  (metrics: {web.url}metrics, API: {web.url}api)")
         out("Ctrl-C or SIGTERM stops the collector and removes the ring; if this process is killed, "
             "the ring stays and 'shmdiag serve' adopts it.")
         sys.stdout.flush()
@@ -178,6 +199,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 break
     finally:
         alerts.stop()
+        if web is not None:
+            web.stop()
+        if insp is not None:
+            insp.close()
+        if sock is not None:
+            sock.close()
         collector.stop()  # clears the collector word
         # A clean stop removes the ring (if its name still leads to it); anything else keeps it,
         # with its evidence: 'shmdiag serve' adopts it, 'shmdiag rm' removes it.
