@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity  # noqa: E402
 
-from helpers import CLI, LineReader, unique_name  # noqa: E402
+from helpers import CLI, LineReader, attachable, free_port, unique_name, wait_for, write  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -147,3 +147,37 @@ def test_the_dashboard_in_chromium(browser, procs):
         assert not errors, errors  # no script error, no CSP violation, no failed asset
     finally:
         rec.close()
+
+
+def test_the_dashboards_alerts_pane_shows_what_the_collector_evaluates(browser, procs, tmp_path):
+    """`shmdiag serve --http` with an alert rule: the pane lists the rule, and it turns FIRING
+    (with the rule's summary as text) once errors are recorded, as /api/alerts says."""
+    name = unique_name("dash-alerts")
+    cfg = tmp_path / "ring.toml"
+    cfg.write_text('[alerting]\ninterval = 0.2\ndefaults = false\n\n[[alert]]\nname = "AnyError"\n'
+                   'event_type = "error"\nrate_above = 0\nwindow = 30\nseverity = "critical"\n'
+                   'summary = "<i>errors</i>"\n')
+    port = free_port()
+    p = subprocess.Popen([*CLI, "serve", name, "--config", str(cfg), "--http", f"127.0.0.1:{port}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(p)
+    try:
+        wait_for(lambda: attachable(name) or p.poll() is not None, what="serve to create the ring")
+        url = f"http://127.0.0.1:{port}/"
+        browser.get(url)
+        wait = WebDriverWait(browser, 20, poll_frequency=0.05)
+        wait.until(lambda d: "AnyError" in d.find_element(By.ID, "alerts").text)
+        assert "INACTIVE" in browser.find_element(By.ID, "alerts").text
+        write(name, [["err", "p1", "timeout", "ping"]])
+        wait.until(lambda d: "FIRING" in d.find_element(By.ID, "alerts").text)
+        doc = api(url, "api/alerts")
+        assert [(a["name"], a["state"]) for a in doc["alerts"]] == [("AnyError", "firing")]
+        assert browser.find_element(By.ID, "alerts-summary").get_attribute("data-value") == "1"
+        assert not browser.find_elements(By.CSS_SELECTOR, "#alerts i")  # the summary stays text
+        # (one error in all: health is critical, and /api/health answers 503 by design)
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+                  and not ("/api/health" in e["message"] and "503" in e["message"])]
+        assert not errors, errors
+    finally:
+        p.terminate()
+        p.wait(20)

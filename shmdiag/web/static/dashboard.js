@@ -63,13 +63,15 @@ async function getJSON(path) {
 // -- figures --------------------------------------------------------------------------------
 async function refresh() {
   try {
-    const [stats, health, writers, latency] = await Promise.all(
-      [getJSON("/api/stats"), getJSON("/api/health"), getJSON("/api/writers"), getJSON("/api/latency")]);
+    const [stats, health, writers, latency, alerts] = await Promise.all(
+      [getJSON("/api/stats"), getJSON("/api/health"), getJSON("/api/writers"), getJSON("/api/latency"),
+       getJSON("/api/alerts")]);
     $("conn").textContent = "live · " + new Date().toISOString().slice(11, 19) + " UTC";
     $("conn").classList.remove("down");
     showStats(stats, health);
     showWriters(writers.writers || writers);
     showLatency(latency);
+    showAlerts(alerts);
   } catch (e) {
     $("conn").textContent = "disconnected: " + e.message;
     $("conn").classList.add("down");
@@ -179,6 +181,28 @@ function showWriters(list) {
     cell(tr, String(w.pid)); cell(tr, w.state + (w.alive ? "" : " (not running)"));
     cell(tr, num(total), "num"); cell(tr, w.alive ? rate(r) : "–", "num");
     cell(tr, num(w.overwritten), "num"); cell(tr, num(w.lost), "num");
+    tb.appendChild(tr);
+  }
+}
+
+const ALERT_ORDER = { firing: 0, pending: 1, inactive: 2 };
+function showAlerts(doc) {
+  const tb = $("alerts").tBodies[0];
+  tb.replaceChildren();
+  if (!doc.evaluated) {
+    setText("alerts-summary", "no collector evaluates alert rules for this ring");
+    return;
+  }
+  const list = [...doc.alerts].sort((a, b) => ALERT_ORDER[a.state] - ALERT_ORDER[b.state]);
+  const firing = list.filter((a) => a.state === "firing").length;
+  const n = doc.notifications, failed = n.failed.alertmanager + n.failed.webhook;
+  setText("alerts-summary", firing + " firing of " + list.length + " rules" +
+    (failed ? " · " + failed + " notifications failed" : ""), firing);
+  for (const a of list) {
+    const tr = document.createElement("tr");
+    tr.className = "alert-" + a.state;
+    cell(tr, a.state.toUpperCase()); cell(tr, a.name); cell(tr, a.severity);
+    cell(tr, a.state === "inactive" ? "–" : clock(a.since)); cell(tr, a.description, "msg"); cell(tr, a.found, "msg");
     tb.appendChild(tr);
   }
 }
