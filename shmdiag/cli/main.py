@@ -22,15 +22,17 @@ from shmdiag.cli._common import (
     UsageError,
     count_arg,
     err,
+    seconds_arg,
     severity_arg,
 )
 from shmdiag.cli.export import cmd_export
-from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
+from shmdiag.cli.inspect import _HEALTH_EPILOG, cmd_health, cmd_peers, cmd_stats, health_flags
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
 from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
 from shmdiag.cli.top import cmd_top
+from shmdiag.collector import HEALTH_PERIOD
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import Severity
 
@@ -59,11 +61,17 @@ def build_parser() -> Parser:
     sp.add_argument("--max-events", type=int, metavar="N", help="ring capacity (overrides the config file)")
     sp.add_argument("--config", metavar="FILE",
                     help="TOML file of RecorderConfig fields, at the top level or under [shmdiag]")
+    sp.add_argument("--health-interval", type=seconds_arg, default=HEALTH_PERIOD, metavar="DURATION",
+                    help=f"seconds between health checks (default {HEALTH_PERIOD:g}s; with health checks on)")
+    health_flags(sp)
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
     sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
     sp.add_argument("--force", action="store_true", help="remove it even if it is in use")
     cmd("stats", "event counts by type and severity since creation or the last clear", cmd_stats, json=True)
-    cmd("health", "health status; exit 0 healthy, 1 warning, 2 degraded/error", cmd_health, json=True)
+    sp = cmd("health", "health as a Nagios/Icinga probe: exit 0 OK, 1 WARNING, 2 CRITICAL (degraded, error, "
+             "stopped), 3 UNKNOWN (no such ring, unreadable, not a ring)", cmd_health, json=True,
+             epilog=_HEALTH_EPILOG)
+    health_flags(sp)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
     sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
                     help="show the N busiest peers (default 50, 0 = all)")
