@@ -109,7 +109,8 @@ def _seconds(text: str) -> float:
     try:
         v = float(t[: len(t) - len(unit)]) * _UNITS.get(unit, 1.0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (seconds, or with a unit: 1.5s, 5m, 2h)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (seconds, or with a unit: 1.5s, 5m, 2h)") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite duration")
     return v

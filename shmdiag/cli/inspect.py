@@ -93,7 +93,7 @@ def _perfdata(h: HealthStatus) -> str:
         f"total_events={h.total_events}c", f"lost={h.events_lost + h.events_abandoned}c",
     ]
     if h.idle_seconds is not None:
-        items.append(f"idle={h.idle_seconds:.1f}s;{h.stall_after:g}" if h.stall_after else f"idle={h.idle_seconds:.1f}s")
+        items.append(f"idle={h.idle_seconds:.1f}s" + (f";{h.stall_after:g}" if h.stall_after else ""))
     return " ".join(items)
 
 

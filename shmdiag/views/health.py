@@ -172,7 +172,7 @@ def take_sample(seg: Segment, now_ns: int | None = None) -> Sample:
     """A :class:`Sample` of ``seg`` from one copy of its shard table (never a slot)."""
     base, table = snapshot.shards(seg)
     metrics = snapshot.metrics_enabled(seg)
-    ok = consistent(table) if len(table) else []
+    ok = consistent(table)
     writers = []
     for i, sh in enumerate(table):
         w = int(sh["owner"])
@@ -332,7 +332,7 @@ def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: 
     if h.collector_alive is False:
         add(3, "collector_dead", f"collector (pid {h.collector_pid}) is not running")
     if win.rated:
-        lvl = 3 if rate >= ERROR_RATE_ERROR else 2 if rate >= ERROR_RATE_DEGRADED else 1 if rate >= ERROR_RATE_WARNING else 0
+        lvl = sum(rate >= x for x in (ERROR_RATE_WARNING, ERROR_RATE_DEGRADED, ERROR_RATE_ERROR))
         if lvl:
             limit = (ERROR_RATE_WARNING, ERROR_RATE_DEGRADED, ERROR_RATE_ERROR)[lvl - 1]
             add(lvl, "error_rate", f"error rate {rate:.1%} >= {limit:.0%} {span} ({win.errors} errors of "
