@@ -201,7 +201,7 @@ class History:
     def __init__(self, keep: int = 240) -> None:
         self._samples: deque[Sample] = deque()
         self._keep = keep
-        self._span = DEFAULT_WINDOW
+        self._span = 0.0  # the longest window asked so far: how far back samples are kept
 
     def add(self, s: Sample, window: float) -> None:
         self._span = max(window, self._span)
