@@ -22,6 +22,7 @@ from typing import BinaryIO
 from shmdiag.core import layout as L
 from shmdiag.core import owners as _owners
 from shmdiag.core import reader as _reader
+from shmdiag.core import recent as _recent
 from shmdiag.core import snapshot as _snapshot
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
@@ -286,7 +287,10 @@ class Inspector:
         collector = _owners.collector_of(seg)
         if collector is not None:
             h.collector_pid, h.collector_alive = collector.pid, collector.alive
-        h = _health.evaluate(h, sample, self._history.baseline(sample.taken_ns, policy.window), policy)
+        baseline = self._history.baseline(sample.taken_ns, policy.window)
+        cutoff = _health.recent_needed(sample, baseline, policy)
+        recent = None if cutoff is None else _recent.severities_since(seg, cutoff)
+        h = _health.evaluate(h, sample, baseline, policy, recent)
         if keep:
             self._history.add(sample, policy.window)
         return h

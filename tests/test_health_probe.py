@@ -16,6 +16,11 @@ import time
 
 import pytest
 
+from shmdiag import DiagnosticEvent, Inspector, Recorder, Severity
+from shmdiag.core import layout as L
+from shmdiag.core.models import HealthStatus
+from shmdiag.views import health as H
+
 from helpers import (
     CLI,
     LineReader,
@@ -28,10 +33,6 @@ from helpers import (
     write,
     write_field,
 )
-from shmdiag import DiagnosticEvent, Inspector, Recorder, Severity
-from shmdiag.core import layout as L
-from shmdiag.core.models import HealthStatus
-from shmdiag.views import health as H
 
 # A writer process: attaches, records INFO and ERROR events, says "ready", then either waits to be
 # killed or ("steady") keeps recording one INFO event every 20 ms until killed.
@@ -249,6 +250,38 @@ def test_a_long_lived_inspector_judges_the_window_from_its_history(make_recorder
     assert h.window_errors == 0 and h.window_rated_events > 0 and h.window_covered >= 1.0
     assert h.errors == 20 and h.error_rate > 0  # since creation: still there
     kill(p)
+
+
+@pytest.mark.multiprocess
+def test_one_shot_error_rate_of_a_writer_still_recording_leaves_the_window(make_recorder, procs):
+    """The writer's counters cannot be split at the window's start; the retained events can."""
+    rec = make_recorder(100_000)
+    aged(rec.name, 1.5)
+    p = start_writer(rec.name, procs, infos=0, errors=20, mode="steady")
+    code, d = health(rec.name, "--window", "1.5")
+    assert code == 2 and d["reasons"][0]["condition"] == "error_rate", d["message"]
+    code, d = poll("the errors to leave the window", lambda: (r := health(rec.name, "--window", "1.5"))[0] == 0 and r)
+    assert d["window_source"] == "timestamps" and d["window_errors"] == 0 and d["window_rated_events"] > 0
+    assert d["window_error_rate_covered"] == 1.5
+    assert d["errors"] == 20  # since creation
+    # The window's writer counters are an upper bound: everything the live writer recorded.
+    assert d["window_events"] == d["total_events"]
+    kill(p)
+
+
+def test_error_rate_over_what_the_ring_retains_when_it_wrapped_within_the_window(make_recorder):
+    from shmdiag.core.recent import severities_since
+
+    rec = make_recorder(100)
+    for _ in range(50):
+        rec.record_error("p", "boom", "read")
+    for i in range(300):
+        rec.record_event(DiagnosticEvent("progress", str(i), Severity.INFO))
+    with Inspector.attach(rec.name) as ins:
+        rc = severities_since(ins._seg, ins.created_ns - 10**9)
+        assert not rc.complete and rc.by_severity == (0, 100, 0, 0, 0) and rc.from_ns > rc.since_ns
+        rc = severities_since(ins._seg, time.time_ns() + 10**9)
+        assert rc.complete and rc.by_severity == (0, 0, 0, 0, 0)
 
 
 @pytest.mark.multiprocess

@@ -127,6 +127,8 @@ class HealthStatus:
     window_errors: int = 0
     window_rated_events: int = 0
     window_error_rate: float = 0.0
+    window_error_rate_covered: float = 0.0  # seconds it covers: less than window_covered when a one-shot
+    #                                         check judges it from a ring that retains less than the window
     window_writers_died: int = 0
     window_seqs_unused: int = 0
     window_peers_untracked: int = 0

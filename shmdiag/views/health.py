@@ -82,6 +82,7 @@ from shmdiag.core import layout as L
 from shmdiag.core import snapshot
 from shmdiag.core.models import DeadWriter, HealthReason, HealthStatus, Severity
 from shmdiag.core.reader import ns_to_datetime
+from shmdiag.core.recent import RecentCounts
 from shmdiag.core.segment import Segment
 from shmdiag.core.shards import writer_alive
 from shmdiag.views.stats import consistent
@@ -272,19 +273,38 @@ def _secs(v: float) -> str:
     return f"{m // 60}h{m % 60:02d}m" if m % 60 else f"{m // 60}h"
 
 
-def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: Policy = Policy()) -> HealthStatus:
+def _usable(current: Sample, baseline: Sample | None) -> bool:
+    return baseline is not None and baseline.era == current.era and baseline.created_ns == current.created_ns
+
+
+def recent_needed(current: Sample, baseline: Sample | None, policy: Policy) -> int | None:
+    """The cutoff (wall ns) from which :func:`evaluate` wants the retained events counted by
+    severity (``core.recent.severities_since``), or None: only when the window is judged from
+    timestamps and a writer recorded both before and within it (its counters cannot be split)."""
+    cutoff = current.taken_ns - int(policy.window * 1e9)
+    if _usable(current, baseline) or current.created_ns >= cutoff or not current.metrics:
+        return None
+    return cutoff if any(w.last_ts >= cutoff for w in current.writers) else None
+
+
+def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: Policy = Policy(),
+             recent: RecentCounts | None = None) -> HealthStatus:
     """``h`` (its since-creation figures and current state filled in: collector, detached,
     peers, writers_inconsistent, ...) with its window figures, ``reasons``, ``status`` and
     ``message`` computed from ``current`` and ``baseline`` (a sample at least ``policy.window``
     old, from a :class:`History`, or None: then from creation or the writers' timestamps, see
-    the module docstring). Pure: reads nothing but its arguments."""
+    the module docstring). ``recent``: the retained events of the window by severity, when
+    :func:`recent_needed` asked for them; the window's error rate is then theirs. Pure: reads
+    nothing but its arguments."""
     now = current.taken_ns
     window = policy.window
     min_sev = int(policy.error_rate_min_severity)
     cutoff = now - int(window * 1e9)
+    rc = recent if recent is not None and recent.since_ns == cutoff else None
     cur = totals(current.writers, min_sev)
     dead_now = _dead(current)
-    if baseline is not None and baseline.era == current.era and baseline.created_ns == current.created_ns:
+    rate_covered = None  # seconds the window's error rate covers, when less than the window
+    if baseline is not None and _usable(current, baseline):
         source, covered = "history", (now - baseline.taken_ns) / 1e9
         win = cur - totals(baseline.writers, min_sev)
         dead_then = _dead(baseline)
@@ -295,10 +315,15 @@ def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: 
         win, died, untracked = cur, list(dead_now.values()), current.peers_untracked
     else:
         source, covered = "timestamps", window
-        recent = [w for w in current.writers if not current.metrics or w.last_ts >= cutoff]
-        win = totals(recent, min_sev)
-        died = [w for w in recent if w.state == "dead"]
+        active = [w for w in current.writers if not current.metrics or w.last_ts >= cutoff]
+        win = totals(active, min_sev)
+        died = [w for w in active if w.state == "dead"]
         untracked = 0  # the header's counter has no timestamp: only the current state counts
+        if rc is not None:  # errors and rated events from the retained events themselves
+            win = dataclasses.replace(win, errors=rc.by_severity[Severity.ERROR] + rc.by_severity[Severity.CRITICAL],
+                                      rated=sum(rc.by_severity[min_sev:]))
+            if not rc.complete:
+                rate_covered = max(0.0, (now - rc.from_ns) / 1e9)
     died_keys = {(w.pid, w.start_time) for w in died}
     rate = win.errors / win.rated if win.rated else 0.0
     since = totals(current.writers, min_sev)
@@ -307,6 +332,7 @@ def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: 
     h = dataclasses.replace(
         h,
         window=window, window_source=source, window_covered=round(covered, 3),
+        window_error_rate_covered=round(covered if rate_covered is None else min(covered, rate_covered), 3),
         window_events=win.recorded, window_events_lost=win.lost, window_events_abandoned=win.abandoned,
         window_errors=win.errors, window_rated_events=win.rated, window_error_rate=min(1.0, rate),
         window_writers_died=len(died), window_seqs_unused=win.unused, window_peers_untracked=untracked,
@@ -335,7 +361,8 @@ def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: 
         lvl = sum(rate >= x for x in (ERROR_RATE_WARNING, ERROR_RATE_DEGRADED, ERROR_RATE_ERROR))
         if lvl:
             limit = (ERROR_RATE_WARNING, ERROR_RATE_DEGRADED, ERROR_RATE_ERROR)[lvl - 1]
-            add(lvl, "error_rate", f"error rate {rate:.1%} >= {limit:.0%} {span} ({win.errors} errors of "
+            rspan = span if rate_covered is None else f"in the last {_secs(rate_covered)} the ring retains"
+            add(lvl, "error_rate", f"error rate {rate:.1%} >= {limit:.0%} {rspan} ({win.errors} errors of "
                                    f"{win.rated} events at {policy.error_rate_min_severity.name} and above)")
     loss = win.lost + win.abandoned
     if loss:
