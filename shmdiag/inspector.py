@@ -39,7 +39,7 @@ from shmdiag.core.models import (
     WriterInfo,
 )
 from shmdiag.core.segment import Segment
-from shmdiag.core.shards import writer_alive, writer_counts
+from shmdiag.core.shards import writer_alive
 from shmdiag.export import stream as _export
 from shmdiag.views import health as _health
 from shmdiag.views import latency as _latency
@@ -270,8 +270,9 @@ class Inspector:
         seg = self._seg
         policy = policy or _health.Policy()
         acct = _stats.accounting(seg)
-        alive, dead = writer_counts(_snapshot.shards(seg)[1])
-        sample = _health.take_sample(seg)
+        sample = _health.take_sample(seg)  # its writers' states: one liveness check per shard
+        alive = sum(w.state == "active" for w in sample.writers)
+        dead = sum(w.state == "dead" for w in sample.writers)
         h = HealthStatus(
             status="", message="", event_count=acct.retained, max_events=seg.capacity,
             total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
