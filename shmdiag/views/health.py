@@ -173,23 +173,23 @@ def take_sample(seg: Segment, now_ns: int | None = None) -> Sample:
     """A :class:`Sample` of ``seg`` from one copy of its shard table (never a slot)."""
     base, table = snapshot.shards(seg)
     metrics = snapshot.metrics_enabled(seg)
-    ok = consistent(table)
+    t = table[L.owner_state(table["owner"]) != L.SH_FREE]
+    ok = consistent(t).tolist()
+    col = {f: t[f].tolist() for f in ("owner", "start_time", "base", "recorded", "lost", "abandoned", "unused",
+                                      "last_ts")}
+    sevs = t["sev"].tolist()
     writers = []
-    for i, sh in enumerate(table):
-        w = int(sh["owner"])
-        st = L.owner_state(w)
-        if st == L.SH_FREE:
-            continue
-        alive = writer_alive(w, int(sh["start_time"]))
-        state = "active" if alive else "exited" if st == L.SH_EXITED else "dead"
-        if int(sh["base"]) != base:
-            writers.append(WriterSample(L.owner_pid(w), int(sh["start_time"]), state, True))
+    for k, w in enumerate(col["owner"]):
+        start = col["start_time"][k]
+        alive = writer_alive(w, start)
+        state = "active" if alive else "exited" if L.owner_state(w) == L.SH_EXITED else "dead"
+        if col["base"][k] != base:  # a cleared era's counters: none of this era's
+            writers.append(WriterSample(L.owner_pid(w), start, state, True))
             continue
         writers.append(WriterSample(
-            pid=L.owner_pid(w), start_time=int(sh["start_time"]), state=state, believed=bool(ok[i]),
-            recorded=int(sh["recorded"]), lost=int(sh["lost"]), abandoned=int(sh["abandoned"]),
-            unused=int(sh["unused"]), sev=tuple(int(x) for x in sh["sev"]),
-            last_ts=int(sh["last_ts"]) if metrics else 0))
+            pid=L.owner_pid(w), start_time=start, state=state, believed=bool(ok[k]),
+            recorded=col["recorded"][k], lost=col["lost"][k], abandoned=col["abandoned"][k],
+            unused=col["unused"][k], sev=tuple(sevs[k]), last_ts=col["last_ts"][k] if metrics else 0))
     untracked = snapshot.untracked(seg)[0] if metrics else 0
     return Sample(taken_ns=time.time_ns() if now_ns is None else now_ns, created_ns=seg.created_ns, era=base,
                   metrics=metrics, writers=tuple(writers), peers_untracked=untracked)
