@@ -395,8 +395,6 @@ def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: 
         past.append(f"{h.writers_dead} writer(s) dead")
     if since.rated:
         past.append(f"error rate {h.error_rate:.1%}")
-    if h.seqs_unused:
-        past.append(f"{h.seqs_unused} seqs unused")
     if h.peers_untracked:
         past.append(f"{h.peers_untracked} peer connects untracked")
     # (when the window covers the ring's whole life, the totals are its figures: not repeated)
@@ -408,4 +406,8 @@ def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: 
         h.message = "no events recorded yet"
     else:
         h.message = f"{win.recorded} events {span}, error rate {rate:.1%} {over}{tail}"
+    if h.seqs_unused and not any(r.condition == "seqs_unused" for r in reasons):
+        # not a problem at this level, but what the ring's capacity is short by: always said
+        h.message += (f"; {h.seqs_unused} sequence numbers left unused by writers paused mid-run since creation "
+                      f"(the ring holds up to that many fewer than {h.max_events} events)")
     return h
