@@ -76,7 +76,8 @@ Conditions (the worst one decides), judged over the last --window (default 5m):
 An incident older than the window no longer counts; the since-creation totals are still shown.
 A one-shot check has no history: it takes the window from the ring's creation if younger,
 else from the writers' last-event times (a writer that recorded within the window is taken
-whole: an upper bound). 'shmdiag serve' keeps a history and judges the window exactly.
+whole: an upper bound) and the error rate from the retained events' own timestamps.
+'shmdiag serve' keeps a history of the counters and judges the window exactly.
 See docs/health.md."""
 
 
