@@ -22,6 +22,7 @@ from typing import BinaryIO
 from shmdiag.core import layout as L
 from shmdiag.core import owners as _owners
 from shmdiag.core import reader as _reader
+from shmdiag.core import recent as _recent
 from shmdiag.core import snapshot as _snapshot
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
@@ -29,6 +30,7 @@ from shmdiag.core.follow import Follower, Gap, history
 from shmdiag.core.models import (
     DiagnosticEvent,
     DiagnosticStats,
+    HealthReason,
     HealthStatus,
     LatencyStats,
     NetworkDiagnostic,
@@ -37,7 +39,7 @@ from shmdiag.core.models import (
     WriterInfo,
 )
 from shmdiag.core.segment import Segment
-from shmdiag.core.shards import writer_alive, writer_counts
+from shmdiag.core.shards import writer_alive
 from shmdiag.export import stream as _export
 from shmdiag.views import health as _health
 from shmdiag.views import latency as _latency
@@ -83,6 +85,7 @@ class Inspector:
     _what: str  # "inspector", or "recorder" for a Recorder's own: errors name what was closed
     _closed: bool
     _release: Callable[[], object] | None  # unmaps an attached Inspector's segment
+    _history: _health.History  # samples of health_check() calls: the baselines of its windows
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("use Inspector.attach(name) to inspect a ring")
@@ -106,6 +109,7 @@ class Inspector:
         self._what = what
         self._closed = False
         self._release = None
+        self._history = _health.History()
         return self
 
     # -- identity --------------------------------------------------------------------------
@@ -236,24 +240,45 @@ class Inspector:
             self._check_open()
             return _stats.accounting(self._seg)
 
-    def health_check(self) -> HealthStatus:
-        """The ring's health. Never raises: a closed inspector reports ``stopped``. Dead writers
-        are reported (``writers_dead``), not reaped: that is the collector's and writers' job.
-        A killed collector (``collector_alive`` False) and a ring whose name was removed or
-        now leads to another segment (``detached``) are errors; a ring without a collector
+    def health_check(self, window: float = _health.DEFAULT_WINDOW, *,
+                     stall_after: float = _health.DEFAULT_STALL_AFTER,
+                     error_rate_min_severity: Severity | int | str = _health.DEFAULT_ERROR_RATE_MIN_SEVERITY,
+                     ) -> HealthStatus:
+        """The ring's health, its conditions judged over the last ``window`` seconds (loss,
+        deaths, error rate: an incident older than that no longer counts, its since-creation
+        totals stay in the figures). The error rate is over events at or above
+        ``error_rate_min_severity`` (INFO: DEBUG volume does not move it); ``stalled`` after
+        ``stall_after`` seconds without an event while writers are alive (0: never).
+
+        Each call keeps a sample of the counters, so a long-lived inspector judges the window
+        from its own history; a first call judges it from the writers' timestamps (see
+        ``shmdiag.views.health``). Raises ValueError/TypeError for a bad parameter, and nothing
+        else: a closed inspector reports ``stopped``. Dead writers are reported
+        (``writers_dead``, ``dead_writers``), not reaped: that is the collector's and writers'
+        job. A killed collector (``collector_alive`` False) and a ring whose name was removed
+        or now leads to another segment (``detached``) are errors; a ring without a collector
         (``collector_pid`` 0) expects none."""
+        policy = _health.Policy(window, stall_after, error_rate_min_severity)  # type: ignore[arg-type]
         with self._lock:
             if self._closed:
                 return HealthStatus(status="stopped", message=f"{self._what} is closed",
-                                    max_events=self._seg.config.max_events)
-            return self._health(_stats.compute(self._seg))
+                                    max_events=self._seg.config.max_events, window=policy.window,
+                                    stall_after=policy.stall_after,
+                                    error_rate_min_severity=policy.error_rate_min_severity.name,
+                                    reasons=[HealthReason("stopped", "stopped", f"{self._what} is closed")])
+            return self._health(_stats.compute(self._seg), policy, keep=True)
 
-    def _health(self, stats: DiagnosticStats) -> HealthStatus:
-        """Health from ``stats`` (computed once by a caller that needs both) and the books.
+    def _health(self, stats: DiagnosticStats, policy: _health.Policy | None = None, *,
+                keep: bool = False) -> HealthStatus:
+        """Health from ``stats`` (computed once by a caller that needs both) and the books;
+        ``keep``: add the counters' sample to this inspector's history.
         The caller holds the lock and has checked the inspector is open."""
         seg = self._seg
+        policy = policy or _health.Policy()
         acct = _stats.accounting(seg)
-        alive, dead = writer_counts(_snapshot.shards(seg)[1])
+        sample = _health.take_sample(seg)  # its writers' states: one liveness check per shard
+        alive = sum(w.state == "active" for w in sample.writers)
+        dead = sum(w.state == "dead" for w in sample.writers)
         h = HealthStatus(
             status="", message="", event_count=acct.retained, max_events=seg.capacity,
             total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
@@ -269,7 +294,12 @@ class Inspector:
         collector = _owners.collector_of(seg)
         if collector is not None:
             h.collector_pid, h.collector_alive = collector.pid, collector.alive
-        h.status, h.message = _health.classify(h)
+        baseline = self._history.baseline(sample.taken_ns, policy.window)
+        cutoff = _health.recent_needed(sample, baseline, policy)
+        recent = None if cutoff is None else _recent.severities_since(seg, cutoff)
+        h = _health.evaluate(h, sample, baseline, policy, recent)
+        if keep:
+            self._history.add(sample, policy.window)
         return h
 
     def stats_and_health(self) -> tuple[DiagnosticStats, HealthStatus]:

@@ -35,6 +35,7 @@ from shmdiag.core.shards import ShardManager, _fit_utf8
 from shmdiag.export import stream as _export
 from shmdiag.inspector import Inspector, _severity
 from shmdiag.views import stats as _stats
+from shmdiag.views.health import DEFAULT_ERROR_RATE_MIN_SEVERITY, DEFAULT_STALL_AFTER, DEFAULT_WINDOW
 
 # record_event of a lifecycle kind's type updates the peer as that kind does
 _LIFECYCLE = {k.name: k.flags & (L.F_LIFE_CONNECT | L.F_LIFE_DISCONNECT) for k in K.KINDS
@@ -321,12 +322,17 @@ class Recorder:
         + expired, exactly, with ``in_flight`` alongside (see :meth:`Inspector.accounting`)."""
         return self._insp.accounting()
 
-    def health_check(self) -> HealthStatus:
-        """Reap dead writers, then report health. Never raises: a closed recorder reports ``stopped``.
-        A ring whose name was removed or replaced is an ``error`` (logged once: see check_ring)."""
+    def health_check(self, window: float = DEFAULT_WINDOW, *, stall_after: float = DEFAULT_STALL_AFTER,
+                     error_rate_min_severity: Severity | int | str = DEFAULT_ERROR_RATE_MIN_SEVERITY,
+                     ) -> HealthStatus:
+        """Reap dead writers, then report health (see :meth:`Inspector.health_check` for the
+        window and the parameters). Raises ValueError/TypeError for a bad parameter, nothing
+        else: a closed recorder reports ``stopped``. A ring whose name was removed or replaced
+        is an ``error`` (logged once: see check_ring)."""
         with self._lock:
             self.reap_dead_writers()
-            h = self._insp.health_check()
+            h = self._insp.health_check(window, stall_after=stall_after,
+                                        error_rate_min_severity=error_rate_min_severity)
             if h.detached:
                 self._warn_detached(h.detached)
             return h

@@ -149,7 +149,9 @@ KILLABLE = textwrap.dedent(
 
 @pytest.mark.multiprocess
 def test_books_after_sigkilled_writers_are_reaped(make_recorder, procs):
-    rec = make_recorder(500)
+    # No health checks: its collector's rounds (and so its reaping) come every cleanup_interval
+    # (300 s), not every 5 s; here the test reaps.
+    rec = make_recorder(500, enable_health_check=False)
     for _ in range(6):
         p = subprocess.Popen([sys.executable, "-c", KILLABLE, rec.name], stdout=subprocess.PIPE)
         procs.append(p)

@@ -117,3 +117,35 @@ def attached_recorder(name: str) -> Recorder:
 
 def local_time(ts: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return "-" if ts is None else ts.astimezone().strftime(fmt)
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(text: str) -> float:
+    t = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if t.endswith(u)), "")
+    try:
+        v = float(t[: len(t) - len(unit)]) * _UNITS.get(unit, 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (seconds, or with a unit: 1.5s, 5m, 2h)") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite duration")
+    return v
+
+
+def seconds_arg(text: str) -> float:
+    """A positive duration: seconds, or with a unit (ms, s, m, h, d)."""
+    v = _seconds(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return v
+
+
+def seconds_or_off_arg(text: str) -> float:
+    """A duration >= 0 (0: off)."""
+    v = _seconds(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (0: off), got {text!r}")
+    return v

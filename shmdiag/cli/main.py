@@ -22,12 +22,13 @@ from shmdiag.cli._common import (
     UsageError,
     count_arg,
     err,
+    seconds_arg,
     severity_arg,
 )
 from shmdiag.cli.alerts import cmd_alert_rules, cmd_alerts
 from shmdiag.cli.export import cmd_export
 from shmdiag.cli.format import add_human_args
-from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
+from shmdiag.cli.inspect import _HEALTH_EPILOG, cmd_health, cmd_peers, cmd_stats, health_flags
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
@@ -35,6 +36,7 @@ from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
 from shmdiag.cli.top import _TOP_EPILOG, add_top_args, cmd_top
 from shmdiag.cli.watch import add_watch_args
 from shmdiag.cli.web import WEB_HELP, cmd_web, http_arg
+from shmdiag.collector import HEALTH_PERIOD
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import Severity
 
@@ -65,6 +67,9 @@ def build_parser() -> Parser:
                     help="TOML file of RecorderConfig fields, at the top level or under [shmdiag]")
     sp.add_argument("--http", type=http_arg, metavar="ADDR", help=WEB_HELP + "; refused at start if it cannot "
                     "be bound")
+    sp.add_argument("--health-interval", type=seconds_arg, default=HEALTH_PERIOD, metavar="DURATION",
+                    help=f"seconds between health checks (default {HEALTH_PERIOD:g}s; with health checks on)")
+    health_flags(sp)
     sp = cmd("web", "serve a running ring's /metrics, JSON API and dashboard over HTTP (read-only)", cmd_web)
     sp.add_argument("--http", type=http_arg, metavar="ADDR", default=("127.0.0.1", 9464),
                     help=WEB_HELP + " (default 127.0.0.1:9464)")
@@ -74,7 +79,10 @@ def build_parser() -> Parser:
     sp = cmd("stats", "event counts by type and severity since creation or the last clear; --watch adds rates",
              cmd_stats, json=True)
     add_watch_args(sp)
-    cmd("health", "health status; exit 0 healthy, 1 warning, 2 degraded/error", cmd_health, json=True)
+    sp = cmd("health", "health as a Nagios/Icinga probe: exit 0 OK, 1 WARNING, 2 CRITICAL (degraded, error, "
+             "stopped), 3 UNKNOWN (no such ring, unreadable, not a ring)", cmd_health, json=True,
+             epilog=_HEALTH_EPILOG)
+    health_flags(sp)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
     sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
                     help="show the N busiest peers (default 50, 0 = all)")

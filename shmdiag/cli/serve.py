@@ -149,7 +149,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except RingExistsError:
         rec = _adopt(cfg, given)
         adopted = True
-    collector = Collector(rec, log)
+    collector = Collector(rec, log, health_period=args.health_interval, window=args.window,
+                          stall_after=args.stall_after, error_rate_min_severity=args.error_rate_min_severity)
     alerts = AlertService(rec, alerting, ring=cfg.name, record=rec.record_event, logger=log)
     sig = None
     web = insp = None
@@ -178,7 +179,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             out(f"shmdiag: serving ring {n!r}: {cfg.max_events} events ({human_bytes(size)}), pid {os.getpid()}")
         cfg = rec.config
         out(f"  retention {cfg.retention_period:g}s, cleanup every {cfg.cleanup_interval:g}s, "
-            f"health check {'on' if cfg.enable_health_check else 'off'}, "
+            + (f"health check every {collector.period:g}s over the last {args.window:g}s, "
+               if cfg.enable_health_check else "health check off, ") +
             f"metrics {'on' if cfg.enable_metrics else 'off'}")
         am = f", to {alerting.alertmanager}" if alerting.alertmanager else ""
         hook = f", webhook {alerting.webhook}" if alerting.webhook else ""
@@ -216,7 +218,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 _SERVE_EPILOG = """\
 The collector owns the ring: retention cleanup every cleanup_interval, dead writers reaped,
-and a periodic health check whose changes are logged to stderr. SIGINT/SIGTERM/SIGHUP remove
+and a health check every --health-interval (5s), judged over the last --window (5m), whose
+every change of status is logged to stderr with its reasons; each writer found dead is logged
+once (pid, events recorded, lost, abandoned, its last event). See docs/health.md. SIGINT/SIGTERM/SIGHUP remove
 the ring. If serve is killed (SIGKILL, the OOM killer), the ring stays with all it holds, and
 'shmdiag serve NAME' started again adopts it (its settings must agree with those given); a
 ring in use, or a segment that is not a valid ring of this version, is refused and left alone.
