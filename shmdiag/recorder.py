@@ -213,7 +213,10 @@ class Recorder:
             room = self.text_budget(etype, peer) - len(message.encode("utf-8", "surrogatepass")) + (
                 len(error.encode("utf-8", "surrogatepass")) if error is not None else 0)
             meta, cut = _encode_metadata(event.metadata, max(0, room))
-            flags |= L.F_HAS_METADATA | (L.F_TRUNCATED if cut else 0)
+            if len(meta) > room:  # not even "{}": none kept, as if there were none (still truncated)
+                meta, flags = b"", flags | L.F_TRUNCATED
+            else:
+                flags |= L.F_HAS_METADATA | (L.F_TRUNCATED if cut else 0)
         if error is not None:
             flags |= L.F_HAS_ERROR
         ts = 0 if event.timestamp is None else (_reader.datetime_to_ns(event.timestamp) or 1)

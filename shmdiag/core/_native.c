@@ -25,6 +25,15 @@
  *   6. journal = (s, EXTRAS) with the outcome; the adds, jstep counting them (extras_apply)
  *   7. journal = (s, COUNTING) with the counters' old values; counters = old + 1; journal = idle
  *
+ * An event whose text does not fit one slot (fit_text) takes nslots consecutive seqs of the run
+ * (a new run of at least nslots is claimed when the current one has fewer left). After step 3
+ * for its first slot, it takes its continuation slots the same way (take_conts: never waiting,
+ * stopping early with its text cut when it cannot), and in step 4 writes and publishes them
+ * (ST_CONT, release) before the first slot is published in step 5: a reader that sees the first
+ * slot committed finds every continuation published, or since replaced (then it reads the first
+ * slot alone, truncated). Every live event its slots replaced is counted as overwritten (jmeta
+ * carries the count); the event itself is one event in every counter.
+ *
  * Step 7 stores "old + 1" rather than incrementing, so a reaper that finds a dead writer in
  * COUNTING can redo it idempotently; in earlier phases the counters are untouched and the reaper
  * applies them itself, after finishing the adds from jstep on in EXTRAS, or all of them in
