@@ -66,7 +66,8 @@ def test_export_structure_and_events(rec):
     assert conn["metadata"] == {"address": "203.0.113.5:8333"} and conn["error"] is None
     assert msg["severity"] == "DEBUG"
     assert msg["metadata"] == {"message_type": "inv", "direction": "inbound", "size": 37}
-    assert err["severity"] == "ERROR" and err["error"] == "TimeoutError: no pong" and err["metadata"] == {"operation": "ping"}
+    assert err["severity"] == "ERROR" and err["error"] == "TimeoutError: no pong"
+    assert err["metadata"] == {"operation": "ping"}
     assert custom == {
         "timestamp": custom["timestamp"], "event_type": "custom", "peer_id": "peer-2", "message": "hello",
         "severity": "WARNING", "metadata": {"height": 5, "list": [1, 2]}, "error": "E", "pid": os.getpid(),

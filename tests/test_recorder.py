@@ -10,7 +10,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-import orjson
 import pytest
 
 from shmdiag import (

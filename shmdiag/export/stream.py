@@ -115,7 +115,9 @@ def _render(seg: Segment, raw: np.ndarray, lead: bytes, trail: bytes) -> np.ndar
     """render_events for a chunk, with events of several slots read whole: their continuations
     are copied now (``reader.continuations``) and each such event is rendered by the reference
     path, in its place between the vectorised runs of one-slot events (they are few)."""
-    rows = np.flatnonzero(raw[:, _FLAGS_AT] & L.F_CONTINUED) if len(raw) else ()
+    if not len(raw):
+        return render_events(raw, lead, trail)
+    rows = np.flatnonzero(raw[:, _FLAGS_AT] & L.F_CONTINUED)
     if not len(rows):
         return render_events(raw, lead, trail)
     recs = raw.view(L.SLOT).reshape(len(raw))
