@@ -294,7 +294,7 @@ def _die_mid_event(name: str, stage: int) -> None:
         off = seg.slot_word((seq + k) % seg.capacity)
         prev = nat.load(off)
         assert L.w_state(prev) == L.ST_COMMITTED
-        assert nat.cas(off, prev, L.w_make(seq + k, 1, L.ST_BUSY))
+        assert nat.cas(off, prev, L.w_make(seq + k, 1 if k == 0 else L.SEV_CONT, L.ST_BUSY))
     nat.store(seg.shard_word(i, "jprev"), prev)
     nat.store(seg.shard_word(i, "jmeta"), L.jmeta_make(tidx, 1, 0, ncont=4, stage=stage, overwrote=stage))
     nat.store(seg.shard_word(i, "journal"), L.j_make(seq, L.PH_CLAIMED))
@@ -315,6 +315,15 @@ def test_writer_killed_mid_event_is_counted_once_and_never_read(make_recorder, s
     seg = rec._seg
     head = seg.era()[0]
     seq = head - 5
+    # a follower before the reap: the busy first slot is one unreadable event, its busy
+    # continuations nothing
+    before = follow.Follower(seg, seq - 2, pending_timeout=0.0)
+    out = before.poll()
+    time.sleep(0.01)  # the follower times a record in flight from the poll that first saw it claimed
+    out += before.poll()
+    gaps = [g for g in out if isinstance(g, follow.Gap)]
+    assert sum(g.unreadable for g in gaps) == 1 and sum(g.overwritten for g in gaps) == 0, gaps
+    assert [e.seq for e in out if not isinstance(e, follow.Gap)] == [seq - 2, seq - 1]
     fol = follow.Follower(seg, seq - 2, pending_timeout=0.0)
     assert rec.reap_dead_writers() == 1
     acct = rec.accounting()

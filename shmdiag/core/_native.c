@@ -100,7 +100,7 @@ typedef struct {
     Py_ssize_t flag_truncated, flag_life_connect, flag_life_disconnect, flag_has_error, flag_outbound;
     Py_ssize_t kind_message, kind_latency;
     /* events of several slots (layout.CONT) */
-    Py_ssize_t kind_cont, st_cont, flag_continued, text_max, cont_text, event_slots_max, stage_done,
+    Py_ssize_t kind_cont, st_cont, sev_cont, flag_continued, text_max, cont_text, event_slots_max, stage_done,
         cont_first, cont_more, cont_index, cont_count, cont_text_off;
     Py_ssize_t metrics;
     double log_gamma;   /* not in layout_keys: read as a float */
@@ -134,7 +134,7 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(out_clean), K(out_overwrote), K(out_lost),
     K(flag_truncated), K(flag_life_connect), K(flag_life_disconnect), K(flag_has_error), K(flag_outbound),
     K(kind_message), K(kind_latency),
-    K(kind_cont), K(st_cont), K(flag_continued), K(text_max), K(cont_text), K(event_slots_max), K(stage_done),
+    K(kind_cont), K(st_cont), K(sev_cont), K(flag_continued), K(text_max), K(cont_text), K(event_slots_max), K(stage_done),
     K(cont_first), K(cont_more), K(cont_index), K(cont_count), K(cont_text_off),
     K(metrics),
 #undef K
@@ -683,7 +683,7 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
         L->base_slots < 1 || L->seq_bits < 32 || L->seq_bits > 56 || L->run_max < 1 || L->run_max > L->capacity ||
         L->run_len_bits < 7 || L->run_max >= ((Py_ssize_t)1 << L->run_len_bits) || L->run_len_bits + L->seq_bits > 62 ||
         L->text_size > 255 || L->slot_text + L->text_size > L->slot_size ||
-        L->event_slots_max < 1 || L->event_slots_max > 255 || L->event_slots_max > L->capacity ||
+        L->sev_cont >= ((Py_ssize_t)1 << L->w_sev_bits) || L->event_slots_max < 1 || L->event_slots_max > 255 || L->event_slots_max > L->capacity ||
         L->event_slots_max >= ((Py_ssize_t)1 << L->run_len_bits) || L->cont_text < 1 ||
         L->cont_text_off + L->cont_text > L->slot_size || L->text_max > 65535 || L->stage_done > 255 ||
         L->cont_more + 6 > L->slot_size || L->cont_first + 8 > L->slot_size ||
@@ -923,7 +923,8 @@ static __attribute__((noinline)) Py_ssize_t fit_text(const Mapping *m, long kind
 }
 
 /* Take the continuation slots seq+1 .. seq+nslots-1 (this process's run holds those seqs), one
- * CAS each from an older, non-busy word to BUSY, as the first slot was taken; stop at the first
+ * CAS each from an older, non-busy word to BUSY (severity bits sev_cont: a continuation), as the
+ * first slot was taken; stop at the first
  * that cannot be taken without waiting (a newer record or a busy one), or when the run turns
  * out older than run_ttl_ns (the word is put back, as for the first slot). Returns the slots the
  * event has (1 + continuations taken). *over counts the live events their CASes replaced.
@@ -933,7 +934,7 @@ static __attribute__((noinline)) Py_ssize_t fit_text(const Mapping *m, long kind
  * before it), so if cont k is found BUSY, its CAS happened and jprev says what it replaced;
  * after the loop: stage_done with the count taken and the final *over. */
 static __attribute__((noinline)) Py_ssize_t take_conts(Mapping *self, char *sh, uint64_t seq, Py_ssize_t nslots,
-                                                       unsigned sev, uint64_t base, uint64_t meta0, uint64_t *over) {
+                                                       uint64_t base, uint64_t meta0, uint64_t *over) {
     const Layout *L = &self->L;
     uint64_t ncont = (uint64_t)(nslots - 1);
     Py_ssize_t k;
@@ -944,7 +945,7 @@ static __attribute__((noinline)) Py_ssize_t take_conts(Mapping *self, char *sh, 
         if (cur != 0 && (w_seq1(L, cur) >= s + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) break;
         st_rlx(sh + L->shard_jprev, cur);
         st_rlx(sh + L->shard_jmeta, meta0 | (ncont << 32) | ((uint64_t)k << 40) | (*over << 48));
-        if (!__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, s, sev, L->st_busy), 0, __ATOMIC_ACQ_REL,
+        if (!__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, s, (unsigned)L->sev_cont, L->st_busy), 0, __ATOMIC_ACQ_REL,
                                          __ATOMIC_ACQUIRE))
             break;
         int64_t now = mono_ns();
@@ -963,8 +964,9 @@ static __attribute__((noinline)) Py_ssize_t take_conts(Mapping *self, char *sh, 
 
 /* Write and publish the ncont continuation slots of the event at seq (taken by take_conts): the
  * rest of f1, f2, f3 after their first parts (lens), one after the other, cont_text bytes per
- * slot; each slot checksummed like a record and published ST_CONT with a release store. */
-static __attribute__((noinline)) void write_conts(Mapping *self, uint64_t seq, Py_ssize_t ncont, unsigned sev,
+ * slot; each slot checksummed like a record and published ST_CONT (severity bits sev_cont) with
+ * a release store. */
+static __attribute__((noinline)) void write_conts(Mapping *self, uint64_t seq, Py_ssize_t ncont,
                                                   const char **tp, const unsigned char *lens, const Py_ssize_t *full) {
     const Layout *L = &self->L;
     uint16_t more[3];
@@ -994,7 +996,7 @@ static __attribute__((noinline)) void write_conts(Mapping *self, uint64_t seq, P
         uint64_t sum = 0;
         for (Py_ssize_t i = 0; i < self->nwords; i++) sum += U64(rec)[i] * self->keys[i];
         *U64(rec + L->slot_checksum) = sum;
-        st_rel(rec + L->slot_w, w_make(L, s, sev, L->st_cont));
+        st_rel(rec + L->slot_w, w_make(L, s, (unsigned)L->sev_cont, L->st_cont));
     }
 }
 
@@ -1117,7 +1119,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     uint64_t over = outcome == (uint64_t)L->out_overwrote;
     if (nslots > 1 && outcome != (uint64_t)L->out_lost) {
         uint64_t meta0 = (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16);
-        Py_ssize_t got = take_conts(self, sh, seq, nslots, (unsigned)sev, base, meta0, &over);
+        Py_ssize_t got = take_conts(self, sh, seq, nslots, base, meta0, &over);
         if (got < nslots) {
             nslots = fit_text(self, kind, tp, tn, got, lens, full, &flags);
             flags |= L->flag_truncated;
@@ -1150,7 +1152,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         for (int i = 0; i < 5; i++) { memcpy(text, tp[i], lens[i]); text += lens[i]; }
         /* The continuations are published before the first slot (release stores, in order), so
          * a reader that sees the first slot committed finds them published or since replaced. */
-        if (nslots > 1) write_conts(self, seq, nslots - 1, (unsigned)sev, tp, lens, full);
+        if (nslots > 1) write_conts(self, seq, nslots - 1, tp, lens, full);
         /* The checksum covers every word but the slot word and itself, stale bytes included: a
          * reader that finds it wrong has a torn or foreign record and never returns it. */
         uint64_t sum = 0;

@@ -10,8 +10,9 @@ shards:
   words, fence, records, fence, words again, checksum);
 * the slot holds a newer sequence number: the ring went round and overwrote it before we read
   it (or its writer found the slot taken and dropped it): counted, reported as *overwritten*;
-* the slot holds it as a continuation (``ST_CONT``): part of the event before it (delivered whole
-  with that one), not an event: skipped without a word;
+* the slot holds it as a continuation (``ST_CONT``, or busy with severity bits ``SEV_CONT``):
+  part of the event before it (delivered whole with that one, or counted with it), not an event:
+  skipped without a word;
 * the slot holds it, deleted: retention cleanup expired it, or a reaper freed the slot of a
   writer that died inside the record: counted, reported as *unreadable*;
 * the slot holds it, busy: its writer is inside the record right now. Delivery stops there,
@@ -259,7 +260,8 @@ class Follower:
             committed = same & (state == L.ST_COMMITTED)
             gone = nz & (ws > seqs)
             deleted = same & (state == L.ST_DELETED)
-            cont = same & (state == L.ST_CONT)  # part of the event before it: never an event, never a gap
+            # Part of the event before it, published or still being written: never an event, never a gap.
+            cont = same & ((state == L.ST_CONT) | ((state == L.ST_BUSY) & (L.w_severity(w) == L.SEV_CONT)))
             cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
             cls[cont] = _QUIET
             unwritten = _unwritten(w, ws, seqs)

@@ -65,6 +65,9 @@ def run_max(capacity: int) -> int:
 # Slot word states. ST_CONT: a continuation slot (see CONT below), published: never an event of its
 # own, so everything that keeps ST_COMMITTED words counts and reads one event per event.
 ST_COMMITTED, ST_BUSY, ST_DELETED, ST_CONT = 0, 1, 2, 3
+# The severity bits of a continuation slot's word, busy (being written) or published: no
+# severity (those are 0..4), so a reader tells a continuation in flight from an event in flight.
+SEV_CONT = 7
 W_STATE_BITS, W_SEV_BITS = 2, 3
 W_SEQ_SHIFT = W_STATE_BITS + W_SEV_BITS
 
@@ -647,7 +650,7 @@ def native_layout(header: np.void) -> dict[str, object]:
         msg_types=MSG_TYPES, msg_name_size=MSG_NAME_SIZE,
         ops_off=int(header["ops_off"]), op_size=OP.itemsize, op_slots=OP_SLOTS, op_name_size=OP_NAME_SIZE,
         bank_size=OP_BANK.itemsize, op_buckets=OP_BUCKETS, flag_has_error=F_HAS_ERROR, flag_outbound=F_OUTBOUND,
-        kind_message=KIND_MESSAGE, kind_latency=KIND_LATENCY, kind_cont=KIND_CONTINUATION, st_cont=ST_CONT,
+        kind_message=KIND_MESSAGE, kind_latency=KIND_LATENCY, kind_cont=KIND_CONTINUATION, st_cont=ST_CONT, sev_cont=SEV_CONT,
         flag_continued=F_CONTINUED, text_max=TEXT_MAX, cont_text=CONT_TEXT,
         event_slots_max=event_slots_max(int(header["capacity"])), stage_done=STAGE_DONE,
         cont_first=offset(CONT, "first"), cont_more=offset(CONT, "more"), cont_index=offset(CONT, "index"),

@@ -218,8 +218,8 @@ class ShardManager:
         # as events (their first slot is not committed: no reader reaches them).
         ncont, stage, overwrote = L.jmeta_conts(meta)
         conts_freed = {k for k in range(1, ncont + 1)
-                       if nat.cas(seg.slot_word((seq + k) % seg.capacity), L.w_make(seq + k, sev, L.ST_BUSY),
-                                  L.w_make(seq + k, sev, L.ST_CONT))}
+                       if nat.cas(seg.slot_word((seq + k) % seg.capacity), L.w_make(seq + k, L.SEV_CONT, L.ST_BUSY),
+                                  L.w_make(seq + k, L.SEV_CONT, L.ST_CONT))}
         if seq < base or nat.load(word("base")) != base:
             nat.store(word("journal"), 0)  # an event of a cleared era: nothing to count
             return
