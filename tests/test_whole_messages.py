@@ -406,3 +406,11 @@ def test_logging_handler_keeps_message_whole_and_traceback_within_budget(rec):
     assert big.truncated is False
     assert small.message == "small" and small.error.startswith("Traceback (most recent call last):\n")
     assert small.error.count("\n  File ") >= 4 and small.error.endswith("ValueError: short")
+
+
+def test_the_continued_flag_is_the_writers_own(rec):
+    """A caller's flags never claim continuations that are not there."""
+    tidx = rec._shards.type_index("t")
+    rec._write(L.KIND_EVENT, 1, L.F_CONTINUED, tidx, 0, 0, "t", "", b"", "", "short")
+    (e,) = rec.get_events(0)
+    assert (e.message, e.truncated) == ("short", False)

@@ -1029,6 +1029,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     for (int i = 0; i < 5; i++)
         if (get_text(args[6 + i], &tp[i], &tn[i])) return NULL;
     if (ts == 0) ts = now_ns();
+    flags &= ~L->flag_continued;   /* the writer's to set, when it writes continuations */
 
     /* Fit the five texts: in one slot when they fit as they are (every hot path), else in as
      * many as they need (fit_text). */
