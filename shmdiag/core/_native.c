@@ -925,9 +925,13 @@ static __attribute__((noinline)) Py_ssize_t fit_text(const Mapping *m, long kind
 /* Take the continuation slots seq+1 .. seq+nslots-1 (this process's run holds those seqs), one
  * CAS each from an older, non-busy word to BUSY (severity bits sev_cont: a continuation), as the
  * first slot was taken; stop at the first
- * that cannot be taken without waiting (a newer record or a busy one), or when the run turns
- * out older than run_ttl_ns (the word is put back, as for the first slot). Returns the slots the
+ * that cannot be taken without waiting (a newer record or a busy one). Returns the slots the
  * event has (1 + continuations taken). *over counts the live events their CASes replaced.
+ *
+ * Unlike the first slot, a continuation may be taken after its run is older than run_ttl_ns (a
+ * writer descheduled in the middle of a long event): a follower that already took its seq for
+ * one never written loses nothing, since a continuation is never an event to it, and the event
+ * itself is its first slot, taken in time and still busy, where the follower waits.
  *
  * For a reaper (core/shards.py, _settle_journal), before each CAS: "jprev" = the expected word,
  * "jmeta" = meta0 | ncont << 32 | k << 40 | *over << 48 (the CAS's release half orders them
@@ -948,12 +952,6 @@ static __attribute__((noinline)) Py_ssize_t take_conts(Mapping *self, char *sh, 
         if (!__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, s, (unsigned)L->sev_cont, L->st_busy), 0, __ATOMIC_ACQ_REL,
                                          __ATOMIC_ACQUIRE))
             break;
-        int64_t now = mono_ns();
-        self->last_mono = now;
-        if (now - self->bt0 > L->run_ttl_ns) {
-            st_rel(wp, cur);
-            break;
-        }
         if (cur != 0 && w_state(L, cur) == (uint64_t)L->st_committed && w_seq1(L, cur) - 1 >= base &&
             w_seq1(L, cur) - 1 < s)
             (*over)++;

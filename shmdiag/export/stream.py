@@ -24,7 +24,7 @@ from shmdiag.export.dicts import OPTS, event_to_dict, health_to_dict, stats_to_d
 from shmdiag.export.templates import render_events
 
 __all__ = ["CHUNK", "BinaryIO", "ExportCount", "Progress", "check_format", "export_bytes", "export_head",
-           "write_export"]
+           "render_chunk", "write_export"]
 
 CHUNK = 16384  # records per chunk: a few MB of working memory, whatever the ring's size
 
@@ -93,7 +93,7 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
         lead, trail = b"", b"\n"
     written = skipped = 0
     for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk):
-        data = _render(seg, raw, lead, trail)
+        data = render_chunk(seg, raw, lead, trail)
         if len(data):
             _write_all(fp, data.data[1:] if lead and not written else data.data)
         written += len(raw)
@@ -111,7 +111,7 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
 _FLAGS_AT = L.offset(L.SLOT, "flags")
 
 
-def _render(seg: Segment, raw: np.ndarray, lead: bytes, trail: bytes) -> np.ndarray:
+def render_chunk(seg: Segment, raw: np.ndarray, lead: bytes = b"", trail: bytes = b"\n") -> np.ndarray:
     """render_events for a chunk, with events of several slots read whole: their continuations
     are copied now (``reader.continuations``) and each such event is rendered by the reference
     path, in its place between the vectorised runs of one-slot events (they are few)."""
