@@ -47,7 +47,14 @@ _TYPE_ERROR = L.BUILTIN_TYPES.index("error")
 _TYPE_LATENCY = L.BUILTIN_TYPES.index("latency")
 assert (K.MESSAGE.code, _TYPE_MESSAGE) == (3, 2)  # record_message writes them as literals
 _MAX_NS = (1 << 63) - 1
-_LOG_CAP = L.TEXT_SIZE + 64  # characters of a log line's message: the ring's text and a template
+_LOG_CAP = L.TEXT_MAX + 64  # characters of a log line's message: the ring's text and a template
+
+
+def _error_text(err: BaseException) -> str:
+    """An exception as its traceback's last line says it: ``KeyError: 'feefilter'``, or the
+    type alone when it has no text."""
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _need_str(value: object, what: str, *, nonempty: bool = False) -> str:
@@ -202,9 +209,15 @@ class Recorder:
         flags = _LIFECYCLE.get(etype, 0) if peer else 0
         meta = b""
         if event.metadata is not None:
-            room = L.TEXT_SIZE - len(_fit_utf8(etype.encode(), L.TYPE_CAP)) - len(_fit_utf8(peer.encode(), L.PEER_CAP))
-            meta, cut = _encode_metadata(event.metadata, room)
-            flags |= L.F_HAS_METADATA | (L.F_TRUNCATED if cut else 0)
+            # Metadata gets what the message and the error leave (the writer's priority: see
+            # layout.text_budget), so whole keys are dropped here rather than the JSON cut there.
+            room = self.text_budget(etype, peer) - len(message.encode("utf-8", "surrogatepass")) + (
+                len(error.encode("utf-8", "surrogatepass")) if error is not None else 0)
+            meta, cut = _encode_metadata(event.metadata, max(0, room))
+            if len(meta) > room:  # not even "{}": none kept, as if there were none (still truncated)
+                meta, flags = b"", flags | L.F_TRUNCATED
+            else:
+                flags |= L.F_HAS_METADATA | (L.F_TRUNCATED if cut else 0)
         if error is not None:
             flags |= L.F_HAS_ERROR
         ts = 0 if event.timestamp is None else (_reader.datetime_to_ns(event.timestamp) or 1)
@@ -212,6 +225,14 @@ class Recorder:
         self._write(L.KIND_EVENT, sev, flags, tidx, ts, 0, etype, peer, meta, error or "", message)
         if log and sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
             self._log(sev, etype, peer, message)
+
+    def text_budget(self, event_type: str = "", peer_id: str = "") -> int:
+        """Bytes (UTF-8) of message, error and metadata together that one event of this type and
+        peer keeps whole on this ring (``layout.TEXT_MAX`` on rings of 512 events and more).
+        Beyond it the message keeps priority over the error, and the error over the metadata;
+        the event says ``truncated``."""
+        return L.text_budget(self._seg.capacity, len(_fit_utf8(event_type.encode(), L.TYPE_CAP)),
+                             len(_fit_utf8(peer_id.encode(), L.PEER_CAP)))
 
     def record_peer_connection(self, peer_id: str, address: str) -> None:
         if type(peer_id) is not str or not peer_id or type(address) is not str:  # a crawler's hot path: checks inline
@@ -255,7 +276,7 @@ class Recorder:
         _need_str(operation, "operation")
         if err is None:
             raise TypeError("err must be an exception or a str, not None")
-        text = err if isinstance(err, str) else str(err) or type(err).__name__
+        text = err if isinstance(err, str) else _error_text(err)
         sev = 3 if peer_id else 4
         self._write(L.KIND_ERROR, sev, L.F_HAS_ERROR, _TYPE_ERROR, 0, 0, "", peer_id, operation, text, "")
         if sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
@@ -287,7 +308,7 @@ class Recorder:
         if error is None:
             self._write(L.KIND_LATENCY, 0, 0, _TYPE_LATENCY, 0, ns, "", peer_id, op, "", "")
             return
-        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        text = _error_text(error)
         self._write(L.KIND_LATENCY, 3, L.F_HAS_ERROR, _TYPE_LATENCY, 0, ns, "", peer_id, op, text, "")
         if self._log_min <= 3 and self._logger.isEnabledFor(logging.ERROR):
             self._log(3, K.LATENCY.name, peer_id, K.LATENCY.log_line(op=op, error=text))

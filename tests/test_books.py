@@ -104,7 +104,8 @@ def _die_counting(name: str) -> None:
     overwrote = nat.load(seg.shard_word(i, "overwritten")) == before[1] + 1
     for k, v in enumerate(before):
         nat.store(seg.shard_word(i, "jbefore", k), v)
-    nat.store(seg.shard_word(i, "jmeta"), L.jmeta_make(2, 0, 0, L.OUT_OVERWROTE if overwrote else L.OUT_CLEAN))
+    nat.store(seg.shard_word(i, "jmeta"), L.jmeta_make(2, 0, 0, L.OUT_OVERWROTE if overwrote else L.OUT_CLEAN,
+                                                       overwrote=int(overwrote)))
     nat.store(seg.shard_word(i, "journal"), L.j_make(seq, L.PH_COUNTING))
     nat.store(seg.shard_word(i, "recorded"), before[0])
     os.kill(os.getpid(), signal.SIGKILL)

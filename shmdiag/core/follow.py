@@ -10,6 +10,9 @@ shards:
   words, fence, records, fence, words again, checksum);
 * the slot holds a newer sequence number: the ring went round and overwrote it before we read
   it (or its writer found the slot taken and dropped it): counted, reported as *overwritten*;
+* the slot holds it as a continuation (``ST_CONT``, or busy with severity bits ``SEV_CONT``):
+  part of the event before it (delivered whole with that one, or counted with it), not an event:
+  skipped without a word;
 * the slot holds it, deleted: retention cleanup expired it, or a reaper freed the slot of a
   writer that died inside the record: counted, reported as *unreadable*;
 * the slot holds it, busy: its writer is inside the record right now. Delivery stops there,
@@ -49,7 +52,7 @@ import numpy as np
 from shmdiag.core import _native
 from shmdiag.core import layout as L
 from shmdiag.core.models import DiagnosticEvent
-from shmdiag.core.reader import Accept, copy_records, decode, newest_events
+from shmdiag.core.reader import Accept, continuations, copy_records, decode, newest_events
 from shmdiag.core.segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
@@ -257,7 +260,10 @@ class Follower:
             committed = same & (state == L.ST_COMMITTED)
             gone = nz & (ws > seqs)
             deleted = same & (state == L.ST_DELETED)
+            # Part of the event before it, published or still being written: never an event, never a gap.
+            cont = same & ((state == L.ST_CONT) | ((state == L.ST_BUSY) & (L.w_severity(w) == L.SEV_CONT)))
             cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
+            cls[cont] = _QUIET
             unwritten = _unwritten(w, ws, seqs)
             tail = unwritten & (seqs > np.uint64(top)) if top >= 0 else unwritten  # the unwritten top
             cls[unwritten & ~tail & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
@@ -268,6 +274,7 @@ class Follower:
             cls[filtered] = _QUIET
             want = np.flatnonzero(committed & ~filtered)
             recs, valid = copy_records(seg, pos[want], w[want])
+            more = continuations(seg, recs, valid)
             # A record that changed under the copy was overwritten meanwhile, or holds bad bytes:
             # it stays in flight and the next poll sees which.
             cls[want[valid]] = _DELIVER
@@ -281,14 +288,15 @@ class Follower:
                 stop = int(blocking[0]) if len(blocking) else len(seqs)
             else:
                 stop = len(seqs)
-            self._emit(cls[:stop], recs, rec_of, start, out)
+            self._emit(cls[:stop], recs, rec_of, start, out, more)
             self.cursor = start + stop
             if stop < len(seqs):
                 break
         self._flush_gap(out)
         return out
 
-    def _emit(self, cls: np.ndarray, recs: np.ndarray, rec_of: np.ndarray, start: int, out: list) -> None:
+    def _emit(self, cls: np.ndarray, recs: np.ndarray, rec_of: np.ndarray, start: int, out: list,
+              more: dict | None = None) -> None:
         if not len(cls):
             return
         edges = np.flatnonzero(np.diff(cls)) + 1
@@ -298,7 +306,8 @@ class Follower:
             kind = int(cls[a])
             if kind == _DELIVER:
                 for i in range(a, b):
-                    e = decode(recs[rec_of[i]])
+                    r = int(rec_of[i])
+                    e = decode(recs[r], more.get(r) if more else None)
                     if accept is None or accept(e):
                         self._flush_gap(out)
                         out.append(e)

@@ -114,8 +114,9 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
     found: list[DiagnosticEvent] = []
 
     def take(recs: np.ndarray) -> bool:
-        for rec in recs[::-1]:  # newest first
-            e = decode(rec)
+        more = continuations(seg, recs)
+        for i in range(len(recs) - 1, -1, -1):  # newest first
+            e = decode(recs[i], more.get(i))
             if accept is None or accept(e):
                 found.append(e)
                 if len(found) == n:
@@ -155,7 +156,7 @@ def read_events(seg: Segment, limit: int, min_severity: int) -> list[DiagnosticE
         return newest_events(seg, limit, min_severity)
     idx, w = newest(*retained_slots(seg, min_severity), 0)
     recs, valid = copy_records(seg, idx, w)
-    return [decode(r) for r in recs[valid]]
+    return decode_records(seg, recs[valid])
 
 
 def _text(raw: bytes) -> str:
@@ -191,9 +192,82 @@ _DECODERS = {k.code: (k, [(f.name, f.when, _getter(f)) for f in k.fields]) for k
 _GENERIC = _DECODERS[K.KIND_EVENT]  # copy_records refuses other codes; decode() reads them as events
 
 
-def decode(rec: np.void) -> DiagnosticEvent:
+More = tuple[bytes, bytes, bytes]  # what an event's continuation slots hold of f1, f2, f3
+
+
+def _copy_conts(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the slots of ``seqs`` as continuation slots (layout.CONT), as copy_records copies
+    records; valid: the word said ST_CONT of that very seq before and after, the copy holds the
+    same word, the checksum holds and the kind byte is KIND_CONTINUATION."""
+    pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
+    seg.native.fence()
+    w = seg.slots["w"][pos]
+    seg.native.fence()
+    words = seg.slot_words[pos]
+    seg.native.fence()
+    w_after = seg.slots["w"][pos]
+    recs = words.view(L.CONT).reshape(len(pos))
+    valid = (w != 0) & (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_CONT) & (w_after == w) & (recs["w"] == w)
+    valid &= words @ _KEYS == recs["checksum"]
+    valid &= recs["kind"] == L.KIND_CONTINUATION
+    return recs, valid
+
+
+def continuations(seg: Segment, recs: np.ndarray, valid: np.ndarray | None = None) -> dict[int, More | None]:
+    """For each record of ``recs`` (validated records, from copy_records; only those where
+    ``valid`` says so) that says F_CONTINUED: the rest of its f1, f2, f3 from its continuation
+    slots, or None when any of them is gone (overwritten since, being rewritten, never
+    published by a writer that died) or fails a check: the event then reads from its first slot
+    alone, truncated. Keyed by row. Two gathers: every first continuation (which says how many
+    follow), then the others; a continuation is taken only if it names this record's sequence
+    number, its own index and the same count and lengths as the first."""
+    flags = recs["flags"] & np.uint8(L.F_CONTINUED)
+    sel = flags != 0 if valid is None else (flags != 0) & valid
+    rows = np.flatnonzero(sel)
+    if not len(rows):
+        return {}
+    out: dict[int, More | None] = {int(r): None for r in rows.tolist()}
+    first = L.w_seq(recs["w"][rows])
+    c1, ok1 = _copy_conts(seg, first + np.uint64(1))
+    count = c1["count"].astype(np.int64)
+    ok1 &= (c1["first"] == first) & (c1["index"] == 1) & (count >= 1) & (count < L.EVENT_SLOTS_MAX)
+    more = c1["more"].astype(np.int64)
+    ok1 &= more.sum(axis=1) <= count * L.CONT_TEXT
+    keep = np.flatnonzero(ok1)
+    if not len(keep):
+        return out
+    n = count[keep]
+    owner = np.repeat(keep, n)                        # position in rows, per continuation
+    k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + 1   # 1..count per event
+    seqs = first[owner] + k.astype(np.uint64)
+    cs, ok = _copy_conts(seg, seqs)
+    ok &= (cs["first"] == first[owner]) & (cs["index"] == k) & (cs["count"] == count[owner])
+    ok &= (cs["more"] == c1["more"][owner]).all(axis=1)
+    bad = np.zeros(len(rows), dtype=bool)
+    bad[owner[~ok]] = True
+    texts = cs["text"]
+    start = 0
+    for j, m in zip(keep.tolist(), n.tolist(), strict=True):
+        if not bad[j]:
+            blob = texts[start: start + m].tobytes()
+            a, b, c = (int(x) for x in more[j])
+            out[int(rows[j])] = (blob[:a], blob[a: a + b], blob[a + b: a + b + c])
+        start += m
+    return out
+
+
+def decode_records(seg: Segment, recs: np.ndarray) -> list[DiagnosticEvent]:
+    """Decode validated records (from copy_records), events of several slots whole (their
+    continuations read now: see :func:`continuations`)."""
+    more = continuations(seg, recs)
+    return [decode(rec, more.get(i)) for i, rec in enumerate(recs)]
+
+
+def decode(rec: np.void, more: More | None = None) -> DiagnosticEvent:
     """Turn one validated record into an event, rendering its text now, not at write time, as
-    its kind's entry in core/kinds.py says."""
+    its kind's entry in core/kinds.py says. A record that says F_CONTINUED needs ``more``, what
+    its continuation slots hold (:func:`continuations`); without it the event is its first
+    slot's text alone, marked truncated."""
     lens = [int(x) for x in rec["lens"]]
     text = rec["text"].tobytes()
     parts, pos = [], 0
@@ -203,6 +277,11 @@ def decode(rec: np.void) -> DiagnosticEvent:
     kind, getters = _DECODERS.get(int(rec["kind"]), _GENERIC)
     flags, value = int(rec["flags"]), int(rec["value"])
     truncated = bool(flags & L.F_TRUNCATED)
+    if flags & L.F_CONTINUED:
+        if more is None:
+            truncated = True
+        else:
+            parts[2:] = [parts[2] + more[0], parts[3] + more[1], parts[4] + more[2]]
     values: dict[str, object] = {}
     for name, when, get in getters:
         v = None if when and not flags & when else get(parts, value, flags)
