@@ -151,7 +151,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         adopted = True
     collector = Collector(rec, log, health_period=args.health_interval, window=args.window,
                           stall_after=args.stall_after, error_rate_min_severity=args.error_rate_min_severity)
-    alerts = AlertService(rec, alerting, ring=cfg.name, record=rec.record_event, logger=log)
+    # alert events go into the ring without a second log line (AlertService logs each transition)
+    alerts = AlertService(rec, alerting, ring=cfg.name, record=lambda e: rec.record_event(e, log=False),
+                          logger=log)
     sig = None
     web = insp = None
     try:
