@@ -24,7 +24,7 @@ from shmdiag.cli._common import (
     err,
     severity_arg,
 )
-from shmdiag.cli.export import cmd_export
+from shmdiag.cli.export import _EXPORT_EPILOG, cmd_export
 from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
@@ -65,8 +65,8 @@ def build_parser() -> Parser:
     cmd("stats", "event counts by type and severity since creation or the last clear", cmd_stats, json=True)
     cmd("health", "health status; exit 0 healthy, 1 warning, 2 degraded/error", cmd_health, json=True)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
-    sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
-                    help="show the N busiest peers (default 50, 0 = all)")
+    sp.add_argument("--limit", type=count_arg, default=None, metavar="N",
+                    help="show the N busiest peers (0 = all; default 50, or all with --json)")
     sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG)
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
     sp.add_argument("-n", type=count_arg, default=10, metavar="N", help="how many past events (default 10)")
@@ -76,9 +76,12 @@ def build_parser() -> Parser:
     sp.add_argument("--peer", action="append", metavar="P", help="only events of this peer (repeatable)")
     sp = cmd("top", "live full-screen view (q quits)", cmd_top)
     sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
-    sp = cmd("export", "export the retained events with stats and health", cmd_export)
+    sp = cmd("export", "export the retained events with stats and health", cmd_export, epilog=_EXPORT_EPILOG)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
+    sp.add_argument("--meta", metavar="FILE", help="also write the export's metadata (the json document "
+                    "without its events) to FILE: for ndjson, whose lines are events only")
+    sp.add_argument("--with-peers", action="store_true", help="include the peers and the writer processes")
     cmd("clear", "forget every retained event and zero the stats", cmd_clear)
     sp = cmd("demo", "record a simulated node from several processes and show the result", cmd_demo, ring=False)
     sp.add_argument("--writers", type=int, default=4, help="writer processes (default 4)")

@@ -1,24 +1,65 @@
-"""Read models as plain dicts, for orjson: events, stats, health; and the per-event export.
+"""Read models as plain dicts, for orjson: the one place the JSON names are chosen.
+
+Every JSON shape shmdiag writes is made here (the fast exporter, ``export/templates.py``,
+renders exactly :func:`event_to_dict`'s shape), so the vocabulary is the same everywhere
+(``docs/json.md``, ``shmdiag/schemas``):
+
+* every object a command writes on its own starts with ``schema_version`` and ``kind``
+  (``export/schema.py``); an export's ``stats``/``health``/``peers`` sections are those same
+  objects, so a section cut out of an export is what the command prints;
+* one name per concept: ``retained``, ``capacity``, ``total_events``, ``overwritten``,
+  ``lost``, ``abandoned``, ``expired``, ``in_flight``, ``writers_alive``, ``untracked_peers``...;
+  the dataclasses keep their Python attribute names (the public API), renamed here;
+* times are ISO-8601 UTC with a ``Z`` (orjson's ``OPT_UTC_Z``), durations numbers of seconds.
 
 ``export_json`` (every event through ``decode()`` and :func:`event_to_dict`) is the reference
-the fast exporter (``export/templates.py``) is tested against, and what ``bench/`` compares
-it with.
+the fast exporter is tested against, and what ``bench/`` compares it with.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import orjson
 
-from shmdiag.core.models import DiagnosticEvent, DiagnosticStats, HealthStatus
+from shmdiag.core.follow import Gap
+from shmdiag.core.models import (
+    DiagnosticEvent,
+    DiagnosticStats,
+    HealthStatus,
+    LatencyStats,
+    NetworkDiagnostic,
+    PeerDiagnostic,
+    WriterInfo,
+)
+from shmdiag.export.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from shmdiag.core.rings import RingInfo
 
 OPTS = orjson.OPT_UTC_Z  # datetimes as UTC with a Z, as every export writes them
 
 
+def _doc(kind: str) -> dict:
+    """The start of every top-level object: its version and what it is."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind}
+
+
+def _renamed(d: dict, names: Mapping[str, str]) -> dict:
+    """``d`` with the keys of ``names`` renamed, in order; other keys unchanged."""
+    return {names.get(k, k): v for k, v in d.items()}
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+
+
 def event_to_dict(e: DiagnosticEvent) -> dict:
     return {
+        **_doc("event"),
         "timestamp": e.timestamp,
         "event_type": e.event_type,
         "peer_id": e.peer_id,
@@ -32,25 +73,116 @@ def event_to_dict(e: DiagnosticEvent) -> dict:
     }
 
 
+def gap_to_dict(g: Gap) -> dict:
+    """Events a follower could not deliver (``tail -f --json``), told from events by ``kind``."""
+    return {**_doc("gap"), "skipped": g.skipped, "overwritten": g.overwritten, "unreadable": g.unreadable,
+            "first_seq": g.first_seq, "last_seq": g.last_seq}
+
+
 def stats_to_dict(s: DiagnosticStats) -> dict:
-    d = dataclasses.asdict(s)
+    d = {**_doc("stats"), **dataclasses.asdict(s)}
     d["events_by_severity"] = {str(k): v for k, v in s.events_by_severity.items()}
     return d
 
 
+# HealthStatus attribute -> JSON name (the names ls, writers and the accounting use)
+HEALTH_NAMES = {
+    "event_count": "retained",
+    "max_events": "capacity",
+    "events_overwritten": "overwritten",
+    "events_lost": "lost",
+    "events_abandoned": "abandoned",
+    "events_expired": "expired",
+    "events_in_flight": "in_flight",
+    "peers_untracked": "untracked_peers",
+}
+
+
 def health_to_dict(h: HealthStatus) -> dict:
-    return dataclasses.asdict(h)
+    return {**_doc("health"), **_renamed(dataclasses.asdict(h), HEALTH_NAMES)}
+
+
+def ring_to_dict(r: RingInfo) -> dict:
+    """One row of ``ls --json``. Fields are None when the ring could not be read (see ``note``)."""
+    return {
+        "name": r.name,
+        "size": r.size,
+        "creator_pid": r.owner_pid,
+        "creator_alive": r.owner_alive,
+        "capacity": r.capacity,
+        "retained": r.retained,
+        "total_events": r.total_events,
+        "writers_alive": r.live_writers,
+        "created_at": _utc(r.created),
+        "uptime": r.age,
+        "collector_pid": r.collector_pid,
+        "collector_alive": r.collector_alive,
+        "note": r.note,
+    }
+
+
+def rings_to_dict(rings: Iterable[RingInfo]) -> dict:
+    """``ls --json``: every ring on this machine."""
+    return {**_doc("rings"), "rings": [ring_to_dict(r) for r in rings]}
+
+
+# PeerDiagnostic attribute -> JSON name
+PEER_NAMES = {"error_count": "errors", "bytes_recv_per_msg": "bytes_received_per_msg"}
+
+
+def peer_to_dict(p: PeerDiagnostic) -> dict:
+    return _renamed(dataclasses.asdict(p), PEER_NAMES)
+
+
+def busiest_first(peers: Iterable[PeerDiagnostic]) -> list[PeerDiagnostic]:
+    """Peers by bytes in and out, most first (ties by id): the order ``peers`` shows and limits."""
+    return sorted(peers, key=lambda p: (-(p.bytes_sent + p.bytes_received), p.peer_id))
+
+
+def network_to_dict(nd: NetworkDiagnostic, limit: int = 0) -> dict:
+    """``peers --json``: the totals, then the ``limit`` busiest peers (0: all); ``omitted_peers``
+    counts those left out."""
+    d = {**_doc("peers"), **{f.name: getattr(nd, f.name) for f in dataclasses.fields(nd)
+                             if f.name != "peer_diagnostics"}}
+    peers = busiest_first(nd.peer_diagnostics)
+    shown = peers[:limit] if limit > 0 else peers
+    d["omitted_peers"] = len(peers) - len(shown)
+    d["peers"] = [peer_to_dict(p) for p in shown]
+    return d
+
+
+# WriterInfo attribute -> JSON name
+WRITER_NAMES = {"recorded": "total_events"}
+
+
+def writer_to_dict(w: WriterInfo) -> dict:
+    return _renamed(dataclasses.asdict(w), WRITER_NAMES)
+
+
+def latency_to_dict(latency: Mapping[str, LatencyStats]) -> dict:
+    """Per timed operation: count, errors, mean, p50, p90, p99, max (seconds)."""
+    return {op: dataclasses.asdict(st) for op, st in latency.items()}
+
+
+def export_head(name: str, stats: DiagnosticStats, health: HealthStatus, *,
+                latency: Mapping[str, LatencyStats] | None = None, network: NetworkDiagnostic | None = None,
+                writers: Iterable[WriterInfo] | None = None) -> dict:
+    """What an export carries before its events, in order: schema_version, kind, name,
+    exported_at, stats, health, latency, then (``--with-peers``) peers and writers."""
+    head = {**_doc("export"), "name": name, "exported_at": datetime.now(timezone.utc),
+            "stats": stats_to_dict(stats), "health": health_to_dict(health)}
+    if latency is not None:
+        head["latency"] = latency_to_dict(latency)
+    if network is not None:
+        head["peers"] = network_to_dict(network)
+    if writers is not None:
+        head["writers"] = [writer_to_dict(w) for w in writers]
+    return head
 
 
 def export_json(name: str, stats: DiagnosticStats, health: HealthStatus, events: list[DiagnosticEvent]) -> bytes:
     """A whole json export from events already read (the per-event path)."""
-    return orjson.dumps(
-        {
-            "name": name,
-            "exported_at": datetime.now(timezone.utc),
-            "stats": stats_to_dict(stats),
-            "health": health_to_dict(health),
-            "events": [event_to_dict(e) for e in events],
-        },
-        option=OPTS,
-    )
+    doc = export_head(name, stats, health)
+    doc["events"] = [event_to_dict(e) for e in events]
+    doc["exported"], doc["skipped"] = len(events), 0
+    return orjson.dumps(doc, option=OPTS)
