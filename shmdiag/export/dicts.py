@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 OPTS = orjson.OPT_UTC_Z  # datetimes as UTC with a Z, as every export writes them
 
 
+def dumps(obj: object) -> bytes:
+    """``obj`` (any of this module's dicts) as JSON bytes, datetimes as UTC with a Z: what the
+    CLI prints and what an HTTP endpoint should serve."""
+    return orjson.dumps(obj, option=OPTS | orjson.OPT_NON_STR_KEYS)
+
+
 def _doc(kind: str) -> dict:
     """The start of every top-level object: its version and what it is."""
     return {"schema_version": SCHEMA_VERSION, "kind": kind}
