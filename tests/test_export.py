@@ -70,7 +70,8 @@ def test_export_structure_and_events(rec):
     assert msg["metadata"] == {"message_type": "inv", "direction": "inbound", "size": 37}
     assert err["severity"] == "ERROR" and err["error"] == "no pong" and err["metadata"] == {"operation": "ping"}
     assert custom == {
-        "schema_version": 1, "kind": "event", "timestamp": custom["timestamp"], "event_type": "custom", "peer_id": "peer-2", "message": "hello",
+        "schema_version": 1, "kind": "event", "timestamp": custom["timestamp"], "event_type": "custom",
+        "peer_id": "peer-2", "message": "hello",
         "severity": "WARNING", "metadata": {"height": 5, "list": [1, 2]}, "error": "E", "pid": os.getpid(),
         "seq": 3, "truncated": False,
     }

@@ -125,8 +125,8 @@ def fill_every_kind(rec) -> None:
 
 def check_doc_events(events: list[dict]) -> None:
     for e in events:
-        assert list(e) == ["schema_version", "kind", "timestamp", "event_type", "peer_id", "message", "severity", "metadata", "error",
-                           "pid", "seq", "truncated"]
+        assert list(e) == ["schema_version", "kind", "timestamp", "event_type", "peer_id", "message", "severity",
+                           "metadata", "error", "pid", "seq", "truncated"]
 
 
 # -- the fast path means what the per-event path means ----------------------------------------------

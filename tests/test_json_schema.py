@@ -260,3 +260,24 @@ def test_loadgen_report_nests_the_same_shapes(validate):
     assert report["schema_version"] == SCHEMA_VERSION and report["kind"] == "loadgen"
     validate(report["stats"], "stats")
     validate(report["health"], "health")
+
+
+def test_optional_fields_of_other_commands(rec, validate):
+    """stats --watch --json adds sampled_at and rates to a stats object; the archive's query
+    adds host, ring and generation to an event. Anything else is refused: a new field must be
+    documented (here and in docs/json.md) before it ships."""
+    from jsonschema import ValidationError
+
+    rec.record_message("p", "inv", "inbound", 1)
+    s = _plain(D.stats_to_dict(rec.get_stats()))
+    validate({**s, "sampled_at": "2026-11-30T07:12:03.123456Z", "rates": None}, "stats")
+    validate({**s, "sampled_at": "2026-11-30T07:12:03Z",
+              "rates": {"interval_seconds": 1.0, "events_per_second": 3.5, "by_severity": {"INFO": 3.5},
+                        "by_type": {"message": 3.5}}}, "stats")
+    e = _plain(D.event_to_dict(rec.get_events(1)[0]))
+    validate({**e, "host": "h1", "ring": rec.name, "generation": 1_764_486_723_000_000_000}, "event")
+    for doc, kind in (({**s, "time": "2026-11-30T07:12:03Z"}, "stats"), ({**e, "lag": 1}, "event"),
+                      ({**s, "sampled_at": "2026-11-30 07:12:03"}, "stats"),  # not ISO with a Z
+                      ({**e, "kind": "gap"}, "event"), ({**e, "schema_version": 2}, "event")):
+        with pytest.raises(ValidationError):
+            validate(doc, kind)
