@@ -101,11 +101,19 @@ HEALTH_NAMES = {
     "events_expired": "expired",
     "events_in_flight": "in_flight",
     "peers_untracked": "untracked_peers",
+    # the health probe's recent window (where HealthStatus has them)
+    "window_events": "window_total_events",
+    "window_events_lost": "window_lost",
+    "window_events_abandoned": "window_abandoned",
+    "window_peers_untracked": "window_untracked_peers",
 }
 
 
 def health_to_dict(h: HealthStatus) -> dict:
-    return {**_doc("health"), **_renamed(dataclasses.asdict(h), HEALTH_NAMES)}
+    d = {**_doc("health"), **_renamed(dataclasses.asdict(h), HEALTH_NAMES)}
+    if isinstance(d.get("dead_writers"), list):  # writers in the writers' names
+        d["dead_writers"] = [_renamed(w, WRITER_NAMES) for w in d["dead_writers"]]
+    return d
 
 
 def ring_to_dict(r: RingInfo) -> dict:
