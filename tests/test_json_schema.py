@@ -299,3 +299,16 @@ def test_health_probe_fields_in_the_shared_names(rec, validate):
     }
     validate({**h, **probe}, "health")
     assert D.HEALTH_NAMES["window_events_lost"] == "window_lost" and D.WRITER_NAMES["recorded"] == "total_events"
+
+
+def test_gap_and_lag_records(validate):
+    """A filtering follower's gap (matched, unknown) and a lag line are documented shapes."""
+    from shmdiag.core.follow import Gap
+
+    g = Gap(overwritten=5, unreadable=1, first_seq=10, last_seq=15)
+    d = _plain(D.gap_to_dict(g))
+    validate(d, "gap")
+    assert (d["kind"], d["skipped"], d["first_seq"], d["last_seq"]) == ("gap", 6, 10, 15)
+    validate({**d, "matched": 2, "unknown": 5}, "gap")
+    validate(_plain(D.lag_to_dict(1200, 2.5)), "lag")
+    assert D.lag_to_dict(0, 0.0) == {"schema_version": SCHEMA_VERSION, "kind": "lag", "behind": 0, "lag_seconds": 0.0}

@@ -80,9 +80,21 @@ def event_to_dict(e: DiagnosticEvent) -> dict:
 
 
 def gap_to_dict(g: Gap) -> dict:
-    """Events a follower could not deliver (``tail -f --json``), told from events by ``kind``."""
-    return {**_doc("gap"), "skipped": g.skipped, "overwritten": g.overwritten, "unreadable": g.unreadable,
-            "first_seq": g.first_seq, "last_seq": g.last_seq}
+    """Events a follower could not deliver (``tail -f --json``), told from events by ``kind``.
+    A filtering follower's gap also says how many of them the filter would have taken
+    (``matched``) and of how many that cannot be told (``unknown``)."""
+    d = {**_doc("gap"), "skipped": g.skipped, "overwritten": g.overwritten, "unreadable": g.unreadable}
+    for key in ("matched", "unknown"):
+        if hasattr(g, key):
+            d[key] = getattr(g, key)
+    d["first_seq"], d["last_seq"] = g.first_seq, g.last_seq
+    return d
+
+
+def lag_to_dict(behind: int, lag_seconds: float) -> dict:
+    """How far a follower is behind the writers (``tail -f --json``, while catching up): events
+    recorded and not yet read, and the age of the newest event read, in seconds."""
+    return {**_doc("lag"), "behind": behind, "lag_seconds": lag_seconds}
 
 
 def stats_to_dict(s: DiagnosticStats) -> dict:

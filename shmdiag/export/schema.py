@@ -25,6 +25,7 @@ KINDS: dict[str, str] = {
     "peers": "shmdiag peers --json; an export's \"peers\" (--with-peers)",
     "event": "tail --json, tail -f --json, an NDJSON export's lines, an export's \"events\"",
     "gap": "tail -f --json: events that could not be read",
+    "lag": "tail -f --json: how far behind the writers it is, while catching up",
     "export": "export --format json; export --meta FILE (without \"events\")",
 }
 
