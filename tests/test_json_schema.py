@@ -288,10 +288,11 @@ def test_health_probe_fields_in_the_shared_names(rec, validate):
     and a dead writer's counts use the writers' names."""
     h = _plain(D.health_to_dict(rec.health_check()))
     probe = {
-        "reasons": [{"condition": "writers_died", "status": "warning", "message": "1 writer died"}],
+        "reasons": [{"condition": "writers_died", "status": "warning", "message": "1 writer died"},
+                    {"condition": "stopped", "status": "stopped", "message": "inspector is closed"}],
         "error_rate_min_severity": "INFO", "errors": 0, "rated_events": 0, "window": 300.0,
         "window_covered": 12.5, "window_source": "creation", "window_total_events": 3, "window_lost": 0,
-        "window_abandoned": 1, "window_errors": 0, "window_rated_events": 2, "window_error_rate": 0.0,
+        "window_abandoned": 1, "window_errors": 0, "window_rated_events": 2, "window_error_rate": 0.0, "window_error_rate_covered": 12.5,
         "window_writers_died": 1, "window_seqs_unused": 0, "window_untracked_peers": 0,
         "last_event": "2026-11-30T07:12:03.5Z", "idle_seconds": 0.25, "stall_after": 300.0,
         "dead_writers": [{"pid": 4242, "total_events": 3, "lost": 0, "abandoned": 1, "last_event": None,
