@@ -75,6 +75,8 @@ def test_the_wheel_holds_every_module_the_extension_and_py_typed(wheel):
     assert "shmdiag/py.typed" in names
     schemas = sorted(p.name for p in (PKG / "schemas").glob("*.schema.json"))
     assert schemas and all(f"shmdiag/schemas/{n}" in names for n in schemas), names
+    for asset in ("index.html", "dashboard.js", "dashboard.css"):  # the dashboard works offline: shipped
+        assert f"shmdiag/web/static/{asset}" in names
     assert [n for n in names if n.startswith("shmdiag/core/_native.") and n.endswith(".so")], names
     assert any(n.endswith(".dist-info/LICENSE") or "/licenses/" in n for n in names), names
     from shmdiag import __version__
