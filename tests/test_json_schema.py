@@ -314,3 +314,15 @@ def test_gap_and_lag_records(validate):
     validate({**d, "matched": 2, "unknown": 5}, "gap")
     validate(_plain(D.lag_to_dict(1200, 2.5)), "lag")
     assert D.lag_to_dict(0, 0.0) == {"schema_version": SCHEMA_VERSION, "kind": "lag", "behind": 0, "lag_seconds": 0.0}
+
+
+def test_stats_watch_json_lines_validate(rec, validate):
+    """stats --watch --json: one stats object per refresh, with sampled_at and rates."""
+    rec.record_message("p", "inv", "inbound", 1)
+    cp = run_cli("stats", rec.name, "--watch", "0.2", "--count", "2", "--json")
+    assert cp.returncode == 0, cp.stderr
+    lines = [orjson.loads(x) for x in cp.stdout.splitlines()]
+    assert len(lines) == 2 and lines[0]["rates"] is None and lines[1]["rates"]["interval_seconds"] > 0
+    for x in lines:
+        validate(x, "stats")
+        assert x["sampled_at"].endswith("Z")
