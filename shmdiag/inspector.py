@@ -12,7 +12,6 @@ class's, with the recorder's lock and closed state.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import weakref
@@ -362,40 +361,49 @@ class Inspector:
         return out
 
     # -- export ----------------------------------------------------------------------------
-    def export_events(self, format: str = "json") -> bytes:
-        """All retained events, oldest first, with name, stats and health, as bytes.
+    def export_events(self, format: str = "json", *, with_peers: bool = False) -> bytes:
+        """All retained events, oldest first, as bytes (``docs/json.md`` has the shapes).
 
-        ``"json"``: one document {name, exported_at, stats, health, latency, events: [...]}.
-        ``"ndjson"``: a first line {name, exported_at, stats, health, latency}, then one event per line.
-        The whole export is built in memory: for large rings use :meth:`write_export`.
+        ``"json"``: one document {schema_version, kind: "export", name, exported_at, stats,
+        health, latency, [peers, writers,] events: [...], exported, skipped}.
+        ``"ndjson"``: the events only, one object per line (:meth:`write_export`'s ``meta``
+        takes the rest). ``with_peers`` adds the peers (as ``get_network_diagnostic``) and the
+        writers (as ``get_writers``). The whole export is built in memory: for large rings use
+        :meth:`write_export`.
         """
         _export.check_format(format)
         with self._lock:
             self._check_open()
-            return _export.export_bytes(self._seg, format, self._export_head())
+            return _export.export_bytes(self._seg, format, self._export_head(with_peers=with_peers))
 
-    def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None) -> int:
+    def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None, *,
+                     with_peers: bool = False, meta: BinaryIO | None = None) -> int:
         """Stream the export of :meth:`export_events` into the binary file ``fp`` a chunk at a
         time (memory stays bounded whatever the ring's size); return the number of events written.
 
         ``progress(done, total)``, if given, is called after every chunk. The events are those
         retained when the export starts, oldest first; one that a writer overwrites before the
         export reaches it is skipped, never waited for: the returned count's ``.skipped`` says how
-        many (see ``export.stream.write_export``). Other threads of this process wait for the
-        export to finish before reading or closing; writers never wait.
+        many (see ``export.stream.write_export``). ``meta``, a binary file, receives the json
+        export's document without its events (for an NDJSON export, whose lines are events
+        only). Other threads of this process wait for the export to finish before reading or
+        closing; writers never wait.
         """
         _export.check_format(format)
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable, not {type(progress).__name__}")
         with self._lock:
             self._check_open()
-            return _export.write_export(self._seg, fp, format, self._export_head(), progress)
+            return _export.write_export(self._seg, fp, format, self._export_head(with_peers=with_peers), progress,
+                                        meta=meta)
 
-    def _export_head(self) -> dict:
-        """Everything an export carries besides its events."""
-        latency = {op: dataclasses.asdict(st) for op, st in _latency.read(self._seg).items()}
+    def _export_head(self, *, with_peers: bool = False) -> dict:
+        """Everything an export carries besides its events. The caller holds the lock."""
         stats = _stats.compute(self._seg)
-        return _export.export_head(self._seg.name, stats, self._health(stats), latency=latency)
+        network = _peers.read(self._seg) if with_peers else None
+        writers = self.get_writers() if with_peers else None
+        return _export.export_head(self._seg.name, stats, self._health(stats), latency=_latency.read(self._seg),
+                                   network=network, writers=writers)
 
 
 class Following:

@@ -26,7 +26,7 @@ from shmdiag.cli._common import (
     severity_arg,
 )
 from shmdiag.cli.alerts import cmd_alert_rules, cmd_alerts
-from shmdiag.cli.export import cmd_export
+from shmdiag.cli.export import _EXPORT_EPILOG, cmd_export
 from shmdiag.cli.format import add_human_args
 from shmdiag.cli.inspect import _HEALTH_EPILOG, cmd_health, cmd_peers, cmd_stats, health_flags
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
@@ -84,8 +84,8 @@ def build_parser() -> Parser:
              epilog=_HEALTH_EPILOG)
     health_flags(sp)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
-    sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
-                    help="show the N busiest peers (default 50, 0 = all)")
+    sp.add_argument("--limit", type=count_arg, default=None, metavar="N",
+                    help="show the N busiest peers (0 = all; default 50, or all with --json)")
     add_human_args(sp, color=False)
     sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG)
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
@@ -98,9 +98,12 @@ def build_parser() -> Parser:
     sp = cmd("top", "live full-screen view (? help, q quits); --batch -n 1 for a text snapshot", cmd_top,
              epilog=_TOP_EPILOG)
     add_top_args(sp)
-    sp = cmd("export", "export the retained events with stats and health", cmd_export)
+    sp = cmd("export", "export the retained events with stats and health", cmd_export, epilog=_EXPORT_EPILOG)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
+    sp.add_argument("--meta", metavar="FILE", help="also write the export's metadata (the json document "
+                    "without its events) to FILE: for ndjson, whose lines are events only")
+    sp.add_argument("--with-peers", action="store_true", help="include the peers and the writer processes")
     cmd("clear", "forget every retained event and zero the stats", cmd_clear)
     cmd("alerts", "the alert rules of the ring's collector and where each stands", cmd_alerts, json=True)
     sp = cmd("alert-rules", "print the alert rules (the defaults, or those of --config) as a Prometheus rule file",

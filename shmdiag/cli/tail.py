@@ -36,7 +36,7 @@ def format_gap(gap: Gap) -> str:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from shmdiag.export.dicts import event_to_dict
+    from shmdiag.export.dicts import event_to_dict, gap_to_dict
 
     types, peers = set(args.type or ()), set(args.peer or ())
 
@@ -53,9 +53,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         for it in items:
             if isinstance(it, Gap):
                 if as_json:
-                    buf.append(dumps({"skipped": it.skipped, "overwritten": it.overwritten,
-                                       "unreadable": it.unreadable, "first_seq": it.first_seq,
-                                       "last_seq": it.last_seq}))
+                    buf.append(dumps(gap_to_dict(it)))
                 else:
                     buf.append(format_gap(it).encode())
             elif as_json:
@@ -103,6 +101,8 @@ within about 50 ms. Events tail could not read are reported where they were, in 
   -- N events never completed by their writers (stopped, died or dropped) or expired --
       a writer claimed a sequence number and did not finish its record within 2 s, or the
       record was removed by retention cleanup
-With --json these are JSON lines of their own:
-  {"skipped": N, "overwritten": N1, "unreadable": N2, "first_seq": A, "last_seq": B}
+With --json every line is one JSON object whose "kind" says what it is: "event", or "gap"
+for events that could not be read (see docs/json.md):
+  {"schema_version": 1, "kind": "gap", "skipped": N, "overwritten": N1, "unreadable": N2,
+   "first_seq": A, "last_seq": B}
 A clear does not interrupt following. When the ring is removed, tail -f says so and exits 0."""
