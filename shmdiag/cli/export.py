@@ -15,6 +15,7 @@ from shmdiag.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from shmdiag.core.filter import EventFilter
     from shmdiag.inspector import Inspector
 
 
@@ -49,9 +50,10 @@ class _Progress:
 _PROGRESS_MIN = 50_000  # retained events from which an export is slow enough to show a bar
 
 
-def _export_to(rec: Inspector, fp: BinaryIO, fmt: str, progress: _Progress | None) -> None:
+def _export_to(rec: Inspector, fp: BinaryIO, fmt: str, progress: _Progress | None,
+               filt: EventFilter | None = None) -> None:
     if hasattr(rec, "write_export"):
-        n = rec.write_export(fp, format=fmt, progress=progress)
+        n = rec.write_export(fp, format=fmt, progress=progress, filt=filt)
         skipped = getattr(n, "skipped", 0)
         if skipped:
             sys.stderr.write(f"shmdiag: {skipped} events were overwritten by writers while exporting and are "
@@ -77,8 +79,14 @@ def _is_stream(path: str) -> bool:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from shmdiag.cli.tail import tail_filter
+
+    filt = tail_filter(args)
     with attached(args.name) as rec:
         fmt = args.format or rec.config.export_format
+        why = rec.unrecorded(filt)
+        if why is not None:
+            sys.stderr.write(f"shmdiag: note: {why}; the export holds no event\n")
         progress = None
         if sys.stderr.isatty():
             n = rec.count_retained()
@@ -88,19 +96,19 @@ def cmd_export(args: argparse.Namespace) -> int:
             if args.output in (None, "-"):
                 out = sys.stdout.buffer
                 sys.stdout.flush()
-                _export_to(rec, out, fmt, progress)
+                _export_to(rec, out, fmt, progress, filt)
                 out.flush()
             elif _is_stream(args.output):
                 # A FIFO, a device (/dev/null, /dev/stdout) or a socket: written into, never
                 # replaced by a regular file (as root, a rename over /dev/null would do that).
                 with open(args.output, "wb") as fp:
-                    _export_to(rec, fp, fmt, progress)
+                    _export_to(rec, fp, fmt, progress, filt)
             else:
                 # A regular file, or a new path: written whole or not at all.
                 tmp = f"{args.output}.tmp"
                 try:
                     with open(tmp, "wb") as fp:
-                        _export_to(rec, fp, fmt, progress)
+                        _export_to(rec, fp, fmt, progress, filt)
                     os.replace(tmp, args.output)
                 except BaseException:
                     try:

@@ -29,10 +29,9 @@ from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
-from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
+from shmdiag.cli.tail import _TAIL_EPILOG, add_filter_args, cmd_tail
 from shmdiag.cli.top import cmd_top
 from shmdiag.core.errors import ShmDiagError
-from shmdiag.core.models import Severity
 
 
 def build_parser() -> Parser:
@@ -69,16 +68,18 @@ def build_parser() -> Parser:
                     help="show the N busiest peers (default 50, 0 = all)")
     sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG)
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
-    sp.add_argument("-n", type=count_arg, default=10, metavar="N", help="how many past events (default 10)")
-    sp.add_argument("--min-severity", type=severity_arg, default=Severity.DEBUG, metavar="S",
-                    help="debug, info, warning, error or critical (default debug)")
-    sp.add_argument("--type", action="append", metavar="T", help="only events of this type (repeatable)")
-    sp.add_argument("--peer", action="append", metavar="P", help="only events of this peer (repeatable)")
+    sp.add_argument("-F", dest="follow_name", action="store_true",
+                    help="as -f, and when the ring is removed or replaced (a collector restarted), wait for it "
+                         "and follow the new one")
+    sp.add_argument("-n", type=count_arg, default=10, metavar="N",
+                    help="how many past events (default 10; 0 only with -f)")
+    add_filter_args(sp, severity_arg)
     sp = cmd("top", "live full-screen view (q quits)", cmd_top)
     sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
     sp = cmd("export", "export the retained events with stats and health", cmd_export)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
+    add_filter_args(sp, severity_arg)
     cmd("clear", "forget every retained event and zero the stats", cmd_clear)
     sp = cmd("demo", "record a simulated node from several processes and show the result", cmd_demo, ring=False)
     sp.add_argument("--writers", type=int, default=4, help="writer processes (default 4)")

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import BinaryIO
 
+import numpy as np
 import orjson
 
 from shmdiag.core import layout as L
 from shmdiag.core import reader as _reader
+from shmdiag.core.filter import EventFilter, unrecorded
 from shmdiag.core.models import DiagnosticStats, HealthStatus
 from shmdiag.core.segment import Segment
 from shmdiag.export.dicts import OPTS, health_to_dict, stats_to_dict
@@ -56,7 +58,7 @@ def _write_all(fp: BinaryIO, data: bytes | memoryview) -> None:
 
 
 def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Progress | None = None, *,
-                 chunk: int = CHUNK) -> ExportCount:
+                 chunk: int = CHUNK, filt: EventFilter | None = None) -> ExportCount:
     """Write every retained event of ``seg`` to the binary file ``fp``, streaming; return the
     number of events written (an :class:`ExportCount`, whose ``.skipped`` counts records lost
     to writers during the export).
@@ -75,13 +77,19 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
     size. A record that a writer overwrites before its chunk is copied is gone: it is skipped
     and counted in ``.skipped``, never waited for, never replaced by the newer event.
     ``progress(done, total)`` is called after every chunk with the snapshot entries handled so
-    far (written + skipped) and the snapshot's size, ending with ``done == total`` (once with
-    ``(0, 0)`` for an empty ring).
+    far (written, filtered out or skipped) and the snapshot's size, ending with ``done == total``
+    (once with ``(0, 0)`` for an empty ring).
+
+    ``filt`` (``core.filter.EventFilter``) keeps only the events it selects, tested on the
+    records before they are copied or rendered; a type or peer never recorded costs no scan.
     """
     check_format(fmt)
     if "events" in head:
         raise ValueError("the export head must not contain 'events'")
-    idx, w = _reader.export_snapshot(seg)
+    if filt is not None and unrecorded(seg, filt) is not None:
+        idx, w = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint64)
+    else:
+        idx, w = _reader.export_snapshot(seg, 0 if filt is None else filt.min_severity)
     total = len(idx)
     head_b = orjson.dumps(head, option=OPTS)
     if fmt == "json":
@@ -91,7 +99,7 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
         _write_all(fp, head_b + b"\n")
         lead, trail = b"", b"\n"
     written = skipped = 0
-    for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk):
+    for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk, filt):
         data = render_events(raw, lead, trail)
         if len(data):
             _write_all(fp, data.data[1:] if lead and not written else data.data)
@@ -123,10 +131,10 @@ def export_head(name: str, stats: DiagnosticStats, health: HealthStatus, **secti
     return head
 
 
-def export_bytes(seg: Segment, fmt: str, head: dict) -> bytes:
+def export_bytes(seg: Segment, fmt: str, head: dict, filt: EventFilter | None = None) -> bytes:
     """:func:`write_export` into one bytes object (the whole export in memory: for small rings
     and for ``Recorder.export_events``; stream large ones with ``write_export``). A BytesIO
     copies each chunk once and hands its buffer over without another copy."""
     sink = io.BytesIO()
-    write_export(seg, sink, fmt, head)
+    write_export(seg, sink, fmt, head, filt=filt)
     return sink.getvalue()
