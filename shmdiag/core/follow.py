@@ -461,7 +461,9 @@ class Follower:
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             kind = int(cls[a])
             if kind == _DELIVER:
-                pending.append(raw[rec_of[a:b]])
+                lo, hi = int(rec_of[a]), int(rec_of[b - 1]) + 1
+                # usually every record copied is delivered, in order: a view, not another copy
+                pending.append(raw[lo:hi] if hi - lo == b - a else raw[rec_of[a:b]])
             elif kind in (_OVERWRITTEN, _UNREADABLE):
                 mm = match[a:b]
                 self._gap.add(kind, start + a, start + b - 1, int(np.count_nonzero(mm == 1)),
