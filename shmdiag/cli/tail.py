@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
@@ -193,7 +194,7 @@ class _Out:
         else:
             self._write(("\n".join(format_event(e) for e in events) + "\n").encode("utf-8", "replace"))
 
-    def items(self, items: list[Batch | Gap]) -> None:
+    def items(self, items: Sequence[Batch | Gap]) -> None:
         from shmdiag.export.templates import render_events
 
         for it in items:

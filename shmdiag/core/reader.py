@@ -97,7 +97,8 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
 
 
 def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None,
-                  below: int | None = None, filt: EventFilter | None = None) -> list[DiagnosticEvent]:
+                  below: int | None = None, filt: EventFilter | None = None, *,
+                  as_records: bool = False) -> list[DiagnosticEvent]:
     """The ``n`` newest retained events at or above ``min_severity`` that ``filt`` selects and
     ``accept`` takes, with sequence numbers below ``below`` (the head by default), oldest first.
 
@@ -173,7 +174,16 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
     if per_event:
         found.reverse()
         return found
-    return decode_many(np.concatenate(parts[::-1])) if parts else []
+    recs = np.concatenate(parts[::-1]) if parts else np.zeros(0, dtype=L.SLOT)
+    return recs if as_records else decode_many(recs)  # type: ignore[return-value]
+
+
+def newest_records(seg: Segment, n: int, filt: EventFilter | None = None, below: int | None = None) -> np.ndarray:
+    """:func:`newest_events` without the decoding (and without ``grep``): the records, a SLOT
+    array, oldest first. For callers that render many at once (``export.templates``)."""
+    if filt is not None and filt.grep is not None:
+        raise ValueError("newest_records cannot grep: it decodes nothing")
+    return newest_events(seg, n, 0, None, below, filt, as_records=True)  # type: ignore[return-value]
 
 
 def read_events(seg: Segment, limit: int, min_severity: int, filt: EventFilter | None = None) -> list[DiagnosticEvent]:
