@@ -66,22 +66,23 @@ class _Pipe:
 
 
 def _follow_fast(seg, fp) -> int:
-    head, base = seg.era()
-    f = Follower(seg, base)
+    f = Follower(seg, seg.era()[1])
     n = 0
-    while f.cursor < head:
+    while True:  # until the follower waits at the top (the unused rest of the writer's run)
+        before = f.cursor
         for it in f.poll_raw(max_seqs=1 << 16):
             if isinstance(it, Batch):
                 fp.write(render_events(it.raw).data)
                 n += len(it)
+        if f.cursor == before:
+            break
     fp.flush()
     return n
 
 
 def _follow_per_event(seg, fp, stop: int) -> int:
     """What tail -f --json did before: decode every event, event_to_dict, orjson."""
-    head, base = seg.era()
-    f = Follower(seg, base, batch=stop)
+    f = Follower(seg, seg.era()[1], batch=stop)
     n = 0
     for it in f.poll_raw(max_seqs=stop):
         if isinstance(it, Batch):

@@ -441,7 +441,7 @@ class Following:
         """Up to ``max_seqs`` sequence numbers' worth (64Ki by default) of what became
         deliverable: Batches of validated records (``Batch.raw`` for
         ``export.templates.render_events``, ``Batch.events()`` decoded) and Gaps, in order.
-        Call again at once while :attr:`behind` is not 0."""
+        Call again at once until :attr:`waiting` (caught up, or at a record being written)."""
         with self._insp._lock:
             self._insp._check_open()
             return self._follower.poll_raw(max_seqs=max_seqs)
@@ -459,6 +459,11 @@ class Following:
     def lag_seconds(self) -> float:
         """Age of the last event delivered while behind; 0.0 when caught up."""
         return self._follower.lag_seconds
+
+    @property
+    def waiting(self) -> bool:
+        """The last poll went as far as it could (not stopped by ``max_seqs``): poll later."""
+        return self._follower.waiting
 
     @property
     def cursor(self) -> int:

@@ -293,7 +293,7 @@ def _follow(insp: Inspector, follower: Following, out: _Out, name: str) -> str:
             behind = follower.behind
             out.lag(behind, follower.lag_seconds)
             out.flush()
-            if behind and follower.cursor != before:
+            if not follower.waiting and follower.cursor != before:
                 continue  # catching up: the next batch at once
             now = time.monotonic()
             if now >= next_check:
@@ -306,7 +306,7 @@ def _follow(insp: Inspector, follower: Following, out: _Out, name: str) -> str:
                     while True:  # what the ring got before it went
                         before = follower.cursor
                         out.items(follower.poll_raw(_BATCH))
-                        if not follower.behind or follower.cursor == before:
+                        if follower.waiting or follower.cursor == before:
                             break
                     out.items(follower.flush())
                     out.lag(0, 0.0)

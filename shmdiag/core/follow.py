@@ -269,11 +269,19 @@ class Follower:
         self._gap = Gap()
         self._gap_shown = -1e18  # monotonic time a held gap was last reported
         self._blocked = False  # the last poll stopped at a record still in flight
+        self._published_end = cursor  # 1 + the newest published seq seen at the last poll
 
     @property
     def behind(self) -> int:
-        """Sequence numbers between the cursor and the head at the last poll: how far behind."""
-        return max(0, self.head - self.cursor)
+        """Sequence numbers between the cursor and the newest published record at the last poll
+        (its slot seen committed, expired or overwritten): how far behind."""
+        return max(0, self._published_end - self.cursor)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the last poll went as far as it could: it stopped at the head or at a record
+        still being written (so ``behind`` may stay above 0), not at ``max_seqs``."""
+        return self._blocked or self.cursor >= self.head
 
     @property
     def lag_seconds(self) -> float:
@@ -361,6 +369,9 @@ class Follower:
             self.overwritten += far - self.cursor
             self.cursor = far
         top = _top_published(seg, self.cursor, head) if self.cursor < head else head
+        # what "behind" counts: up to the newest published record (the unused rest of a writer's
+        # run above it is not an event, and is waited at without a word)
+        self._published_end = top + 1 if self.cursor < head else head
         end = min(head, self.cursor + (self.batch if max_seqs is None else max(1, max_seqs)))
         filt = self.filt
         while self.cursor < end:
