@@ -72,7 +72,8 @@ def _follow_fast(seg, fp) -> int:
         before = f.cursor
         for it in f.poll_raw(max_seqs=1 << 16):
             if isinstance(it, Batch):
-                fp.write(render_events(it.raw).data)
+                for lo in range(0, len(it), 1 << 14):  # as tail does
+                    fp.write(render_events(it.raw[lo: lo + (1 << 14)]).data)
                 n += len(it)
         if f.cursor == before:
             break

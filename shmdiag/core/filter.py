@@ -40,9 +40,9 @@ _GENERIC[K.KIND_MAX + 1:] = False
 _TEXT_OFF = L.offset(L.SLOT, "text")
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 
-# col(name) -> that field of every record; text(rows, start, m) -> (len(rows), m) uint8: m bytes of
-# each of those records' text areas from ``start`` (an array, one offset per row).
-Col = Callable[[str], np.ndarray]
+# col(name, rows=None) -> that field of every record (or of those rows); text(rows, start, m) ->
+# (len(rows), m) uint8: m bytes of each of those records' text areas from ``start`` (one per row).
+Col = Callable[..., np.ndarray]
 Text = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
@@ -129,25 +129,31 @@ class EventFilter:
                 ok &= us <= np.int64(min(_I64_MAX, self.until_ns) // 1000)
         if not (self.types or self.peers):
             return ok
-        lens = col("lens")
         if self.types:
             hit = self._by_kind[kind]
             generic = ok & _GENERIC[kind]
-            for t in self._types_b:
-                hit |= _equal(generic, lens[:, 0], np.zeros(n, dtype=np.intp), t, text)
+            if generic.any() and self._types_b:  # the stored type is read only where it decides
+                rows = np.flatnonzero(generic)
+                len0 = col("lens", rows)[:, 0]
+                for t in self._types_b:
+                    hit[rows] |= _equal(np.ones(len(rows), dtype=bool), len0, np.zeros(len(rows), dtype=np.intp), t,
+                                        _sub(text, rows))
             ok &= hit
-        if self.peers:
-            hit = np.zeros(n, dtype=bool)
+        if self.peers and ok.any():
+            rows = np.flatnonzero(ok)
+            lens = col("lens", rows)
             start = lens[:, 0].astype(np.intp)
+            hit = np.zeros(len(rows), dtype=bool)
             for p in self._peers_b:
-                hit |= _equal(ok, lens[:, 1], start, p, text)
-            ok &= hit
+                hit |= _equal(np.ones(len(rows), dtype=bool), lens[:, 1], start, p, _sub(text, rows))
+            ok[rows] = hit
         return ok
 
     def records(self, recs: np.ndarray) -> np.ndarray:
         """Every condition but grep, on copied records (a SLOT array)."""
         ok = self.words(recs["w"]) if self.min_severity else np.ones(len(recs), dtype=bool)
-        return ok & self.fields(len(recs), lambda f: recs[f], _records_text(recs))  # never a continuation
+        return ok & self.fields(len(recs), lambda f, rows=None: recs[f] if rows is None else recs[f][rows],
+                                _records_text(recs))  # never a continuation
 
     def event(self, e: DiagnosticEvent) -> bool:
         """The whole filter on a decoded event (the reference the masks are tested against)."""
@@ -192,6 +198,11 @@ def _equal(rows_ok: np.ndarray, length: np.ndarray, start: np.ndarray, needle: b
     return out
 
 
+def _sub(text: Text, rows: np.ndarray) -> Text:
+    """``text`` for a subset ``rows`` of the records: row indices relative to the subset."""
+    return lambda r, start, m: text(rows[r], start, m)
+
+
 def _records_text(recs: np.ndarray) -> Text:
     def text(rows: np.ndarray, start: np.ndarray, m: int) -> np.ndarray:
         cols = np.minimum(start[:, None] + np.arange(m), L.TEXT_SIZE - 1)
@@ -217,8 +228,8 @@ def slot_fields_checked(seg: Segment, pos: np.ndarray, w: np.ndarray,
     flat = seg.slots.reshape(-1).view(np.uint8) if seg.slots.flags.c_contiguous else None
     slots = seg.slots
 
-    def col(name: str) -> np.ndarray:
-        return slots[name][pos]
+    def col(name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        return slots[name][pos if rows is None else pos[rows]]
 
     def text(rows: np.ndarray, start: np.ndarray, m: int) -> np.ndarray:
         at = pos[rows].astype(np.intp) * L.SLOT_SIZE + _TEXT_OFF + np.minimum(start, L.TEXT_SIZE - m)

@@ -52,7 +52,7 @@ from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
 from shmdiag.core.filter import EventFilter, slot_fields_checked
 from shmdiag.core.models import DiagnosticEvent
-from shmdiag.core.reader import Accept, copy_records, decode_many, newest_events
+from shmdiag.core.reader import Accept, copy_records, decode_many, newest_events, seq_words
 from shmdiag.core.segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
@@ -126,11 +126,10 @@ class Batch:
 
 
 def _words(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Slot positions of ``seqs``, their words, and the sequence number each word holds
+    """Slot positions of ``seqs`` (consecutive), their words, and the sequence number each word holds
     (garbage where the word is 0: callers mask with ``w != 0``)."""
-    pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
-    seg.native.fence()
-    w = seg.slots["w"][pos]  # fancy indexing copies
+    pos, w = seq_words(seg, int(seqs[0]), int(seqs[-1]) + 1) if len(seqs) else (
+        np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint64))
     return pos, w, L.w_seq(w)
 
 

@@ -77,6 +77,18 @@ def newest(idx: np.ndarray, w: np.ndarray, limit: int) -> tuple[np.ndarray, np.n
     return idx[order], w[order]
 
 
+def seq_words(seg: Segment, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot positions of sequence numbers [lo, hi) and a copy of their slot words (read after a
+    fence). A slice of the slot array where the range does not wrap round the ring."""
+    cap = seg.capacity
+    a = lo % cap
+    seg.native.fence()
+    if a + (hi - lo) <= cap:
+        return np.arange(a, a + hi - lo, dtype=np.intp), seg.slots["w"][a: a + hi - lo].copy()
+    pos = (np.arange(lo, hi, dtype=np.uint64) % np.uint64(cap)).astype(np.intp)
+    return pos, seg.slots["w"][pos]
+
+
 def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Copy the records at ``idx`` whose words still equal ``w``; return them and a valid mask."""
     words = seg.slot_words[idx]    # fancy indexing copies, padding included
@@ -153,9 +165,7 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
     while hi > floor and have < n:
         lo = max(floor, hi - k)
         seqs = np.arange(lo, hi, dtype=np.uint64)
-        pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
-        seg.native.fence()
-        w = seg.slots["w"][pos]
+        pos, w = seq_words(seg, lo, hi)
         sev = L.w_severity(w)
         ok = (w != 0) & (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev <= 4)
         ok &= sev >= filt.min_severity
