@@ -5,7 +5,9 @@ a user runs them; ``tail -F`` across a real ``serve`` restarted; ``export`` with
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -393,3 +395,29 @@ def test_tail_f_without_F_stops_when_the_ring_goes(procs):
         assert t.returncode == 0 and b"was removed; stopping" in err, err
     finally:
         unlink_quietly(name)
+
+
+def test_tail_follow_shows_its_lag_on_a_terminal(make_recorder, procs):
+    """stderr a terminal: a status line while behind, erased before events are printed."""
+    rec = make_recorder(400_000)
+    write(rec.name, [["event", "marker", "start-mark", 1, ""]])
+    master, slave = pty.openpty()
+    p = subprocess.Popen([*CLI, "tail", rec.name, "-f", "-n", "1"], stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    procs.append(p)
+    reader = LineReader(p)
+    reader.lines_until(lambda line, _: b"start-mark" in line)
+    os.kill(p.pid, signal.SIGSTOP)
+    try:
+        write(rec.name, [["many", 300_000, "flood"], ["event", "marker", "the-end", 1, ""]])
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    reader.lines_until(lambda line, _: b"the-end" in line, timeout=180)
+    err = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and b"\r\x1b[K" not in err.split(b"catching up", 1)[-1]:
+        if select.select([master], [], [], 0.5)[0]:
+            err += os.read(master, 65536)
+    os.close(master)
+    assert b"-- catching up: " in err and b" events behind (" in err
+    assert err.rstrip(b"\r\n").endswith(b"\r\x1b[K")  # erased once caught up
