@@ -216,6 +216,44 @@ def test_helper(benchmark, per_op, helper, log_level):
         rec.close()
 
 
+# -- whole messages: an event of several slots against the one-slot hot path ----------------------
+
+_LONG = DiagnosticEvent("block_validated", "b" * 2048, Severity.INFO, peer_id="peer-7")  # 2 KiB: 11 slots
+
+
+@pytest.mark.benchmark(group="whole_messages")
+@pytest.mark.parametrize("what", ["record_message", "record_event_2KiB", "record_event_short"])
+def test_long_message(benchmark, per_op, what):
+    """record_event with a 2 KiB message (11 slots of the writer's run) against record_message
+    and a one-slot record_event, on the same warm 100,000-event ring, log_level critical (the
+    recording alone). Read back: the 2 KiB message whole, one event per call in the books."""
+    rec = Recorder.with_config(RecorderConfig(max_events=WRITE_RING, log_level="critical"))
+    try:
+        fill_messages(rec, WRITE_RING)
+        calls_of = {"record_message": lambda: rec.record_message("peer-7", "inv", "inbound", 37),
+                    "record_event_2KiB": lambda: rec.record_event(_LONG),
+                    "record_event_short": lambda: rec.record_event(_EVENT_PLAIN)}
+        call = calls_of[what]
+        r = range(HELPER_INNER)
+
+        def loop():
+            for _ in r:
+                call()
+
+        run, calls = _counted(loop)
+        benchmark.pedantic(run, rounds=30, warmup_rounds=1)
+        per_op(HELPER_INNER)
+        acct = rec.accounting()
+        assert acct.recorded == WRITE_RING + calls[0] * HELPER_INNER
+        assert acct.recorded == acct.retained + acct.overwritten + acct.lost + acct.abandoned + acct.expired
+        if what == "record_event_2KiB":
+            last = rec.get_events(1)[0]
+            assert last.message == _LONG.message and not last.truncated
+            benchmark.extra_info["slots_per_event"] = 11
+    finally:
+        rec.close()
+
+
 # -- many writer processes -----------------------------------------------------------------------
 
 CONC_RING = 65_536

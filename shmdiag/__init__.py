@@ -28,8 +28,10 @@ from shmdiag.core.errors import (
     TooManyWritersError,
 )
 from shmdiag.core.models import (
+    DeadWriter,
     DiagnosticEvent,
     DiagnosticStats,
+    HealthReason,
     HealthStatus,
     LatencyStats,
     NetworkDiagnostic,
@@ -44,8 +46,10 @@ from shmdiag.recorder import Recorder
 
 __all__ = [
     "CorruptRingError",
+    "DeadWriter",
     "DiagnosticEvent",
     "DiagnosticStats",
+    "HealthReason",
     "HealthStatus",
     "Inspector",
     "LatencyStats",

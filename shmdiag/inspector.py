@@ -21,9 +21,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
+import numpy as np
+
 from shmdiag.core import layout as L
 from shmdiag.core import owners as _owners
 from shmdiag.core import reader as _reader
+from shmdiag.core import recent as _recent
 from shmdiag.core import snapshot as _snapshot
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
@@ -32,6 +35,7 @@ from shmdiag.core.follow import Batch, Follower, Gap, history
 from shmdiag.core.models import (
     DiagnosticEvent,
     DiagnosticStats,
+    HealthReason,
     HealthStatus,
     LatencyStats,
     NetworkDiagnostic,
@@ -41,7 +45,7 @@ from shmdiag.core.models import (
 )
 from shmdiag.core.reader import datetime_to_ns
 from shmdiag.core.segment import Segment
-from shmdiag.core.shards import writer_alive, writer_counts
+from shmdiag.core.shards import writer_alive
 from shmdiag.export import stream as _export
 from shmdiag.views import health as _health
 from shmdiag.views import latency as _latency
@@ -119,6 +123,7 @@ class Inspector:
     _what: str  # "inspector", or "recorder" for a Recorder's own: errors name what was closed
     _closed: bool
     _release: Callable[[], object] | None  # unmaps an attached Inspector's segment
+    _history: _health.History  # samples of health_check() calls: the baselines of its windows
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("use Inspector.attach(name) to inspect a ring")
@@ -142,6 +147,7 @@ class Inspector:
         self._what = what
         self._closed = False
         self._release = None
+        self._history = _health.History()
         return self
 
     # -- identity --------------------------------------------------------------------------
@@ -266,12 +272,14 @@ class Inspector:
 
     def follower(self, cursor: int, *, min_severity: Severity | int = Severity.DEBUG,
                  accept: Accept | None = None, pending_timeout: float = 2.0,
-                 filt: EventFilter | None = None) -> Following:
+                 batch: int = 1 << 16, filt: EventFilter | None = None) -> Following:
         """Follow the ring from sequence number ``cursor`` (from :meth:`history`): each
         ``poll()`` returns the events since the last one, in order, and a ``Gap`` for those it
         could not read; ``poll_raw()`` the same as record Batches, bounded, for rendering many at
         once (``core.follow.Follower``). ``filt`` (from :func:`event_filter`) is applied on the
-        stored records before anything is decoded; ``accept`` on decoded events, by ``poll()``."""
+        stored records before anything is decoded; ``accept`` on decoded events, by ``poll()``.
+        ``batch`` bounds the sequence numbers one poll looks at: a follower that must not use
+        much CPU (a web page's live tail) takes a small one and lets the Gaps say what went by."""
         filt = _filt(filt)
         cursor = _count(cursor, "cursor")
         if cursor < 0:
@@ -282,10 +290,13 @@ class Inspector:
             raise TypeError(f"pending_timeout must be a number, not {type(pending_timeout).__name__}")
         if not pending_timeout > 0:
             raise ValueError(f"pending_timeout must be positive, got {pending_timeout!r}")
+        batch = _count(batch, "batch")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         with self._lock:
             self._check_open()
             return Following(self, Follower(self._seg, cursor, min_severity=int(sev), accept=accept,
-                                            pending_timeout=float(pending_timeout), filt=filt))
+                                            pending_timeout=float(pending_timeout), batch=batch, filt=filt))
 
     # -- counters --------------------------------------------------------------------------
     def get_stats(self) -> DiagnosticStats:
@@ -302,24 +313,45 @@ class Inspector:
             self._check_open()
             return _stats.accounting(self._seg)
 
-    def health_check(self) -> HealthStatus:
-        """The ring's health. Never raises: a closed inspector reports ``stopped``. Dead writers
-        are reported (``writers_dead``), not reaped: that is the collector's and writers' job.
-        A killed collector (``collector_alive`` False) and a ring whose name was removed or
-        now leads to another segment (``detached``) are errors; a ring without a collector
+    def health_check(self, window: float = _health.DEFAULT_WINDOW, *,
+                     stall_after: float = _health.DEFAULT_STALL_AFTER,
+                     error_rate_min_severity: Severity | int | str = _health.DEFAULT_ERROR_RATE_MIN_SEVERITY,
+                     ) -> HealthStatus:
+        """The ring's health, its conditions judged over the last ``window`` seconds (loss,
+        deaths, error rate: an incident older than that no longer counts, its since-creation
+        totals stay in the figures). The error rate is over events at or above
+        ``error_rate_min_severity`` (INFO: DEBUG volume does not move it); ``stalled`` after
+        ``stall_after`` seconds without an event while writers are alive (0: never).
+
+        Each call keeps a sample of the counters, so a long-lived inspector judges the window
+        from its own history; a first call judges it from the writers' timestamps (see
+        ``shmdiag.views.health``). Raises ValueError/TypeError for a bad parameter, and nothing
+        else: a closed inspector reports ``stopped``. Dead writers are reported
+        (``writers_dead``, ``dead_writers``), not reaped: that is the collector's and writers'
+        job. A killed collector (``collector_alive`` False) and a ring whose name was removed
+        or now leads to another segment (``detached``) are errors; a ring without a collector
         (``collector_pid`` 0) expects none."""
+        policy = _health.Policy(window, stall_after, error_rate_min_severity)  # type: ignore[arg-type]
         with self._lock:
             if self._closed:
                 return HealthStatus(status="stopped", message=f"{self._what} is closed",
-                                    max_events=self._seg.config.max_events)
-            return self._health(_stats.compute(self._seg))
+                                    max_events=self._seg.config.max_events, window=policy.window,
+                                    stall_after=policy.stall_after,
+                                    error_rate_min_severity=policy.error_rate_min_severity.name,
+                                    reasons=[HealthReason("stopped", "stopped", f"{self._what} is closed")])
+            return self._health(_stats.compute(self._seg), policy, keep=True)
 
-    def _health(self, stats: DiagnosticStats) -> HealthStatus:
-        """Health from ``stats`` (computed once by a caller that needs both) and the books.
+    def _health(self, stats: DiagnosticStats, policy: _health.Policy | None = None, *,
+                keep: bool = False) -> HealthStatus:
+        """Health from ``stats`` (computed once by a caller that needs both) and the books;
+        ``keep``: add the counters' sample to this inspector's history.
         The caller holds the lock and has checked the inspector is open."""
         seg = self._seg
+        policy = policy or _health.Policy()
         acct = _stats.accounting(seg)
-        alive, dead = writer_counts(_snapshot.shards(seg)[1])
+        sample = _health.take_sample(seg)  # its writers' states: one liveness check per shard
+        alive = sum(w.state == "active" for w in sample.writers)
+        dead = sum(w.state == "dead" for w in sample.writers)
         h = HealthStatus(
             status="", message="", event_count=acct.retained, max_events=seg.capacity,
             total_events=acct.recorded, uptime=(time.time_ns() - seg.created_ns) / 1e9,
@@ -335,8 +367,36 @@ class Inspector:
         collector = _owners.collector_of(seg)
         if collector is not None:
             h.collector_pid, h.collector_alive = collector.pid, collector.alive
-        h.status, h.message = _health.classify(h)
+        baseline = self._history.baseline(sample.taken_ns, policy.window)
+        cutoff = _health.recent_needed(sample, baseline, policy)
+        recent = None if cutoff is None else _recent.severities_since(seg, cutoff)
+        h = _health.evaluate(h, sample, baseline, policy, recent)
+        if keep:
+            self._history.add(sample, policy.window)
         return h
+
+    def stats_and_health(self) -> tuple[DiagnosticStats, HealthStatus]:
+        """``get_stats()`` and ``health_check()`` from one computation of the stats: what a
+        scrape or a dashboard refresh needs, at half the cost of the two calls."""
+        with self._lock:
+            self._check_open()
+            stats = _stats.compute(self._seg)
+            return stats, self._health(stats)
+
+    def get_peer_totals(self) -> _peers.PeerTotals:
+        """Peers tracked and recycled; messages and bytes each way over all peers since the last
+        clear (recycled entries included), and bytes per message type each way, summed without
+        building per-peer objects (``views.peers.totals``)."""
+        with self._lock:
+            self._check_open()
+            return _peers.totals(self._seg)
+
+    def get_latency_histograms(self) -> dict[str, _latency.OpHistogram]:
+        """Each timed operation's merged log-bucketed histogram (``views.latency.OpHistogram``),
+        for exporters that re-bucket it, such as the Prometheus histogram in ``shmdiag.metrics``."""
+        with self._lock:
+            self._check_open()
+            return _latency.histograms(self._seg)
 
     def get_latency_stats(self) -> dict[str, LatencyStats]:
         """Per timed operation, across all processes since the last clear: count, errors, mean,
@@ -409,6 +469,12 @@ class Inspector:
             self._check_open()
             return _export.write_export(self._seg, fp, format, self._export_head(), progress, filt=filt)
 
+    def _render(self, raw: np.ndarray, lead: bytes, trail: bytes) -> np.ndarray:
+        """JSON lines of validated records (a follower's Batch), continuations read from this ring."""
+        with self._lock:
+            self._check_open()
+            return _export.render_chunk(self._seg, raw, lead, trail)
+
     def _export_head(self) -> dict:
         """Everything an export carries besides its events."""
         latency = {op: dataclasses.asdict(st) for op, st in _latency.read(self._seg).items()}
@@ -445,6 +511,11 @@ class Following:
         with self._insp._lock:
             self._insp._check_open()
             return self._follower.poll_raw(max_seqs=max_seqs)
+
+    def render(self, batch: Batch, lead: bytes = b"", trail: bytes = b"\n") -> np.ndarray:
+        """The JSON lines of a Batch (``export.stream.render_chunk``: numpy for the whole batch,
+        events of several slots read whole), as one uint8 array; ``.data`` to write it."""
+        return self._insp._render(batch.raw, lead, trail)
 
     def flush(self) -> list[Gap]:
         """The gap a filtered follower holds back (see ``core.follow.Gap``): call when stopping."""

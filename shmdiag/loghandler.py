@@ -32,13 +32,38 @@ def _severity(levelno: int) -> Severity:
     return Severity.DEBUG
 
 
+def _traceback_within(exc_info: tuple, room: int) -> str:
+    """The exception's traceback as logging prints it, in at most ``room`` UTF-8 bytes: when
+    longer, its first line, a line saying how many lines were left out, then as many of its
+    last lines (the innermost frames and the exception's own line) as fit; when not even those
+    fit, the exception's line alone (which the writer then cuts)."""
+    text = "".join(traceback.format_exception(*exc_info)).rstrip("\n")
+    if len(text.encode("utf-8", "surrogatepass")) <= room:
+        return text
+    head, *lines = text.split("\n")
+    size = len(head.encode("utf-8", "surrogatepass")) + 1 + 40  # the marker line takes under 40 bytes
+    kept: list[str] = []
+    for line in reversed(lines):
+        n = len(line.encode("utf-8", "surrogatepass")) + 1
+        if size + n > room:
+            break
+        kept.append(line)
+        size += n
+    last = "".join(traceback.format_exception_only(exc_info[0], exc_info[1])).rstrip("\n")
+    if len(kept) < last.count("\n") + 1:
+        return last
+    kept.reverse()
+    return "\n".join([head, f"  ... ({len(lines) - len(kept)} lines left out)", *kept])
+
+
 class LoggingHandler(logging.Handler):
     """Record each LogRecord as an event.
 
     The level becomes the severity (DEBUG..CRITICAL); the logger name is the event type unless
     ``extra={"event_type": ...}`` names one; ``extra={"peer_id": ...}`` sets the peer; other
     ``extra`` fields become metadata (values that JSON cannot hold are recorded as their str);
-    an exception's type and message become the event's ``error``.
+    an exception's traceback becomes the event's ``error`` (within the ring's text budget, after
+    the message, which is kept whole: a traceback too long loses its outer frames).
 
     Records of shmdiag's own logger are ignored, so attaching this handler to the root logger
     cannot loop; events recorded through it are not logged again. A recorder that has been
@@ -67,16 +92,23 @@ class LoggingHandler(logging.Handler):
     def _event(self, record: logging.LogRecord) -> DiagnosticEvent:
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD and k not in _OWN}
         metadata = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in extra.items()}
+        etype = getattr(record, "event_type", None)
+        etype = etype if isinstance(etype, str) and etype else record.name or "root"
+        peer = getattr(record, "peer_id", "")
+        peer = peer if isinstance(peer, str) else str(peer)
+        message = record.getMessage()
         error = None
         if record.exc_info and record.exc_info[1] is not None:
-            error = "".join(traceback.format_exception_only(record.exc_info[0], record.exc_info[1])).strip()
-        etype = getattr(record, "event_type", None)
-        peer = getattr(record, "peer_id", "")
+            # The traceback, within what the message leaves of the event's text: the message has
+            # priority (the writer's rule), and a traceback too long loses its outer frames, not
+            # the exception's own line at its end.
+            room = self.recorder.text_budget(etype, peer) - len(message.encode("utf-8", "surrogatepass"))
+            error = _traceback_within(record.exc_info, room)
         return DiagnosticEvent(
-            event_type=etype if isinstance(etype, str) and etype else record.name or "root",
-            message=record.getMessage(),
+            event_type=etype,
+            message=message,
             severity=_severity(record.levelno),
-            peer_id=peer if isinstance(peer, str) else str(peer),
+            peer_id=peer,
             metadata=metadata or None,
             error=error,
             timestamp=datetime.fromtimestamp(record.created, timezone.utc),

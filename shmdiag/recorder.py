@@ -39,6 +39,7 @@ from shmdiag.core.shards import ShardManager, _fit_utf8
 from shmdiag.export import stream as _export
 from shmdiag.inspector import Inspector, _severity
 from shmdiag.views import stats as _stats
+from shmdiag.views.health import DEFAULT_ERROR_RATE_MIN_SEVERITY, DEFAULT_STALL_AFTER, DEFAULT_WINDOW
 
 # record_event of a lifecycle kind's type updates the peer as that kind does
 _LIFECYCLE = {k.name: k.flags & (L.F_LIFE_CONNECT | L.F_LIFE_DISCONNECT) for k in K.KINDS
@@ -50,7 +51,14 @@ _TYPE_ERROR = L.BUILTIN_TYPES.index("error")
 _TYPE_LATENCY = L.BUILTIN_TYPES.index("latency")
 assert (K.MESSAGE.code, _TYPE_MESSAGE) == (3, 2)  # record_message writes them as literals
 _MAX_NS = (1 << 63) - 1
-_LOG_CAP = L.TEXT_SIZE + 64  # characters of a log line's message: the ring's text and a template
+_LOG_CAP = L.TEXT_MAX + 64  # characters of a log line's message: the ring's text and a template
+
+
+def _error_text(err: BaseException) -> str:
+    """An exception as its traceback's last line says it: ``KeyError: 'feefilter'``, or the
+    type alone when it has no text."""
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _need_str(value: object, what: str, *, nonempty: bool = False) -> str:
@@ -205,9 +213,15 @@ class Recorder:
         flags = _LIFECYCLE.get(etype, 0) if peer else 0
         meta = b""
         if event.metadata is not None:
-            room = L.TEXT_SIZE - len(_fit_utf8(etype.encode(), L.TYPE_CAP)) - len(_fit_utf8(peer.encode(), L.PEER_CAP))
-            meta, cut = _encode_metadata(event.metadata, room)
-            flags |= L.F_HAS_METADATA | (L.F_TRUNCATED if cut else 0)
+            # Metadata gets what the message and the error leave (the writer's priority: see
+            # layout.text_budget), so whole keys are dropped here rather than the JSON cut there.
+            room = self.text_budget(etype, peer) - len(message.encode("utf-8", "surrogatepass")) + (
+                len(error.encode("utf-8", "surrogatepass")) if error is not None else 0)
+            meta, cut = _encode_metadata(event.metadata, max(0, room))
+            if len(meta) > room:  # not even "{}": none kept, as if there were none (still truncated)
+                meta, flags = b"", flags | L.F_TRUNCATED
+            else:
+                flags |= L.F_HAS_METADATA | (L.F_TRUNCATED if cut else 0)
         if error is not None:
             flags |= L.F_HAS_ERROR
         ts = 0 if event.timestamp is None else (_reader.datetime_to_ns(event.timestamp) or 1)
@@ -215,6 +229,14 @@ class Recorder:
         self._write(L.KIND_EVENT, sev, flags, tidx, ts, 0, etype, peer, meta, error or "", message)
         if log and sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
             self._log(sev, etype, peer, message)
+
+    def text_budget(self, event_type: str = "", peer_id: str = "") -> int:
+        """Bytes (UTF-8) of message, error and metadata together that one event of this type and
+        peer keeps whole on this ring (``layout.TEXT_MAX`` on rings of 512 events and more).
+        Beyond it the message keeps priority over the error, and the error over the metadata;
+        the event says ``truncated``."""
+        return L.text_budget(self._seg.capacity, len(_fit_utf8(event_type.encode(), L.TYPE_CAP)),
+                             len(_fit_utf8(peer_id.encode(), L.PEER_CAP)))
 
     def record_peer_connection(self, peer_id: str, address: str) -> None:
         if type(peer_id) is not str or not peer_id or type(address) is not str:  # a crawler's hot path: checks inline
@@ -258,7 +280,7 @@ class Recorder:
         _need_str(operation, "operation")
         if err is None:
             raise TypeError("err must be an exception or a str, not None")
-        text = err if isinstance(err, str) else str(err) or type(err).__name__
+        text = err if isinstance(err, str) else _error_text(err)
         sev = 3 if peer_id else 4
         self._write(L.KIND_ERROR, sev, L.F_HAS_ERROR, _TYPE_ERROR, 0, 0, "", peer_id, operation, text, "")
         if sev >= self._log_min and self._logger.isEnabledFor((sev + 1) * 10):
@@ -279,16 +301,18 @@ class Recorder:
         """``with rec.span("handshake", peer_id="p1"):`` times the block and records it as
         record_latency does. An exception inside is recorded as an error of ``op`` (counted in
         its ``errors``, not in its percentiles) and re-raised."""
-        _need_str(op, "op", nonempty=True)
-        _need_str(peer_id, "peer_id")
-        self._check_open()
+        if type(op) is not str or not op or type(peer_id) is not str:  # a crawler's per-ping path: checks inline
+            _need_str(op, "op", nonempty=True)
+            _need_str(peer_id, "peer_id")
+        if self._closed:
+            self._check_open()
         return _Span(self, op, peer_id)
 
     def _write_latency(self, op: str, ns: int, peer_id: str, error: BaseException | None) -> None:
         if error is None:
             self._write(L.KIND_LATENCY, 0, 0, _TYPE_LATENCY, 0, ns, "", peer_id, op, "", "")
             return
-        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        text = _error_text(error)
         self._write(L.KIND_LATENCY, 3, L.F_HAS_ERROR, _TYPE_LATENCY, 0, ns, "", peer_id, op, text, "")
         if self._log_min <= 3 and self._logger.isEnabledFor(logging.ERROR):
             self._log(3, K.LATENCY.name, peer_id, K.LATENCY.log_line(op=op, error=text))
@@ -328,12 +352,17 @@ class Recorder:
         + expired, exactly, with ``in_flight`` alongside (see :meth:`Inspector.accounting`)."""
         return self._insp.accounting()
 
-    def health_check(self) -> HealthStatus:
-        """Reap dead writers, then report health. Never raises: a closed recorder reports ``stopped``.
-        A ring whose name was removed or replaced is an ``error`` (logged once: see check_ring)."""
+    def health_check(self, window: float = DEFAULT_WINDOW, *, stall_after: float = DEFAULT_STALL_AFTER,
+                     error_rate_min_severity: Severity | int | str = DEFAULT_ERROR_RATE_MIN_SEVERITY,
+                     ) -> HealthStatus:
+        """Reap dead writers, then report health (see :meth:`Inspector.health_check` for the
+        window and the parameters). Raises ValueError/TypeError for a bad parameter, nothing
+        else: a closed recorder reports ``stopped``. A ring whose name was removed or replaced
+        is an ``error`` (logged once: see check_ring)."""
         with self._lock:
             self.reap_dead_writers()
-            h = self._insp.health_check()
+            h = self._insp.health_check(window, stall_after=stall_after,
+                                        error_rate_min_severity=error_rate_min_severity)
             if h.detached:
                 self._warn_detached(h.detached)
             return h
@@ -465,8 +494,8 @@ class _Span:
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> Literal[False]:
         ns = time.perf_counter_ns() - self._t0
-        if exc_type is None:
-            self._rec._write_latency(self._op, ns, self._peer, None)
+        if exc_type is None:  # the common case, written directly as record_latency writes it
+            self._rec._write(L.KIND_LATENCY, 0, 0, _TYPE_LATENCY, 0, ns, "", self._peer, self._op, "", "")
         elif issubclass(exc_type, Exception):  # not KeyboardInterrupt, SystemExit, GeneratorExit
             self._rec._write_latency(self._op, ns, self._peer, exc)
         return False

@@ -104,7 +104,8 @@ def _die_counting(name: str) -> None:
     overwrote = nat.load(seg.shard_word(i, "overwritten")) == before[1] + 1
     for k, v in enumerate(before):
         nat.store(seg.shard_word(i, "jbefore", k), v)
-    nat.store(seg.shard_word(i, "jmeta"), L.jmeta_make(2, 0, 0, L.OUT_OVERWROTE if overwrote else L.OUT_CLEAN))
+    nat.store(seg.shard_word(i, "jmeta"), L.jmeta_make(2, 0, 0, L.OUT_OVERWROTE if overwrote else L.OUT_CLEAN,
+                                                       overwrote=int(overwrote)))
     nat.store(seg.shard_word(i, "journal"), L.j_make(seq, L.PH_COUNTING))
     nat.store(seg.shard_word(i, "recorded"), before[0])
     os.kill(os.getpid(), signal.SIGKILL)
@@ -149,7 +150,9 @@ KILLABLE = textwrap.dedent(
 
 @pytest.mark.multiprocess
 def test_books_after_sigkilled_writers_are_reaped(make_recorder, procs):
-    rec = make_recorder(500)
+    # No health checks: its collector's rounds (and so its reaping) come every cleanup_interval
+    # (300 s), not every 5 s; here the test reaps.
+    rec = make_recorder(500, enable_health_check=False)
     for _ in range(6):
         p = subprocess.Popen([sys.executable, "-c", KILLABLE, rec.name], stdout=subprocess.PIPE)
         procs.append(p)

@@ -252,21 +252,22 @@ def test_stats_text_and_json(make_recorder):
 @pytest.mark.multiprocess
 def test_health_text_json_and_exit_codes(make_recorder):
     rec = make_recorder(1000)
-    write(rec.name, [["msg", "p", "inv", "inbound", 1]] * 40)
+    write(rec.name, [["event", "progress", "m", 1, "p"]] * 40)
     cp = run_cli("health", rec.name)
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert cp.stdout.startswith("healthy: ")
-    # 4 errors in 44 events: 9% error rate, a warning
+    assert cp.stdout.startswith("SHMDIAG OK - healthy: ")
+    # 4 errors in 44 events at INFO and above: 9% error rate, a warning
     write(rec.name, [["err", "p", "boom", "read"]] * 4)
     cp = run_cli("health", rec.name, "--json")
     assert cp.returncode == 1
     d = json.loads(cp.stdout)
     assert d["status"] == "warning" and d["total_events"] == 44 and d["writers_dead"] == 0
+    assert [r["condition"] for r in d["reasons"]] == ["error_rate"]
     # 60 errors in 100: 60%, an error
     write(rec.name, [["err", "p", "boom", "read"]] * 56)
     cp = run_cli("health", rec.name)
     assert cp.returncode == 2
-    assert cp.stdout.startswith("error: error rate 60.0%")
+    assert cp.stdout.startswith("SHMDIAG CRITICAL - error: error rate 60.0%")
     assert rec.health_check().status == "error"
 
 
@@ -560,8 +561,9 @@ def test_tail_follow_stops_when_the_ring_is_removed(procs, shm_names):
 def test_human_output_escapes_control_characters(make_recorder):
     rec = make_recorder(100)
     write(rec.name, [["conn", "evil\x1b[2J\x00", "10.0.0.9:8333"], ["err", "evil\x1b[2J\x00", "bad\nline", "read"]])
-    write(rec.name, [["msg", "p", "inv", "inbound", 1]] * 30)  # keep it healthy (exit 0)
-    for args in (["tail", rec.name], ["peers", rec.name], ["stats", rec.name], ["health", rec.name]):
+    write(rec.name, [["msg", "p", "inv", "inbound", 1]] * 30)  # keep it healthy (exit 0), rated over DEBUG too
+    for args in (["tail", rec.name], ["peers", rec.name], ["stats", rec.name],
+                 ["health", rec.name, "--error-rate-min-severity", "debug"]):
         cp = run_cli(*args)
         assert cp.returncode == 0, cp.stderr
         assert "\x1b" not in cp.stdout and "\x00" not in cp.stdout
@@ -635,7 +637,7 @@ def test_clear(make_recorder):
 def test_unknown_ring_is_one_line(cmd):
     name = unique_name("nosuch")
     cp = run_cli(cmd, name)
-    assert_one_error_line(cp, 1, name, "no shmdiag ring")
+    assert_one_error_line(cp, 3 if cmd == "health" else 1, name, "no shmdiag ring")  # health: UNKNOWN
 
 
 def test_not_a_ring_is_one_line(shm_names):
@@ -644,7 +646,7 @@ def test_not_a_ring_is_one_line(shm_names):
     with open(shm_path(name), "wb") as f:
         f.write(b"\x01" * 10000)
     for cmd in ("stats", "tail", "health"):
-        assert_one_error_line(run_cli(cmd, name), 1, "not a shmdiag ring")
+        assert_one_error_line(run_cli(cmd, name), 3 if cmd == "health" else 1, "not a shmdiag ring")
     with open(shm_path(name), "wb") as f:
         f.write(b"tiny")
     assert_one_error_line(run_cli("stats", name), 1, "not a shmdiag ring")
@@ -689,7 +691,7 @@ def test_permission_problem_is_one_line_simulated(make_recorder, monkeypatch, ca
 
     monkeypatch.setattr(_segment._posixshmem, "shm_open", denied)
     for cmd in ("stats", "tail", "health"):
-        assert _cli.main([cmd, rec.name]) == 1
+        assert _cli.main([cmd, rec.name]) == (3 if cmd == "health" else 1)
         err = capsys.readouterr().err
         assert err == f"shmdiag: error: permission denied opening ring {rec.name!r}\n"
 
@@ -733,8 +735,8 @@ def test_inspectors_do_not_write_into_the_ring(make_recorder):
     rec = make_recorder(200)
     write(rec.name, _traffic())
     before = [(w.pid, w.state) for w in rec.get_writers()]
-    for args in (["stats", rec.name], ["health", rec.name], ["peers", rec.name], ["tail", rec.name],
-                 ["export", rec.name], ["ls"]):
+    for args in (["stats", rec.name], ["health", rec.name, "--error-rate-min-severity", "debug"], ["peers", rec.name],
+                 ["tail", rec.name], ["export", rec.name], ["ls"]):
         assert run_cli(*args).returncode == 0
     assert [(w.pid, w.state) for w in rec.get_writers()] == before  # no shard was taken
     assert rec.get_stats().total_events == 37

@@ -84,9 +84,10 @@ def test_health_transitions_are_logged_once(make_ring, caplog):
         c.run_once()
         c.run_once()
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2, lines
+    assert len(lines) == 3, lines
     assert lines[0].startswith(f"shmdiag {rec.name} health: healthy")
-    assert "health: warning" in lines[1] and "died" in lines[1]
+    assert "died without detaching" in lines[1]  # the death, once, then the transition it caused
+    assert "health: healthy -> warning" in lines[2] and "died" in lines[2]
     assert c.last_health == "warning"
 
 

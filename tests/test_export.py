@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from shmdiag import DiagnosticEvent, Severity
+from shmdiag.core import layout as L
 
 UTC = timezone.utc
 NASTY = 'quote " backslash \\ newline \n tab \t cr \r ñ 日本 😀 \x01 </script>'
@@ -65,7 +66,8 @@ def test_export_structure_and_events(rec):
     assert conn["metadata"] == {"address": "203.0.113.5:8333"} and conn["error"] is None
     assert msg["severity"] == "DEBUG"
     assert msg["metadata"] == {"message_type": "inv", "direction": "inbound", "size": 37}
-    assert err["severity"] == "ERROR" and err["error"] == "no pong" and err["metadata"] == {"operation": "ping"}
+    assert err["severity"] == "ERROR" and err["error"] == "TimeoutError: no pong"
+    assert err["metadata"] == {"operation": "ping"}
     assert custom == {
         "timestamp": custom["timestamp"], "event_type": "custom", "peer_id": "peer-2", "message": "hello",
         "severity": "WARNING", "metadata": {"height": 5, "list": [1, 2]}, "error": "E", "pid": os.getpid(),
@@ -155,12 +157,15 @@ def test_export_name_with_event_type_nasty(rec):
 
 
 def test_export_truncated_event(rec):
+    rec.record_event(DiagnosticEvent("long", "日本" * 1100, metadata={"a": "x" * 500, "b": 1}))
     rec.record_event(DiagnosticEvent("long", "日本" * 200, metadata={"a": "x" * 500, "b": 1}))
-    (e,) = export(rec)["events"]
-    assert e["truncated"] is True
-    assert e["metadata"] == {"b": 1}
-    assert ("日本" * 200).startswith(e["message"])
-    assert "\ufffd" not in e["message"]
+    cut, whole = export(rec)["events"]
+    assert cut["truncated"] is True
+    assert cut["metadata"] is None  # the message first: no room left for any metadata
+    assert ("日本" * 1100).startswith(cut["message"]) and len(cut["message"].encode()) > L.TEXT_MAX - 20
+    assert "\ufffd" not in cut["message"]
+    assert whole["truncated"] is False and whole["message"] == "日本" * 200  # several slots, whole
+    assert whole["metadata"] == {"a": "x" * 500, "b": 1}
 
 
 def test_export_carries_latency_percentiles(rec):

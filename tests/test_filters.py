@@ -421,3 +421,27 @@ def test_tail_follow_shows_its_lag_on_a_terminal(make_recorder, procs):
     os.close(master)
     assert b"-- catching up: " in err and b" events behind (" in err
     assert err.rstrip(b"\r\n").endswith(b"\r\x1b[K")  # erased once caught up
+
+
+def test_events_of_several_slots_come_whole_through_the_filters(make_recorder, procs):
+    rec = make_recorder(1000)
+    long = "x" * 1500 + "-the-end"
+    write(rec.name, [["event", "marker", "start-mark", 1, ""]])
+    p = subprocess.Popen([*CLI, "tail", rec.name, "-f", "-n", "1", "--json", "--type", "long", "--type", "marker"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(p)
+    reader = LineReader(p)
+    reader.lines_until(lambda line, _: b"start-mark" in line)
+    with Inspector.attach(rec.name) as insp:
+        head = insp.seq_range()[1]
+        fol = insp.follower(head, filt=EventFilter(types={"long"}))
+        rec.record_event(DiagnosticEvent("long", long, Severity.WARNING, peer_id="p"))
+        rec.record_message("p", "inv", "inbound", 1)
+        got = [e for e in rec.get_events(5, event_type="long", peer_id="p")]
+        assert [e.message for e in got] == [long] and not got[0].truncated
+        items = [it for it in fol.poll_raw() if isinstance(it, Batch)]
+        assert [e.message for b in items for e in b.events()] == [long]
+        line = fol.render(items[0]).tobytes()
+        assert orjson.loads(line)["message"] == long
+    lines = reader.lines_until(lambda line, _: b"the-end" in line)
+    assert orjson.loads(lines[-1])["message"] == long

@@ -643,11 +643,12 @@ def check_cli(r: dict, summary: dict, name: str, outdir: str) -> list[str]:
             probs.append(f"{label}: exit {rc} on a ring the API refused ({summary['refused']})")
         elif not refused_any:
             probs += _check_output(label, cmd, argv, rc, out, summary, outdir)
-    elif rc == 1 and len(lines) == 1 and lines[0].startswith("shmdiag: error: "):
-        if not refused_any:
+    elif rc == (3 if cmd == "health" else 1) and len(lines) == 1 and lines[0].startswith("shmdiag: error: "):
+        if not refused_any:  # (health is a probe: a ring it cannot read is UNKNOWN, 3)
             probs.append(f"{label}: refused ({lines[0]!r}) a ring the API read without refusal")
     else:
-        probs.append(f"{label}: exit {rc}, stderr {err.strip()[:1000]!r} (want 0, or 1 and one 'shmdiag: error:' line)")
+        probs.append(f"{label}: exit {rc}, stderr {err.strip()[:1000]!r} "
+                     "(want 0, or 1 (health: 3) and one 'shmdiag: error:' line)")
     return probs
 
 
@@ -663,7 +664,7 @@ def _check_output(label: str, cmd: str, argv: list[str], rc: int, out: str, summ
             if js:
                 st = json.loads(out)["status"]
             else:
-                st = out.split(":", 1)[0]
+                st = out.split(" - ", 1)[-1].split(":", 1)[0]  # SHMDIAG <STATE> - <status>: ...
             if HEALTH_EXIT.get(st) != rc:
                 return [f"{label}: status {st!r} with exit {rc}"]
         elif cmd == "peers" and js:

@@ -11,8 +11,8 @@ from shmdiag import DiagnosticEvent, HealthStatus, Severity
 
 
 def record_mix(r, errors: int, others: int, *, critical: bool = False) -> None:
-    for i in range(others):
-        r.record_message("p", "inv", "inbound", i)
+    for i in range(others):  # INFO: the error rate is over events at INFO and above by default
+        r.record_event(DiagnosticEvent("progress", str(i), Severity.INFO, peer_id="p"))
     for _ in range(errors):
         if critical:
             r.record_error("", "node-wide failure", "op")
@@ -114,8 +114,8 @@ def test_error_rate_counts_overwritten_events(make_recorder):
     for _ in range(10):
         r.record_error("p", "x", "op")
     for i in range(10):
-        r.record_message("p", "inv", "inbound", i)
-    assert all(e.event_type == "message" for e in r.get_events(0))
+        r.record_event(DiagnosticEvent("progress", str(i), Severity.INFO))
+    assert all(e.event_type == "progress" for e in r.get_events(0))
     h = r.health_check()
     assert h.error_rate == pytest.approx(0.5)
     assert h.status == "error"

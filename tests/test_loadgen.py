@@ -150,7 +150,11 @@ def test_run_load_against_the_tests_ring(make_recorder):
     a = report["accounting"]
     assert (a["recorded"], a["overwritten"], a["lost"], a["abandoned"], a["expired"]) == (
         acct.recorded, acct.overwritten, acct.lost, acct.abandoned, acct.expired)
-    assert a["retained"] == health.event_count == 5000 and a["overwritten"] == 2000
+    # The ring holds the last 5000 sequence numbers; on a busy machine a writer paused mid-run
+    # may leave k of them unused (counted: acct.unused), and then holds k fewer events.
+    k = 5000 - a["retained"]
+    assert 0 <= k <= acct.unused, (a, acct)
+    assert a["retained"] == health.event_count and a["overwritten"] == 2000 + k
     assert report["stats"]["events_by_type"] == stats.events_by_type
     assert report["stats"]["active_peers"] == stats.active_peers == 0  # clean stops disconnect their peers
     assert sum(stats.events_by_type.values()) == 7000

@@ -48,7 +48,10 @@ def test_extra_event_type_and_exception_text(rec, logger):
         logger.exception("dial failed", extra={"event_type": "dial"})
     (e,) = rec.get_events(limit=0)
     assert e.event_type == "dial" and e.severity == Severity.ERROR
-    assert e.error == "ConnectionRefusedError: refused by 10.0.0.1:8333"
+    assert e.error.startswith("Traceback (most recent call last):\n")  # the whole traceback
+    assert 'raise ConnectionRefusedError("refused by 10.0.0.1:8333")' in e.error
+    assert e.error.endswith("\nConnectionRefusedError: refused by 10.0.0.1:8333")
+    assert e.message == "dial failed" and e.truncated is False
     assert rec.get_stats().events_by_type == {"dial": 1}
 
 

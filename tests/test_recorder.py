@@ -10,7 +10,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-import orjson
 import pytest
 
 from shmdiag import (
@@ -630,11 +629,11 @@ def test_helpers(rec):
     assert (err.event_type, err.severity, err.peer_id) == ("error", Severity.ERROR, "peer-1")
     assert err.message == "Error in ping"
     assert err.metadata == {"operation": "ping"}
-    assert err.error == "no pong in 20s"
+    assert err.error == "TimeoutError: no pong in 20s"  # as the traceback's last line says it
 
     assert (crit.event_type, crit.severity, crit.peer_id) == ("error", Severity.CRITICAL, "")
     assert crit.message == "Error in persist"
-    assert crit.error == "disk full"
+    assert crit.error == "OSError: disk full"
 
     assert err_str.severity is Severity.ERROR and err_str.error == "plain text error"
     for e in (conn, disc, msg_in, msg_out, err, crit, err_str):
@@ -728,19 +727,23 @@ def _assert_clean_prefix(got: str, original: str, max_bytes: int):
 
 
 def test_truncation_long_message(rec):
-    msg = "m" * 500
-    got = _roundtrip_with_neighbours(rec, DiagnosticEvent("long", msg, peer_id="p"))
+    budget = rec.text_budget("long", "p")
+    assert budget == L.TEXT_MAX
+    got = _roundtrip_with_neighbours(rec, DiagnosticEvent("long", "m" * 500, peer_id="p"))
+    assert got.truncated is False and got.message == "m" * 500  # several slots: whole
+    rec.clear_events()
+    got = _roundtrip_with_neighbours(rec, DiagnosticEvent("long", "m" * (budget + 500), peer_id="p"))
     assert got.truncated is True
-    assert got.message == "m" * (L.TEXT_SIZE - len("long") - len("p"))
+    assert got.message == "m" * budget
     assert got.event_type == "long" and got.peer_id == "p"
 
 
 def test_truncation_multibyte_message_cut_on_utf8_boundary(rec):
     for filler in ("日本", "ñ", "😀", "a日"):
-        msg = filler * 200
+        room = rec.text_budget("mb")
+        msg = filler * (room // len(filler.encode()) + 50)
         got = _roundtrip_with_neighbours(rec, DiagnosticEvent("mb", msg))
         assert got.truncated is True
-        room = L.TEXT_SIZE - len("mb")
         _assert_clean_prefix(got.message, msg, room)
         widest = max(len(c.encode()) for c in filler)
         assert len(got.message.encode()) > room - widest  # as much as fits
@@ -760,38 +763,52 @@ def test_truncation_peer_id_and_event_type(rec):
 
 
 def test_truncation_metadata_drops_whole_keys(rec):
-    meta = {"a": "x" * 60, "b": "y" * 200, "c": 1, "ñ": "日本"}
+    room = rec.text_budget("meta", "p") - 1  # the message "m"
+    meta = {"a": "x" * 60, "b": "y" * room, "c": 1, "ñ": "日本"}
     got = _roundtrip_with_neighbours(rec, DiagnosticEvent("meta", "m", peer_id="p", metadata=meta))
     assert got.truncated is True
     assert isinstance(got.metadata, dict)
     assert got.metadata == {"a": "x" * 60, "c": 1, "ñ": "日本"}
+    assert got.message == "m"
 
 
 def test_truncation_metadata_that_cannot_fit_at_all(rec):
-    got = _roundtrip_with_neighbours(rec, DiagnosticEvent("meta", "m", metadata={"huge": "z" * 1000}))
+    got = _roundtrip_with_neighbours(rec, DiagnosticEvent("meta", "m", metadata={"huge": "z" * L.TEXT_MAX}))
     assert got.truncated is True
     assert got.metadata == {}
 
 
-def test_truncation_fields_share_text_area(rec):
+def test_truncation_keeps_the_message_first_then_the_error(rec, make_recorder):
+    """Issue 12: error text stored before the message used to cut the message (even to empty)."""
+    budget = rec.text_budget("t", "p")
     meta = {"k": "v" * 100}
-    err = "e" * 100
+    err = "e" * budget
     got = _roundtrip_with_neighbours(rec, DiagnosticEvent("t", "message text", peer_id="p", metadata=meta, error=err))
     assert got.truncated is True
-    assert got.metadata == meta
-    room = L.TEXT_SIZE - len("t") - len("p") - len(orjson.dumps(meta))
-    assert got.error == "e" * room
-    assert got.message == ""
+    assert got.message == "message text"
+    assert got.error == "e" * (budget - len("message text"))
+    assert got.metadata is None  # no room left: the metadata is the first to go
+    # within one slot too: on a ring too small for a second slot, the message still comes first
+    small = make_recorder(16)
+    assert small.text_budget("t", "p") == L.TEXT_SIZE - 2
+    small.record_event(DiagnosticEvent("t", "lost peer during IBD headers sync", peer_id="p", error="x" * 300,
+                                       metadata={"k": 1}))
+    (e,) = small.get_events(0)
+    assert e.message == "lost peer during IBD headers sync" and e.truncated is True
+    assert e.error == "x" * (L.TEXT_SIZE - 2 - len(e.message)) and e.metadata is None
 
 
 def test_truncation_of_helper_text(rec):
-    address = "a" * 300
+    address = "a" * (L.TEXT_MAX + 300)
     rec.record_peer_connection("p", address)
     got = rec.get_events()[0]
     assert got.truncated is True
     assert got.message.startswith("Peer connected: aaa")
     assert address.startswith(got.metadata["address"])
-    assert len(got.metadata["address"]) == L.TEXT_SIZE - len("p")
+    assert len(got.metadata["address"]) == rec.text_budget("", "p")
+    rec.record_peer_connection("p", "b" * 1000)
+    got = rec.get_events()[-1]
+    assert got.truncated is False and got.metadata["address"] == "b" * 1000
 
 
 def test_exactly_fitting_text_not_truncated(rec):

@@ -71,6 +71,25 @@ def count_arg(text: str) -> int:
     return v
 
 
+def read_toml(path: str) -> dict:
+    """The TOML file ``path`` (a config file); UsageError with one line if it cannot be read."""
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]  # installed or not
+        except ImportError:
+            raise UsageError("reading a config file needs Python 3.11 or the 'tomli' package "
+                             "(pip install tomli)") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {path}: not valid TOML: {e}") from None
+
+
 def check_name(name: str) -> str:
     from shmdiag.core.config import validate_name
 
@@ -98,3 +117,35 @@ def attached_recorder(name: str) -> Recorder:
 
 def local_time(ts: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return "-" if ts is None else ts.astimezone().strftime(fmt)
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _seconds(text: str) -> float:
+    t = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if t.endswith(u)), "")
+    try:
+        v = float(t[: len(t) - len(unit)]) * _UNITS.get(unit, 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (seconds, or with a unit: 1.5s, 5m, 2h)") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite duration")
+    return v
+
+
+def seconds_arg(text: str) -> float:
+    """A positive duration: seconds, or with a unit (ms, s, m, h, d)."""
+    v = _seconds(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return v
+
+
+def seconds_or_off_arg(text: str) -> float:
+    """A duration >= 0 (0: off)."""
+    v = _seconds(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (0: off), got {text!r}")
+    return v

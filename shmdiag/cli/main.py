@@ -22,15 +22,21 @@ from shmdiag.cli._common import (
     UsageError,
     count_arg,
     err,
+    seconds_arg,
     severity_arg,
 )
+from shmdiag.cli.alerts import cmd_alert_rules, cmd_alerts
 from shmdiag.cli.export import cmd_export
-from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
+from shmdiag.cli.format import add_human_args
+from shmdiag.cli.inspect import _HEALTH_EPILOG, cmd_health, cmd_peers, cmd_stats, health_flags
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
 from shmdiag.cli.tail import _TAIL_EPILOG, add_filter_args, cmd_tail
-from shmdiag.cli.top import cmd_top
+from shmdiag.cli.top import _TOP_EPILOG, add_top_args, cmd_top
+from shmdiag.cli.watch import add_watch_args
+from shmdiag.cli.web import WEB_HELP, cmd_web, http_arg
+from shmdiag.collector import HEALTH_PERIOD
 from shmdiag.core.errors import ShmDiagError
 
 
@@ -58,14 +64,28 @@ def build_parser() -> Parser:
     sp.add_argument("--max-events", type=int, metavar="N", help="ring capacity (overrides the config file)")
     sp.add_argument("--config", metavar="FILE",
                     help="TOML file of RecorderConfig fields, at the top level or under [shmdiag]")
+    sp.add_argument("--http", type=http_arg, metavar="ADDR", help=WEB_HELP + "; refused at start if it cannot "
+                    "be bound")
+    sp.add_argument("--health-interval", type=seconds_arg, default=HEALTH_PERIOD, metavar="DURATION",
+                    help=f"seconds between health checks (default {HEALTH_PERIOD:g}s; with health checks on)")
+    health_flags(sp)
+    sp = cmd("web", "serve a running ring's /metrics, JSON API and dashboard over HTTP (read-only)", cmd_web)
+    sp.add_argument("--http", type=http_arg, metavar="ADDR", default=("127.0.0.1", 9464),
+                    help=WEB_HELP + " (default 127.0.0.1:9464)")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
     sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
     sp.add_argument("--force", action="store_true", help="remove it even if it is in use")
-    cmd("stats", "event counts by type and severity since creation or the last clear", cmd_stats, json=True)
-    cmd("health", "health status; exit 0 healthy, 1 warning, 2 degraded/error", cmd_health, json=True)
+    sp = cmd("stats", "event counts by type and severity since creation or the last clear; --watch adds rates",
+             cmd_stats, json=True)
+    add_watch_args(sp)
+    sp = cmd("health", "health as a Nagios/Icinga probe: exit 0 OK, 1 WARNING, 2 CRITICAL (degraded, error, "
+             "stopped), 3 UNKNOWN (no such ring, unreadable, not a ring)", cmd_health, json=True,
+             epilog=_HEALTH_EPILOG)
+    health_flags(sp)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
     sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
                     help="show the N busiest peers (default 50, 0 = all)")
+    add_human_args(sp, color=False)
     sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG)
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
     sp.add_argument("-F", dest="follow_name", action="store_true",
@@ -74,13 +94,20 @@ def build_parser() -> Parser:
     sp.add_argument("-n", type=count_arg, default=10, metavar="N",
                     help="how many past events (default 10; 0 only with -f)")
     add_filter_args(sp, severity_arg)
-    sp = cmd("top", "live full-screen view (q quits)", cmd_top)
-    sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
+    add_human_args(sp)
+    sp = cmd("top", "live full-screen view (? help, q quits); --batch -n 1 for a text snapshot", cmd_top,
+             epilog=_TOP_EPILOG)
+    add_top_args(sp)
     sp = cmd("export", "export the retained events with stats and health", cmd_export)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
     add_filter_args(sp, severity_arg)
     cmd("clear", "forget every retained event and zero the stats", cmd_clear)
+    cmd("alerts", "the alert rules of the ring's collector and where each stands", cmd_alerts, json=True)
+    sp = cmd("alert-rules", "print the alert rules (the defaults, or those of --config) as a Prometheus rule file",
+             cmd_alert_rules, ring=False)
+    sp.add_argument("--config", metavar="FILE", help="the collector's TOML config ([alerting], [[alert]] tables)")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp = cmd("demo", "record a simulated node from several processes and show the result", cmd_demo, ring=False)
     sp.add_argument("--writers", type=int, default=4, help="writer processes (default 4)")
     sp.add_argument("--seconds", type=float, default=2.0, help="how long they record (default 2)")

@@ -17,9 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
-
-import orjson
+from typing import TYPE_CHECKING, Any
 
 from shmdiag.cli._common import (
     UsageError,
@@ -27,10 +25,9 @@ from shmdiag.cli._common import (
     check_name,
     dumps,
 )
-from shmdiag.cli.format import clean
+from shmdiag.cli.format import format_event_line, terminal_width, use_color
 from shmdiag.core.errors import RingNotFoundError, ShmDiagError
 from shmdiag.core.follow import Batch, Gap
-from shmdiag.core.kinds import BUILTIN_TYPES
 from shmdiag.core.models import DiagnosticEvent
 
 if TYPE_CHECKING:
@@ -46,21 +43,9 @@ _REATTACH_EVERY = 0.5  # s between looks for a ring that went away, with -F
 
 
 # -- tail ----------------------------------------------------------------------------------
-_BUILTIN = frozenset(BUILTIN_TYPES)  # their message already says what their metadata holds
-
-
-def format_event(e: DiagnosticEvent) -> str:
-    """One line per event: time, severity, pid, type, peer, message, error (and the metadata of
-    a custom event, whose message does not already say it)."""
-    ts = "-" if e.timestamp is None else e.timestamp.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    line = f"{ts}  {str(e.severity):<8}  {e.pid or '-':>7}  {e.event_type:<17}  {e.peer_id or '-':<14}  {e.message}"
-    if e.metadata and e.event_type not in _BUILTIN:
-        line += "  " + orjson.dumps(e.metadata).decode()
-    if e.error:
-        line += f"  error: {e.error}"
-    if e.truncated:
-        line += "  [truncated]"
-    return clean(line)
+def format_event(e: DiagnosticEvent, **kw: Any) -> str:
+    """One event for a person; the format (zone, colour, width) is cli.format.format_event_line's."""
+    return format_event_line(e, **kw)
 
 
 def _matched_note(gap: Gap, filtered: bool) -> str:
@@ -94,6 +79,7 @@ def gap_record(gap: Gap) -> dict:
 _UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _RELATIVE = re.compile(r"\s*(?:(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)\s*)+(?:ago)?\s*", re.I)
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)", re.I)
+
 
 
 def parse_time(text: str, what: str, now: datetime | None = None) -> datetime:
@@ -170,8 +156,10 @@ class _Out:
     """Where tail writes: events and gaps on stdout, and the lag (a status line on stderr when it
     is a terminal; ``{"kind": "lag"}`` lines with --json)."""
 
-    def __init__(self, as_json: bool, filtered: bool) -> None:
+    def __init__(self, as_json: bool, filtered: bool, human: dict | None = None) -> None:
         self.fp = sys.stdout.buffer
+        self.human = human or {}
+        self.following: Following | None = None  # renders Batches (set by _follow)
         self.as_json = as_json
         self.filtered = filtered
         self.status_tty = not as_json and sys.stderr.isatty()
@@ -193,11 +181,9 @@ class _Out:
         if self.as_json:
             self._write(b"\n".join(dumps(event_to_dict(e)) for e in events) + b"\n")
         else:
-            self._write(("\n".join(format_event(e) for e in events) + "\n").encode("utf-8", "replace"))
+            self._write(("\n".join(format_event(e, **self.human) for e in events) + "\n").encode("utf-8", "replace"))
 
     def items(self, items: Sequence[Batch | Gap]) -> None:
-        from shmdiag.export.templates import render_events
-
         for it in items:
             if isinstance(it, Gap):
                 if self.as_json:
@@ -205,8 +191,9 @@ class _Out:
                 else:
                     self._write(format_gap(it, self.filtered).encode() + b"\n")
             elif self.as_json:
+                assert self.following is not None
                 for lo in range(0, len(it), _RENDER):  # the renderer's working set stays in cache
-                    self._write(render_events(it.raw[lo: lo + _RENDER]).data)
+                    self._write(self.following.render(Batch(it.raw[lo: lo + _RENDER])).data)
             else:
                 self.events(it.events())
 
@@ -244,7 +231,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
         raise UsageError("-n must be at least 1 (or 0 with -f: only new events)")
     filt = tail_filter(args)
     name = check_name(args.name)
-    out = _Out(args.json, not filt.selects_all)
+    human = {"width": terminal_width(sys.stdout), "color": use_color(getattr(args, "color", "auto"), sys.stdout),
+             "local": getattr(args, "local", False)}
+    out = _Out(args.json, not filt.selects_all, human)
     first = True
     while True:
         try:
@@ -285,6 +274,7 @@ class _Unrecorded(ShmDiagError):
 
 def _follow(insp: Inspector, follower: Following, out: _Out, name: str) -> str:
     """Follow until interrupted or the ring is removed or replaced; say which."""
+    out.following = follower
     path = f"/dev/shm/{name}"
     ino = os.fstat(insp.fileno()).st_ino  # the segment we mapped, even if it was removed already
     next_check = time.monotonic() + 1.0

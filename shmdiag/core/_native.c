@@ -25,6 +25,15 @@
  *   6. journal = (s, EXTRAS) with the outcome; the adds, jstep counting them (extras_apply)
  *   7. journal = (s, COUNTING) with the counters' old values; counters = old + 1; journal = idle
  *
+ * An event whose text does not fit one slot (fit_text) takes nslots consecutive seqs of the run
+ * (a new run of at least nslots is claimed when the current one has fewer left). After step 3
+ * for its first slot, it takes its continuation slots the same way (take_conts: never waiting,
+ * stopping early with its text cut when it cannot), and in step 4 writes and publishes them
+ * (ST_CONT, release) before the first slot is published in step 5: a reader that sees the first
+ * slot committed finds every continuation published, or since replaced (then it reads the first
+ * slot alone, truncated). Every live event its slots replaced is counted as overwritten (jmeta
+ * carries the count); the event itself is one event in every counter.
+ *
  * Step 7 stores "old + 1" rather than incrementing, so a reaper that finds a dead writer in
  * COUNTING can redo it idempotently; in earlier phases the counters are untouched and the reaper
  * applies them itself, after finishing the adds from jstep on in EXTRAS, or all of them in
@@ -90,6 +99,9 @@ typedef struct {
     Py_ssize_t out_clean, out_overwrote, out_lost;
     Py_ssize_t flag_truncated, flag_life_connect, flag_life_disconnect, flag_has_error, flag_outbound;
     Py_ssize_t kind_message, kind_latency;
+    /* events of several slots (layout.CONT) */
+    Py_ssize_t kind_cont, st_cont, sev_cont, flag_continued, text_max, cont_text, event_slots_max, stage_done,
+        cont_first, cont_more, cont_index, cont_count, cont_text_off;
     Py_ssize_t metrics;
     double log_gamma;   /* not in layout_keys: read as a float */
 } Layout;
@@ -122,6 +134,8 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(out_clean), K(out_overwrote), K(out_lost),
     K(flag_truncated), K(flag_life_connect), K(flag_life_disconnect), K(flag_has_error), K(flag_outbound),
     K(kind_message), K(kind_latency),
+    K(kind_cont), K(st_cont), K(sev_cont), K(flag_continued), K(text_max), K(cont_text), K(event_slots_max), K(stage_done),
+    K(cont_first), K(cont_more), K(cont_index), K(cont_count), K(cont_text_off),
     K(metrics),
 #undef K
 };
@@ -134,6 +148,7 @@ typedef struct {
     Layout L;
     uint64_t keys[NWORDS_MAX];
     Py_ssize_t nwords;
+    unsigned char order[256][3];   /* per kind: f1..f3 (text indices 2..4) in the order they get room */
     char *shard;            /* this process's counter shard, or NULL */
     pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
@@ -642,6 +657,18 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
         return -1;
     }
     memcpy(self->keys, PyBytes_AS_STRING(keys), (size_t)(self->nwords * 8));
+    PyObject *order = PyDict_GetItemString(layout, "text_order");
+    if (!order || !PyBytes_Check(order) || PyBytes_GET_SIZE(order) != 256 * 3) {
+        PyErr_SetString(PyExc_KeyError, "layout is missing text_order (256 x 3 bytes)");
+        return -1;
+    }
+    memcpy(self->order, PyBytes_AS_STRING(order), 256 * 3);
+    for (int i = 0; i < 256; i++) {
+        int seen = 0;
+        for (int j = 0; j < 3; j++)
+            if (self->order[i][j] >= 2 && self->order[i][j] <= 4) seen |= 1 << self->order[i][j];
+        if (seen != 0x1C) { PyErr_SetString(PyExc_ValueError, "text_order must order 2, 3, 4 for each kind"); return -1; }
+    }
     if (PyObject_GetBuffer(buf, &self->view, readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE | PyBUF_SIMPLE) < 0) return -1;
     self->readonly = readonly;
     Py_ssize_t need_slots = L->slots_off + L->capacity * L->slot_size;
@@ -656,6 +683,10 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
         L->base_slots < 1 || L->seq_bits < 32 || L->seq_bits > 56 || L->run_max < 1 || L->run_max > L->capacity ||
         L->run_len_bits < 7 || L->run_max >= ((Py_ssize_t)1 << L->run_len_bits) || L->run_len_bits + L->seq_bits > 62 ||
         L->text_size > 255 || L->slot_text + L->text_size > L->slot_size ||
+        L->sev_cont >= ((Py_ssize_t)1 << L->w_sev_bits) || L->event_slots_max < 1 || L->event_slots_max > 255 || L->event_slots_max > L->capacity ||
+        L->event_slots_max >= ((Py_ssize_t)1 << L->run_len_bits) || L->cont_text < 1 ||
+        L->cont_text_off + L->cont_text > L->slot_size || L->text_max > 65535 || L->stage_done > 255 ||
+        L->cont_more + 6 > L->slot_size || L->cont_first + 8 > L->slot_size ||
         ((uintptr_t)self->view.buf) % 8) {
         PyBuffer_Release(&self->view);
         PyErr_SetString(PyExc_ValueError, "layout does not fit the buffer");
@@ -782,8 +813,9 @@ static inline int64_t mono_ns(void) {
  * says CLAIMING (release: t0 first), then the fetch_add (acq_rel), then the run itself. A
  * reader loads the head (acquire) before the shard words, so for any seq below that head it
  * sees this run's t0 with CLAIMING or the run itself — or a later run, which this process only
- * starts after it has finished with every seq it took from this one. */
-static void claim_run(Mapping *self, char *sh) {
+ * starts after it has finished with every seq it took from this one. A run is at least `need`
+ * long (the slots of the event about to be written; at most event_slots_max < 2^run_len_bits). */
+static void claim_run(Mapping *self, char *sh, uint64_t need) {
     const Layout *L = &self->L;
     int64_t t0 = mono_ns();
     if (t0 - self->win_start >= L->run_ttl_ns) {
@@ -793,6 +825,7 @@ static void claim_run(Mapping *self, char *sh) {
     }
     uint64_t n = 1;
     while (n * 2 <= self->rate_n && n * 2 <= (uint64_t)L->run_max) n *= 2;
+    if (n < need) n = need;   /* an event of several slots takes them all from one run */
     st_rlx(sh + L->shard_run_t0, (uint64_t)t0);
     st_rel(sh + L->shard_run, (uint64_t)L->run_claiming);
     uint64_t head = __atomic_fetch_add(U64(self->mem + L->hdr_head), n, __ATOMIC_ACQ_REL);
@@ -847,6 +880,124 @@ static __attribute__((noinline, cold)) void drop_run(Mapping *self, char *sh, ui
     st_rel(sh + L->shard_unused, ld_rlx(sh + L->shard_unused) + (end - from));
 }
 
+/* ---- events of several slots (layout.CONT) --------------------------------------------------
+ *
+ * Fit an event's five texts into at most `slots` slots: event_type and peer_id within their caps,
+ * in the first slot; the free fields f1..f3 (text indices 2..4) up to text_max bytes together and
+ * what `slots` slots hold, room going to them in the kind's order (self->order: the message's
+ * fields, then the error, then the rest), each cut on a UTF-8 boundary. full[i]: what is kept of
+ * field i; lens[i]: its first part, in the first slot (by the same order). Returns the slots the
+ * kept text takes (<= slots); sets flag_truncated in *flags when anything was cut. */
+static __attribute__((noinline)) Py_ssize_t fit_text(const Mapping *m, long kind, const char **tp, const Py_ssize_t *tn,
+                                                     Py_ssize_t slots, unsigned char *lens, Py_ssize_t *full, long *flags) {
+    const Layout *L = &m->L;
+    const unsigned char *ord = m->order[kind & 255];
+    Py_ssize_t n0 = utf8_floor(tp[0], tn[0], L->type_cap), n1 = utf8_floor(tp[1], tn[1], L->peer_cap);
+    if (n0 < tn[0] || n1 < tn[1]) *flags |= L->flag_truncated;
+    lens[0] = (unsigned char)n0; lens[1] = (unsigned char)n1;
+    full[0] = n0; full[1] = n1;
+    Py_ssize_t room = L->text_size - n0 - n1;
+    Py_ssize_t cap = room + (slots - 1) * L->cont_text;
+    if (cap > L->text_max) cap = L->text_max;
+    for (;;) {
+        Py_ssize_t budget = cap, r = room, more = 0;
+        for (int j = 0; j < 3; j++) {
+            int i = ord[j];
+            Py_ssize_t n = utf8_floor(tp[i], tn[i], budget);
+            if (n < tn[i]) *flags |= L->flag_truncated;
+            full[i] = n;
+            budget -= n;
+        }
+        for (int j = 0; j < 3; j++) {
+            int i = ord[j];
+            Py_ssize_t n = utf8_floor(tp[i], full[i], r);
+            lens[i] = (unsigned char)n;
+            r -= n;
+            more += full[i] - n;
+        }
+        Py_ssize_t need = 1 + (more + L->cont_text - 1) / L->cont_text;
+        if (need <= slots) return need;
+        /* Cuts on UTF-8 boundaries left a few bytes of the first slot empty: keep a little less. */
+        cap -= more - (slots - 1) * L->cont_text;
+    }
+}
+
+/* Take the continuation slots seq+1 .. seq+nslots-1 (this process's run holds those seqs), one
+ * CAS each from an older, non-busy word to BUSY (severity bits sev_cont: a continuation), as the
+ * first slot was taken; stop at the first
+ * that cannot be taken without waiting (a newer record or a busy one). Returns the slots the
+ * event has (1 + continuations taken). *over counts the live events their CASes replaced.
+ *
+ * Unlike the first slot, a continuation may be taken after its run is older than run_ttl_ns (a
+ * writer descheduled in the middle of a long event): a follower that already took its seq for
+ * one never written loses nothing, since a continuation is never an event to it, and the event
+ * itself is its first slot, taken in time and still busy, where the follower waits.
+ *
+ * For a reaper (core/shards.py, _settle_journal), before each CAS: "jprev" = the expected word,
+ * "jmeta" = meta0 | ncont << 32 | k << 40 | *over << 48 (the CAS's release half orders them
+ * before it), so if cont k is found BUSY, its CAS happened and jprev says what it replaced;
+ * after the loop: stage_done with the count taken and the final *over. */
+static __attribute__((noinline)) Py_ssize_t take_conts(Mapping *self, char *sh, uint64_t seq, Py_ssize_t nslots,
+                                                       uint64_t base, uint64_t meta0, uint64_t *over) {
+    const Layout *L = &self->L;
+    uint64_t ncont = (uint64_t)(nslots - 1);
+    Py_ssize_t k;
+    for (k = 1; k < nslots; k++) {
+        uint64_t s = seq + (uint64_t)k;
+        char *wp = self->mem + L->slots_off + (Py_ssize_t)(s % (uint64_t)L->capacity) * L->slot_size + L->slot_w;
+        uint64_t cur = ld_acq(wp);
+        if (cur != 0 && (w_seq1(L, cur) >= s + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) break;
+        st_rlx(sh + L->shard_jprev, cur);
+        st_rlx(sh + L->shard_jmeta, meta0 | (ncont << 32) | ((uint64_t)k << 40) | (*over << 48));
+        if (!__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, s, (unsigned)L->sev_cont, L->st_busy), 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            break;
+        if (cur != 0 && w_state(L, cur) == (uint64_t)L->st_committed && w_seq1(L, cur) - 1 >= base &&
+            w_seq1(L, cur) - 1 < s)
+            (*over)++;
+    }
+    st_rlx(sh + L->shard_jmeta, meta0 | ((uint64_t)(k - 1) << 32) | ((uint64_t)L->stage_done << 40) | (*over << 48));
+    return k;
+}
+
+/* Write and publish the ncont continuation slots of the event at seq (taken by take_conts): the
+ * rest of f1, f2, f3 after their first parts (lens), one after the other, cont_text bytes per
+ * slot; each slot checksummed like a record and published ST_CONT (severity bits sev_cont) with
+ * a release store. */
+static __attribute__((noinline)) void write_conts(Mapping *self, uint64_t seq, Py_ssize_t ncont,
+                                                  const char **tp, const unsigned char *lens, const Py_ssize_t *full) {
+    const Layout *L = &self->L;
+    uint16_t more[3];
+    for (int i = 0; i < 3; i++) more[i] = (uint16_t)(full[2 + i] - lens[2 + i]);
+    int fi = 0;
+    Py_ssize_t fpos = lens[2];
+    for (Py_ssize_t k = 1; k <= ncont; k++) {
+        uint64_t s = seq + (uint64_t)k;
+        char *rec = self->mem + L->slots_off + (Py_ssize_t)(s % (uint64_t)L->capacity) * L->slot_size;
+        *U64(rec + L->cont_first) = seq;
+        memcpy(rec + L->cont_more, more, sizeof(more));
+        *(unsigned char *)(rec + L->cont_index) = (unsigned char)k;
+        *(unsigned char *)(rec + L->cont_count) = (unsigned char)ncont;
+        *(unsigned char *)(rec + L->slot_kind) = (unsigned char)L->kind_cont;
+        char *out = rec + L->cont_text_off;
+        Py_ssize_t room = L->cont_text;
+        while (room > 0 && fi < 3) {
+            Py_ssize_t left = full[2 + fi] - fpos;
+            if (left <= 0) {
+                if (++fi < 3) fpos = lens[2 + fi];
+                continue;
+            }
+            Py_ssize_t n = left < room ? left : room;
+            memcpy(out, tp[2 + fi] + fpos, (size_t)n);
+            out += n; room -= n; fpos += n;
+        }
+        uint64_t sum = 0;
+        for (Py_ssize_t i = 0; i < self->nwords; i++) sum += U64(rec)[i] * self->keys[i];
+        *U64(rec + L->slot_checksum) = sum;
+        st_rel(rec + L->slot_w, w_make(L, s, (unsigned)L->sev_cont, L->st_cont));
+    }
+}
+
 static int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
     long v = PyLong_AsLong(o);
     if (v == -1 && PyErr_Occurred()) return -1;
@@ -876,18 +1027,17 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     for (int i = 0; i < 5; i++)
         if (get_text(args[6 + i], &tp[i], &tn[i])) return NULL;
     if (ts == 0) ts = now_ns();
+    flags &= ~L->flag_continued;   /* the writer's to set, when it writes continuations */
 
-    /* Fit the five texts into the text area: event_type and peer_id have their own caps, the
-     * three free fields share what is left, in order. Cuts land on UTF-8 boundaries. */
+    /* Fit the five texts: in one slot when they fit as they are (every hot path), else in as
+     * many as they need (fit_text). */
     unsigned char lens[5];
-    Py_ssize_t room = L->text_size;
-    for (int i = 0; i < 5; i++) {
-        Py_ssize_t cap = i == 0 ? L->type_cap : i == 1 ? L->peer_cap : room;
-        if (cap > room) cap = room;
-        Py_ssize_t n = utf8_floor(tp[i], tn[i], cap);
-        if (n < tn[i]) flags |= L->flag_truncated;
-        lens[i] = (unsigned char)n;
-        room -= n;
+    Py_ssize_t full[5];
+    Py_ssize_t nslots = 1;
+    if (tn[0] <= L->type_cap && tn[1] <= L->peer_cap && tn[0] + tn[1] + tn[2] + tn[3] + tn[4] <= L->text_size) {
+        for (int i = 0; i < 5; i++) lens[i] = (unsigned char)tn[i];
+    } else {
+        nslots = fit_text(self, kind, tp, tn, L->event_slots_max, lens, full, &flags);
     }
 
     char *mem = self->mem, *sh = self->shard;
@@ -904,17 +1054,19 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
          * generation's run carry a seq of that generation; an event racing the clear lands in
          * the old one, as it would had it claimed its seq just before the clear. */
         uint64_t h = ld_rlx(mem + L->hdr_head);
-        if (self->bpid != g_pid || self->bshard != sh || self->bnext >= self->bend ||
+        if (self->bpid != g_pid || self->bshard != sh || self->bnext + (uint64_t)nslots > self->bend ||
             (h >> L->seq_bits) != (self->bhead >> L->seq_bits) || self->last_mono - self->bt0 > L->run_ttl_ns) {
             if (self->bnext < self->bend) drop_run(self, sh, self->bnext);
-            claim_run(self, sh);
+            claim_run(self, sh, (uint64_t)nslots);
         }
-        self->win_count++;
+        self->win_count += (uint64_t)nslots;
         head = self->bhead;
         base = self->bbase;
-        seq = self->bnext++;
+        seq = self->bnext;
+        self->bnext += (uint64_t)nslots;
         sync_era(L, sh, base);
-        st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16));
+        st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) |
+                                    ((uint64_t)(nslots - 1) << 32));
         st_rlx(sh + L->shard_jts, (uint64_t)ts);
         st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_claimed));
 
@@ -960,6 +1112,20 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         if (!retry) break;
         drop_run(self, sh, seq);   /* give up the rest of this run, this seq included */
     }
+    /* Events replaced by this one's slots: 0 or 1 for an event of one slot. An event of several
+     * takes its continuation slots now (take_conts), and if it could not take them all, its
+     * text is fitted again into those it has. */
+    uint64_t over = outcome == (uint64_t)L->out_overwrote;
+    if (nslots > 1 && outcome != (uint64_t)L->out_lost) {
+        uint64_t meta0 = (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16);
+        Py_ssize_t got = take_conts(self, sh, seq, nslots, base, meta0, &over);
+        if (got < nslots) {
+            nslots = fit_text(self, kind, tp, tn, got, lens, full, &flags);
+            flags |= L->flag_truncated;
+        }
+        if (nslots > 1) flags |= L->flag_continued;
+        outcome = over ? L->out_overwrote : L->out_clean;
+    }
     /* What the event will add to its peer and operation, in the shard before the journal moves
      * past CLAIMED (see extras_plan). */
     uint64_t x_peer = 0, x_bank = 0, x_info = 0;
@@ -983,6 +1149,9 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         memcpy(rec + L->slot_lens, lens, 5);
         char *text = rec + L->slot_text;
         for (int i = 0; i < 5; i++) { memcpy(text, tp[i], lens[i]); text += lens[i]; }
+        /* The continuations are published before the first slot (release stores, in order), so
+         * a reader that sees the first slot committed finds them published or since replaced. */
+        if (nslots > 1) write_conts(self, seq, nslots - 1, tp, lens, full);
         /* The checksum covers every word but the slot word and itself, stale bytes included: a
          * reader that finds it wrong has a torn or foreign record and never returns it. */
         uint64_t sum = 0;
@@ -991,7 +1160,8 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         st_rel(wp, w_make(L, seq, (unsigned)sev, L->st_committed));   /* publish */
     }
     /* The outcome is decided (published, or lost): the peer and latency adds, step by step. */
-    st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24));
+    st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24) |
+                                (over << 48));
     st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_extras));
     if (L->metrics)
         extras_apply(self, sh, 0, seq, sev, flags, ts, x_peer, x_bank, (uint64_t)value, x_info,
@@ -1020,7 +1190,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         if (b_rec == 0 || ts < first) st_rlx(sh + L->shard_first_ts, (uint64_t)ts);
         if (b_rec == 0 || ts > last) st_rlx(sh + L->shard_last_ts, (uint64_t)ts);
     }
-    if (c_out) st_rlx(c_out, b_out + 1);
+    if (c_out) st_rlx(c_out, b_out + (outcome == (uint64_t)L->out_lost ? 1 : over));
     st_rel(c_rec, b_rec + 1);
     st_rel(sh + L->shard_journal, 0);
     return PyLong_FromUnsignedLongLong(seq);

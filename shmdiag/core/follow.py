@@ -10,6 +10,9 @@ shards:
   words, fence, records, fence, words again, checksum);
 * the slot holds a newer sequence number: the ring went round and overwrote it before we read
   it (or its writer found the slot taken and dropped it): counted, reported as *overwritten*;
+* the slot holds it as a continuation (``ST_CONT``, or busy with severity bits ``SEV_CONT``):
+  part of the event before it (delivered whole with that one, or counted with it), not an event:
+  skipped without a word;
 * the slot holds it, deleted: retention cleanup expired it, or a reaper freed the slot of a
   writer that died inside the record: counted, reported as *unreadable*;
 * the slot holds it, busy: its writer is inside the record right now. Delivery stops there,
@@ -43,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,7 +55,7 @@ from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
 from shmdiag.core.filter import EventFilter, slot_fields_checked
 from shmdiag.core.models import DiagnosticEvent
-from shmdiag.core.reader import Accept, copy_records, decode_many, newest_events, seq_words
+from shmdiag.core.reader import Accept, copy_records, decode_many, decode_records, newest_events, seq_words
 from shmdiag.core.segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
@@ -106,10 +109,12 @@ class Gap:
 @dataclass
 class Batch:
     """Events the follower delivers, in sequence order, as their validated records: ``raw`` is a
-    C-contiguous ``(k, SLOT_SIZE)`` uint8 array, ready for ``export.templates.render_events``
-    (JSON for the whole batch at once) or :meth:`events` (decoded)."""
+    C-contiguous ``(k, SLOT_SIZE)`` uint8 array of first slots, ready for
+    ``export.stream.render_chunk(seg, raw)`` (JSON for the whole batch at once, events of several
+    slots read whole; ``Following.render``) or :meth:`events` (decoded)."""
 
     raw: np.ndarray
+    seg: Segment | None = field(default=None, repr=False)  # where an event's continuation slots are read
 
     def __len__(self) -> int:
         return len(self.raw)
@@ -118,7 +123,10 @@ class Batch:
         return self.raw.view(L.SLOT).reshape(len(self.raw))
 
     def events(self) -> list[DiagnosticEvent]:
-        return decode_many(self.records())
+        """Decoded, events of several slots whole (their continuations read now)."""
+        if self.seg is None:
+            return decode_many(self.records())
+        return decode_records(self.seg, self.records())
 
     @property
     def last_ts_ns(self) -> int:
@@ -383,11 +391,15 @@ class Follower:
             committed = same & (state == L.ST_COMMITTED)
             gone = nz & (ws > seqs)
             deleted = same & (state == L.ST_DELETED)
+            # Part of the event before it, published or still being written: never an event, never a gap.
+            cont = same & ((state == L.ST_CONT) | ((state == L.ST_BUSY) & (L.w_severity(w) == L.SEV_CONT)))
             if deleted.any():  # an expired continuation slot is not an event either
                 di = np.flatnonzero(deleted)
-                cont = _continuation(seg, pos[di], w[di])
-                deleted[di[cont]] = False
+                gone_cont = _continuation(seg, pos[di], w[di])
+                deleted[di[gone_cont]] = False
+                cont[di[gone_cont]] = True
             cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
+            cls[cont] = _QUIET
             unwritten = _unwritten(w, ws, seqs)
             tail = unwritten & (seqs > np.uint64(top)) if top >= 0 else unwritten  # the unwritten top
             cls[unwritten & ~tail & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
@@ -407,7 +419,7 @@ class Follower:
             # it stays in flight and the next poll sees which.
             if filt.grep is not None and valid.any():
                 vi = np.flatnonzero(valid)
-                hit = np.array([filt.greps(e) for e in decode_many(recs[vi])], dtype=bool)
+                hit = np.array([filt.greps(e) for e in decode_records(seg, recs[vi])], dtype=bool)
                 cls[want[vi[~hit]]] = _QUIET
                 valid[vi[~hit]] = False
                 cls[want[valid]] = _DELIVER
@@ -447,8 +459,8 @@ class Follower:
         if len(exp):
             recs, valid = copy_records(self.seg, pos[exp], w[exp])
             ok = self.filt.records(recs)
-            if self.filt.grep is not None:
-                ok &= np.array([self.filt.greps(e) for e in decode_many(recs)], dtype=bool) if len(recs) else ok
+            if self.filt.grep is not None and len(recs):
+                ok &= np.array([self.filt.greps(e) for e in decode_records(self.seg, recs)], dtype=bool)
             m[exp[valid]] = ok[valid].astype(np.int8)
         return m
 
@@ -456,7 +468,7 @@ class Follower:
         if pending:
             raw = np.ascontiguousarray(np.concatenate(pending) if len(pending) > 1 else pending[0])
             pending.clear()
-            b = Batch(raw)
+            b = Batch(raw, self.seg)
             self.delivered += len(b)
             self.last_ts_ns = b.last_ts_ns
             out.append(b)

@@ -31,6 +31,7 @@ F_HAS_ERROR = 4        # event, latency: the error field is present
 F_HAS_METADATA = 8     # event: the metadata field holds JSON
 F_LIFE_CONNECT = 16    # a peer's connect: the writer updates the peer's lifecycle word
 F_LIFE_DISCONNECT = 32  # a peer's disconnect: likewise
+F_CONTINUED = 64       # the event goes on in continuation slots after this one (core/layout.py, CONT)
 
 # Where a field is stored: one of the slot's text fields (by index in the slot's ``lens``),
 # its int64 ``value`` or a bit of its ``flags``.
@@ -102,6 +103,8 @@ class Kind:
     log_rule: str = "every record at or above log_level, at its severity"
     # the template cut into (literal text, field name or None, format spec), for the exporter
     pieces: tuple[tuple[str, str | None, str], ...] = field(init=False, repr=False, compare=False)
+    # the slot text indices of f1, f2, f3 in the order the writer gives them room (see text_order)
+    text_order: tuple[int, int, int] = field(init=False, repr=False, compare=False)
     _log_needs_message: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +117,16 @@ class Kind:
                 raise ValueError(f"kind {self.name!r}: no !{conv} conversions in templates")
             pieces.append((lit, name, spec or ""))
         object.__setattr__(self, "pieces", tuple(pieces))
+        # Room goes first to the fields the message is made of (in template order), then to the
+        # error, then to the rest: a long error or metadata never cuts the operator's message.
+        free = ("f1", "f2", "f3")
+        by_name = {f.name: f.stored for f in self.fields}
+        first = [by_name[name] for _, name, _, _ in string.Formatter().parse(self.template)
+                 if name is not None and by_name.get(name) in free]
+        if self.error is not None:
+            first.append(by_name[self.error])
+        order = list(dict.fromkeys([*first, *free]))
+        object.__setattr__(self, "text_order", tuple(TEXT_FIELDS.index(s) for s in order))
         log_names = {name for _, name, _, _ in string.Formatter().parse(self.log) if name is not None}
         if not log_names <= names | {"message"}:
             raise ValueError(f"kind {self.name!r}: log line names {sorted(log_names - names - {'message'})}")

@@ -25,7 +25,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 8
+VERSION = 9
 HEADER_SIZE = 4096
 SLOT_SIZE = 240
 CACHE_LINE = 64
@@ -62,8 +62,12 @@ def run_max(capacity: int) -> int:
     return k
 
 
-# Slot word states.
-ST_COMMITTED, ST_BUSY, ST_DELETED = 0, 1, 2
+# Slot word states. ST_CONT: a continuation slot (see CONT below), published: never an event of its
+# own, so everything that keeps ST_COMMITTED words counts and reads one event per event.
+ST_COMMITTED, ST_BUSY, ST_DELETED, ST_CONT = 0, 1, 2, 3
+# The severity bits of a continuation slot's word, busy (being written) or published: no
+# severity (those are 0..4), so a reader tells a continuation in flight from an event in flight.
+SEV_CONT = 7
 W_STATE_BITS, W_SEV_BITS = 2, 3
 W_SEQ_SHIFT = W_STATE_BITS + W_SEV_BITS
 
@@ -82,6 +86,7 @@ SH_FREE, SH_ACTIVE, SH_EXITED, SH_DEAD, SH_REAPING = 0, 1, 2, 3, 4
 # flags and BUILTIN_TYPES below are that table's.
 from shmdiag.core.kinds import (  # noqa: E402, F401  (re-exported: the layout's names for them)
     BUILTIN_TYPES,
+    F_CONTINUED,
     F_HAS_ERROR,
     F_HAS_METADATA,
     F_LIFE_CONNECT,
@@ -89,6 +94,7 @@ from shmdiag.core.kinds import (  # noqa: E402, F401  (re-exported: the layout's
     F_OUTBOUND,
     F_TRUNCATED,
     KIND_CONNECT,
+    KIND_CONTINUATION,
     KIND_DISCONNECT,
     KIND_ERROR,
     KIND_EVENT,
@@ -102,6 +108,30 @@ from shmdiag.core.kinds import (  # noqa: E402, F401  (re-exported: the layout's
 TEXT_SIZE = 196
 TYPE_CAP = 32
 PEER_CAP = 64
+
+# Events longer than one slot. An event of n slots takes n consecutive sequence numbers of its
+# writer's run: its first slot, an ordinary record (flags |= F_CONTINUED) holding every field's
+# first part, then n - 1 continuation slots (struct CONT: word state ST_CONT, kind
+# KIND_CONTINUATION) holding the rest of the three free fields, one after the other. The free
+# fields together keep up to TEXT_MAX bytes; beyond that, and when the ring is too small for
+# EVENT_SLOTS_MAX slots, the fields a kind's message is made of keep priority over its error,
+# and the error over the rest (kinds.Kind.text_order), and the event is marked truncated.
+TEXT_MAX = 6144
+EVENT_SLOTS_MAX = 32
+CONT_TEXT = 200
+
+
+def event_slots_max(capacity: int) -> int:
+    """Slots one event may take on a ring of ``capacity``: EVENT_SLOTS_MAX, fewer on rings under
+    512 events (a sixteenth of the ring), so one event never laps a small ring."""
+    return max(1, min(EVENT_SLOTS_MAX, capacity // 16))
+
+
+def text_budget(capacity: int, type_len: int, peer_len: int) -> int:
+    """Bytes the three free fields of an event keep together, when its event type and peer id
+    take ``type_len`` and ``peer_len`` bytes (the writer's rule: core/_native.c fit_text)."""
+    return min(TEXT_MAX, TEXT_SIZE - type_len - peer_len + (event_slots_max(capacity) - 1) * CONT_TEXT)
+
 
 # Event types each shard counts individually; the last entry collects the rest.
 TYPE_SLOTS = 64
@@ -298,6 +328,23 @@ SLOT = _struct(
 )
 assert SLOT.itemsize == SLOT_SIZE and HEADER.itemsize == HEADER_SIZE
 
+# A continuation slot (word state ST_CONT, kind KIND_CONTINUATION at the SLOT's kind offset). The
+# continuations of an event carry f1[a1:], f2[a2:], f3[a3:] (a_i: the first slot's lens), in that
+# order, CONT_TEXT bytes each; "more" says how many bytes of each field they carry. A reader takes
+# them only when all ``count`` of them hold their own sequence numbers (first + index), name the
+# first slot's, agree on count and more, and pass the checksum (same keys as SLOT).
+CONT = _struct(
+    SLOT_SIZE,
+    ("w", "<u8", 0),
+    ("first", "<u8", 8),          # sequence number of the event's first slot
+    ("more", "<u2", (3,), 16),    # bytes of f1, f2, f3 in the continuations (the same in each)
+    ("index", "<u1", 22),         # 1..count
+    ("count", "<u1", 23),         # continuation slots of the event
+    ("checksum", "<u8", 24),
+    ("kind", "<u1", 38),          # KIND_CONTINUATION, where a SLOT has its kind
+    ("text", "<u1", (CONT_TEXT,), 40),
+)
+
 
 def fields(dt: np.dtype) -> dict[str, tuple[np.dtype, int]]:
     """``{name: (dtype, offset)}`` of a struct above."""
@@ -323,7 +370,8 @@ def check_no_overlap(dt: np.dtype) -> None:
                              f"past the {dt.itemsize}-byte struct")
 
 
-for _dt in (HEADER, SHARD, PEER, OP_BANK, OP, SLOT):
+assert offset(CONT, "kind") == offset(SLOT, "kind") and offset(CONT, "checksum") == offset(SLOT, "checksum")
+for _dt in (HEADER, SHARD, PEER, OP_BANK, OP, SLOT, CONT):
     check_no_overlap(_dt)
 
 # Checksum: sum over the slot's u64 words of word * key, mod 2**64, leaving out the slot word
@@ -375,10 +423,24 @@ def j_phase(j: Word) -> Word:
 
 
 JMETA_BITS = 8  # shard word "jmeta": type | severity << 8 | flags << 16 | outcome << 24
+# ... | ncont << 32 | stage << 40 | overwrote << 48, for events of several slots (see write() in
+# core/_native.c): the continuation slots planned (or, at STAGE_DONE, taken); the continuation
+# whose CAS may be under way (its expected word in "jprev"), 0 while the first slot's is, or
+# STAGE_DONE once all are taken; and how many live events the slots taken so far replaced. From
+# PH_EXTRAS on, "overwrote" is final for every event (0 or 1 for an event of one slot).
+STAGE_DONE = 255
 
 
-def jmeta_make(tidx: int, sev: int, flags: int, outcome: int = OUT_CLEAN) -> int:
-    return tidx | (sev << JMETA_BITS) | (flags << 2 * JMETA_BITS) | (outcome << 3 * JMETA_BITS)
+def jmeta_make(tidx: int, sev: int, flags: int, outcome: int = OUT_CLEAN, ncont: int = 0, stage: int = 0,
+               overwrote: int = 0) -> int:
+    return (tidx | (sev << JMETA_BITS) | (flags << 2 * JMETA_BITS) | (outcome << 3 * JMETA_BITS)
+            | (ncont << 4 * JMETA_BITS) | (stage << 5 * JMETA_BITS) | (overwrote << 6 * JMETA_BITS))
+
+
+def jmeta_conts(meta: int) -> tuple[int, int, int]:
+    """(ncont, stage, overwrote) of a journal's "jmeta" word (see JMETA_BITS)."""
+    m = (1 << JMETA_BITS) - 1
+    return (meta >> 4 * JMETA_BITS) & m, (meta >> 5 * JMETA_BITS) & m, (meta >> 6 * JMETA_BITS) & m
 
 
 def jmeta_fields(meta: int) -> tuple[int, int, int, int]:
@@ -563,6 +625,16 @@ def header_crc(raw: bytes) -> int:
     return zlib.crc32(raw[:HEADER_STATIC_SIZE])
 
 
+def _text_order() -> bytes:
+    """Per kind code (256 of them), the order in which the writer gives room to f1, f2, f3 (as
+    slot text indices 2..4): kinds.Kind.text_order; unknown codes as record_event's kind."""
+    from shmdiag.core.kinds import BY_CODE, EVENT
+    out = bytearray()
+    for code in range(256):
+        out += bytes(BY_CODE.get(code, EVENT).text_order)
+    return bytes(out)
+
+
 def native_layout(header: np.void) -> dict[str, object]:
     """Every offset and constant the native writer needs, derived from the dtypes above."""
     out: dict[str, object] = {}
@@ -578,7 +650,12 @@ def native_layout(header: np.void) -> dict[str, object]:
         msg_types=MSG_TYPES, msg_name_size=MSG_NAME_SIZE,
         ops_off=int(header["ops_off"]), op_size=OP.itemsize, op_slots=OP_SLOTS, op_name_size=OP_NAME_SIZE,
         bank_size=OP_BANK.itemsize, op_buckets=OP_BUCKETS, flag_has_error=F_HAS_ERROR, flag_outbound=F_OUTBOUND,
-        kind_message=KIND_MESSAGE, kind_latency=KIND_LATENCY,
+        kind_message=KIND_MESSAGE, kind_latency=KIND_LATENCY, kind_cont=KIND_CONTINUATION, st_cont=ST_CONT,
+        sev_cont=SEV_CONT, flag_continued=F_CONTINUED, text_max=TEXT_MAX, cont_text=CONT_TEXT,
+        event_slots_max=event_slots_max(int(header["capacity"])), stage_done=STAGE_DONE,
+        cont_first=offset(CONT, "first"), cont_more=offset(CONT, "more"), cont_index=offset(CONT, "index"),
+        cont_count=offset(CONT, "count"), cont_text_off=offset(CONT, "text"),
+        text_order=_text_order(),
         log_gamma=math.log(LATENCY_GAMMA),
         seq_bits=SEQ_BITS, base_slots=BASE_SLOTS, text_size=TEXT_SIZE, type_cap=TYPE_CAP, peer_cap=PEER_CAP,
         type_slots=TYPE_SLOTS,

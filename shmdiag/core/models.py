@@ -56,8 +56,35 @@ class DiagnosticStats:
 
 
 @dataclass
+class HealthReason:
+    """One condition that makes a ring less than healthy (see ``shmdiag.views.health``)."""
+
+    condition: str  # "error_rate", "events_lost", "writers_died", "stalled", "collector_dead", ...
+    status: str     # what it alone makes the ring: "warning", "degraded" or "error"
+    message: str
+
+
+@dataclass
+class DeadWriter:
+    """A writer process that died without detaching. Counts are its shard's since the last
+    clear (a shard taken over from an earlier, exited, process keeps that process's counts)."""
+
+    pid: int
+    recorded: int = 0
+    lost: int = 0
+    abandoned: int = 0  # events it was writing when it died
+    last_event: datetime | None = None  # its newest event: it died after this
+    in_window: bool = False  # it died within the health window
+
+
+@dataclass
 class HealthStatus:
-    """What an operator needs to decide whether the recorder, and the node feeding it, are well."""
+    """What an operator needs to decide whether the recorder, and the node feeding it, are well.
+
+    ``status`` is decided by the ``reasons`` (the worst of them), which are judged over the
+    last ``window`` seconds (the ``window_*`` figures); the other figures are since creation or
+    the last clear. See ``shmdiag.views.health`` for every threshold.
+    """
 
     status: str
     message: str
@@ -83,6 +110,32 @@ class HealthStatus:
     active_peers: int = 0     # connected peers, as get_stats().active_peers
     max_peers: int = 0        # the peer table's guaranteed capacity for connected peers
     peers_untracked: int = 0  # connects since the last clear that found no entry (the table was full)
+    reasons: list[HealthReason] = field(default_factory=list)  # worst first; empty when healthy
+    # error_rate above is errors / rated_events: events at or above error_rate_min_severity
+    error_rate_min_severity: str = "INFO"
+    errors: int = 0         # events at ERROR or CRITICAL since creation or the last clear
+    rated_events: int = 0   # events at or above error_rate_min_severity since creation or the last clear
+    # The recent window the reasons are judged over (seconds), what its figures cover, and how
+    # they were found: "history" (samples this process took), "creation" (the ring is younger
+    # than the window) or "timestamps" (the writers' last-event times; an upper bound).
+    window: float = 0.0
+    window_covered: float = 0.0
+    window_source: str = ""
+    window_events: int = 0
+    window_events_lost: int = 0
+    window_events_abandoned: int = 0
+    window_errors: int = 0
+    window_rated_events: int = 0
+    window_error_rate: float = 0.0
+    window_error_rate_covered: float = 0.0  # seconds it covers: less than window_covered when a one-shot
+    #                                         check judges it from a ring that retains less than the window
+    window_writers_died: int = 0
+    window_seqs_unused: int = 0
+    window_peers_untracked: int = 0
+    last_event: datetime | None = None   # the newest event recorded (None: none, or no metrics)
+    idle_seconds: float | None = None    # seconds since last_event
+    stall_after: float = 0.0             # "stalled" after this many idle seconds with writers alive (0: off)
+    dead_writers: list[DeadWriter] = field(default_factory=list)
 
 
 @dataclass

@@ -146,7 +146,7 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
             parts.append(part)
             have += len(part)
             return have == n
-        for e in reversed(decode_many(recs)):  # newest first
+        for e in reversed(decode_records(seg, recs)):  # newest first
             if filt.greps(e) and (accept is None or accept(e)):
                 found.append(e)
                 have += 1
@@ -185,7 +185,7 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
         found.reverse()
         return found
     recs = np.concatenate(parts[::-1]) if parts else np.zeros(0, dtype=L.SLOT)
-    return recs if as_records else decode_many(recs)  # type: ignore[return-value]
+    return recs if as_records else decode_records(seg, recs)  # type: ignore[return-value]
 
 
 def newest_records(seg: Segment, n: int, filt: EventFilter | None = None, below: int | None = None) -> np.ndarray:
@@ -214,7 +214,7 @@ def read_events(seg: Segment, limit: int, min_severity: int, filt: EventFilter |
         sel = np.flatnonzero(slot_fields(seg, pos, ws, filt))
         recs, valid = copy_records(seg, pos[sel], ws[sel])
         recs = recs[valid]
-        events = decode_many(recs[filt.records(recs)])
+        events = decode_records(seg, recs[filt.records(recs)])
         out.extend(events if filt.grep is None else [e for e in events if filt.greps(e)])
     return out
 
@@ -252,37 +252,116 @@ _DECODERS = {k.code: (k, [(f.name, f.when, _getter(f)) for f in k.fields]) for k
 _GENERIC = _DECODERS[K.KIND_EVENT]  # copy_records refuses other codes; decode() reads them as events
 
 
-def decode(rec: np.void) -> DiagnosticEvent:
+More = tuple[bytes, bytes, bytes]  # what an event's continuation slots hold of f1, f2, f3
+
+
+def _copy_conts(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copy the slots of ``seqs`` as continuation slots (layout.CONT), as copy_records copies
+    records; valid: the word said ST_CONT of that very seq before and after, the copy holds the
+    same word, the checksum holds and the kind byte is KIND_CONTINUATION."""
+    pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
+    seg.native.fence()
+    w = seg.slots["w"][pos]
+    seg.native.fence()
+    words = seg.slot_words[pos]
+    seg.native.fence()
+    w_after = seg.slots["w"][pos]
+    recs = words.view(L.CONT).reshape(len(pos))
+    valid = (w != 0) & (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_CONT) & (w_after == w) & (recs["w"] == w)
+    valid &= words @ _KEYS == recs["checksum"]
+    valid &= recs["kind"] == L.KIND_CONTINUATION
+    return recs, valid
+
+
+def continuations(seg: Segment, recs: np.ndarray, valid: np.ndarray | None = None) -> dict[int, More | None]:
+    """For each record of ``recs`` (validated records, from copy_records; only those where
+    ``valid`` says so) that says F_CONTINUED: the rest of its f1, f2, f3 from its continuation
+    slots, or None when any of them is gone (overwritten since, being rewritten, never
+    published by a writer that died) or fails a check: the event then reads from its first slot
+    alone, truncated. Keyed by row. Two gathers: every first continuation (which says how many
+    follow), then the others; a continuation is taken only if it names this record's sequence
+    number, its own index and the same count and lengths as the first."""
+    flags = recs["flags"] & np.uint8(L.F_CONTINUED)
+    sel = flags != 0 if valid is None else (flags != 0) & valid
+    rows = np.flatnonzero(sel)
+    if not len(rows):
+        return {}
+    out: dict[int, More | None] = {int(r): None for r in rows.tolist()}
+    first = L.w_seq(recs["w"][rows])
+    c1, ok1 = _copy_conts(seg, first + np.uint64(1))
+    count = c1["count"].astype(np.int64)
+    ok1 &= (c1["first"] == first) & (c1["index"] == 1) & (count >= 1) & (count < L.EVENT_SLOTS_MAX)
+    more = c1["more"].astype(np.int64)
+    ok1 &= more.sum(axis=1) <= count * L.CONT_TEXT
+    keep = np.flatnonzero(ok1)
+    if not len(keep):
+        return out
+    n = count[keep]
+    owner = np.repeat(keep, n)                        # position in rows, per continuation
+    k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n) + 1   # 1..count per event
+    seqs = first[owner] + k.astype(np.uint64)
+    cs, ok = _copy_conts(seg, seqs)
+    ok &= (cs["first"] == first[owner]) & (cs["index"] == k) & (cs["count"] == count[owner])
+    ok &= (cs["more"] == c1["more"][owner]).all(axis=1)
+    bad = np.zeros(len(rows), dtype=bool)
+    bad[owner[~ok]] = True
+    texts = cs["text"]
+    start = 0
+    for j, m in zip(keep.tolist(), n.tolist(), strict=True):
+        if not bad[j]:
+            blob = texts[start: start + m].tobytes()
+            a, b, c = (int(x) for x in more[j])
+            out[int(rows[j])] = (blob[:a], blob[a: a + b], blob[a + b: a + b + c])
+        start += m
+    return out
+
+
+def decode_records(seg: Segment, recs: np.ndarray) -> list[DiagnosticEvent]:
+    """Decode validated records (from copy_records), events of several slots whole (their
+    continuations read now: see :func:`continuations`)."""
+    return decode_many(recs, continuations(seg, recs))
+
+
+def decode(rec: np.void, more: More | None = None) -> DiagnosticEvent:
     """Turn one validated record into an event, rendering its text now, not at write time, as
-    its kind's entry in core/kinds.py says."""
+    its kind's entry in core/kinds.py says. A record that says F_CONTINUED needs ``more``, what
+    its continuation slots hold (:func:`continuations`); without it the event is its first
+    slot's text alone, marked truncated."""
     return _decode_row([int(x) for x in rec["lens"]], rec["text"].tobytes(), int(rec["kind"]), int(rec["flags"]),
                        int(rec["value"]), int(rec["severity"]), int(rec["ts_ns"]), int(rec["pid"]),
-                       int(L.w_seq(rec["w"])))
+                       int(L.w_seq(rec["w"])), more)
 
 
-def decode_many(recs: np.ndarray) -> list[DiagnosticEvent]:
+def decode_many(recs: np.ndarray, more: dict[int, More | None] | None = None) -> list[DiagnosticEvent]:
     """:func:`decode` of every record of a SLOT array, its columns read once for all of them
-    (a numpy scalar's field access costs more than the decoding itself)."""
+    (a numpy scalar's field access costs more than the decoding itself); ``more``: row ->
+    continuation text (:func:`continuations`; :func:`decode_records` reads it)."""
     n = len(recs)
     if n == 0:
         return []
+    more = more or {}
     text = recs["text"].tobytes()
     ts = recs["ts_ns"].tolist()
     cols = zip(recs["lens"].tolist(), recs["kind"].tolist(), recs["flags"].tolist(), recs["value"].tolist(),
                recs["severity"].tolist(), ts, recs["pid"].tolist(), L.w_seq(recs["w"]).tolist(), strict=True)
     ts_size = L.TEXT_SIZE
-    return [_decode_row(lens, text[i * ts_size: (i + 1) * ts_size], kind, flags, value, sev, t, pid, seq)
+    return [_decode_row(lens, text[i * ts_size: (i + 1) * ts_size], kind, flags, value, sev, t, pid, seq, more.get(i))
             for i, (lens, kind, flags, value, sev, t, pid, seq) in enumerate(cols)]
 
 
 def _decode_row(lens: list[int], text: bytes, code: int, flags: int, value: int, sev: int, ts_ns: int, pid: int,
-                seq: int) -> DiagnosticEvent:
+                seq: int, more: More | None = None) -> DiagnosticEvent:
     parts, pos = [], 0
     for n in lens:
         parts.append(text[pos: pos + n])
         pos += n
     kind, getters = _DECODERS.get(code, _GENERIC)
     truncated = bool(flags & L.F_TRUNCATED)
+    if flags & L.F_CONTINUED:
+        if more is None:
+            truncated = True
+        else:
+            parts[2:] = [parts[2] + more[0], parts[3] + more[1], parts[4] + more[2]]
     values: dict[str, object] = {}
     for name, when, get in getters:
         v = None if when and not flags & when else get(parts, value, flags)
@@ -344,7 +423,7 @@ def export_chunks(seg: Segment, idx: np.ndarray, w: np.ndarray, chunk: int,
         keep = valid & filt.records(recs)
         if filt.grep is not None and keep.any():
             ki = np.flatnonzero(keep)
-            keep[ki] = [filt.greps(e) for e in decode_many(recs[ki])]
+            keep[ki] = [filt.greps(e) for e in decode_records(seg, recs[ki])]
         raw = recs.view(np.uint8).reshape(len(sel), L.SLOT_SIZE)
         if not keep.all():
             raw = raw[keep]

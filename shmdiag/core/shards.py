@@ -213,6 +213,13 @@ class ShardManager:
         woff = seg.slot_word(slot)
         busy = L.w_make(seq, sev, L.ST_BUSY)
         freed = nat.cas(woff, busy, L.w_make(seq, sev, L.ST_DELETED))
+        # An event of several slots: continuation slots it took and had not published are made
+        # published continuations (ST_CONT), not deleted records, so nothing counts or reads them
+        # as events (their first slot is not committed: no reader reaches them).
+        ncont, stage, overwrote = L.jmeta_conts(meta)
+        conts_freed = {k for k in range(1, ncont + 1)
+                       if nat.cas(seg.slot_word((seq + k) % seg.capacity), L.w_make(seq + k, L.SEV_CONT, L.ST_BUSY),
+                                  L.w_make(seq + k, L.SEV_CONT, L.ST_CONT))}
         if seq < base or nat.load(word("base")) != base:
             nat.store(word("journal"), 0)  # an event of a cleared era: nothing to count
             return
@@ -230,7 +237,7 @@ class ShardManager:
                 nat.settle_extras(i, nat.load(word("jstep")))
             bump("recorded")
             if outcome == L.OUT_OVERWROTE:
-                bump("overwritten")
+                bump("overwritten", to=nat.load(word("overwritten")) + overwrote)
             elif outcome == L.OUT_LOST:
                 bump("lost")
             if seg.metrics:
@@ -241,7 +248,7 @@ class ShardManager:
             before = [nat.load(word("jbefore", k)) for k in range(4)]
             bump("recorded", to=before[0] + 1)
             if outcome == L.OUT_OVERWROTE:
-                bump("overwritten", to=before[1] + 1)
+                bump("overwritten", to=before[1] + overwrote)
             elif outcome == L.OUT_LOST:
                 bump("lost", to=before[1] + 1)
             if seg.metrics:
@@ -253,9 +260,17 @@ class ShardManager:
             # even if overwritten or expired since. CLAIMED: never published.
             published = phase == L.PH_OWNED and not freed
             if freed or published:  # its CAS took the slot from jprev
+                # How many live events its slots replaced: those counted in jmeta, and the one
+                # jprev names if the CAS under way (the first slot's, stage 0, or continuation
+                # `stage`'s) happened. STAGE_DONE: every CAS done, the count final.
                 prev = nat.load(word("jprev"))
-                if prev and L.w_state(prev) == L.ST_COMMITTED and base <= L.w_seq(prev) < seq:
-                    bump("overwritten")
+                at = seq if stage == 0 else seq + stage
+                n_over = overwrote
+                if (stage == 0 or stage in conts_freed) and prev and L.w_state(prev) == L.ST_COMMITTED \
+                        and base <= L.w_seq(prev) < at:
+                    n_over += 1
+                if n_over:
+                    bump("overwritten", to=nat.load(word("overwritten")) + n_over)
             if not published:
                 bump("abandoned")
             elif seg.metrics:

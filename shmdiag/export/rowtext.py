@@ -238,7 +238,7 @@ class Chunk:
         starts += (np.arange(n, dtype=np.intp) * L.SLOT_SIZE + _TEXT_OFF)[:, None]
         self.starts = starts  # absolute offset in flat of each of the five text fields
         self.flags = recs["flags"]
-        self.trunc = (self.flags & L.F_TRUNCATED) != 0
+        self.trunc = (self.flags & (L.F_TRUNCATED | L.F_CONTINUED)) != 0  # continued: read alone, as decode(rec)
 
     def raw_text(self, rows: Rows, field: int) -> list[bytes]:
         """Text field ``field`` of ``rows``, as bytes, one per row (the per-row Python path)."""

@@ -21,11 +21,11 @@ from shmdiag.core import reader as _reader
 from shmdiag.core.filter import EventFilter, unrecorded
 from shmdiag.core.models import DiagnosticStats, HealthStatus
 from shmdiag.core.segment import Segment
-from shmdiag.export.dicts import OPTS, health_to_dict, stats_to_dict
+from shmdiag.export.dicts import OPTS, event_to_dict, health_to_dict, stats_to_dict
 from shmdiag.export.templates import render_events
 
 __all__ = ["CHUNK", "BinaryIO", "ExportCount", "Progress", "check_format", "export_bytes", "export_head",
-           "write_export"]
+           "render_chunk", "write_export"]
 
 CHUNK = 16384  # records per chunk: a few MB of working memory, whatever the ring's size
 
@@ -100,7 +100,7 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
         lead, trail = b"", b"\n"
     written = skipped = 0
     for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk, filt):
-        data = render_events(raw, lead, trail)
+        data = render_chunk(seg, raw, lead, trail)
         if len(data):
             _write_all(fp, data.data[1:] if lead and not written else data.data)
         written += len(raw)
@@ -113,6 +113,32 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
     if fmt == "json":
         _write_all(fp, b"]}")
     return ExportCount(written, skipped)
+
+
+_FLAGS_AT = L.offset(L.SLOT, "flags")
+
+
+def render_chunk(seg: Segment, raw: np.ndarray, lead: bytes = b"", trail: bytes = b"\n") -> np.ndarray:
+    """render_events for a chunk, with events of several slots read whole: their continuations
+    are copied now (``reader.continuations``) and each such event is rendered by the reference
+    path, in its place between the vectorised runs of one-slot events (they are few)."""
+    if not len(raw):
+        return render_events(raw, lead, trail)
+    rows = np.flatnonzero(raw[:, _FLAGS_AT] & L.F_CONTINUED)
+    if not len(rows):
+        return render_events(raw, lead, trail)
+    recs = raw.view(L.SLOT).reshape(len(raw))
+    more = _reader.continuations(seg, recs)
+    parts, prev = [], 0
+    for r in rows.tolist():
+        if r > prev:
+            parts.append(render_events(raw[prev:r], lead, trail))
+        e = _reader.decode(recs[r], more.get(r))
+        parts.append(np.frombuffer(lead + orjson.dumps(event_to_dict(e), option=OPTS) + trail, dtype=np.uint8))
+        prev = r + 1
+    if prev < len(raw):
+        parts.append(render_events(raw[prev:], lead, trail))
+    return np.concatenate(parts)
 
 
 def check_format(fmt: object) -> str:

@@ -1,0 +1,64 @@
+"""A/B: record_message (and optionally another call) of two shmdiag trees, in one session.
+
+    python bench/ab_record_message.py /work/main /work/wt-BRANCH [--rounds 7] [--calls 200000]
+
+Each round runs, alternately (A, B, B, A, ...: neither side always goes first), a fresh child
+process per tree with PYTHONPATH set to it: a warm 100,000-event ring (one full lap first), then
+``--calls`` record_message calls timed with perf_counter_ns. Prints each tree's median ns per
+call and the ratio B/A. A benchmark in the benchmark sense: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+CHILD = r"""
+import sys, time
+from shmdiag import Recorder, RecorderConfig
+n = int(sys.argv[1])
+rec = Recorder.with_config(RecorderConfig(max_events=100_000, log_level="critical"))
+rm = rec.record_message
+for _ in range(100_000):
+    rm("peer-7", "inv", "inbound", 37)
+r = range(n)
+t0 = time.perf_counter_ns()
+for _ in r:
+    rm("peer-7", "inv", "inbound", 37)
+t1 = time.perf_counter_ns()
+assert rec.get_stats().total_events == 100_000 + n
+rec.close()
+print((t1 - t0) / n)
+"""
+
+
+def run(tree: str, calls: int) -> float:
+    env = dict(os.environ, PYTHONPATH=tree)
+    out = subprocess.run([sys.executable, "-c", CHILD, str(calls)], env=env, capture_output=True, text=True,
+                         timeout=600, check=True)
+    return float(out.stdout.strip())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a")
+    ap.add_argument("b")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--calls", type=int, default=200_000)
+    args = ap.parse_args()
+    got: dict[str, list[float]] = {args.a: [], args.b: []}
+    for i in range(args.rounds):
+        order = (args.a, args.b) if i % 2 == 0 else (args.b, args.a)
+        for tree in order:
+            got[tree].append(run(tree, args.calls))
+    ma, mb = statistics.median(got[args.a]), statistics.median(got[args.b])
+    for tree, m in ((args.a, ma), (args.b, mb)):
+        print(f"{tree}: median {m:.1f} ns/call  rounds {[round(x, 1) for x in got[tree]]}")
+    print(f"B/A = {mb / ma:.3f}")
+
+
+if __name__ == "__main__":
+    main()
