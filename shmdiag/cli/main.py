@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from shmdiag.cli._common import (
     err,
     severity_arg,
 )
+from shmdiag.cli.archive import ARCHIVE_EPILOG, add_filters, add_rotation, cmd_archive, cmd_query, cmd_replay
 from shmdiag.cli.export import cmd_export
 from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
@@ -59,6 +61,15 @@ def build_parser() -> Parser:
     sp.add_argument("--max-events", type=int, metavar="N", help="ring capacity (overrides the config file)")
     sp.add_argument("--config", metavar="FILE",
                     help="TOML file of RecorderConfig fields, at the top level or under [shmdiag]")
+    sp.add_argument("--archive", metavar="DIR", help="archive every event the collector reads into DIR (SQLite)")
+    add_rotation(sp)
+    sp.add_argument("--nats", metavar="URL", help="publish the events to NATS JetStream at URL (nats://host:4222)")
+    sp.add_argument("--nats-stream", default="SHMDIAG", metavar="NAME", help="the JetStream stream (default SHMDIAG)")
+    sp.add_argument("--nats-buffer", type=count_arg, default=1_000_000, metavar="N",
+                    help="events held while NATS is unreachable before they are dropped and counted "
+                         "(default 1000000)")
+    sp.add_argument("--host-id", default=socket.gethostname(), metavar="ID",
+                    help="this host's name in the archive and NATS subjects (default: the hostname)")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
     sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
     sp.add_argument("--force", action="store_true", help="remove it even if it is in use")
@@ -80,6 +91,23 @@ def build_parser() -> Parser:
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
     cmd("clear", "forget every retained event and zero the stats", cmd_clear)
+    sp = cmd("query", "events from an archive directory, in time order, filtered", cmd_query, json=True,
+             ring=False, epilog=ARCHIVE_EPILOG)
+    add_filters(sp)
+    sp = cmd("replay", "record archived events into a ring again, to look at an incident with the live tools",
+             cmd_replay, ring=False)
+    add_filters(sp)
+    sp.add_argument("--into", required=True, metavar="RING", help="the ring to record into (it must exist)")
+    sp.add_argument("--speed", type=float, default=0.0, metavar="X",
+                    help="X times the original pace (1: real time); 0 (default): as fast as possible")
+    sp = cmd("archive", "archive a fleet's events from NATS JetStream into DIR (the central archive)", cmd_archive,
+             ring=False, epilog=ARCHIVE_EPILOG)
+    sp.add_argument("--from-nats", required=True, metavar="URL", help="the NATS server (nats://host:4222)")
+    sp.add_argument("dir", metavar="DIR", help="the archive directory")
+    sp.add_argument("--nats-stream", default="SHMDIAG", metavar="NAME", help="the JetStream stream (default SHMDIAG)")
+    sp.add_argument("--durable", default="shmdiag-archive", metavar="NAME",
+                    help="the durable consumer's name (default shmdiag-archive)")
+    add_rotation(sp)
     sp = cmd("demo", "record a simulated node from several processes and show the result", cmd_demo, ring=False)
     sp.add_argument("--writers", type=int, default=4, help="writer processes (default 4)")
     sp.add_argument("--seconds", type=float, default=2.0, help="how long they record (default 2)")

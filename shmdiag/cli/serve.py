@@ -26,6 +26,7 @@ from shmdiag.cli._common import (
 from shmdiag.core.errors import ShmDiagError
 
 if TYPE_CHECKING:
+    from shmdiag.archive.archiver import RingArchiver
     from shmdiag.core.config import RecorderConfig
     from shmdiag.recorder import Recorder
 
@@ -136,13 +137,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     adopted = False
+    sinks = _open_sinks(args, log)  # bad archive dirs and NATS URLs are refused before the ring is made
+    archiver = None
     try:
         # persist: not registered with the resource tracker, so the ring outlives a SIGKILL of this
         # process; its collector is run below, logging to stderr
         rec = Recorder.with_config(cfg, collector=False, persist=True)
     except RingExistsError:
-        rec = _adopt(cfg, given)
+        try:
+            rec = _adopt(cfg, given)
+        except BaseException:
+            _close_sinks(sinks)
+            raise
         adopted = True
+    except BaseException:
+        _close_sinks(sinks)
+        raise
     collector = Collector(rec, log)
     sig = None
     try:
@@ -157,6 +167,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"{acct.recorded} recorded so far, pid {os.getpid()}")
         else:
             out(f"shmdiag: serving ring {n!r}: {cfg.max_events} events ({human_bytes(size)}), pid {os.getpid()}")
+        if sinks:
+            archiver = _start_archiver(rec, sinks, args, log)
+            sinks = []
         cfg = rec.config
         out(f"  retention {cfg.retention_period:g}s, cleanup every {cfg.cleanup_interval:g}s, "
             f"health check {'on' if cfg.enable_health_check else 'off'}, "
@@ -173,6 +186,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 sig = got[-1]
                 break
     finally:
+        if archiver is not None:
+            archiver.stop()  # archives what the ring still holds, seals the file
+        _close_sinks(sinks)
         collector.stop()  # clears the collector word
         # A clean stop removes the ring (if its name still leads to it); anything else keeps it,
         # with its evidence: 'shmdiag serve' adopts it, 'shmdiag rm' removes it.
@@ -180,6 +196,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
     assert sig is not None
     log.info("shmdiag %s: %s received; ring removed", cfg.name, signal.Signals(sig).name)
     return 0
+
+
+def _open_sinks(args: argparse.Namespace, log: logging.Logger) -> list:
+    """The archive and NATS sinks asked for, opened (and so checked) before the ring is made."""
+    from shmdiag.archive.archiver import SqliteSink
+    from shmdiag.archive.store import ArchiveWriter
+
+    sinks: list = []
+    if args.archive:
+        try:
+            writer = ArchiveWriter(args.archive, max_bytes=args.archive_max_bytes, max_age=args.archive_max_age,
+                                   keep=args.archive_keep)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        sinks.append(SqliteSink(writer, log))
+    if getattr(args, "nats", None):
+        from shmdiag.archive.nats import NatsSink
+
+        try:
+            sinks.append(NatsSink(args.nats, host=args.host_id, logger=log,
+                                  buffer_events=args.nats_buffer, stream=args.nats_stream))
+        except BaseException:
+            _close_sinks(sinks)
+            raise
+    return sinks
+
+
+def _close_sinks(sinks: list) -> None:
+    for s in sinks:
+        try:
+            s.close()
+        except Exception:
+            pass
+    sinks.clear()
+
+
+def _start_archiver(rec: Recorder, sinks: list, args: argparse.Namespace, log: logging.Logger) -> RingArchiver:
+    from shmdiag.archive.archiver import RingArchiver
+    from shmdiag.inspector import Inspector
+
+    insp = Inspector.attach(rec.name)  # read-only, as any reader: the archive cannot change the ring
+    archiver = RingArchiver(insp, sinks, host=args.host_id, logger=log, owns_inspector=True)
+    archiver.start()
+    where = ", ".join(filter(None, [args.archive and f"archive {args.archive}", args.nats and f"NATS {args.nats}"]))
+    out(f"  archiving to {where} from seq {archiver.resumed_at} (host {args.host_id!r})")
+    return archiver
 
 
 _SERVE_EPILOG = """\
