@@ -39,6 +39,7 @@ class SqliteSink:
         self._pending: Batch | None = None
         self.not_archived = 0  # events lost to a full disk
         self.full_episodes = 0
+        self._full = False  # from a failed write until a batch of events is written again
 
     def resume(self, src: Source) -> int | None:
         return self.writer.next_seq(src)
@@ -52,11 +53,13 @@ class SqliteSink:
         ow = sum(g.overwritten for g in batch.gaps)
         ur = sum(g.unreadable for g in batch.gaps)
         dl = sum(g.undelivered for g in batch.gaps) + lost
-        p = self._pending
-        if p is None:
+        if not self._full:
+            self._full = True
             self.full_episodes += 1
             self.log.error("shmdiag %s: archive disk full in %s: events are counted, not archived, until "
                            "there is room", batch.source.ring, self.writer.directory)
+        p = self._pending
+        if p is None:
             p = self._pending = Batch(batch.source, batch.lo, batch.hi, [], [GapRow(batch.lo, batch.hi - 1)])
         g = p.gaps[0]
         p.hi = batch.hi
@@ -77,8 +80,6 @@ class SqliteSink:
                                                     f"{g.first_seq}-{g.last_seq}")
         except ArchiveFullError:
             return False
-        self.log.warning("shmdiag %s: archive writable again; %d events were not archived (recorded as a gap)",
-                         p.source.ring, g.undelivered)
         self._pending = None
         return True
 
@@ -90,6 +91,11 @@ class SqliteSink:
             self.writer.write(batch)
         except ArchiveFullError:
             self._hold(batch)
+            return
+        if self._full and batch.rows:
+            self._full = False
+            self.log.warning("shmdiag %s: archive writable again; %d events were not archived so far "
+                             "(recorded as gaps)", batch.source.ring, self.not_archived)
 
     def note(self, src: Source, kind: str, detail: str) -> None:
         try:

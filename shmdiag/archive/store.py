@@ -263,8 +263,10 @@ class ArchiveWriter:
 
     # -- files -------------------------------------------------------------------------------
     def _seal_in_background(self, paths: Iterable[str]) -> None:
+        """Seal ``paths``, then apply retention, in a thread (retention after sealing: a file
+        being sealed is locked)."""
         paths = list(paths)
-        if not paths:
+        if not paths and self.keep is None:
             return
 
         def run() -> None:
@@ -273,6 +275,7 @@ class ArchiveWriter:
                     seal(p)
                 except sqlite3.Error:
                     pass  # a full disk: the file stays readable, only slower to query; sealed next start
+            self._retain()
 
         t = threading.Thread(target=run, name="shmdiag-archive-seal", daemon=True)
         t.start()
@@ -341,15 +344,16 @@ class ArchiveWriter:
         if old_db is not None:
             old_db.close()
         self._seal_in_background([old])
-        self._retain()
 
     def _retain(self) -> None:
         if self.keep is None:
             return
         cutoff = time.time_ns() - int(self.keep * 1e9)
-        for p in archive_files(self.directory)[:-1]:
-            if p == self._path:
-                continue
+        try:
+            files = archive_files(self.directory)[:-1]  # never the newest: the one being written
+        except ArchiveError:
+            return
+        for p in files:
             try:
                 db = check_file(p)
                 try:

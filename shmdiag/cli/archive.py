@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 from shmdiag.cli._common import UsageError, dumps
 
