@@ -10,6 +10,7 @@ first is counted as a gap, and its lag is logged.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Protocol
@@ -19,6 +20,7 @@ from shmdiag.archive.store import ArchiveError, ArchiveFullError, ArchiveWriter,
 from shmdiag.inspector import Inspector
 
 _CHUNK = 50_000  # rows per transaction at most
+_QUEUED = 8  # batches waiting for the sink thread at most
 
 
 class Sink(Protocol):
@@ -142,6 +144,8 @@ class RingArchiver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported = 0
+        self._q: queue.Queue | None = None
+        self._sink_thread: threading.Thread | None = None
 
     @property
     def cursor(self) -> int:
@@ -160,18 +164,43 @@ class RingArchiver:
         self.overwritten += sum(g.overwritten for g in batch.gaps)
         self.unreadable += sum(g.unreadable for g in batch.gaps)
         for part in _split(batch):
-            for s in self.sinks:
-                s.write(part)
+            self._to_sinks("write", part)
         return len(batch.rows)
+
+    def _to_sinks(self, method: str, *args: object) -> None:
+        """Hand a write or note to the sinks: directly, or through the queue to the sink thread
+        when running (it blocks when the queue is full: the follower then lags, the ring
+        overwrites, and that is counted; writers are never slowed)."""
+        if self._q is not None:
+            self._q.put((method, args))
+            return
+        for s in self.sinks:
+            getattr(s, method)(*args)
+
+    def _sink_loop(self) -> None:
+        """The sink thread: SQLite and NATS work here, overlapping the follower's decoding
+        (sqlite3 releases the GIL while it steps)."""
+        assert self._q is not None
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            method, args = item
+            for s in self.sinks:
+                try:
+                    getattr(s, method)(*args)
+                except ArchiveError as e:
+                    self.log.error("shmdiag %s: archive: %s", self.source.ring, e)
+                except Exception:  # keep archiving: a bug here must not stop it for good
+                    self.log.exception("shmdiag %s: archive failed", self.source.ring)
 
     def _check(self) -> None:
         """Once a second: a clear is noted; the lag is measured, and reported when events were lost."""
         gen = self.insp.clear_generation()
         if gen != self._clears:
             self._clears = gen
-            for s in self.sinks:
-                s.note(self.source, "clear", f"the ring was cleared (clear generation {gen}); archiving goes on "
-                                             f"at seq {self.cursor}")
+            self._to_sinks("note", self.source, "clear", f"the ring was cleared (clear generation {gen}); "
+                                                         f"archiving goes on at seq {self.cursor}")
             self.log.info("shmdiag %s: ring cleared; archived so far: %d", self.source.ring, self.archived)
         _, head = self.insp.history(0)
         self.lag = max(0, head - self.cursor)
@@ -183,6 +212,11 @@ class RingArchiver:
             self._reported = lost
 
     def start(self) -> None:
+        """Follow in one thread, write to the sinks in another."""
+        self._q = queue.Queue(maxsize=_QUEUED)
+        self._sink_thread = threading.Thread(target=self._sink_loop, name=f"shmdiag-sink-{self.source.ring}",
+                                             daemon=True)
+        self._sink_thread.start()
         self._thread = threading.Thread(target=self._run, name=f"shmdiag-archive-{self.source.ring}", daemon=True)
         self._thread.start()
 
@@ -207,6 +241,11 @@ class RingArchiver:
         try:
             self.run_once()
         finally:
+            if self._q is not None:
+                self._q.put(None)
+                assert self._sink_thread is not None
+                self._sink_thread.join()
+                self._q = None
             for s in self.sinks:
                 s.close()
             if self._owns:
