@@ -268,6 +268,6 @@ def _split(batch: Batch) -> list[Batch]:
         while gi < len(gaps) and gaps[gi].first_seq < hi:
             mine.append(gaps[gi])
             gi += 1
-        out.append(Batch(batch.source, lo, hi, part, mine, batch.dropped if i == 0 else 0))
+        out.append(Batch(batch.source, lo, hi, part, mine, batch.dropped if i == 0 else None))
         lo = hi
     return out

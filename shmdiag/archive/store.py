@@ -115,15 +115,15 @@ class GapRow:
 @dataclass
 class Batch:
     """Everything a follower delivered for one source between sequence numbers ``lo`` (the cursor
-    before) and ``hi`` (after): event rows in seq order and gaps. ``dropped``: events the sender
-    could not deliver just before ``lo`` (NATS down), already counted by it."""
+    before) and ``hi`` (after): event rows in seq order and gaps. ``dropped``: what the sender
+    could not deliver just before ``lo`` (its NATS buffer was full), as it counted it."""
 
     source: Source
     lo: int
     hi: int
     rows: list[Row] = field(default_factory=list)
     gaps: list[GapRow] = field(default_factory=list)
-    dropped: int = 0
+    dropped: GapRow | None = None
 
 
 def archive_files(directory: str) -> list[str]:
@@ -382,16 +382,25 @@ class ArchiveWriter:
         have = self._state.get(src)
         rows, gaps = batch.rows, list(batch.gaps)
         if have is not None and batch.hi <= have:
-            return 0  # all archived already
+            return 0  # all archived already (a redelivery)
         if have is not None and batch.lo < have:  # partly archived already
             rows = [r for r in rows if r[1] >= have]
             gaps = [g for g in gaps if g.first_seq >= have]
-        elif have is not None and batch.lo > have and batch.dropped:
-            gaps.insert(0, GapRow(have, batch.lo - 1, undelivered=batch.dropped,
-                                  reason="not delivered (the sender's buffer was full)"))
-        elif have is None and batch.dropped:
-            gaps.insert(0, GapRow(max(0, batch.lo - batch.dropped), batch.lo - 1, undelivered=batch.dropped,
-                                  reason="not delivered (the sender's buffer was full)"))
+        elif batch.lo > (have or 0):
+            # Sequence numbers that never arrived: what the sender dropped and counted, and before
+            # that (or without that) what was lost on the way, counted here as sequence numbers.
+            start = have or 0
+            d = batch.dropped
+            if d is not None and d.first_seq >= start and d.last_seq == batch.lo - 1:
+                gaps.insert(0, d)
+                end = d.first_seq
+            else:
+                end = batch.lo
+            if end > start:
+                gaps.insert(0, GapRow(start, end - 1, undelivered=end - start,
+                                      reason="never received (discarded by the stream's limits, or sent "
+                                             "before this archive began)" if have is not None
+                                      else "never received: before the first batch of this source"))
         now = time.time_ns()
         db = self._db
         try:

@@ -100,7 +100,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from shmdiag.archive.nats import run_central
+    from shmdiag.archive.nats import NatsError, check_url, run_central
+
+    try:
+        check_url(args.from_nats)
+    except NatsError as e:
+        raise UsageError(str(e)) from None
 
     return run_central(args.from_nats, args.dir, max_bytes=args.archive_max_bytes, max_age=args.archive_max_age,
                        keep=args.archive_keep, stream=args.nats_stream, durable=args.durable)

@@ -211,9 +211,14 @@ def _open_sinks(args: argparse.Namespace, log: logging.Logger) -> list:
         except ValueError as e:
             raise UsageError(str(e)) from None
         sinks.append(SqliteSink(writer, log))
-    if getattr(args, "nats", None):
-        from shmdiag.archive.nats import NatsSink
+    if args.nats:
+        from shmdiag.archive.nats import NatsError, NatsSink, check_url
 
+        try:
+            check_url(args.nats)
+        except NatsError as e:
+            _close_sinks(sinks)
+            raise UsageError(str(e)) from None
         try:
             sinks.append(NatsSink(args.nats, host=args.host_id, logger=log,
                                   buffer_events=args.nats_buffer, stream=args.nats_stream))
@@ -234,10 +239,14 @@ def _close_sinks(sinks: list) -> None:
 
 def _start_archiver(rec: Recorder, sinks: list, args: argparse.Namespace, log: logging.Logger) -> RingArchiver:
     from shmdiag.archive.archiver import RingArchiver
+    from shmdiag.export.dicts import health_to_dict, stats_to_dict
     from shmdiag.inspector import Inspector
 
     insp = Inspector.attach(rec.name)  # read-only, as any reader: the archive cannot change the ring
     archiver = RingArchiver(insp, sinks, host=args.host_id, logger=log, owns_inspector=True)
+    for s in sinks:
+        if hasattr(s, "status"):  # the NATS stats snapshot
+            s.status = lambda: {"health": health_to_dict(insp.health_check()), "stats": stats_to_dict(insp.get_stats())}
     archiver.start()
     where = ", ".join(filter(None, [args.archive and f"archive {args.archive}", args.nats and f"NATS {args.nats}"]))
     out(f"  archiving to {where} from seq {archiver.resumed_at} (host {args.host_id!r})")
