@@ -45,6 +45,7 @@ from shmdiag.core.errors import ShmDiagError
 SUBJECT_EVENTS = "shmdiag.events"
 SUBJECT_STATS = "shmdiag.stats"
 _MAX_PAYLOAD = 512 * 1024  # split batches above this (NATS' default max_payload is 1 MiB)
+_COALESCE = 2000  # events per published batch, about (consecutive follower polls merged)
 
 
 class NatsError(ShmDiagError):
@@ -185,7 +186,7 @@ class NatsSink:
     """Publishes batches to JetStream from a buffer of at most ``buffer_events`` events (a Sink
     of ``archiver.RingArchiver``). ``write`` never waits for NATS."""
 
-    def __init__(self, url: str, *, host: str, logger: logging.Logger | None = None, buffer_events: int = 1_000_000,
+    def __init__(self, url: str, *, host: str, logger: logging.Logger | None = None, buffer_events: int = 200_000,
                  stream: str = "SHMDIAG", stream_max_bytes: int = 1 << 30, stream_max_age: float = 7 * 86400.0,
                  stats_period: float = 10.0, publish_timeout: float = 2.0) -> None:
         check_url(url)
@@ -200,7 +201,8 @@ class NatsSink:
         self.dropped = 0       # events dropped because the buffer was full
         self.dropped_gaps = 0  # ring gaps inside dropped batches (already counted by the follower)
         self.retries = 0
-        self._buf: collections.deque[tuple[int, list]] = collections.deque()
+        self._buf: collections.deque[Batch] = collections.deque()
+        self._inflight: list[Batch] = []
         self._buffered = 0
         self._drop: GapRow | None = None  # what was dropped since the last batch buffered
         self._lock = threading.Lock()
@@ -208,9 +210,18 @@ class NatsSink:
         self._io = _Loop("shmdiag-nats")
         try:
             self._nc = self._io.run(_connect(url, f"shmdiag {host}", self.log, closing=lambda: self._closing))
+        except BaseException:
+            self._io.stop()
+            raise
+        try:
             self._js = self._nc.jetstream()
             self._io.run(_ensure_stream(self._js, stream, stream_max_bytes, stream_max_age), 10)
         except BaseException:
+            self._closing = True
+            try:
+                self._io.run(self._nc.close(), 5)
+            except Exception:
+                pass
             self._io.stop()
             raise
         self._wake = asyncio.Event()
@@ -235,10 +246,9 @@ class NatsSink:
             if self._buffered + n > self.buffer_events and self._buffered:
                 self._count_drop(batch)
                 return
-            if self._drop is not None:
+            if self._drop is not None:  # the range dropped just before this batch travels with it
                 batch.dropped, self._drop = self._drop, None
-            msgs = encode(batch)
-            self._buf.append((n, msgs))
+            self._buf.append(batch)
             self._buffered += n
         self._io.loop.call_soon_threadsafe(self._wake.set)
 
@@ -264,32 +274,54 @@ class NatsSink:
                 "retries": self.retries}
 
     # -- publishing ----------------------------------------------------------------------------
+    def _take(self) -> list[Batch]:
+        """The next batches to publish as one (consecutive, same source, up to _COALESCE events);
+        they stay counted as buffered until published. A drop with no batch after it to carry
+        it is sent on its own once the buffer is empty, so the central archive learns of it."""
+        with self._lock:
+            if not self._buf and self._drop is not None and self._source is not None:
+                d, self._drop = self._drop, None
+                self._buf.append(Batch(self._source, d.last_seq + 1, d.last_seq + 1, [], [], d))
+            take: list[Batch] = []
+            n = 0
+            while self._buf and n < _COALESCE and (not take or self._buf[0].source == take[0].source):
+                b = self._buf.popleft()
+                take.append(b)
+                n += len(b.rows)
+            return take
+
     async def _publisher(self) -> None:
-        subj_cache: dict[tuple[str, str], str] = {}
+        subj_cache: dict[Source, str] = {}
         while True:
-            if not self._buf:
+            take = self._take()
+            if not take:
                 if self._closing:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            n, msgs = self._buf[0]
+            src = take[0].source
+            merged = take[0] if len(take) == 1 else Batch(
+                src, take[0].lo, take[-1].hi, [r for b in take for r in b.rows], [g for b in take for g in b.gaps],
+                take[0].dropped)
+            subj = subj_cache.get(src) or subj_cache.setdefault(src, subject(SUBJECT_EVENTS, src.host, src.ring))
+            msgs = encode(merged)
+            self._inflight = take
             while msgs:
                 headers, body = msgs[0]
-                key = (headers["Shmdiag-Host"], headers["Shmdiag-Ring"])
-                subj = subj_cache.get(key) or subj_cache.setdefault(key, subject(SUBJECT_EVENTS, *key))
                 try:
                     await self._js.publish(subj, body, timeout=self.publish_timeout, headers=headers)
                 except Exception as e:  # not connected, no ack in time, no responders: retry the same one
                     self.retries += 1
                     self.log.debug("shmdiag NATS publish failed (%s); retrying", e)
-                    if self._closing and self._give_up:
+                    if self._give_up:
                         return
                     await asyncio.sleep(0.2)
                     continue
                 msgs.pop(0)
+            self._inflight = []
+            n = len(merged.rows)
             with self._lock:
-                self._buf.popleft()
                 self._buffered -= n
                 self.published += n
 
@@ -322,7 +354,7 @@ class NatsSink:
         except Exception:  # concurrent.futures.TimeoutError: NATS still down
             self._give_up = True
             self._task.cancel()
-        left = sum(n for n, _ in self._buf)
+        left = sum(len(b.rows) for b in [*self._inflight, *self._buf])
         if left:
             self.dropped += left
             self.log.error("shmdiag NATS: %d events still buffered at stop were not published", left)

@@ -65,9 +65,9 @@ def build_parser() -> Parser:
     add_rotation(sp)
     sp.add_argument("--nats", metavar="URL", help="publish the events to NATS JetStream at URL (nats://host:4222)")
     sp.add_argument("--nats-stream", default="SHMDIAG", metavar="NAME", help="the JetStream stream (default SHMDIAG)")
-    sp.add_argument("--nats-buffer", type=count_arg, default=1_000_000, metavar="N",
+    sp.add_argument("--nats-buffer", type=count_arg, default=200_000, metavar="N",
                     help="events held while NATS is unreachable before they are dropped and counted "
-                         "(default 1000000)")
+                         "(default 200000)")
     sp.add_argument("--host-id", default=socket.gethostname(), metavar="ID",
                     help="this host's name in the archive and NATS subjects (default: the hostname)")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
