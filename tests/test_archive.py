@@ -50,7 +50,7 @@ def coverage(directory: str) -> tuple[list[int], list[tuple[int, int, int]]]:
     seqs, gaps = [], []
     for p in archive_files(directory):
         db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-        seqs += [s for (s,) in db.execute("SELECT seq FROM events ORDER BY rowid")]
+        seqs += [s for (s,) in db.execute("SELECT seq FROM event_rows ORDER BY rowid")]
         gaps += list(db.execute("SELECT first_seq, last_seq, overwritten + unreadable + undelivered FROM gaps"))
         db.close()
     return seqs, gaps
@@ -237,7 +237,7 @@ def test_retention_deletes_old_files_only(tmp_path, make_recorder):
         arc.run_once()
         old = w.path
         db = sqlite3.connect(old)  # make its newest event and its creation two hours old
-        db.execute("UPDATE events SET ts = ts - 7200000000000")
+        db.execute("UPDATE event_rows SET ts = ts - 7200000000000")
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) - 7200000000000 WHERE key = 'created_ns'")
         db.commit()
         db.close()

@@ -93,7 +93,7 @@ def _gap_of(v: list) -> GapRow:
 def encode(batch: Batch) -> list[tuple[dict[str, str], bytes]]:
     """A batch as NATS messages (headers, payload), split so that each stays under _MAX_PAYLOAD."""
     src = batch.source
-    rows = [list(r[:10]) for r in batch.rows]
+    rows = batch.rows
 
     def msgs(lo: int, hi: int, rows: list, gaps: list[GapRow], dropped: GapRow | None) -> list:
         body = orjson.dumps({"events": rows, "gaps": [_gap_list(g) for g in gaps],
@@ -115,8 +115,9 @@ def decode(headers: dict[str, str], body: bytes) -> Batch:
     """A message back into a Batch (ValueError/KeyError if it is not one of ours)."""
     src = Source(headers["Shmdiag-Host"], headers["Shmdiag-Ring"], int(headers["Shmdiag-Generation"]))
     d = orjson.loads(body)
-    tail = (src.host, src.ring, src.generation)
-    rows = [(*r, *tail) for r in d["events"]]
+    rows = d["events"]
+    if any(len(r) != 10 for r in rows):
+        raise ValueError("an event row is not 10 columns")
     return Batch(src, int(headers["Shmdiag-Seq-Lo"]), int(headers["Shmdiag-Seq-Hi"]), rows,
                  [_gap_of(g) for g in d["gaps"]], None if d.get("dropped") is None else _gap_of(d["dropped"]))
 
@@ -397,10 +398,48 @@ def run_central(url: str, directory: str, *, max_bytes: int, max_age: float, kee
     return 0
 
 
+async def _consumer_config(js: Any, stream: str, durable: str) -> Any:
+    """The durable consumer, (re)started right after the last message acknowledged: a central
+    archiver killed with messages fetched but not acknowledged gets them again first, in order
+    (a durable consumer would otherwise redeliver them only after ack_wait, after newer ones,
+    and a newer batch must never be archived before an older one of its source). Messages
+    committed but not acknowledged come again too, and are dropped as duplicates."""
+    from nats.js import api  # type: ignore[import-not-found,unused-ignore]
+    from nats.js.errors import NotFoundError  # type: ignore[import-not-found,unused-ignore]
+
+    cfg: dict[str, Any] = dict(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=10_000,
+                               filter_subject=f"{SUBJECT_EVENTS}.>")
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return api.ConsumerConfig(durable_name=durable, deliver_policy=api.DeliverPolicy.ALL, **cfg)
+    floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+    await js.delete_consumer(stream, durable)
+    return api.ConsumerConfig(durable_name=durable, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                              opt_start_seq=(floor or 0) + 1, **cfg)
+
+
+async def _write_in_order(writer: ArchiveWriter, batch: Batch, msg: Any, stop: threading.Event,
+                          log: logging.Logger) -> int:
+    """Commit ``batch``, retrying (a full disk) until it is written or we are stopped: never skip
+    past it, or a newer batch of its source would be archived first."""
+    while True:
+        try:
+            return writer.write(batch)
+        except ArchiveError as e:
+            log.error("shmdiag central: %s; retrying", e)
+            try:
+                await msg.in_progress()  # keep it ours meanwhile
+            except Exception:
+                pass
+            if stop.is_set():
+                raise
+            await asyncio.sleep(1.0)
+
+
 async def _central(url: str, writer: ArchiveWriter, stream: str, durable: str, stop: threading.Event,
                    log: logging.Logger) -> None:
     from nats.errors import TimeoutError as NatsTimeout  # type: ignore[import-not-found,unused-ignore]
-    from nats.js import api  # type: ignore[import-not-found,unused-ignore]
 
     nc = await _connect(url, "shmdiag central archive", log)
     try:
@@ -408,8 +447,7 @@ async def _central(url: str, writer: ArchiveWriter, stream: str, durable: str, s
         await _ensure_stream(js, stream, 1 << 30, 7 * 86400.0)
         try:
             sub = await js.pull_subscribe(f"{SUBJECT_EVENTS}.>", durable=durable, stream=stream,
-                                          config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT,
-                                                                    ack_wait=60.0, max_ack_pending=10_000))
+                                          config=await _consumer_config(js, stream, durable))
         except Exception as e:
             raise NatsError(f"cannot create the durable consumer {durable!r} on stream {stream!r}: {e}") from None
         print(f"shmdiag: archiving {url} stream {stream!r} (durable consumer {durable!r}) into {writer.directory}",
@@ -433,12 +471,7 @@ async def _central(url: str, writer: ArchiveWriter, stream: str, durable: str, s
                                 m.subject, e)
                     await m.term()
                     continue
-                try:
-                    archived += writer.write(batch)  # committed ...
-                except ArchiveError as e:
-                    log.error("shmdiag central: %s; the message will be redelivered", e)
-                    await m.nak(delay=1.0)
-                    continue
+                archived += await _write_in_order(writer, batch, m, stop, log)  # committed ...
                 try:
                     await m.ack()  # ... then acknowledged: a crash in between redelivers it, dropped as a duplicate
                 except Exception as e:

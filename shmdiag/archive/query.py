@@ -67,7 +67,7 @@ def query(directory: str, filt: Filter | None = None, limit: int = 0) -> Iterato
     for path in archive_files(directory):
         db = check_file(path)
         if filt.since_ns is not None or filt.until_ns is not None:
-            lo, hi = db.execute("SELECT min(ts), max(ts) FROM events").fetchone()
+            lo, hi = db.execute("SELECT min(ts), max(ts) FROM event_rows").fetchone()
             if lo is None or (filt.since_ns is not None and hi < filt.since_ns) or \
                     (filt.until_ns is not None and lo >= filt.until_ns):
                 db.close()

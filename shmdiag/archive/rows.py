@@ -25,12 +25,11 @@ OVERWRITTEN = "overwritten before the collector read them"
 UNREADABLE = "never completed by their writer (stopped, died or dropped them), or expired"
 
 
-def event_row(e: DiagnosticEvent, src: Source) -> Row:
+def event_row(e: DiagnosticEvent) -> Row:
     ts = e.timestamp
     ns = (ts - _EPOCH) // _US * 1000 if ts is not None else 0
     return (ns, e.seq, e.pid, e.event_type, int(e.severity), e.peer_id, e.message, e.error,
-            None if e.metadata is None else orjson.dumps(e.metadata).decode(), int(e.truncated),
-            src.host, src.ring, src.generation)
+            None if e.metadata is None else orjson.dumps(e.metadata).decode(), int(e.truncated))
 
 
 def gap_row(g: Gap) -> GapRow:
@@ -49,12 +48,12 @@ def read_batch(following: Following, src: Source) -> Batch:
         if isinstance(it, Gap):
             gaps.append(gap_row(it))
         else:
-            rows.append(event_row(it, src))
+            rows.append(event_row(it))
     return Batch(src, lo, following.cursor, rows, gaps)
 
 
 def row_event(row: Row) -> DiagnosticEvent:
-    """An archived row (``EVENT_COLUMNS`` order) as the event it was."""
+    """An archived row (``ROW_COLUMNS`` order, or ``EVENT_COLUMNS``) as the event it was."""
     ts, seq, pid, typ, sev, peer, msg, error, meta, trunc = row[:10]
     return DiagnosticEvent(event_type=typ, message=msg, severity=_SEV.get(sev, Severity.INFO), peer_id=peer,
                            metadata=None if meta is None else orjson.loads(meta), error=error,

@@ -3,18 +3,20 @@
 Every file has the same schema, whether a local collector (``serve --archive``) or the central
 archiver (``archive --from-nats``) wrote it, so ``query`` and any SQLite client read both:
 
-* ``events``: one row per event, typed columns ``ts`` (nanoseconds since the Unix epoch, UTC),
-  ``seq``, ``pid``, ``type``, ``severity`` (0 debug .. 4 critical), ``peer``, ``message``,
+* ``events`` (a view): one row per event, typed columns ``ts`` (nanoseconds since the Unix epoch,
+  UTC), ``seq``, ``pid``, ``type``, ``severity`` (0 debug .. 4 critical), ``peer``, ``message``,
   ``error``, ``metadata`` (JSON text), ``truncated``, and the source: ``host``, ``ring`` and
   ``generation`` (the ring's creation time in ns: a ring removed and created again under the
-  same name starts its sequence numbers afresh, as a new generation);
+  same name starts its sequence numbers afresh, as a new generation). The rows are stored in
+  ``event_rows`` with a small ``source`` id instead of the three source columns (a quarter
+  fewer bytes per event with a long ring name); the view joins them back;
 * ``gaps``: sequence numbers that are not in ``events``, counted by cause: ``overwritten`` (the
   ring went round before the collector read them), ``unreadable`` (never completed by their
   writer, or expired), ``undelivered`` (dropped on the way: NATS down beyond the buffer, or the
   disk full). ``events`` + ``gaps`` of a source cover every sequence number it used exactly once;
 * ``notes``: what happened to a source that is not an event: a clear, a new generation, a full
   disk, a start or a stop;
-* ``sources``: per (host, ring, generation), the next sequence number to archive. It is
+* ``sources``: per (host, ring, generation), its id and the next sequence number to archive. It is
   committed in the same transaction as the rows, which is what makes a restart resume exactly
   after the last archived event, and what drops a redelivered batch (central archive).
 
@@ -48,18 +50,18 @@ LOCK = ".shmdiag-archive.lock"
 _COMPANIONS = ("-wal", "-shm", "-journal")
 _SQLITE_FULL = 13  # SQLITE_FULL, the primary result code of "database or disk is full"
 
-EVENT_COLUMNS = ("ts", "seq", "pid", "type", "severity", "peer", "message", "error", "metadata", "truncated",
-                 "host", "ring", "generation")
-# An event row, in EVENT_COLUMNS order.
+ROW_COLUMNS = ("ts", "seq", "pid", "type", "severity", "peer", "message", "error", "metadata", "truncated")
+EVENT_COLUMNS = (*ROW_COLUMNS, "host", "ring", "generation")  # the ``events`` view, and what query() yields
+# An event row as written, in ROW_COLUMNS order (the source is the batch's).
 Row = tuple
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE events(
+CREATE TABLE event_rows(
     ts INTEGER NOT NULL, seq INTEGER NOT NULL, pid INTEGER, type TEXT NOT NULL, severity INTEGER NOT NULL,
     peer TEXT NOT NULL, message TEXT NOT NULL, error TEXT, metadata TEXT, truncated INTEGER NOT NULL,
-    host TEXT NOT NULL, ring TEXT NOT NULL, generation INTEGER NOT NULL);
-CREATE INDEX events_ts ON events(ts);
+    source INTEGER NOT NULL);
+CREATE INDEX events_ts ON event_rows(ts);
 CREATE TABLE gaps(
     ts INTEGER NOT NULL, host TEXT NOT NULL, ring TEXT NOT NULL, generation INTEGER NOT NULL,
     first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
@@ -68,15 +70,17 @@ CREATE TABLE notes(
     ts INTEGER NOT NULL, host TEXT NOT NULL, ring TEXT NOT NULL, generation INTEGER NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL);
 CREATE TABLE sources(
-    host TEXT NOT NULL, ring TEXT NOT NULL, generation INTEGER NOT NULL, next_seq INTEGER NOT NULL,
-    PRIMARY KEY(host, ring, generation));
+    id INTEGER PRIMARY KEY, host TEXT NOT NULL, ring TEXT NOT NULL, generation INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL, UNIQUE(host, ring, generation));
+CREATE VIEW events AS SELECT e.ts, e.seq, e.pid, e.type, e.severity, e.peer, e.message, e.error, e.metadata,
+    e.truncated, s.host, s.ring, s.generation FROM event_rows e JOIN sources s ON s.id = e.source;
 """
 _SEAL_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS events_type ON events(type, ts)",
-    "CREATE INDEX IF NOT EXISTS events_peer ON events(peer, ts)",
-    "CREATE INDEX IF NOT EXISTS events_severity ON events(severity, ts)",
+    "CREATE INDEX IF NOT EXISTS events_type ON event_rows(type, ts)",
+    "CREATE INDEX IF NOT EXISTS events_peer ON event_rows(peer, ts)",
+    "CREATE INDEX IF NOT EXISTS events_severity ON event_rows(severity, ts)",
 )
-_INSERT = f"INSERT INTO events VALUES({','.join('?' * len(EVENT_COLUMNS))})"
+_INSERT = f"INSERT INTO event_rows VALUES({','.join('?' * len(ROW_COLUMNS))}, {{source}})"  # source: an int
 
 
 class ArchiveError(ShmDiagError):
@@ -244,12 +248,14 @@ class ArchiveWriter:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise ArchiveError(f"{directory}: another process is writing this archive") from None
-        self._state: dict[Source, int] = {}
+        self._state: dict[Source, int] = {}  # the next seq to archive, per source
+        self._ids: dict[Source, int] = {}    # its id in the sources table (the same in every file written)
         if existing:
             db = check_file(existing[-1])
             try:
-                for h, r, g, n in db.execute("SELECT host, ring, generation, next_seq FROM sources"):
+                for i, h, r, g, n in db.execute("SELECT id, host, ring, generation, next_seq FROM sources"):
                     self._state[Source(h, r, g)] = n
+                    self._ids[Source(h, r, g)] = i
             finally:
                 db.close()
         self._sealers: list[threading.Thread] = []
@@ -302,8 +308,8 @@ class ArchiveWriter:
                     db.execute(stmt)
             db.executemany("INSERT INTO meta VALUES(?, ?)",
                            [("format", FORMAT), ("version", str(VERSION)), ("created_ns", str(time.time_ns()))])
-            db.executemany("INSERT INTO sources VALUES(?, ?, ?, ?)",
-                           [(s.host, s.ring, s.generation, n) for s, n in self._state.items()])
+            db.executemany("INSERT INTO sources VALUES(?, ?, ?, ?, ?)",
+                           [(self._ids[s], s.host, s.ring, s.generation, n) for s, n in self._state.items()])
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:
             for c in ("", *_COMPANIONS):
@@ -357,7 +363,7 @@ class ArchiveWriter:
             try:
                 db = check_file(p)
                 try:
-                    newest = db.execute("SELECT max(ts) FROM events").fetchone()[0]
+                    newest = db.execute("SELECT max(ts) FROM event_rows").fetchone()[0]
                     created = int(db.execute("SELECT value FROM meta WHERE key='created_ns'").fetchone()[0])
                 finally:
                     db.close()
@@ -403,16 +409,21 @@ class ArchiveWriter:
                                       else "never received: before the first batch of this source"))
         now = time.time_ns()
         db = self._db
+        sid = self._ids.get(src)
+        new = sid is None
+        if sid is None:
+            sid = max(self._ids.values(), default=0) + 1
         try:
             db.execute("BEGIN")
+            if new:
+                db.execute("INSERT INTO sources VALUES(?, ?, ?, ?, ?)", (sid, src.host, src.ring, src.generation, 0))
             if rows:
-                db.executemany(_INSERT, rows)
+                db.executemany(_INSERT.format(source=int(sid)), rows)
             if gaps:
                 db.executemany("INSERT INTO gaps VALUES(?,?,?,?,?,?,?,?,?,?)",
                                [(now, src.host, src.ring, src.generation, g.first_seq, g.last_seq,
                                  g.overwritten, g.unreadable, g.undelivered, g.reason or "not read") for g in gaps])
-            db.execute("INSERT OR REPLACE INTO sources VALUES(?, ?, ?, ?)",
-                       (src.host, src.ring, src.generation, batch.hi))
+            db.execute("UPDATE sources SET next_seq = ? WHERE id = ?", (batch.hi, sid))
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:
             self._rollback()
@@ -420,6 +431,7 @@ class ArchiveWriter:
                 raise ArchiveFullError(f"{self._path}: disk full; {len(rows)} events not archived") from None
             raise ArchiveError(f"{self._path}: write failed: {e}") from None
         self._state[src] = batch.hi
+        self._ids[src] = sid
         self.rows_written += len(rows)
         try:
             self._maybe_rotate()
@@ -483,7 +495,7 @@ def count_rows(paths: Sequence[str]) -> dict[str, int]:
     for p in paths:
         db = check_file(p)
         try:
-            tot["events"] += db.execute("SELECT count(*) FROM events").fetchone()[0]
+            tot["events"] += db.execute("SELECT count(*) FROM event_rows").fetchone()[0]
             o, u, d = db.execute("SELECT coalesce(sum(overwritten),0), coalesce(sum(unreadable),0), "
                                  "coalesce(sum(undelivered),0) FROM gaps").fetchone()
             tot["overwritten"] += o
