@@ -186,6 +186,26 @@ def test_two_hosts_one_central_archive_and_a_central_killed_mid_stream(tmp_path,
     assert_books(recorded, books, cdir)
     for h in recorded:  # NATS was up throughout and the rings held everything: every event arrived
         assert books[h]["events"] == recorded[h] == 20_000
+    # Each collector's last stats/health snapshot is in the stream, on shmdiag.stats.<host>.<ring>.
+    import asyncio
+
+    import nats
+    import orjson
+
+    async def last_stats() -> dict:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        out = {}
+        for (host, ring, _gen) in totals(cdir):
+            m = await js.get_last_msg("SHMDIAG", f"shmdiag.stats.{host}.{ring}")
+            out[host] = orjson.loads(m.data)
+        await nc.close()
+        return out
+
+    snaps = asyncio.run(last_stats())
+    for h, snap in snaps.items():
+        assert snap["host"] == h and snap["nats"]["dropped"] == 0 and snap["nats"]["published"] == 20_000
+        assert snap["stats"]["total_events"] == 20_000 and snap["health"]["status"]
 
 
 def test_nats_server_killed_and_restarted_mid_stream(tmp_path, procs, nats_server):
