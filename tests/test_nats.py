@@ -256,3 +256,42 @@ def test_bad_nats_input_is_one_line(tmp_path, nats_server):
     assert_one_error_line(run_cli("serve", name, "--nats", nats_server.url, "--nats-stream", "OTHER"), 1,
                           "OTHER", "subjects")
     unlink_quietly(name)
+
+
+def test_tail_follows_a_remote_ring_through_the_stream(tmp_path, procs, nats_server):
+    import json
+
+    from shmdiag import DiagnosticEvent, Recorder
+
+    name = unique_name("nt")
+    try:
+        serve = start(["serve", name, "--nats", nats_server.url, "--host-id", "hostT"], procs, tmp_path, "serveT",
+                      b"archiving to")
+        with Recorder.attach(name) as rec:
+            for i in range(5):
+                rec.record_event(DiagnosticEvent("tick", f"n={i}", peer_id="p1"))
+
+            def published() -> bool:
+                cp = run_cli("tail", "--nats", nats_server.url, "--host", "hostT", "--ring", name, "-n", "3", "--json")
+                return cp.returncode == 0 and "n=4" in cp.stdout
+
+            wait_for(published, 30, "the events in the stream")
+            cp = run_cli("tail", "--nats", nats_server.url, "--host", "hostT", "--ring", name, "-n", "3", "--json")
+            got = [json.loads(line) for line in cp.stdout.splitlines()]
+            assert [g["message"] for g in got] == ["n=2", "n=3", "n=4"]
+            assert {(g["host"], g["ring"]) for g in got} == {("hostT", name)}
+            tail = subprocess.Popen([*CLI, "tail", "--nats", nats_server.url, "--host", "hostT", "--ring", name, "-f",
+                                     "-n", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(tail)
+            reader = LineReader(tail)
+            reader.lines_until(lambda line, _: b"n=4" in line, timeout=30)
+            rec.record_error("p9", "remote boom", "read")
+            reader.lines_until(lambda line, _: b"remote boom" in line, timeout=30)
+        tail.send_signal(signal.SIGINT)
+        tail.wait(10)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        unlink_quietly(name)
+    assert_one_error_line(run_cli("tail", "--nats", nats_server.url, "--host", "h"), 2, "--ring")
+    assert_one_error_line(run_cli("tail"), 2, "NAME")

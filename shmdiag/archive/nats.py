@@ -485,3 +485,54 @@ async def _central(url: str, writer: ArchiveWriter, stream: str, durable: str, s
             await nc.drain()
         except Exception:
             pass
+
+
+# -- following a remote ring -------------------------------------------------------------------------
+def follow_remote(url: str, host: str, ring: str, *, n: int, follow: bool,
+                  emit: Callable[[list[Batch], int], None], stop: threading.Event | None = None,
+                  stream: str = "SHMDIAG", wait: float = 2.0) -> None:
+    """``tail --nats``: the last batch published for ``host``/``ring`` (``emit(batches, n)`` shows
+    its last ``n`` events), then, with ``follow``, every batch after it as it arrives, until
+    ``stop`` (or SIGINT). An ordered ephemeral consumer: nothing is acknowledged or kept."""
+    check_url(url)
+    _nats()
+    stop = stop or threading.Event()
+    asyncio.run(_follow_remote(url, host, ring, n, follow, emit, stop, stream, wait))
+
+
+async def _follow_remote(url: str, host: str, ring: str, n: int, follow: bool,
+                         emit: Callable[[list[Batch], int], None], stop: threading.Event, stream: str,
+                         wait: float) -> None:
+    from nats.errors import TimeoutError as NatsTimeout  # type: ignore[import-not-found,unused-ignore]
+    from nats.js import api  # type: ignore[import-not-found,unused-ignore]
+
+    nc = await _connect(url, "shmdiag tail", logging.getLogger("shmdiag"))
+    try:
+        js = nc.jetstream()
+        subj = subject(SUBJECT_EVENTS, host, ring)
+        try:
+            sub = await js.subscribe(subj, stream=stream, ordered_consumer=True,
+                                     deliver_policy=api.DeliverPolicy.LAST)
+        except Exception as e:
+            raise NatsError(f"cannot follow {subj} on stream {stream!r}: {e}") from None
+        first = True
+        while not stop.is_set():
+            try:
+                m = await sub.next_msg(timeout=wait if first and not follow else 0.5)
+            except (NatsTimeout, asyncio.TimeoutError):
+                if first and not follow:
+                    return  # nothing published for that ring yet
+                continue
+            try:
+                batch = decode(dict(m.headers or {}), m.data)
+            except (KeyError, ValueError, TypeError):
+                continue
+            emit([batch], n if first else 0)
+            if first and not follow:
+                return
+            first = False
+    finally:
+        try:
+            await nc.close()
+        except Exception:
+            pass

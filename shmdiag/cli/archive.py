@@ -144,3 +144,55 @@ ring, generation), gaps (sequence numbers not archived, counted by cause), notes
 generations, full disks) and sources (where each ring's archive resumes). Open one with
   sqlite3 FILE "select datetime(ts/1e9,'unixepoch'), type, peer, message from events limit 10"
 DIR must hold nothing but the archive's own files (retention deletes files there)."""
+
+
+def cmd_tail_nats(args: argparse.Namespace) -> int:
+    """``tail --nats URL --host H --ring R [-f]``: a remote ring, through the stream."""
+    from shmdiag.archive.nats import NatsError, check_url, follow_remote
+    from shmdiag.archive.rows import row_event
+    from shmdiag.archive.store import Batch
+    from shmdiag.cli.tail import format_event
+    from shmdiag.export.dicts import event_to_dict
+
+    if not args.host or not args.ring:
+        raise UsageError("tail --nats needs --host and --ring (the remote ring's host id and name)")
+    if args.name:
+        raise UsageError("tail --nats takes no NAME: the ring is --host/--ring")
+    try:
+        check_url(args.nats)
+    except NatsError as e:
+        raise UsageError(str(e)) from None
+    out = sys.stdout.buffer
+    types, peers = set(args.type or ()), set(args.peer or ())
+    sev = int(args.min_severity)
+
+    def emit(batches: list[Batch], last: int) -> None:
+        lines: list[bytes] = []
+        for b in batches:
+            for g in ([b.dropped] if b.dropped else []) + b.gaps:
+                if args.json:
+                    lines.append(dumps({"skipped": g.count, "overwritten": g.overwritten, "unreadable": g.unreadable,
+                                        "undelivered": g.undelivered, "first_seq": g.first_seq,
+                                        "last_seq": g.last_seq}))
+                else:
+                    lines.append(f"-- {g.count} events not archived: {g.reason} --".encode())
+            rows = [r for r in b.rows if r[4] >= sev and (not types or r[3] in types) and (not peers or r[5] in peers)]
+            if last:
+                rows = rows[-last:]
+            for r in rows:
+                e = row_event(r)
+                if args.json:
+                    d = event_to_dict(e)
+                    d["host"], d["ring"], d["generation"] = b.source.host, b.source.ring, b.source.generation
+                    lines.append(dumps(d))
+                else:
+                    lines.append(format_event(e).encode("utf-8", "replace"))
+        if lines:
+            out.write(b"\n".join(lines) + b"\n")
+            out.flush()
+
+    try:
+        follow_remote(args.nats, args.host, args.ring, n=args.n, follow=args.follow, emit=emit)
+    except KeyboardInterrupt:
+        return 0
+    return 0

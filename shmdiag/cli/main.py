@@ -25,7 +25,15 @@ from shmdiag.cli._common import (
     err,
     severity_arg,
 )
-from shmdiag.cli.archive import ARCHIVE_EPILOG, add_filters, add_rotation, cmd_archive, cmd_query, cmd_replay
+from shmdiag.cli.archive import (
+    ARCHIVE_EPILOG,
+    add_filters,
+    add_rotation,
+    cmd_archive,
+    cmd_query,
+    cmd_replay,
+    cmd_tail_nats,
+)
 from shmdiag.cli.export import cmd_export
 from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
@@ -78,7 +86,12 @@ def build_parser() -> Parser:
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
     sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
                     help="show the N busiest peers (default 50, 0 = all)")
-    sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG)
+    sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG,
+             ring=False)
+    sp.add_argument("name", metavar="NAME", nargs="?", help="the ring's name (as in /dev/shm)")
+    sp.add_argument("--nats", metavar="URL", help="follow a remote ring through NATS JetStream (with --host, --ring)")
+    sp.add_argument("--host", metavar="H", help="with --nats: the remote ring's host id")
+    sp.add_argument("--ring", metavar="R", help="with --nats: the remote ring's name")
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
     sp.add_argument("-n", type=count_arg, default=10, metavar="N", help="how many past events (default 10)")
     sp.add_argument("--min-severity", type=severity_arg, default=Severity.DEBUG, metavar="S",
@@ -138,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "loadgen":
             return cmd_loadgen(args, extra)
         func: Callable[[argparse.Namespace], int] = args.func
+        if args.command == "tail":
+            if args.nats:
+                func = cmd_tail_nats
+            elif not args.name:
+                raise UsageError("tail needs NAME (or --nats URL --host H --ring R)")
         return func(args)
     except UsageError as e:
         err(str(e))
