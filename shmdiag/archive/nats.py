@@ -285,7 +285,9 @@ class NatsSink:
                 self._buf.append(Batch(self._source, d.last_seq + 1, d.last_seq + 1, [], [], d))
             take: list[Batch] = []
             n = 0
-            while self._buf and n < _COALESCE and (not take or self._buf[0].source == take[0].source):
+            # Never merge across a drop: the batch after it carries it (its lo is where the drop ends).
+            while self._buf and n < _COALESCE and (not take or (self._buf[0].source == take[0].source
+                                                                and self._buf[0].dropped is None)):
                 b = self._buf.popleft()
                 take.append(b)
                 n += len(b.rows)
