@@ -353,3 +353,30 @@ def test_two_writers_of_one_archive_dir_are_refused(tmp_path):
             ArchiveWriter(str(tmp_path / "a"))
     finally:
         w.close()
+
+
+def test_the_archive_holds_each_event_once_whatever_arrives_twice(tmp_path):
+    """The central archive's rules, on batches as NATS may deliver them: a redelivery, an overlap
+    (a restarted collector publishing again from seq 0), a counted drop, and a range that never
+    arrived. Events + gaps cover every sequence number once."""
+    from shmdiag.archive.store import Batch, GapRow, Source
+
+    def rows(a: int, b: int) -> list:
+        return [(1_700_000_000_000_000_000 + s, s, 1, "t", 1, "", f"m{s}", None, None, 0) for s in range(a, b)]
+
+    src = Source("h", "r", 7)
+    with ArchiveWriter(str(tmp_path / "c")) as w:
+        assert w.write(Batch(src, 0, 10, rows(0, 10))) == 10
+        assert w.write(Batch(src, 0, 10, rows(0, 10))) == 0  # redelivered
+        # A restarted collector from seq 0: the ring had overwritten 0-5 (a gap), holds 6-14.
+        assert w.write(Batch(src, 0, 15, rows(6, 15), [GapRow(0, 5, overwritten=6)])) == 5
+        # The collector dropped 15-19 (NATS down); the next batch carries the count.
+        assert w.write(Batch(src, 20, 25, rows(20, 25), dropped=GapRow(15, 19, undelivered=5))) == 5
+        # 25-29 never arrived (the stream's limits discarded them): counted here, as seqs.
+        assert w.write(Batch(src, 30, 32, rows(30, 32))) == 2
+        # A gap straddling what is archived already is clipped, not dropped.
+        assert w.write(Batch(src, 28, 40, rows(36, 40), [GapRow(28, 35, overwritten=8)])) == 4
+    events, gapped = assert_exact_cover(str(tmp_path / "c"), 40)
+    assert (events, gapped) == (26, 14)
+    t = totals(str(tmp_path / "c"))[("h", "r", 7)]
+    assert (t["undelivered"], t["overwritten"], t["next_seq"]) == (10, 4, 40)

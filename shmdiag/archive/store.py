@@ -202,6 +202,14 @@ def seal(path: str) -> None:
         db.close()
 
 
+def _clip(g: GapRow, first: int) -> GapRow:
+    """The part of ``g`` from ``first`` on (a batch that overlaps what was archived already)."""
+    n = min(g.count, g.last_seq - first + 1)
+    ow = min(g.overwritten, n)
+    ur = min(g.unreadable, n - ow)
+    return GapRow(first, g.last_seq, ow, ur, n - ow - ur, g.reason)
+
+
 def _is_full(e: BaseException) -> bool:
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -391,7 +399,7 @@ class ArchiveWriter:
             return 0  # all archived already (a redelivery)
         if have is not None and batch.lo < have:  # partly archived already
             rows = [r for r in rows if r[1] >= have]
-            gaps = [g for g in gaps if g.first_seq >= have]
+            gaps = [g if g.first_seq >= have else _clip(g, have) for g in gaps if g.last_seq >= have]
         elif batch.lo > (have or 0):
             # Sequence numbers that never arrived: what the sender dropped and counted, and before
             # that (or without that) what was lost on the way, counted here as sequence numbers.
