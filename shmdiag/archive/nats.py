@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import re
 import signal
 import threading
@@ -39,7 +40,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from shmdiag.archive.store import ArchiveError, ArchiveWriter, Batch, GapRow, Source
+from shmdiag.archive.store import ArchiveError, ArchiveWriter, Batch, GapRow, Source, archive_files, check_file
 from shmdiag.core.errors import ShmDiagError
 
 SUBJECT_EVENTS = "shmdiag.events"
@@ -179,8 +180,10 @@ async def _connect(url: str, name: str, log: logging.Logger, timeout: float = 5.
                          allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,
                          reconnected_cb=on_reconnect, ping_interval=5, max_outstanding_pings=2),
             timeout)
-    except (Exception, asyncio.TimeoutError) as e:
-        raise NatsError(f"cannot reach NATS at {url}: {e or type(e).__name__}") from None
+    except asyncio.TimeoutError:
+        raise NatsError(f"cannot reach NATS at {url} (no connection within {timeout:g} s)") from None
+    except Exception as e:
+        raise NatsError(f"cannot reach NATS at {url}: {str(e) or type(e).__name__}") from None
 
 
 class NatsSink:
@@ -388,15 +391,15 @@ def run_central(url: str, directory: str, *, max_bytes: int, max_age: float, kee
         log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False
-    writer = ArchiveWriter(directory, max_bytes=max_bytes, max_age=max_age, keep=keep)
+    if os.path.isdir(directory):  # refuse a directory that is not an archive before connecting
+        for p in archive_files(directory):
+            check_file(p).close()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(s, lambda *_: stop.set())
-    try:
-        asyncio.run(_central(url, writer, stream, durable, stop, log))
-    finally:
-        writer.close()
+    asyncio.run(_central(url, directory, dict(max_bytes=max_bytes, max_age=max_age, keep=keep), stream, durable,
+                         stop, log))
     return 0
 
 
@@ -439,12 +442,14 @@ async def _write_in_order(writer: ArchiveWriter, batch: Batch, msg: Any, stop: t
             await asyncio.sleep(1.0)
 
 
-async def _central(url: str, writer: ArchiveWriter, stream: str, durable: str, stop: threading.Event,
-                   log: logging.Logger) -> None:
+async def _central(url: str, directory: str, rotation: dict[str, Any], stream: str, durable: str,
+                   stop: threading.Event, log: logging.Logger) -> None:
     from nats.errors import TimeoutError as NatsTimeout  # type: ignore[import-not-found,unused-ignore]
 
     nc = await _connect(url, "shmdiag central archive", log)
+    writer: ArchiveWriter | None = None
     try:
+        writer = ArchiveWriter(directory, **rotation)  # after connecting: a bad URL leaves no empty file
         js = nc.jetstream()
         await _ensure_stream(js, stream, 1 << 30, 7 * 86400.0)
         try:
@@ -487,6 +492,8 @@ async def _central(url: str, writer: ArchiveWriter, stream: str, durable: str, s
             await nc.drain()
         except Exception:
             pass
+        if writer is not None:
+            writer.close()
 
 
 # -- following a remote ring -------------------------------------------------------------------------

@@ -246,7 +246,9 @@ def _start_archiver(rec: Recorder, sinks: list, args: argparse.Namespace, log: l
     archiver = RingArchiver(insp, sinks, host=args.host_id, logger=log, owns_inspector=True)
     for s in sinks:
         if hasattr(s, "status"):  # the NATS stats snapshot
-            s.status = lambda: {"health": health_to_dict(insp.health_check()), "stats": stats_to_dict(insp.get_stats())}
+            s.status = lambda: {"health": health_to_dict(insp.health_check()), "stats": stats_to_dict(insp.get_stats()),
+                                "archive": {"archived": archiver.archived, "overwritten": archiver.overwritten,
+                                            "unreadable": archiver.unreadable, "lag": archiver.lag}}
     archiver.start()
     where = ", ".join(filter(None, [args.archive and f"archive {args.archive}", args.nats and f"NATS {args.nats}"]))
     out(f"  archiving to {where} from seq {archiver.resumed_at} (host {args.host_id!r})")
