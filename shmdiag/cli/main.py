@@ -33,6 +33,8 @@ from shmdiag.cli.archive import (
     cmd_query,
     cmd_replay,
     cmd_tail_nats,
+    duration_arg,
+    size_arg,
 )
 from shmdiag.cli.export import cmd_export
 from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
@@ -76,6 +78,10 @@ def build_parser() -> Parser:
     sp.add_argument("--nats-buffer", type=count_arg, default=200_000, metavar="N",
                     help="events held while NATS is unreachable before they are dropped and counted "
                          "(default 200000)")
+    sp.add_argument("--nats-max-bytes", type=size_arg, default=1 << 30, metavar="SIZE",
+                    help="the stream's size limit when serve creates it (default 1G; oldest discarded)")
+    sp.add_argument("--nats-max-age", type=duration_arg, default=7 * 86400.0, metavar="DURATION",
+                    help="the stream's age limit when serve creates it (default 7d)")
     sp.add_argument("--host-id", default=socket.gethostname(), metavar="ID",
                     help="this host's name in the archive and NATS subjects (default: the hostname)")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)

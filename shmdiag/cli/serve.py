@@ -220,8 +220,9 @@ def _open_sinks(args: argparse.Namespace, log: logging.Logger) -> list:
             _close_sinks(sinks)
             raise UsageError(str(e)) from None
         try:
-            sinks.append(NatsSink(args.nats, host=args.host_id, logger=log,
-                                  buffer_events=args.nats_buffer, stream=args.nats_stream))
+            sinks.append(NatsSink(args.nats, host=args.host_id, logger=log, buffer_events=args.nats_buffer,
+                                  stream=args.nats_stream, stream_max_bytes=args.nats_max_bytes,
+                                  stream_max_age=args.nats_max_age))
         except BaseException:
             _close_sinks(sinks)
             raise
@@ -273,4 +274,11 @@ Config file (TOML): RecorderConfig fields, all at the top level or all under [sh
   export_format = "json"     # json or ndjson
   max_writers = 128
   max_peers = 4096
-The ring's name comes from NAME only. An unknown key or a bad value exits with status 2."""
+The ring's name comes from NAME only. An unknown key or a bad value exits with status 2.
+
+--archive DIR: every event the collector reads goes into SQLite files in DIR (read them with
+'shmdiag query DIR' or any SQLite client); what the ring overwrote first is counted as gaps. A
+serve killed and started again resumes right after the last archived event.
+--nats URL: the same events go to NATS JetStream (subject shmdiag.events.<host>.<ring>), for a
+central 'shmdiag archive --from-nats URL DIR'; NATS down: buffered up to --nats-buffer events,
+then dropped and counted."""
