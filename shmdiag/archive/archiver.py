@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Protocol
 
-from shmdiag.archive.rows import read_batch
+from shmdiag.archive.rows import caught_up, read_batch
 from shmdiag.archive.store import ArchiveError, ArchiveFullError, ArchiveWriter, Batch, GapRow, Source
 from shmdiag.inspector import Inspector
 
@@ -230,7 +230,7 @@ class RingArchiver:
             except Exception:  # keep archiving: a bug here must not stop it for good
                 self.log.exception("shmdiag %s: archive failed", self.source.ring)
                 n = 0
-            if n < 1000:
+            if n < 1000 and caught_up(self._follower):
                 self._stop.wait(self.poll_interval)
 
     def stop(self) -> None:
@@ -239,7 +239,10 @@ class RingArchiver:
         if self._thread is not None:
             self._thread.join()
         try:
+            deadline = time.monotonic() + 10.0  # up to the head as of now (bounded polls), within reason
             self.run_once()
+            while not caught_up(self._follower) and time.monotonic() < deadline:
+                self.run_once()
         finally:
             if self._q is not None:
                 self._q.put(None)

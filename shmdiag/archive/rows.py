@@ -38,18 +38,30 @@ def gap_row(g: Gap) -> GapRow:
     return GapRow(g.first_seq, g.last_seq, overwritten=g.overwritten, unreadable=g.unreadable, reason=reason)
 
 
-def read_batch(following: Following, src: Source) -> Batch:
-    """One poll of the follower as a Batch: the cursor before and after, rows and gaps."""
+def read_batch(following: Following, src: Source, max_seqs: int = 1 << 16) -> Batch:
+    """One poll of the follower as a Batch: the cursor before and after, rows and gaps.
+
+    With a follower that has ``poll_raw`` (issue 12's), at most ``max_seqs`` sequence numbers
+    per call (a collector a whole ring behind does not decode it all at once), records decoded
+    a batch at a time; otherwise today's ``poll()``."""
     lo = following.cursor
-    items = following.poll()
+    raw = getattr(following, "poll_raw", None)
+    items = raw(max_seqs) if raw is not None else following.poll()
     rows: list[Row] = []
     gaps: list[GapRow] = []
     for it in items:
         if isinstance(it, Gap):
             gaps.append(gap_row(it))
-        else:
+        elif isinstance(it, DiagnosticEvent):
             rows.append(event_row(it))
+        else:  # a batch of validated records
+            rows += [event_row(e) for e in it.events()]
     return Batch(src, lo, following.cursor, rows, gaps)
+
+
+def caught_up(following: Following) -> bool:
+    """Whether the last poll went as far as the follower could (else poll again at once)."""
+    return bool(getattr(following, "waiting", True))
 
 
 def row_event(row: Row) -> DiagnosticEvent:
