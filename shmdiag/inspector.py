@@ -197,10 +197,13 @@ class Inspector:
             return history(self._seg, n, int(sev), accept, follow=bool(follow))
 
     def follower(self, cursor: int, *, min_severity: Severity | int = Severity.DEBUG,
-                 accept: Accept | None = None, pending_timeout: float = 2.0) -> Following:
+                 accept: Accept | None = None, pending_timeout: float = 2.0,
+                 batch: int = 1 << 16) -> Following:
         """Follow the ring from sequence number ``cursor`` (from :meth:`history`): each
         ``poll()`` returns the events since the last one, in order, and a ``Gap`` for those it
-        could not read (``core.follow.Follower``)."""
+        could not read (``core.follow.Follower``). ``batch`` bounds the sequence numbers one
+        poll looks at: a follower that must not use much CPU (a web page's live tail) takes a
+        small one and lets the Gaps say what went by."""
         cursor = _count(cursor, "cursor")
         if cursor < 0:
             raise ValueError(f"cursor must be >= 0, got {cursor}")
@@ -210,10 +213,13 @@ class Inspector:
             raise TypeError(f"pending_timeout must be a number, not {type(pending_timeout).__name__}")
         if not pending_timeout > 0:
             raise ValueError(f"pending_timeout must be positive, got {pending_timeout!r}")
+        batch = _count(batch, "batch")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         with self._lock:
             self._check_open()
             return Following(self, Follower(self._seg, cursor, min_severity=int(sev), accept=accept,
-                                            pending_timeout=float(pending_timeout)))
+                                            pending_timeout=float(pending_timeout), batch=batch))
 
     def clear_generation(self) -> int:
         """How many times the ring was cleared (modulo 2**16 or so): a change between two calls
@@ -272,6 +278,29 @@ class Inspector:
             h.collector_pid, h.collector_alive = collector.pid, collector.alive
         h.status, h.message = _health.classify(h)
         return h
+
+    def stats_and_health(self) -> tuple[DiagnosticStats, HealthStatus]:
+        """``get_stats()`` and ``health_check()`` from one computation of the stats: what a
+        scrape or a dashboard refresh needs, at half the cost of the two calls."""
+        with self._lock:
+            self._check_open()
+            stats = _stats.compute(self._seg)
+            return stats, self._health(stats)
+
+    def get_peer_totals(self) -> _peers.PeerTotals:
+        """Peers tracked and recycled; messages and bytes each way over all peers since the last
+        clear (recycled entries included), and bytes per message type each way, summed without
+        building per-peer objects (``views.peers.totals``)."""
+        with self._lock:
+            self._check_open()
+            return _peers.totals(self._seg)
+
+    def get_latency_histograms(self) -> dict[str, _latency.OpHistogram]:
+        """Each timed operation's merged log-bucketed histogram (``views.latency.OpHistogram``),
+        for exporters that re-bucket it, such as the Prometheus histogram in ``shmdiag.metrics``."""
+        with self._lock:
+            self._check_open()
+            return _latency.histograms(self._seg)
 
     def get_latency_stats(self) -> dict[str, LatencyStats]:
         """Per timed operation, across all processes since the last clear: count, errors, mean,

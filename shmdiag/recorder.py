@@ -275,9 +275,11 @@ class Recorder:
         """``with rec.span("handshake", peer_id="p1"):`` times the block and records it as
         record_latency does. An exception inside is recorded as an error of ``op`` (counted in
         its ``errors``, not in its percentiles) and re-raised."""
-        _need_str(op, "op", nonempty=True)
-        _need_str(peer_id, "peer_id")
-        self._check_open()
+        if type(op) is not str or not op or type(peer_id) is not str:  # a crawler's per-ping path: checks inline
+            _need_str(op, "op", nonempty=True)
+            _need_str(peer_id, "peer_id")
+        if self._closed:
+            self._check_open()
         return _Span(self, op, peer_id)
 
     def _write_latency(self, op: str, ns: int, peer_id: str, error: BaseException | None) -> None:
@@ -455,8 +457,8 @@ class _Span:
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> Literal[False]:
         ns = time.perf_counter_ns() - self._t0
-        if exc_type is None:
-            self._rec._write_latency(self._op, ns, self._peer, None)
+        if exc_type is None:  # the common case, written directly as record_latency writes it
+            self._rec._write(L.KIND_LATENCY, 0, 0, _TYPE_LATENCY, 0, ns, "", self._peer, self._op, "", "")
         elif issubclass(exc_type, Exception):  # not KeyboardInterrupt, SystemExit, GeneratorExit
             self._rec._write_latency(self._op, ns, self._peer, exc)
         return False

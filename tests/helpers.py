@@ -324,3 +324,39 @@ def end_mid_run(rec: Any) -> tuple[int, int, int]:
         if 0 < used < n:
             return first, n, used
         rec.record_message("fast", "inv", "inbound", 37)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_binary(name: str) -> str:
+    """The path of the program ``name`` (a real server or tool the test runs). Missing, the test
+    is skipped, unless SHMDIAG_REQUIRE_TOOLS is set (``.ci/run`` sets it after installing them),
+    where a missing program fails the test rather than hiding it."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or next((p for d in ("/usr/sbin", "/sbin") if os.path.exists(p := f"{d}/{name}")), None)
+    if path is None:
+        msg = f"{name} is not installed (.ci/run installs it)"
+        if os.environ.get("SHMDIAG_REQUIRE_TOOLS"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def http_json(url: str, data: object = None, timeout: float = 5.0) -> Any:
+    """GET (or POST ``data`` as JSON to) ``url``; the decoded JSON answer."""
+    import urllib.request
+
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")

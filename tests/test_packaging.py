@@ -73,6 +73,8 @@ def test_the_wheel_holds_every_module_the_extension_and_py_typed(wheel):
     missing = _source_modules() - in_wheel
     assert not missing, f"modules left out of the wheel: {sorted(missing)}"
     assert "shmdiag/py.typed" in names
+    for asset in ("index.html", "dashboard.js", "dashboard.css"):  # the dashboard works offline: shipped
+        assert f"shmdiag/web/static/{asset}" in names
     assert [n for n in names if n.startswith("shmdiag/core/_native.") and n.endswith(".so")], names
     assert any(n.endswith(".dist-info/LICENSE") or "/licenses/" in n for n in names), names
     from shmdiag import __version__

@@ -71,6 +71,25 @@ def count_arg(text: str) -> int:
     return v
 
 
+def read_toml(path: str) -> dict:
+    """The TOML file ``path`` (a config file); UsageError with one line if it cannot be read."""
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]  # installed or not
+        except ImportError:
+            raise UsageError("reading a config file needs Python 3.11 or the 'tomli' package "
+                             "(pip install tomli)") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {path}: not valid TOML: {e}") from None
+
+
 def check_name(name: str) -> str:
     from shmdiag.core.config import validate_name
 

@@ -7,12 +7,13 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from shmdiag.cli._common import (
+    UsageError,
     attached,
-    local_time,
     out,
     print_json,
 )
 from shmdiag.cli.format import clean
+from shmdiag.cli.watch import watch_stats
 
 if TYPE_CHECKING:
     from shmdiag.core.models import PeerDiagnostic
@@ -20,17 +21,22 @@ if TYPE_CHECKING:
 
 # -- stats / health / peers ----------------------------------------------------------------
 def cmd_stats(args: argparse.Namespace) -> int:
-    from shmdiag.cli.format import kv, table
+    from shmdiag.cli.format import human_time, kv, table
     from shmdiag.export.dicts import stats_to_dict
 
+    if getattr(args, "watch", None) is not None:
+        return watch_stats(args)
+    if getattr(args, "count", None) is not None:
+        raise UsageError("--count is for --watch")
+    local = getattr(args, "local", False)
     with attached(args.name) as rec:
         s = rec.get_stats()
     if args.json:
         print_json(stats_to_dict(s))
         return 0
     out(kv([("ring", args.name), ("total events", s.total_events), ("active peers", s.active_peers),
-             ("error rate", f"{s.error_rate:.2%}"), ("first event", local_time(s.first_event)),
-             ("last event", local_time(s.last_event))]))
+             ("error rate", f"{s.error_rate:.2%}"), ("first event", human_time(s.first_event, local=local, ms=False)),
+             ("last event", human_time(s.last_event, local=local, ms=False))]))
     total = s.total_events or 1
     out()
     out(table(["SEVERITY", "EVENTS", "SHARE"],
@@ -69,7 +75,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from shmdiag.cli.format import human_bytes, human_duration, table
+    from shmdiag.cli.format import human_bytes, human_duration, human_time, table
 
     with attached(args.name) as rec:
         nd = rec.get_network_diagnostic()
@@ -96,7 +102,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
     rows = [[p.peer_id, p.address or "-", status(p), p.messages_sent, p.messages_received, human_bytes(p.bytes_sent),
              human_bytes(p.bytes_received), human_duration(p.latency), p.error_count,
-             local_time(p.last_activity, "%H:%M:%S")]
+             human_time(p.last_activity, local=getattr(args, "local", False), clock=True, ms=False)]
             for p in peers]
     out()
     out(table(["PEER", "ADDRESS", "STATUS", "MSGS OUT", "MSGS IN", "BYTES OUT", "BYTES IN", "PING", "ERRORS", "LAST"],

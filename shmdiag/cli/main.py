@@ -25,6 +25,7 @@ from shmdiag.cli._common import (
     err,
     severity_arg,
 )
+from shmdiag.cli.alerts import cmd_alert_rules, cmd_alerts
 from shmdiag.cli.archive import (
     ARCHIVE_EPILOG,
     add_filters,
@@ -37,12 +38,15 @@ from shmdiag.cli.archive import (
     size_arg,
 )
 from shmdiag.cli.export import cmd_export
+from shmdiag.cli.format import add_human_args
 from shmdiag.cli.inspect import cmd_health, cmd_peers, cmd_stats
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
 from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
-from shmdiag.cli.top import cmd_top
+from shmdiag.cli.top import _TOP_EPILOG, add_top_args, cmd_top
+from shmdiag.cli.watch import add_watch_args
+from shmdiag.cli.web import WEB_HELP, cmd_web, http_arg
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import Severity
 
@@ -84,14 +88,22 @@ def build_parser() -> Parser:
                     help="the stream's age limit when serve creates it (default 7d)")
     sp.add_argument("--host-id", default=socket.gethostname(), metavar="ID",
                     help="this host's name in the archive and NATS subjects (default: the hostname)")
+    sp.add_argument("--http", type=http_arg, metavar="ADDR", help=WEB_HELP + "; refused at start if it cannot "
+                    "be bound")
+    sp = cmd("web", "serve a running ring's /metrics, JSON API and dashboard over HTTP (read-only)", cmd_web)
+    sp.add_argument("--http", type=http_arg, metavar="ADDR", default=("127.0.0.1", 9464),
+                    help=WEB_HELP + " (default 127.0.0.1:9464)")
     sp = cmd("ls", "list every shmdiag ring on this machine", cmd_ls, json=True, ring=False)
     sp = cmd("rm", "remove a stale ring (refuses while its collector, or creator, is alive)", cmd_rm)
     sp.add_argument("--force", action="store_true", help="remove it even if it is in use")
-    cmd("stats", "event counts by type and severity since creation or the last clear", cmd_stats, json=True)
+    sp = cmd("stats", "event counts by type and severity since creation or the last clear; --watch adds rates",
+             cmd_stats, json=True)
+    add_watch_args(sp)
     cmd("health", "health status; exit 0 healthy, 1 warning, 2 degraded/error", cmd_health, json=True)
     sp = cmd("peers", "per-peer messages, bytes, ping and errors", cmd_peers, json=True)
     sp.add_argument("--limit", type=count_arg, default=50, metavar="N",
                     help="show the N busiest peers (default 50, 0 = all)")
+    add_human_args(sp, color=False)
     sp = cmd("tail", "print the last events; -f keeps following", cmd_tail, json=True, epilog=_TAIL_EPILOG,
              ring=False)
     sp.add_argument("name", metavar="NAME", nargs="?", help="the ring's name (as in /dev/shm)")
@@ -104,8 +116,10 @@ def build_parser() -> Parser:
                     help="debug, info, warning, error or critical (default debug)")
     sp.add_argument("--type", action="append", metavar="T", help="only events of this type (repeatable)")
     sp.add_argument("--peer", action="append", metavar="P", help="only events of this peer (repeatable)")
-    sp = cmd("top", "live full-screen view (q quits)", cmd_top)
-    sp.add_argument("--interval", type=float, default=1.0, metavar="S", help="refresh period (default 1 s)")
+    add_human_args(sp)
+    sp = cmd("top", "live full-screen view (? help, q quits); --batch -n 1 for a text snapshot", cmd_top,
+             epilog=_TOP_EPILOG)
+    add_top_args(sp)
     sp = cmd("export", "export the retained events with stats and health", cmd_export)
     sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp.add_argument("--format", choices=("json", "ndjson"), help="default: the ring's export_format")
@@ -127,6 +141,11 @@ def build_parser() -> Parser:
     sp.add_argument("--durable", default="shmdiag-archive", metavar="NAME",
                     help="the durable consumer's name (default shmdiag-archive)")
     add_rotation(sp)
+    cmd("alerts", "the alert rules of the ring's collector and where each stands", cmd_alerts, json=True)
+    sp = cmd("alert-rules", "print the alert rules (the defaults, or those of --config) as a Prometheus rule file",
+             cmd_alert_rules, ring=False)
+    sp.add_argument("--config", metavar="FILE", help="the collector's TOML config ([alerting], [[alert]] tables)")
+    sp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
     sp = cmd("demo", "record a simulated node from several processes and show the result", cmd_demo, ring=False)
     sp.add_argument("--writers", type=int, default=4, help="writer processes (default 4)")
     sp.add_argument("--seconds", type=float, default=2.0, help="how long they record (default 2)")

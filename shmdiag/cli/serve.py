@@ -22,40 +22,37 @@ from shmdiag.cli._common import (
     UsageError,
     check_name,
     out,
+    read_toml,
 )
 from shmdiag.core.errors import ShmDiagError
 
 if TYPE_CHECKING:
+    from shmdiag.alerts import AlertingConfig
     from shmdiag.archive.archiver import RingArchiver
     from shmdiag.core.config import RecorderConfig
     from shmdiag.recorder import Recorder
 
 
 # -- serve ---------------------------------------------------------------------------------
-def _load_config(path: str | None, name: str, max_events: int | None) -> tuple[RecorderConfig, set[str]]:
+def _load_config(path: str | None, name: str,
+                 max_events: int | None) -> tuple[RecorderConfig, set[str], AlertingConfig]:
     """A RecorderConfig from a TOML file (fields at the top level, or all under a [shmdiag]
-    table), the command line's NAME and --max-events winning, and the fields that were given
-    (not defaults). Every problem is a UsageError naming the field."""
+    table), the command line's NAME and --max-events winning, the fields that were given
+    (not defaults), and the alert rules (the [alerting] and [[alert]] tables; the default rules
+    when there are none). Every problem is a UsageError naming the field."""
+    from shmdiag.alerts import AlertConfigError, parse_alerting
     from shmdiag.core.config import RecorderConfig
 
     fields = [f.name for f in dataclasses.fields(RecorderConfig) if f.name != "name"]
     values: dict = {}
+    alerting = parse_alerting({})
     if path is not None:
+        values = read_toml(path)
+        alert_tables = {k: values.pop(k) for k in ("alerting", "alert") if k in values}
         try:
-            import tomllib  # type: ignore[import-not-found]
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]  # installed or not
-            except ImportError:
-                raise UsageError("reading --config needs Python 3.11 or the 'tomli' package "
-                                 "(pip install tomli)") from None
-        try:
-            with open(path, "rb") as f:
-                values = tomllib.load(f)
-        except OSError as e:
-            raise UsageError(f"config file {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UsageError(f"config file {path}: not valid TOML: {e}") from None
+            alerting = parse_alerting(alert_tables)
+        except AlertConfigError as e:
+            raise UsageError(f"config file {path}: {e}") from None
         if isinstance(values.get("shmdiag"), dict):
             if len(values) != 1:
                 raise UsageError(f"config file {path}: put the settings either all under [shmdiag] or all at the top "
@@ -73,7 +70,7 @@ def _load_config(path: str | None, name: str, max_events: int | None) -> tuple[R
     given = set(values)
     values["name"] = check_name(name)
     try:
-        return RecorderConfig(**values), given
+        return RecorderConfig(**values), given, alerting
     except ValueError as e:
         field = str(e).split(":", 1)[0]
         if field == "max_events" and max_events is not None:
@@ -114,13 +111,22 @@ def _adopt(cfg: RecorderConfig, given: set[str]) -> Recorder:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from shmdiag.alerts import AlertService, with_dashboard
     from shmdiag.cli.format import human_bytes
     from shmdiag.collector import Collector
     from shmdiag.core.segment import RingExistsError
     from shmdiag.recorder import Recorder
 
-    cfg, given = _load_config(args.config, args.name, args.max_events)
+    cfg, given, alerting = _load_config(args.config, args.name, args.max_events)
     assert cfg.name is not None  # _load_config always sets it (from NAME)
+    sock = None
+    if args.http is not None:  # bound before the ring is made: a busy port changes nothing
+        from shmdiag.cli.web import listen, need_web
+
+        need_web()
+        sock = listen(args.http)
+        host, port = sock.getsockname()[:2]
+        alerting = with_dashboard(alerting, f"http://{f'[{host}]' if ':' in host else host}:{port}/")
     # Wait for SIGINT/SIGTERM/SIGHUP without polling. Not sigwait with the signals blocked: threads
     # that already exist (numpy's BLAS pool) do not have them blocked, and the kernel may hand
     # the signal to one of them. A handler plus a wakeup fd works whichever thread gets it.
@@ -137,7 +143,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)
     log.propagate = False
     adopted = False
-    sinks = _open_sinks(args, log)  # bad archive dirs and NATS URLs are refused before the ring is made
+    try:
+        sinks = _open_sinks(args, log)  # bad archive dirs and NATS URLs are refused before the ring is made
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
     archiver = None
     try:
         # persist: not registered with the resource tracker, so the ring outlives a SIGKILL of this
@@ -154,9 +165,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _close_sinks(sinks)
         raise
     collector = Collector(rec, log)
+    alerts = AlertService(rec, alerting, ring=cfg.name, record=rec.record_event, logger=log)
     sig = None
+    web = insp = None
     try:
         collector.start()  # names this process the ring's collector (refused if another live one is)
+        alerts.start()
+        if sock is not None:
+            # The endpoint reads through its own read-only Inspector (never the collector's
+            # recorder: no request can write) in a thread of its own, so a slow or hostile
+            # client never holds up the collector thread.
+            from shmdiag.inspector import Inspector
+            from shmdiag.web.server import WebServer
+
+            insp = Inspector.attach(rec.name)
+            web = WebServer(insp, sock)
+            web.start()
         size = os.stat(f"/dev/shm/{rec.name}").st_size
         n = rec.name
         if adopted:
@@ -174,9 +198,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         out(f"  retention {cfg.retention_period:g}s, cleanup every {cfg.cleanup_interval:g}s, "
             f"health check {'on' if cfg.enable_health_check else 'off'}, "
             f"metrics {'on' if cfg.enable_metrics else 'off'}")
+        am = f", to {alerting.alertmanager}" if alerting.alertmanager else ""
+        hook = f", webhook {alerting.webhook}" if alerting.webhook else ""
+        out(f"  alerts: {len(alerting.rules)} rules every {alerting.interval:g}s{am}{hook} "
+            f"(shmdiag alerts {n})")
         out(f"  follow it:    shmdiag tail {n} -f")
         out(f"  watch it:     shmdiag top {n}")
         out(f"  from Python:  Recorder.attach({n!r})")
+        if web is not None:
+            out(f"  dashboard:    {web.url}  (metrics: {web.url}metrics, API: {web.url}api)")
         out("Ctrl-C or SIGTERM stops the collector and removes the ring; if this process is killed, "
             "the ring stays and 'shmdiag serve' adopts it.")
         sys.stdout.flush()
@@ -189,6 +219,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if archiver is not None:
             archiver.stop()  # archives what the ring still holds, seals the file
         _close_sinks(sinks)
+        alerts.stop()
+        if web is not None:
+            web.stop()
+        if insp is not None:
+            insp.close()
+        if sock is not None:
+            sock.close()
         collector.stop()  # clears the collector word
         # A clean stop removes the ring (if its name still leads to it); anything else keeps it,
         # with its evidence: 'shmdiag serve' adopts it, 'shmdiag rm' removes it.
@@ -275,6 +312,10 @@ Config file (TOML): RecorderConfig fields, all at the top level or all under [sh
   max_writers = 128
   max_peers = 4096
 The ring's name comes from NAME only. An unknown key or a bad value exits with status 2.
+
+Alert rules (the README's "Alerts"): an [alerting] table and an [[alert]] table per rule,
+evaluated every interval from the shared counters; the default rules are on unless
+[alerting] says defaults = false. 'shmdiag alerts NAME' shows where each stands.
 
 --archive DIR: every event the collector reads goes into SQLite files in DIR (read them with
 'shmdiag query DIR' or any SQLite client); what the ring overwrote first is counted as gaps. A

@@ -6,37 +6,23 @@ import argparse
 import os
 import sys
 import time
-
-import orjson
+from typing import Any
 
 from shmdiag.cli._common import (
     attached,
     dumps,
 )
-from shmdiag.cli.format import clean
+from shmdiag.cli.format import format_event_line, terminal_width, use_color
 from shmdiag.core.follow import Gap
-from shmdiag.core.kinds import BUILTIN_TYPES
 from shmdiag.core.models import DiagnosticEvent
 
 _POLL = 0.025  # tail -f: a new event shows within ~25 ms plus the time to print it
 
 
 # -- tail ----------------------------------------------------------------------------------
-_BUILTIN = frozenset(BUILTIN_TYPES)  # their message already says what their metadata holds
-
-
-def format_event(e: DiagnosticEvent) -> str:
-    """One line per event: time, severity, pid, type, peer, message, error (and the metadata of
-    a custom event, whose message does not already say it)."""
-    ts = "-" if e.timestamp is None else e.timestamp.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    line = f"{ts}  {str(e.severity):<8}  {e.pid or '-':>7}  {e.event_type:<17}  {e.peer_id or '-':<14}  {e.message}"
-    if e.metadata and e.event_type not in _BUILTIN:
-        line += "  " + orjson.dumps(e.metadata).decode()
-    if e.error:
-        line += f"  error: {e.error}"
-    if e.truncated:
-        line += "  [truncated]"
-    return clean(line)
+def format_event(e: DiagnosticEvent, **kw: Any) -> str:
+    """One event for a person; the format (zone, colour, width) is cli.format.format_event_line's."""
+    return format_event_line(e, **kw)
 
 
 def format_gap(gap: Gap) -> str:
@@ -59,6 +45,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     out = sys.stdout.buffer
     as_json = args.json
+    human = {"width": terminal_width(sys.stdout), "color": use_color(getattr(args, "color", "auto"), sys.stdout),
+             "local": getattr(args, "local", False)}
 
     def write(items: list) -> None:
         buf = []
@@ -73,7 +61,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
             elif as_json:
                 buf.append(dumps(event_to_dict(it)))
             else:
-                buf.append(format_event(it).encode("utf-8", "replace"))
+                buf.append(format_event(it, **human).encode("utf-8", "replace"))
         if buf:
             out.write(b"\n".join(buf) + b"\n")
             out.flush()

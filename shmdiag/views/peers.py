@@ -9,6 +9,8 @@ counted is in the header's recycled totals, reported beside the tracked peers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from shmdiag.core import layout as L
@@ -32,6 +34,20 @@ def connected_peers(seg: Segment) -> set[str]:
     uniq, inv = _groups(keys)
     latest = _merge(np.maximum, np.zeros(len(uniq), np.uint64), inv, life)  # newest lifecycle wins
     return {k.decode("utf-8", "replace") for k in uniq[L.life_connected(latest)].tolist()}
+
+
+def connected_count(seg: Segment) -> int:
+    """``len(connected_peers(seg))`` without decoding the ids (stats and every scrape ask):
+    rows are grouped by key hash, and by the keys themselves only where hashes repeat."""
+    hashes, keys, life = snapshot.peer_lifecycles_hashed(seg)
+    _, hinv, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    shared = counts[hinv] > 1
+    n = int(L.life_connected(life[~shared]).sum())
+    if shared.any():
+        uniq, inv = _groups(keys[shared])
+        latest = _merge(np.maximum, np.zeros(len(uniq), np.uint64), inv, life[shared])
+        n += int(L.life_connected(latest).sum())
+    return n
 
 
 def _merge(op: np.ufunc, acc: np.ndarray, inv: np.ndarray, col: np.ndarray) -> np.ndarray:
@@ -99,6 +115,57 @@ def read(seg: Segment) -> NetworkDiagnostic:
     ping_ns = int(sums["ping_sum_ns"].sum()) + rec["ping_sum_ns"]
     net.network_latency = ping_ns / pings / 1e9 if pings else None
     return net
+
+
+@dataclass
+class PeerTotals:
+    """How many peers the table tracks and has recycled; messages and bytes each way over every
+    peer since the last clear, recycled entries included (exact); bytes per message type each
+    way. Per-type bytes come from the tracked entries' counters plus, under ``*other*``, what
+    recycled entries had counted (their per-type split is not kept): so the types sum to the
+    byte totals exactly, but a type's figure drops when an entry that counted it is recycled."""
+
+    peers_tracked: int = 0   # distinct peers in the table: an event since the last clear, or connected
+    peers_recycled: int = 0  # entries recycled for new peers since the last clear
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    bytes_sent_per_msg: dict[str, int] = field(default_factory=dict)
+    bytes_recv_per_msg: dict[str, int] = field(default_factory=dict)
+
+
+def _distinct(hashes: np.ndarray, keys: np.ndarray) -> int:
+    """How many distinct keys: by their hashes (ints, fast), comparing the keys themselves only
+    among rows whose hash is not unique (racing inserts of one key, or a collision)."""
+    _, inv, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    shared = counts[inv] > 1
+    return int((~shared).sum()) + len(np.unique(keys[shared]))
+
+
+def totals(seg: Segment) -> PeerTotals:
+    """Ring-wide peer figures, summed in place over the peer table (no per-peer objects, no copy
+    of the table): what a metrics scrape needs, in a few ms at 8,192 entries."""
+    cols = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "bytes_sent_per_msg", "bytes_recv_per_msg")
+    sums, hashes, keys = snapshot.peer_sums(seg, cols)
+    rec = snapshot.recycled(seg)
+    names = snapshot.message_types(seg)
+    out = PeerTotals(
+        peers_tracked=_distinct(hashes, keys), peers_recycled=rec["peers"],
+        messages_sent=int(sums["msgs_sent"]) + rec["msgs_sent"],
+        messages_received=int(sums["msgs_recv"]) + rec["msgs_recv"],
+        bytes_sent=int(sums["bytes_sent"]) + rec["bytes_sent"],
+        bytes_received=int(sums["bytes_recv"]) + rec["bytes_recv"],
+    )
+    for col, extra, into in (("bytes_sent_per_msg", rec["bytes_sent"], out.bytes_sent_per_msg),
+                             ("bytes_recv_per_msg", rec["bytes_recv"], out.bytes_recv_per_msg)):
+        for j, v in enumerate(sums[col].tolist()):
+            if v:
+                name = names[j] or L.OTHER_MSG  # an entry still being named when read
+                into[name] = into.get(name, 0) + int(v)
+        if extra:
+            into[L.OTHER_MSG] = into.get(L.OTHER_MSG, 0) + extra
+    return out
 
 
 def _status(life: int, connected_at: int) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from shmdiag.core import snapshot
 from shmdiag.core.models import DiagnosticStats, Severity
 from shmdiag.core.reader import ns_to_datetime
 from shmdiag.core.segment import Segment
-from shmdiag.views.peers import connected_peers
+from shmdiag.views.peers import connected_count
 
 
 @dataclass
@@ -85,7 +85,7 @@ def compute(seg: Segment) -> DiagnosticStats:
     if len(recorded):
         stats.first_event = ns_to_datetime(int(recorded["first_ts"].min()))
         stats.last_event = ns_to_datetime(int(recorded["last_ts"].max()))
-    stats.active_peers = len(connected_peers(seg))
+    stats.active_peers = connected_count(seg)
     # Over the shards whose breakdown is believed, so the rate stays within 0..1.
     believed = snapshot.total(counted["recorded"])
     errors = sev[Severity.ERROR] + sev[Severity.CRITICAL]

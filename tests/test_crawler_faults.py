@@ -1,0 +1,215 @@
+"""The crawler against peers of our own that misbehave, without Node.js: a well-behaved fake peer
+advertises (addr) a set of bad ones -- wrong magic, bad checksum, a 32 MB length, a truncated
+message, a malformed payload, silence, a close after the handshake -- and a port with nothing
+listening. The crawler (2 processes, run as a user runs it) must discover them all through addr,
+record each fault as the right error and disconnect reason, and never crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from shmdiag import Severity
+from tools.crawler import wire
+from tools.crawler.bcoin import free_ports
+
+from helpers import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+MAGIC = wire.MAGIC["regtest"]
+
+pytestmark = pytest.mark.multiprocess
+
+
+def _version() -> bytes:
+    return wire.frame(MAGIC, "version", wire.encode_version(wire.Version(user_agent="/fake:1/", nonce=1)))
+
+
+class FakePeers:
+    """asyncio servers in a thread, one per behaviour, on loopback."""
+
+    BEHAVIOURS = ("good", "bad_magic", "bad_checksum", "oversized", "truncated", "malformed", "silent", "closer")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ports: dict[str, int] = {}
+        self.refused_port = free_ports(1)[0]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> None:
+        self.servers = []
+        for b in self.BEHAVIOURS:
+            srv = await asyncio.start_server(lambda r, w, b=b: self._serve(b, r, w), "127.0.0.1", 0)
+            self.servers.append(srv)
+            self.ports[b] = srv.sockets[0].getsockname()[1]
+
+    def endpoint(self, b: str) -> str:
+        return f"127.0.0.1:{self.ports[b]}"
+
+    async def _read_msg(self, r: asyncio.StreamReader) -> tuple[str, bytes]:
+        cmd, n, _ = wire.parse_header(await r.readexactly(24), MAGIC)
+        return cmd, await r.readexactly(n)
+
+    async def _serve(self, b: str, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            await self._read_msg(r)  # the crawler's version
+            if b == "silent":
+                await asyncio.sleep(30)
+            elif b == "bad_magic":
+                w.write(wire.frame(wire.MAGIC["main"], "version", b"x" * 10))
+            elif b == "bad_checksum":
+                v = bytearray(_version())
+                v[20] ^= 0xFF
+                w.write(bytes(v))
+            elif b == "oversized":
+                w.write(MAGIC + b"block".ljust(12, b"\0") + struct.pack("<I", 32 << 20) + b"\0" * 4 + b"\0" * 100)
+            elif b == "truncated":
+                w.write(_version()[:50])
+                await w.drain()
+                w.close()
+                return
+            elif b == "malformed":
+                w.write(wire.frame(MAGIC, "version", b"\x01\x02\x03\x04\x05"))
+            else:  # good, closer: a handshake
+                w.write(_version() + wire.frame(MAGIC, "verack"))
+                if b == "closer":
+                    await r.readexactly(24)  # sendaddrv2
+                    await self._read_msg(r)  # verack
+                    w.close()
+                    return
+                while True:
+                    cmd, payload = await self._read_msg(r)
+                    if cmd == "ping":
+                        w.write(wire.frame(MAGIC, "pong", payload))
+                    elif cmd == "getaddr":
+                        addrs = [wire.Addr("127.0.0.1", p, 1, 1) for p in
+                                 [*(self.ports[x] for x in self.BEHAVIOURS if x != "good"), self.refused_port]]
+                        w.write(wire.frame(MAGIC, "addr", wire.encode_addr(addrs)))
+                        # and the same again in addrv2, plus one outside loopback (filtered)
+                        v2 = [*addrs, wire.Addr("203.0.113.9", 8333, 1, 1)]
+                        w.write(wire.frame(MAGIC, "addrv2", wire.encode_addrv2(v2)))
+            await w.drain()
+            await asyncio.sleep(30)
+        except (asyncio.IncompleteReadError, ConnectionError, wire.WireError):
+            pass
+        finally:
+            w.close()
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            for s in self.servers:
+                s.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def fakes():
+    f = FakePeers()
+    yield f
+    f.stop()
+
+
+def test_crawler_records_every_fault_and_survives(fakes, make_recorder):
+    rec = make_recorder(100_000)
+    cp = subprocess.run(
+        [sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
+         "--processes", "2", "--duration", "4", "--timeout", "1.5", "--ping-interval", "0.5", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    summary = json.loads(cp.stdout)
+    peers = summary["peers"]
+    expected = {"good": "crawl finished", "bad_magic": "bad magic", "bad_checksum": "bad checksum",
+                "oversized": "oversized", "truncated": "truncated", "malformed": "malformed",
+                "silent": "handshake timeout", "closer": "closed by peer"}
+    refused = f"127.0.0.1:{fakes.refused_port}"
+    assert set(peers) == {fakes.endpoint(b) for b in expected} | {refused}
+    for b, reason in expected.items():
+        p = peers[fakes.endpoint(b)]
+        assert p["reason"] == reason, (b, p)
+        assert p["via"] == ("seed" if b == "good" else fakes.endpoint("good")), (b, p)
+    assert peers[refused]["outcome"] == "refused"
+    # Both processes crawled, and each address was visited once although advertised twice.
+    assert {p["process"] for p in peers.values()} == {0, 1}
+    assert sum(w["duplicates"] for w in summary["workers"]) >= len(expected)
+    assert sum(w["filtered"] for w in summary["workers"]) == 1  # 203.0.113.9: not loopback
+
+    errors: dict[str, list] = {}
+    for e in rec.get_events(0, min_severity=Severity.ERROR):
+        if e.event_type == "error":
+            errors.setdefault(e.peer_id, []).append(e)
+    want = {"bad_magic": "bad magic", "bad_checksum": "bad checksum", "oversized": "oversized",
+            "truncated": "truncated", "malformed": "malformed", "silent": "timeout", "closer": "closed by peer"}
+    for b, text in want.items():
+        evs = errors.get(fakes.endpoint(b), [])
+        assert any(text in (e.error or "") for e in evs), (b, evs)
+    assert any("refused" in (e.error or "") and e.metadata["operation"] == "connect" for e in errors[refused])
+    assert fakes.endpoint("good") not in errors
+
+    reasons = {e.peer_id: e.metadata["reason"] for e in rec.get_events(0) if e.event_type == "peer_disconnected"}
+    diags = {d.peer_id: d for d in rec.get_peer_diagnostics()}
+    for b in expected:
+        ep = fakes.endpoint(b)
+        d, p = diags[ep], peers[ep]
+        assert d.status == "disconnected" and reasons[ep] == p["reason"], (b, d)
+        assert d.bytes_sent == p["bytes_sent"] and d.bytes_sent_per_msg == p["sent_per_msg"], b
+        assert d.bytes_recv_per_msg == p["recv_per_msg"], b
+        # what was framed and recorded; garbage is counted on the socket only
+        assert d.bytes_received == sum(p["recv_per_msg"].values()) <= p["bytes_received"], b
+    good = peers[fakes.endpoint("good")]
+    assert diags[fakes.endpoint("good")].bytes_received == good["bytes_received"]
+    assert good["recv_per_msg"]["addr"] > 24 and good["recv_per_msg"]["addrv2"] > 24
+    assert diags[refused].status == "never_connected"
+
+    lat = rec.get_latency_stats()
+    assert lat["connect"].errors >= 1 and lat["handshake"].errors >= 5 and lat["ping"].count >= 3
+    acc = rec.accounting()
+    assert acc.in_flight == 0
+    assert acc.recorded == acc.retained + acc.overwritten + acc.lost + acc.abandoned + acc.expired
+    assert acc.lost == 0
+
+
+def test_crawler_usage_errors(make_recorder):
+    for args, needle in ((["--seed", "127.0.0.1:1", "--processes", "0", "--ring", "x"], "--processes"),
+                         (["--seed", "nohost:1", "--ring", "x"], "does not appear to be an IPv4"),
+                         (["--seed", "127.0.0.1:1"], "--ring")):
+        cp = subprocess.run([sys.executable, "-m", "tools.crawler", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30)
+        assert cp.returncode == 2 and cp.stderr.count("\n") == 1 and needle in cp.stderr, cp.stderr
+
+
+def test_sigterm_ends_the_crawl_cleanly(fakes, make_recorder):
+    rec = make_recorder(10_000)
+    p = subprocess.Popen([sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
+                          "--processes", "2", "--duration", "120", "--json"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(d.peer_id == fakes.endpoint("good") and d.status == "connected"
+                             for d in rec.get_peer_diagnostics()), 30, "the crawler to connect")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    assert p.returncode == 0, err
+    assert "stopping" in err
+    assert json.loads(out)["peers"][fakes.endpoint("good")]["reason"] == "crawl finished"
+    d = {x.peer_id: x for x in rec.get_peer_diagnostics()}[fakes.endpoint("good")]
+    assert d.status == "disconnected"

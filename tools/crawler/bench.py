@@ -1,0 +1,129 @@
+"""The cost of diagnostics to a real crawler: the same crawl of the same local bcoin nodes with
+recording off, with the ring attached but nothing recorded, with shmdiag, with ``logging`` to a
+file and with orjson JSON lines to one O_APPEND file, interleaved, in one run.
+
+``python -m tools.crawler.bench [--nodes 4] [--processes 2] [--duration 5] [--repeats 3]``
+(from the repository root; needs bcoin, see the README). Each crawl pings back to back
+(``--ping-interval 0``) on every connection, so the crawler spends its time on messages. The
+figure is the crawl processes' CPU time (``time.process_time`` over the crawl) per message (each
+way), and messages/s; the medians over the repeats and each mode's CPU per message relative to
+recording off are printed and written to ``bench/results/crawler.md`` and ``crawler.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools.crawler.bcoin import bcoin_bin, bcoin_nodes
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "bench" / "results"
+MODES = ("off", "attached", "shmdiag", "logging", "jsonl")
+
+
+def crawl(mode: str, seed: str, ring: str, workdir: Path, a: argparse.Namespace) -> dict:
+    args = [sys.executable, "-m", "tools.crawler", "--seed", seed, "--processes", str(a.processes),
+            "--connections", "16", "--duration", str(a.duration), "--ping-interval", "0", "--timeout", "10",
+            "--record", mode, "--json"]
+    if mode in ("shmdiag", "attached"):
+        args += ["--ring", ring]
+    elif mode in ("logging", "jsonl"):
+        args += ["--log-file", str(workdir / f"crawl.{mode}")]
+    cp = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=a.duration + 120)
+    if cp.returncode != 0:
+        raise RuntimeError(f"crawler ({mode}) exited {cp.returncode}: {cp.stderr.strip()}")
+    s = json.loads(cp.stdout)
+    return {"mode": mode, "messages": s["messages"], "cpu_s": s["cpu_s"], "crawl_s": s["crawl_s"],
+            "cpu_us_per_message": s["cpu_us_per_message"], "messages_per_s": s["messages_per_s"]}
+
+
+def micro(rec, n: int = 200_000) -> tuple[float, float]:
+    """CPU ns (process_time, as the crawl's figure) per record_message and per ``with span(...)``,
+    best of 3 x n calls."""
+    rm, sp = rec.record_message, rec.span
+    best_m = best_s = float("inf")
+    for _ in range(3):
+        t0 = time.process_time_ns()
+        for _ in range(n):
+            rm("127.0.0.1:18444", "ping", "outbound", 32)
+        best_m = min(best_m, (time.process_time_ns() - t0) / n)
+        t0 = time.process_time_ns()
+        for _ in range(n):
+            with sp("ping", "127.0.0.1:18444"):
+                pass
+        best_s = min(best_s, (time.process_time_ns() - t0) / n)
+    return best_m, best_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.crawler.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
+    a = p.parse_args(argv)
+    if bcoin_bin() is None:
+        print("bench: bcoin is not installed (cd tools/crawler/node && npm ci)", file=sys.stderr)
+        return 2
+    from shmdiag import Recorder
+
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory() as d, bcoin_nodes(a.nodes, Path(d)) as nodes, \
+            Recorder(max_events=1_000_000) as rec:
+        nodes[0].mine(1)
+        time.sleep(1)
+        for r in range(a.repeats):
+            order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]  # rotate: no mode always first
+            for mode in order:
+                res = crawl(mode, nodes[0].endpoint, rec.name, Path(d), a)
+                res["repeat"] = r
+                runs.append(res)
+                print(f"  {mode:<8} {res['messages']:>7} msgs  {res['messages_per_s']:>8.0f}/s  "
+                      f"{res['cpu_us_per_message']:6.2f} us CPU/msg", file=sys.stderr)
+        books = rec.accounting()
+        # What shmdiag's calls alone cost, measured in this process on the same ring: events per
+        # message (record_message, plus a span per ping round trip) x ns per event.
+        st = rec.get_stats()
+        n_msg = st.events_by_type.get("message", 0)
+        n_lat = st.events_by_type.get("latency", 0)
+        n_other = st.total_events - n_msg - n_lat  # connects, disconnects, errors: priced as a message
+        ns_message, ns_span = micro(rec)
+    med = {m: {k: statistics.median(x[k] for x in runs if x["mode"] == m)
+               for k in ("cpu_us_per_message", "messages_per_s", "messages")} for m in MODES}
+    base = med["off"]["cpu_us_per_message"]
+    lines = [f"Crawler CPU per message, {a.nodes} bcoin nodes, {a.processes} crawl processes, "
+             f"{a.duration:g} s crawls, {a.repeats} interleaved repeats (medians), "
+             f"{time.strftime('%Y-%m-%d', time.gmtime())}:", "",
+             "| recording | us CPU per message | vs off | range over repeats | messages/s |",
+             "|---|---:|---:|---:|---:|"]
+    for m in MODES:
+        c = med[m]["cpu_us_per_message"]
+        xs = [x["cpu_us_per_message"] for x in runs if x["mode"] == m]
+        lines.append(f"| {m} | {c:.2f} | {100 * (c / base - 1):+.1f}% | {min(xs):.1f}-{max(xs):.1f} | "
+                     f"{med[m]['messages_per_s']:,.0f} |")
+    attributable_us = (ns_message * (n_msg + n_other) + ns_span * n_lat) / n_msg / 1000
+    lines += ["", f"shmdiag's own calls, CPU time in the bench process on the same ring: record_message "
+              f"{ns_message:.0f} ns, a span {ns_span:.0f} ns; per message in the shmdiag crawls "
+              f"{n_lat / n_msg:.2f} spans and {n_other / n_msg:.4f} other events, "
+              f"so {attributable_us:.2f} us per message = "
+              f"{100 * attributable_us / base:.2f}% of the crawler's CPU per message with recording off.",
+              "", f"shmdiag ring books after the runs: {books}"]
+    text = "\n".join(lines)
+    print(text)
+    if not a.no_write:
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "crawler.md").write_text(text + "\n")
+        (OUT / "crawler.json").write_text(json.dumps({"args": vars(a), "runs": runs, "medians": med}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
