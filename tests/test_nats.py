@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,13 +23,20 @@ from shmdiag import Inspector
 from shmdiag.archive.query import totals
 from shmdiag.archive.store import archive_files
 
-from helpers import CLI, LineReader, assert_one_error_line, run_cli, unique_name, unlink_quietly, wait_for
+from helpers import (
+    CLI,
+    LineReader,
+    assert_one_error_line,
+    free_port,
+    need_binary,
+    run_cli,
+    unique_name,
+    unlink_quietly,
+    wait_for,
+)
 
 pytest.importorskip("nats", reason="the 'nats' extra (nats-py) is not installed")
-NATS_SERVER = shutil.which("nats-server") or next(
-    (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.path.exists(p)), None)
-pytestmark = [pytest.mark.multiprocess,
-              pytest.mark.skipif(NATS_SERVER is None, reason="nats-server is not installed (.ci/run installs it)")]
+pytestmark = pytest.mark.multiprocess
 
 WRITER = textwrap.dedent(
     """
@@ -47,14 +53,9 @@ WRITER = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class NatsServer:
     def __init__(self, tmp_path, procs: list) -> None:
+        self.binary = need_binary("nats-server")  # skipped if missing, failed under SHMDIAG_REQUIRE_TOOLS
         self.port = free_port()
         self.store = tmp_path / "jetstream"
         self.log = tmp_path / "nats-server.log"
@@ -64,7 +65,7 @@ class NatsServer:
 
     def start(self) -> None:
         log = open(self.log, "ab")
-        self.proc = subprocess.Popen([NATS_SERVER, "-js", "-sd", str(self.store), "-a", "127.0.0.1",
+        self.proc = subprocess.Popen([self.binary, "-js", "-sd", str(self.store), "-a", "127.0.0.1",
                                       "-p", str(self.port)], stdout=log, stderr=log)
         log.close()
         self.procs.append(self.proc)
