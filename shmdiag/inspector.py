@@ -224,6 +224,13 @@ class Inspector:
             return Following(self, Follower(self._seg, cursor, min_severity=int(sev), accept=accept,
                                             pending_timeout=float(pending_timeout), batch=batch))
 
+    def clear_generation(self) -> int:
+        """How many times the ring was cleared (modulo 2**16 or so): a change between two calls
+        means a clear happened in between (the archive records it)."""
+        with self._lock:
+            self._check_open()
+            return _snapshot.clear_generation(self._seg)
+
     # -- counters --------------------------------------------------------------------------
     def get_stats(self) -> DiagnosticStats:
         """Exact counts since creation or the last clear, from every process, overwritten events included."""
