@@ -12,7 +12,6 @@ class's, with the recorder's lock and closed state.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 import time
@@ -298,6 +297,13 @@ class Inspector:
             return Following(self, Follower(self._seg, cursor, min_severity=int(sev), accept=accept,
                                             pending_timeout=float(pending_timeout), batch=batch, filt=filt))
 
+    def clear_generation(self) -> int:
+        """How many times the ring was cleared (modulo 2**16 or so): a change between two calls
+        means a clear happened in between (the archive records it)."""
+        with self._lock:
+            self._check_open()
+            return _snapshot.clear_generation(self._seg)
+
     # -- counters --------------------------------------------------------------------------
     def get_stats(self) -> DiagnosticStats:
         """Exact counts since creation or the last clear, from every process, overwritten events included."""
@@ -435,21 +441,25 @@ class Inspector:
         return out
 
     # -- export ----------------------------------------------------------------------------
-    def export_events(self, format: str = "json", *, filt: EventFilter | None = None) -> bytes:
-        """All retained events, oldest first, with name, stats and health, as bytes.
+    def export_events(self, format: str = "json", *, with_peers: bool = False,
+                      filt: EventFilter | None = None) -> bytes:
+        """All retained events, oldest first, as bytes (``docs/json.md`` has the shapes).
 
-        ``"json"``: one document {name, exported_at, stats, health, latency, events: [...]}.
-        ``"ndjson"``: a first line {name, exported_at, stats, health, latency}, then one event per line.
-        The whole export is built in memory: for large rings use :meth:`write_export`.
-        ``filt`` (from :func:`event_filter`): only the events it selects.
+        ``"json"``: one document {schema_version, kind: "export", name, exported_at, stats,
+        health, latency, [peers, writers,] events: [...], exported, skipped}.
+        ``"ndjson"``: the events only, one object per line (:meth:`write_export`'s ``meta``
+        takes the rest). ``with_peers`` adds the peers (as ``get_network_diagnostic``) and the
+        writers (as ``get_writers``). The whole export is built in memory: for large rings use
+        :meth:`write_export`. ``filt`` (from :func:`event_filter`): only the events it selects.
         """
         _export.check_format(format)
         filt = _filt(filt)
         with self._lock:
             self._check_open()
-            return _export.export_bytes(self._seg, format, self._export_head(), filt)
+            return _export.export_bytes(self._seg, format, self._export_head(with_peers=with_peers), filt=filt)
 
     def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None, *,
+                     with_peers: bool = False, meta: BinaryIO | None = None,
                      filt: EventFilter | None = None) -> int:
         """Stream the export of :meth:`export_events` into the binary file ``fp`` a chunk at a
         time (memory stays bounded whatever the ring's size); return the number of events written.
@@ -457,9 +467,11 @@ class Inspector:
         ``progress(done, total)``, if given, is called after every chunk. The events are those
         retained when the export starts, oldest first; one that a writer overwrites before the
         export reaches it is skipped, never waited for: the returned count's ``.skipped`` says how
-        many (see ``export.stream.write_export``). Other threads of this process wait for the
-        export to finish before reading or closing; writers never wait. ``filt`` (from
-        :func:`event_filter`): only the events it selects, tested before anything is copied.
+        many (see ``export.stream.write_export``). ``meta``, a binary file, receives the json
+        export's document without its events (for an NDJSON export, whose lines are events
+        only). Other threads of this process wait for the export to finish before reading or
+        closing; writers never wait. ``filt`` (from :func:`event_filter`): only the events it
+        selects, tested before anything is copied.
         """
         _export.check_format(format)
         if progress is not None and not callable(progress):
@@ -467,7 +479,8 @@ class Inspector:
         filt = _filt(filt)
         with self._lock:
             self._check_open()
-            return _export.write_export(self._seg, fp, format, self._export_head(), progress, filt=filt)
+            return _export.write_export(self._seg, fp, format, self._export_head(with_peers=with_peers), progress,
+                                        meta=meta, filt=filt)
 
     def _render(self, raw: np.ndarray, lead: bytes, trail: bytes) -> np.ndarray:
         """JSON lines of validated records (a follower's Batch), continuations read from this ring."""
@@ -475,11 +488,13 @@ class Inspector:
             self._check_open()
             return _export.render_chunk(self._seg, raw, lead, trail)
 
-    def _export_head(self) -> dict:
-        """Everything an export carries besides its events."""
-        latency = {op: dataclasses.asdict(st) for op, st in _latency.read(self._seg).items()}
+    def _export_head(self, *, with_peers: bool = False) -> dict:
+        """Everything an export carries besides its events. The caller holds the lock."""
         stats = _stats.compute(self._seg)
-        return _export.export_head(self._seg.name, stats, self._health(stats), latency=latency)
+        network = _peers.read(self._seg) if with_peers else None
+        writers = self.get_writers() if with_peers else None
+        return _export.export_head(self._seg.name, stats, self._health(stats), latency=_latency.read(self._seg),
+                                   network=network, writers=writers)
 
 
 def _filt(value: object) -> EventFilter | None:

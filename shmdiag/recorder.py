@@ -421,15 +421,17 @@ class Recorder:
         """Every process that has written to the ring, with its counts since the last clear."""
         return self._insp.get_writers()
 
-    def export_events(self, format: str = "json", *, filt: EventFilter | None = None) -> bytes:
+    def export_events(self, format: str = "json", *, with_peers: bool = False,
+                      filt: EventFilter | None = None) -> bytes:
         """All retained events, oldest first, with name, stats and health (dead writers reaped
         first), as bytes: see :meth:`Inspector.export_events`. For large rings use :meth:`write_export`."""
         _export.check_format(format)
         with self._lock:
             self.reap_dead_writers()
-            return self._insp.export_events(format, filt=filt)
+            return self._insp.export_events(format, with_peers=with_peers, filt=filt)
 
     def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None, *,
+                     with_peers: bool = False, meta: BinaryIO | None = None,
                      filt: EventFilter | None = None) -> int:
         """Stream the export of :meth:`export_events` into the binary file ``fp``; return the
         number of events written (``.skipped``: overwritten during the export). See
@@ -438,13 +440,13 @@ class Recorder:
         _export.check_format(format)
         with self._lock:
             self.reap_dead_writers()
-            return self._insp.write_export(fp, format, progress, filt=filt)
+            return self._insp.write_export(fp, format, progress, with_peers=with_peers, meta=meta, filt=filt)
 
-    def _export_head(self) -> dict:
+    def _export_head(self, *, with_peers: bool = False) -> dict:
         """Everything an export carries besides its events."""
         with self._lock:
             self.reap_dead_writers()
-            return self._insp._export_head()
+            return self._insp._export_head(with_peers=with_peers)
 
     # -- maintenance -----------------------------------------------------------------------
     def clear_events(self) -> None:

@@ -335,12 +335,12 @@ def test_burst_of_errors_reaches_alertmanager_and_the_webhook_then_resolves(tmp_
         name = "ErrorBurst"
         event_type = "error"
         rate_above = 5.0
-        window = 2
+        window = 8
         severity = "critical"
         summary = "more than 5 errors/s"
     """)
     name, serve = serve_with(tmp_path, procs, shm_names, config, "alerts")
-    write(name, [["err", f"p{i % 4}", "timeout", "ping"] for i in range(40)])  # 40 errors in 2 s: 20/s
+    write(name, [["err", f"p{i % 4}", "timeout", "ping"] for i in range(80)])  # 80 errors in 8 s: 10/s
     wait_for(lambda: am_alerts(alertmanager, "ErrorBurst"), timeout=20, what="the alert in Alertmanager")
     [a] = am_alerts(alertmanager, "ErrorBurst")
     assert a["labels"]["severity"] == "critical" and a["labels"]["ring"] == name and a["labels"]["instance"]

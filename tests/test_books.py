@@ -245,10 +245,9 @@ def test_books_consistent_under_load(make_recorder, procs, tmp_path, capacity):
     while poller.poll() is None:
         cp = subprocess.run([*CLI, "health", rec.name, "--json"], capture_output=True, text=True, timeout=60)
         h = json.loads(cp.stdout)
-        assert 0 <= h["event_count"] <= min(h["max_events"], h["total_events"]), h
-        assert h["total_events"] == (h["event_count"] + h["events_overwritten"] + h["events_lost"]
-                                     + h["events_abandoned"] + h["events_expired"]), h
-        assert h["events_in_flight"] >= 0
+        assert 0 <= h["retained"] <= min(h["capacity"], h["total_events"]), h
+        assert h["total_events"] == (h["retained"] + h["overwritten"] + h["lost"] + h["abandoned"] + h["expired"]), h
+        assert h["in_flight"] >= 0
         cli_samples += 1
     out, _ = poller.communicate(timeout=60)
     res = json.loads(out)

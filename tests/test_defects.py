@@ -207,8 +207,8 @@ def test_peers_json_with_huge_per_message_counters(make_recorder):
     cp = run_cli("peers", "--json", r.name)
     assert_clean(cp)
     assert cp.returncode == 0, cp.stderr
-    (peer,) = orjson.loads(cp.stdout)["peer_diagnostics"]
-    assert max(peer["bytes_recv_per_msg"].values()) == 2**64 - 1
+    (peer,) = orjson.loads(cp.stdout)["peers"]
+    assert max(peer["bytes_received_per_msg"].values()) == 2**64 - 1
 
 
 def test_garbage_severity_counter_is_inconsistent_not_a_rate(make_recorder):

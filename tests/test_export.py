@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from datetime import datetime, timedelta, timezone
@@ -35,7 +36,9 @@ def export(r) -> dict:
 
 def test_export_empty_ring(rec):
     doc = export(rec)
-    assert set(doc) == {"name", "exported_at", "stats", "health", "latency", "events"}
+    assert set(doc) == {"schema_version", "kind", "name", "exported_at", "stats", "health", "latency", "events",
+                        "exported", "skipped"}
+    assert (doc["schema_version"], doc["kind"], doc["exported"], doc["skipped"]) == (1, "export", 0, 0)
     assert doc["name"] == rec.name
     assert doc["events"] == []
     assert doc["stats"]["total_events"] == 0
@@ -69,7 +72,8 @@ def test_export_structure_and_events(rec):
     assert err["severity"] == "ERROR" and err["error"] == "TimeoutError: no pong"
     assert err["metadata"] == {"operation": "ping"}
     assert custom == {
-        "timestamp": custom["timestamp"], "event_type": "custom", "peer_id": "peer-2", "message": "hello",
+        "schema_version": 1, "kind": "event", "timestamp": custom["timestamp"], "event_type": "custom",
+        "peer_id": "peer-2", "message": "hello",
         "severity": "WARNING", "metadata": {"height": 5, "list": [1, 2]}, "error": "E", "pid": os.getpid(),
         "seq": 3, "truncated": False,
     }
@@ -92,7 +96,7 @@ def test_export_stats_and_health(rec):
     parse_ts(s["last_event"])
     h = doc["health"]
     assert h["status"] == "error"
-    assert h["event_count"] == 2 and h["total_events"] == 2 and h["max_events"] == 1000
+    assert h["retained"] == 2 and h["total_events"] == 2 and h["capacity"] == 1000
     assert h["writers_alive"] >= 1
     assert isinstance(h["message"], str) and h["message"]
 
@@ -104,7 +108,7 @@ def test_export_only_retained_events(make_recorder):
     doc = export(r)
     assert [e["metadata"]["size"] for e in doc["events"]] == [4, 5, 6]
     assert doc["stats"]["total_events"] == 7
-    assert doc["health"]["events_overwritten"] == 4
+    assert doc["health"]["overwritten"] == 4
 
 
 @pytest.mark.parametrize("text", [
@@ -172,7 +176,9 @@ def test_export_carries_latency_percentiles(rec):
     for ms in (10, 20, 30, 40):
         rec.record_latency("handshake", ms / 1000, peer_id="p")
     for fmt in ("json", "ndjson"):
-        raw = rec.export_events(format=fmt)
-        head = orjson.loads(raw if fmt == "json" else raw.split(b"\n", 1)[0])
+        meta = io.BytesIO()
+        raw = rec.write_export(io.BytesIO(), format=fmt, meta=meta)
+        head = orjson.loads(meta.getvalue())
+        assert raw == head["exported"] == 4
         lat = head["latency"]["handshake"]
         assert lat["count"] == 4 and lat["max"] == pytest.approx(0.04) and lat["mean"] == pytest.approx(0.025)

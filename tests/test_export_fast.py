@@ -25,7 +25,8 @@ from shmdiag.export import stream as _export
 
 UTC = timezone.utc
 NASTY = 'quote " backslash \\ newline \n tab \t cr \r ñ 日本 😀 \x01 \x1f \x7f </script> \u2028'
-HEAD_KEYS = ["name", "exported_at", "stats", "health", "latency"]
+HEAD_KEYS = ["schema_version", "kind", "name", "exported_at", "stats", "health", "latency"]
+TAIL_KEYS = ["events", "exported", "skipped"]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -41,19 +42,20 @@ def fast_lines(seg, chunk: int = _export.CHUNK, fmt: str = "ndjson", head: dict 
     return buf.getvalue(), count
 
 
-def ndjson_events(raw: bytes) -> tuple[dict, list[dict]]:
+def ndjson_events(raw: bytes) -> list[dict]:
+    """The lines of an NDJSON export: every one an event (no header line)."""
     raw.decode("utf-8")  # strict UTF-8
-    assert raw.endswith(b"\n")
+    assert raw == b"" or raw.endswith(b"\n")
     lines = raw.split(b"\n")[:-1]
     docs = [orjson.loads(line) for line in lines]
     assert docs == [json.loads(line) for line in lines]
-    return docs[0], docs[1:]
+    assert all(d["kind"] == "event" and d["schema_version"] == 1 for d in docs)
+    return docs
 
 
 def fast_events(rec, chunk: int = _export.CHUNK) -> list[dict]:
     raw, count = fast_lines(rec._seg, chunk)
-    head, events = ndjson_events(raw)
-    assert head == {"name": "x"}
+    events = ndjson_events(raw)
     assert int(count) == len(events) and count.skipped == 0
     return events
 
@@ -123,8 +125,8 @@ def fill_every_kind(rec) -> None:
 
 def check_doc_events(events: list[dict]) -> None:
     for e in events:
-        assert list(e) == ["timestamp", "event_type", "peer_id", "message", "severity", "metadata", "error",
-                           "pid", "seq", "truncated"]
+        assert list(e) == ["schema_version", "kind", "timestamp", "event_type", "peer_id", "message", "severity",
+                           "metadata", "error", "pid", "seq", "truncated"]
 
 
 # -- the fast path means what the per-event path means ----------------------------------------------
@@ -213,20 +215,25 @@ def test_json_document_streams_and_parses(rec):
     raw.decode("utf-8")
     doc = orjson.loads(raw)
     assert doc == json.loads(raw)
-    assert list(doc) == HEAD_KEYS + ["events"]
-    assert doc["name"] == rec.name
+    assert list(doc) == HEAD_KEYS + TAIL_KEYS
+    assert doc["name"] == rec.name and doc["kind"] == "export"
     assert doc["events"] == slow_events(rec)
+    assert doc["exported"] == len(doc["events"]) and doc["skipped"] == 0
     assert rec.export_events() == raw or orjson.loads(rec.export_events())["events"] == doc["events"]
 
 
-def test_ndjson_header_then_one_event_per_line(rec):
+def test_ndjson_is_one_event_per_line_and_the_metadata_goes_apart(rec):
     fill_every_kind(rec)
     raw = rec.export_events("ndjson")
-    head, events = ndjson_events(raw)
-    assert list(head) == HEAD_KEYS
-    assert head["name"] == rec.name and head["stats"]["total_events"] == len(events)
+    events = ndjson_events(raw)
     assert events == slow_events(rec)
-    assert raw.count(b"\n") == len(events) + 1  # no newline inside any event
+    assert raw.count(b"\n") == len(events)  # no header, no newline inside any event
+    sink, meta = io.BytesIO(), io.BytesIO()
+    n = rec.write_export(sink, "ndjson", meta=meta)
+    assert sink.getvalue() == raw and meta.getvalue().endswith(b"\n")
+    head = orjson.loads(meta.getvalue())
+    assert list(head) == HEAD_KEYS + ["exported", "skipped"]
+    assert head["name"] == rec.name and head["stats"]["total_events"] == len(events) == head["exported"] == n
 
 
 def test_write_export_to_a_real_file(rec, tmp_path):
@@ -236,7 +243,7 @@ def test_write_export_to_a_real_file(rec, tmp_path):
         with open(path, "wb") as f:
             n = rec.write_export(f, fmt)
         raw = path.read_bytes()
-        events = orjson.loads(raw)["events"] if fmt == "json" else ndjson_events(raw)[1]
+        events = orjson.loads(raw)["events"] if fmt == "json" else ndjson_events(raw)
         assert isinstance(n, int) and n == len(events) and n.skipped == 0
         assert events == slow_events(rec)
 
@@ -256,7 +263,7 @@ def test_short_writes_are_completed(rec):
 
     sink = Short()
     n = rec.write_export(sink, "ndjson")
-    _, events = ndjson_events(bytes(sink.data))
+    events = ndjson_events(bytes(sink.data))
     assert n == len(events) and events == slow_events(rec)
 
 
@@ -268,12 +275,11 @@ def test_empty_ring(rec):
         assert calls == [(0, 0)]
         if fmt == "json":
             doc = orjson.loads(buf.getvalue())
-            assert doc["events"] == [] and list(doc) == HEAD_KEYS + ["events"]
+            assert doc["events"] == [] and list(doc) == HEAD_KEYS + TAIL_KEYS and doc["exported"] == 0
         else:
-            head, events = ndjson_events(buf.getvalue())
-            assert events == [] and list(head) == HEAD_KEYS
+            assert buf.getvalue() == b""
     raw, n = fast_lines(rec._seg, fmt="json", head={})
-    assert orjson.loads(raw) == {"events": []} and n == 0
+    assert orjson.loads(raw) == {"events": [], "exported": 0, "skipped": 0} and n == 0
 
 
 @pytest.mark.parametrize("bad", ["xml", "JSON", "", None, 1])
@@ -291,9 +297,12 @@ def test_head_hook(rec):
     head = rec._export_head()
     assert list(head) == HEAD_KEYS
     assert head["name"] == rec.name
-    assert _export.export_head("n", rec.get_stats(), rec.health_check(), latency={"x": 1})["latency"] == {"x": 1}
-    with pytest.raises(ValueError, match="events"):
-        _export.write_export(rec._seg, io.BytesIO(), "json", {"events": 1})
+    assert "peers" not in head and "writers" not in head
+    full = rec._export_head(with_peers=True)
+    assert list(full) == HEAD_KEYS + ["peers", "writers"] and full["peers"]["kind"] == "peers"
+    for key in ("events", "exported", "skipped"):
+        with pytest.raises(ValueError, match=key):
+            _export.write_export(rec._seg, io.BytesIO(), "json", {key: 1})
 
 
 def test_export_count():
@@ -361,7 +370,7 @@ def test_overwritten_during_export_is_skipped_and_counted(make_recorder):
                 rec.record_message("p", "tx", "outbound", 1000 + i)
 
     n = _export.write_export(rec._seg, buf, "ndjson", {}, progress, chunk=100)
-    _, events = ndjson_events(buf.getvalue())
+    events = ndjson_events(buf.getvalue())
     assert n.skipped == 200 and int(n) == 800 == len(events)  # 100..299 were gone when their chunk came
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(100)) + list(range(300, 1000))
@@ -400,7 +409,7 @@ def test_export_while_another_process_writes(make_recorder):
         for rnd in range(6):
             buf = io.BytesIO()
             n = _export.write_export(rec._seg, buf, "ndjson", {}, chunk=(500, 4096)[rnd % 2])
-            _, events = ndjson_events(buf.getvalue())
+            events = ndjson_events(buf.getvalue())
             assert int(n) == len(events) > 0
             skipped += n.skipped
             seqs = [e["seq"] for e in events]

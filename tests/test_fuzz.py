@@ -121,7 +121,8 @@ def is_num(v, lo=0.0, hi=math.inf):
 def edict(e):
     """An event as exports render it (the per-event reference the fast export must match)."""
     return orjson.loads(orjson.dumps({
-        "timestamp": e.timestamp, "event_type": e.event_type, "peer_id": e.peer_id, "message": e.message,
+        "schema_version": 1, "kind": "event", "timestamp": e.timestamp, "event_type": e.event_type,
+        "peer_id": e.peer_id, "message": e.message,
         "severity": str(e.severity), "metadata": e.metadata, "error": e.error, "pid": e.pid, "seq": e.seq,
         "truncated": e.truncated}, option=orjson.OPT_UTC_Z))
 
@@ -278,9 +279,8 @@ def check_export(raw, fmt, want):
     else:
         lines = raw.split(b"\n")
         assert lines[-1] == b"", "ndjson does not end with a newline"
-        head = orjson.loads(lines[0])
-        assert isinstance(head, dict) and "events" not in head and head.get("name") == NAME, "ndjson head"
-        events = [orjson.loads(x) for x in lines[1:-1]]
+        events = [orjson.loads(x) for x in lines[:-1]]  # events only: no header line
+        assert all(isinstance(e, dict) and e.get("kind") == "event" for e in events), "ndjson: a line is no event"
     d = same(events, want, "export")
     assert d is None, f"{fmt} export differs from get_events(0): {d}"
 
@@ -613,8 +613,8 @@ def check_cli(r: dict, summary: dict, name: str, outdir: str) -> list[str]:
             return [f"{label}: exit {rc}, stderr {err.strip()[:500]!r}"]
         if "--json" in argv:
             try:
-                rows = json.loads(out)
-            except ValueError as e:
+                rows = json.loads(out)["rings"]
+            except (ValueError, KeyError, TypeError) as e:
                 return [f"{label}: output is not JSON ({e})"]
             mine = [x for x in rows if x.get("name") == name]
             listed = bool(mine) and mine[0].get("capacity") == summary.get("capacity") and not mine[0]["note"]
@@ -694,7 +694,7 @@ def _check_output(label: str, cmd: str, argv: list[str], rc: int, out: str, summ
             if fmt == "json":
                 got = [e["seq"] for e in orjson.loads(raw)["events"]]
             else:
-                got = [orjson.loads(x)["seq"] for x in raw.splitlines()[1:]]
+                got = [orjson.loads(x)["seq"] for x in raw.splitlines()]
             if "seqs_all" in summary and got != summary["seqs_all"]:
                 return [f"{label}: {len(got)} events {got[:5]}... != get_events(0)'s {len(summary['seqs_all'])} "
                         f"{summary['seqs_all'][:5]}..."]
@@ -711,7 +711,7 @@ def _check_follow(label: str, out: str, summary: dict) -> list[str]:
     last, known = -1, set(summary.get("seqs_all", ()))
     for line in out.splitlines():
         d = json.loads(line)
-        if "skipped" in d:
+        if d["kind"] == "gap":
             ok = d["skipped"] == d["overwritten"] + d["unreadable"] > 0 and last < d["first_seq"] <= d["last_seq"]
             if not ok:
                 return [f"{label}: bad gap line {line} after seq {last}"]

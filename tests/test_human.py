@@ -218,7 +218,7 @@ def test_stats_watch_rates(paced_writer):
             (b["events_by_severity"]["ERROR"] - a["events_by_severity"]["ERROR"]) / dt)
         assert sum(r["by_severity"].values()) == pytest.approx(r["events_per_second"])
         assert r["by_type"]["message"] > 0 and r["by_severity"]["ERROR"] > 0  # the writer is writing
-        assert b["time"].endswith("Z")
+        assert b["sampled_at"].endswith("Z")
 
     cp = run_cli("stats", rec.name, "--watch", "0.3", "--count", "2")
     assert cp.returncode == 0, cp.stderr

@@ -208,7 +208,7 @@ def test_chaos_kills_and_replaces_writers_and_the_ring_reconciles():
     assert all(k >= 0 for k in pw["killed_unreported"])
     assert 0 <= report["unreported_by_killed"] <= report["unreported_bound"]
     h = report["health"]
-    assert h["events_abandoned"] == report["accounting"]["abandoned"]  # settled, and in the books
+    assert h["abandoned"] == report["accounting"]["abandoned"]  # settled, and in the books
     assert h["writers_dead"] >= report["kills"]
 
 

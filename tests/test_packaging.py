@@ -73,6 +73,8 @@ def test_the_wheel_holds_every_module_the_extension_and_py_typed(wheel):
     missing = _source_modules() - in_wheel
     assert not missing, f"modules left out of the wheel: {sorted(missing)}"
     assert "shmdiag/py.typed" in names
+    schemas = sorted(p.name for p in (PKG / "schemas").glob("*.schema.json"))
+    assert schemas and all(f"shmdiag/schemas/{n}" in names for n in schemas), names
     for asset in ("index.html", "dashboard.js", "dashboard.css"):  # the dashboard works offline: shipped
         assert f"shmdiag/web/static/{asset}" in names
     assert [n for n in names if n.startswith("shmdiag/core/_native.") and n.endswith(".so")], names
@@ -104,7 +106,8 @@ def test_installed_wheel_imports_from_the_venv_and_runs_the_demo(wheel, tmp_path
         mods = {m: importlib.import_module(m).__file__ for m in sys.argv[1:]}
         print(json.dumps({"file": shmdiag.__file__, "native": native.__file__, "mods": mods,
                           "typed": os.path.exists(os.path.join(os.path.dirname(shmdiag.__file__), "py.typed")),
-                          "version": shmdiag.__version__, "prefix": sys.prefix}))
+                          "version": shmdiag.__version__, "prefix": sys.prefix,
+                          "schema": __import__("shmdiag.export.schema").export.schema.load_schema("event")["$id"]}))
         """
     )
     cp = _run([py, "-c", probe, *_subpackages()], cwd=tmp_path, timeout=60)
@@ -116,6 +119,7 @@ def test_installed_wheel_imports_from_the_venv_and_runs_the_demo(wheel, tmp_path
     for name, path in [("shmdiag.core._native", got["native"]), *got["mods"].items()]:
         assert venv.resolve() in Path(path).resolve().parents, (name, path)
     assert got["typed"]
+    assert got["schema"].endswith("/event.schema.json")  # the JSON Schemas are package data
     from shmdiag import __version__
     assert got["version"] == __version__
 

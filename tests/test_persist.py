@@ -75,7 +75,7 @@ def traffic(tag: str) -> list:
 def ls_row(name: str) -> dict:
     cp = run_cli("ls", "--json")
     assert cp.returncode == 0, cp.stderr
-    return {r["name"]: r for r in json.loads(cp.stdout)}[name]
+    return {r["name"]: r for r in json.loads(cp.stdout)["rings"]}[name]
 
 
 # -- the ring outlives its collector ------------------------------------------------------------
@@ -100,7 +100,7 @@ def test_a_killed_serve_leaves_its_ring_and_serve_adopts_it(procs, shm_names):
     assert snapshot(name) == before
 
     row = ls_row(name)
-    assert (row["collector_pid"], row["collector_alive"], row["owner_pid"], row["owner_alive"]) == (
+    assert (row["collector_pid"], row["collector_alive"], row["creator_pid"], row["creator_alive"]) == (
         first.pid, False, first.pid, False)
     assert row["total_events"] == 3 * per_writer
     line = next(x for x in run_cli("ls").stdout.splitlines() if x.startswith(name + " "))
@@ -130,7 +130,7 @@ def test_a_killed_serve_leaves_its_ring_and_serve_adopts_it(procs, shm_names):
         assert (h.status, h.collector_pid, h.collector_alive) == ("healthy", second.pid, True)
         assert [dataclasses.asdict(e) for e in ins.get_events(0)][: len(before["events"])] == before["events"]
     row = ls_row(name)
-    assert (row["collector_pid"], row["collector_alive"], row["owner_pid"]) == (second.pid, True, first.pid)
+    assert (row["collector_pid"], row["collector_alive"], row["creator_pid"]) == (second.pid, True, first.pid)
     assert run_cli("health", name).returncode == 0
 
     # A live collector keeps others off: serve and rm refuse, naming it; so does a Collector.
@@ -278,7 +278,7 @@ def test_a_persistent_library_ring_outlives_its_recorder_and_rm_removes_it(procs
         h = ins.health_check()
         assert (h.status, h.collector_pid, h.collector_alive, h.total_events) == ("healthy", 0, None, 20)
     row = ls_row(closed)
-    assert (row["collector_pid"], row["owner_pid"], row["owner_alive"]) == (None, q.pid, False)
+    assert (row["collector_pid"], row["creator_pid"], row["creator_alive"]) == (None, q.pid, False)
     cp = run_cli("rm", closed)
     assert cp.returncode == 0, cp.stderr
     assert not os.path.exists(shm_path(closed))

@@ -357,7 +357,7 @@ def test_top_pane_of_latest_warnings_and_errors(busy_ring, terms):
         return rows[: next((i for i, x in enumerate(rows) if not x.strip() or x.startswith("PEERS")), len(rows))]
 
     # (Conditions on the whole screen: curses may be half-way through drawing one.)
-    t.wait_for(lambda s: len(pane(s)) >= 2 and "feefilter" in pane(s)[-1] and "headers stalled" in pane(s)[-2])
+    t.wait_for(lambda s: len(pane(s)) >= 2 and "KeyError" in pane(s)[-1] and "headers stalled" in pane(s)[-2])
     pane_now = pane(t.text())
     assert all(("WARNING" in x or "ERROR" in x) and x.split()[0].endswith("Z") for x in pane_now)
     assert t.quit() == 0

@@ -73,8 +73,13 @@ def test_the_api_serves_what_the_cli_prints(node, procs):
     assert stats == cli_json("stats", node.name)
     status, health, _ = get(url + "api/health")
     cli_health = cli_json("health", node.name)
-    assert status == 200 and health["status"] == cli_health["status"] == "healthy"
-    assert {k: v for k, v in health.items() if k != "uptime"} == {k: v for k, v in cli_health.items() if k != "uptime"}
+    # 1 error among 7 events at INFO and above: a warning, which still answers 200
+    assert status == 200 and health["status"] == cli_health["status"] == "warning"
+    timed = {"uptime", "idle_seconds", "window_covered", "window_error_rate_covered", "window_source"}
+    def untimed(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in timed}
+
+    assert untimed(health) == untimed(cli_health)
     status, peers, _ = get(url + "api/peers?sort=bytes&limit=2")
     assert status == 200 and [p["peer_id"] for p in peers["peers"]] == ["p4", "p3"]
     assert peers["omitted_peers"] == 3 and peers["total_peers"] == 5 and peers["active_peers"] == 5

@@ -20,7 +20,9 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         raise ShmDiagError(f"no collector evaluates alerts for ring {args.name!r} "
                            f"(start one with 'shmdiag serve {args.name}')")
     if args.json:
-        print_json(doc)
+        from shmdiag.export.schema import SCHEMA_VERSION
+
+        print_json({"schema_version": SCHEMA_VERSION, "kind": "alerts", **doc})  # docs/json.md
         return 0
     n = doc["notifications"]
     out(f"alerts of ring {args.name!r}, evaluated every {doc['interval']:g}s by collector pid {doc['collector_pid']} "

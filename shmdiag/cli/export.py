@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from shmdiag.cli._common import (
+    UsageError,
     attached,
-    dumps,
 )
 
 if TYPE_CHECKING:
-    from shmdiag.core.filter import EventFilter
     from shmdiag.inspector import Inspector
 
 
@@ -50,24 +51,12 @@ class _Progress:
 _PROGRESS_MIN = 50_000  # retained events from which an export is slow enough to show a bar
 
 
-def _export_to(rec: Inspector, fp: BinaryIO, fmt: str, progress: _Progress | None,
-               filt: EventFilter | None = None) -> None:
-    if hasattr(rec, "write_export"):
-        n = rec.write_export(fp, format=fmt, progress=progress, filt=filt)
-        skipped = getattr(n, "skipped", 0)
-        if skipped:
-            sys.stderr.write(f"shmdiag: {skipped} events were overwritten by writers while exporting and are "
-                             "not in the export\n")
-        return
-    # Until Recorder.write_export lands: the whole export in memory.
-    from shmdiag.export.dicts import event_to_dict
-
-    if fmt == "json":
-        fp.write(rec.export_events())
-        fp.write(b"\n")
-    else:
-        for e in rec.get_events(0):
-            fp.write(dumps(event_to_dict(e)) + b"\n")
+def _export_to(rec: Inspector, fp: BinaryIO, fmt: str, progress: _Progress | None, options: dict) -> None:
+    n = rec.write_export(fp, format=fmt, progress=progress, **options)
+    skipped = getattr(n, "skipped", 0)
+    if skipped:
+        sys.stderr.write(f"shmdiag: {skipped} events were overwritten by writers while exporting and are "
+                         "not in the export\n")
 
 
 def _is_stream(path: str) -> bool:
@@ -78,45 +67,71 @@ def _is_stream(path: str) -> bool:
         return False
 
 
+def _write_to(path: str | None, write: Callable[[BinaryIO], object]) -> None:
+    """``write(fp)`` into stdout (None or "-"), into a FIFO or device as it is, or into a
+    regular file atomically (a temporary file renamed over it once complete)."""
+    if path in (None, "-"):
+        fp = sys.stdout.buffer
+        sys.stdout.flush()
+        write(fp)
+        fp.flush()
+    elif _is_stream(path):
+        # A FIFO, a device (/dev/null, /dev/stdout) or a socket: written into, never
+        # replaced by a regular file (as root, a rename over /dev/null would do that).
+        with open(path, "wb") as fp:
+            write(fp)
+    else:
+        # A regular file, or a new path: written whole or not at all.
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "wb") as fp:
+                write(fp)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from shmdiag.cli.tail import tail_filter
 
+    if args.meta is not None and args.meta in ("-", args.output or "-"):
+        raise UsageError("--meta needs a file of its own (the events go to "
+                         f"{'stdout' if args.output in (None, '-') else repr(args.output)})")
     filt = tail_filter(args)
     with attached(args.name) as rec:
         fmt = args.format or rec.config.export_format
         why = rec.unrecorded(filt)
         if why is not None:
             sys.stderr.write(f"shmdiag: note: {why}; the export holds no event\n")
+        # What write_export takes besides the file: add an option here and to its parser.
+        options: dict = {"with_peers": args.with_peers, "filt": filt}
+        meta = io.BytesIO() if args.meta is not None else None
+        if meta is not None:
+            options["meta"] = meta
         progress = None
         if sys.stderr.isatty():
             n = rec.count_retained()
             if n >= _PROGRESS_MIN:
                 progress = _Progress(n)
         try:
-            if args.output in (None, "-"):
-                out = sys.stdout.buffer
-                sys.stdout.flush()
-                _export_to(rec, out, fmt, progress, filt)
-                out.flush()
-            elif _is_stream(args.output):
-                # A FIFO, a device (/dev/null, /dev/stdout) or a socket: written into, never
-                # replaced by a regular file (as root, a rename over /dev/null would do that).
-                with open(args.output, "wb") as fp:
-                    _export_to(rec, fp, fmt, progress, filt)
-            else:
-                # A regular file, or a new path: written whole or not at all.
-                tmp = f"{args.output}.tmp"
-                try:
-                    with open(tmp, "wb") as fp:
-                        _export_to(rec, fp, fmt, progress, filt)
-                    os.replace(tmp, args.output)
-                except BaseException:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
-                    raise
+            _write_to(args.output, lambda fp: _export_to(rec, fp, fmt, progress, options))
         finally:
             if progress is not None:
                 progress.done()
+    if meta is not None:
+        _write_to(args.meta, lambda fp: fp.write(meta.getvalue()))
     return 0
+
+
+_EXPORT_EPILOG = """\
+--format json writes one document: {"schema_version": 1, "kind": "export", "name", "exported_at",
+"stats", "health", "latency", ["peers", "writers",] "events": [...], "exported", "skipped"}.
+--format ndjson writes the events only, one JSON object per line ({"schema_version": 1,
+"kind": "event", ...}, as in the json document's "events"); --meta FILE writes the rest (the
+json document without "events") to FILE. --with-peers adds the peers (as peers --json, all of
+them) and the writer processes. "skipped" counts events overwritten by writers while the
+export ran (they are not in it). Shapes: docs/json.md and shmdiag/schemas/."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import TYPE_CHECKING
 
 from shmdiag.cli._common import (
@@ -170,12 +169,14 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def cmd_peers(args: argparse.Namespace) -> int:
     from shmdiag.cli.format import human_bytes, human_duration, human_time, table
+    from shmdiag.export.dicts import busiest_first, network_to_dict
 
     with attached(args.name) as rec:
         nd = rec.get_network_diagnostic()
     if args.json:
-        print_json(dataclasses.asdict(nd))
+        print_json(network_to_dict(nd, args.limit or 0))
         return 0
+    limit = 50 if args.limit is None else args.limit
     lat = "-" if nd.network_latency is None else human_duration(nd.network_latency)
     line = (f"{nd.total_peers} peers: {nd.active_peers} connected, {nd.disconnected_peers} disconnected; "
             f"mean ping {lat}")
@@ -186,9 +187,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
                  f" msgs out, {nd.recycled_messages_received} in, {human_bytes(nd.recycled_bytes_sent)} out,"
                  f" {human_bytes(nd.recycled_bytes_received)} in are in the totals only)")
     out(line)
-    peers = sorted(nd.peer_diagnostics, key=lambda p: (-(p.bytes_sent + p.bytes_received), p.peer_id))
-    if args.limit:
-        peers = peers[: args.limit]
+    peers = busiest_first(nd.peer_diagnostics)
+    if limit:
+        peers = peers[:limit]
     if not peers:
         return 0
     def status(p: PeerDiagnostic) -> str:
@@ -201,6 +202,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
     out()
     out(table(["PEER", "ADDRESS", "STATUS", "MSGS OUT", "MSGS IN", "BYTES OUT", "BYTES IN", "PING", "ERRORS", "LAST"],
                rows, right=(3, 4, 5, 6, 7, 8)))
-    if args.limit and len(nd.peer_diagnostics) > args.limit:
-        out(f"... and {len(nd.peer_diagnostics) - args.limit} more (--limit 0 shows all)")
+    if limit and len(nd.peer_diagnostics) > limit:
+        out(f"... and {len(nd.peer_diagnostics) - limit} more (--limit 0 shows all)")
     return 0

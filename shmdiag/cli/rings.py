@@ -19,7 +19,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     rings = list_rings()
     if args.json:
-        print_json([r.to_dict() for r in rings])
+        from shmdiag.export.dicts import rings_to_dict
+
+        print_json(rings_to_dict(rings))
         return 0
     if not rings:
         out("no shmdiag rings in /dev/shm")

@@ -70,9 +70,10 @@ def format_gap(gap: Gap, filtered: bool = False) -> str:
 
 
 def gap_record(gap: Gap) -> dict:
-    """A gap as a JSON line: ``kind`` tells it from an event."""
-    return {"kind": "gap", "skipped": gap.skipped, "overwritten": gap.overwritten, "unreadable": gap.unreadable,
-            "matched": gap.matched, "unknown": gap.unknown, "first_seq": gap.first_seq, "last_seq": gap.last_seq}
+    """A gap as a JSON line (``export.dicts.gap_to_dict``: ``kind`` "gap", matched, unknown)."""
+    from shmdiag.export.dicts import gap_to_dict
+
+    return gap_to_dict(gap)
 
 
 # -- arguments -----------------------------------------------------------------------------
@@ -208,7 +209,9 @@ class _Out:
         now = time.monotonic()
         if self.as_json:
             if behind and now - self.last_status >= _LAG_EVERY or not behind and self.lag_reported:
-                self.fp.write(dumps({"kind": "lag", "behind": behind, "lag_seconds": round(lag_seconds, 3)}) + b"\n")
+                from shmdiag.export.dicts import lag_to_dict
+
+                self.fp.write(dumps(lag_to_dict(behind, round(lag_seconds, 3))) + b"\n")
                 self.lag_reported = bool(behind)
                 self.last_status = now
             return
@@ -330,9 +333,10 @@ reported where they were, in order:
   -- N events never completed by their writers (stopped, died or dropped) or expired --
       a writer claimed a sequence number and did not finish its record within 2 s, or the
       record was removed by retention cleanup
-With --json these are JSON lines of their own:
-  {"kind": "gap", "skipped": N, "overwritten": N1, "unreadable": N2, "matched": M, "unknown": U,
-   "first_seq": A, "last_seq": B}
+With --json every line is one JSON object whose "kind" says what it is: "event", "gap" for
+events that could not be read, "lag" while behind (see docs/json.md):
+  {"schema_version": 1, "kind": "gap", "skipped": N, "overwritten": N1, "unreadable": N2,
+   "matched": M, "unknown": U, "first_seq": A, "last_seq": B}
 "matched": how many of them the filter selects (all of them without a filter), as far as can be
 told: "unknown" could not be (an overwritten event is gone). Under a filter, a gap with no known
 match is reported at most once a second, summed (its seq range may then span events printed).

@@ -98,7 +98,7 @@ def watch_stats(args: argparse.Namespace) -> int:
                 r = rates(s, prev, t - prev_t)
                 if args.json:
                     d = stats_to_dict(s)
-                    d["time"] = datetime.now(timezone.utc)
+                    d["sampled_at"] = datetime.now(timezone.utc)
                     d["rates"] = rates_to_dict(r)
                     sys.stdout.buffer.write(dumps(d) + b"\n")
                     sys.stdout.buffer.flush()

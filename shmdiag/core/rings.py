@@ -12,7 +12,7 @@ from __future__ import annotations
 import _posixshmem
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +40,8 @@ class RefusedError(ShmDiagError):
 
 @dataclass
 class RingInfo:
-    """One row of ``shmdiag ls``. Fields are None when the ring could not be read (see ``note``)."""
+    """One row of ``shmdiag ls``. Fields are None when the ring could not be read (see ``note``).
+    As JSON: ``export.dicts.ring_to_dict`` (the shared names: ``creator_pid``, ``created_at``...)."""
 
     name: str
     size: int
@@ -55,9 +56,6 @@ class RingInfo:
     note: str = ""
     collector_pid: int | None = None     # the collector named in the header; None: none (or unreadable)
     collector_alive: bool | None = None  # False: the collector was killed and the ring outlived it
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def creator_alive(pid: int, created_ns: int) -> bool:

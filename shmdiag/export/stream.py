@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import BinaryIO
 
 import numpy as np
@@ -19,9 +18,8 @@ import orjson
 from shmdiag.core import layout as L
 from shmdiag.core import reader as _reader
 from shmdiag.core.filter import EventFilter, unrecorded
-from shmdiag.core.models import DiagnosticStats, HealthStatus
 from shmdiag.core.segment import Segment
-from shmdiag.export.dicts import OPTS, event_to_dict, health_to_dict, stats_to_dict
+from shmdiag.export.dicts import OPTS, event_to_dict, export_head
 from shmdiag.export.templates import render_events
 
 __all__ = ["CHUNK", "BinaryIO", "ExportCount", "Progress", "check_format", "export_bytes", "export_head",
@@ -58,17 +56,23 @@ def _write_all(fp: BinaryIO, data: bytes | memoryview) -> None:
 
 
 def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Progress | None = None, *,
-                 chunk: int = CHUNK, filt: EventFilter | None = None) -> ExportCount:
+                 chunk: int = CHUNK, meta: BinaryIO | None = None,
+                 filt: EventFilter | None = None) -> ExportCount:
     """Write every retained event of ``seg`` to the binary file ``fp``, streaming; return the
     number of events written (an :class:`ExportCount`, whose ``.skipped`` counts records lost
     to writers during the export).
 
     ``fmt``:
 
-    * ``"json"``: one document, ``head``'s keys in order (name, exported_at, stats, health, ...)
-      then ``"events": [...]``, written as the chunks are rendered;
-    * ``"ndjson"``: the first line is ``head`` as one JSON object (no ``"events"`` key); every
-      further line is one event object, exactly as in the json document's ``events``.
+    * ``"json"``: one document, ``head``'s keys in order (schema_version, kind, name,
+      exported_at, stats, health, ...), then ``"events": [...]``, written as the chunks are
+      rendered, then ``"exported"`` (events written) and ``"skipped"`` (``.skipped``);
+    * ``"ndjson"``: events only, one JSON object per line, exactly as in the json document's
+      ``events`` (no header line: every line is an event, for jq, pandas, DuckDB).
+
+    ``meta``, if given, receives the json document without ``"events"`` (``head`` with
+    ``exported`` and ``skipped``) as one line once the events are written: an NDJSON export's
+    metadata (``shmdiag export --meta FILE``).
 
     ``head`` is serialised by orjson (datetimes as UTC with a Z); it must not hold "events".
     Events are written oldest first (by sequence number). The set of events is a snapshot taken
@@ -84,19 +88,19 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
     records before they are copied or rendered; a type or peer never recorded costs no scan.
     """
     check_format(fmt)
-    if "events" in head:
-        raise ValueError("the export head must not contain 'events'")
+    for key in ("events", "exported", "skipped"):
+        if key in head:
+            raise ValueError(f"the export head must not contain {key!r}")
     if filt is not None and unrecorded(seg, filt) is not None:
         idx, w = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint64)
     else:
         idx, w = _reader.export_snapshot(seg, 0 if filt is None else filt.min_severity)
     total = len(idx)
-    head_b = orjson.dumps(head, option=OPTS)
     if fmt == "json":
+        head_b = orjson.dumps(head, option=OPTS)
         _write_all(fp, head_b[:-1] + (b',"events":[' if len(head_b) > 2 else b'"events":['))
         lead, trail = b",", b""
     else:
-        _write_all(fp, head_b + b"\n")
         lead, trail = b"", b"\n"
     written = skipped = 0
     for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk, filt):
@@ -111,7 +115,9 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
     if total == 0 and progress is not None:
         progress(0, 0)
     if fmt == "json":
-        _write_all(fp, b"]}")
+        _write_all(fp, b'],"exported":%d,"skipped":%d}' % (written, skipped))
+    if meta is not None:
+        _write_all(meta, orjson.dumps({**head, "exported": written, "skipped": skipped}, option=OPTS) + b"\n")
     return ExportCount(written, skipped)
 
 
@@ -148,19 +154,11 @@ def check_format(fmt: object) -> str:
     return fmt
 
 
-def export_head(name: str, stats: DiagnosticStats, health: HealthStatus, **sections: object) -> dict:
-    """What an export carries besides its events, in order: name, exported_at, stats, health,
-    then any further ``sections`` (each any orjson-serialisable value)."""
-    head = {"name": name, "exported_at": datetime.now(timezone.utc), "stats": stats_to_dict(stats),
-            "health": health_to_dict(health)}
-    head.update(sections)
-    return head
-
-
-def export_bytes(seg: Segment, fmt: str, head: dict, filt: EventFilter | None = None) -> bytes:
+def export_bytes(seg: Segment, fmt: str, head: dict, *, meta: BinaryIO | None = None,
+                 filt: EventFilter | None = None) -> bytes:
     """:func:`write_export` into one bytes object (the whole export in memory: for small rings
     and for ``Recorder.export_events``; stream large ones with ``write_export``). A BytesIO
     copies each chunk once and hands its buffer over without another copy."""
     sink = io.BytesIO()
-    write_export(seg, sink, fmt, head, filt=filt)
+    write_export(seg, sink, fmt, head, meta=meta, filt=filt)
     return sink.getvalue()

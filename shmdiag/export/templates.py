@@ -47,7 +47,10 @@ from shmdiag.export.rowtext import (
     signed,
     timestamps,
 )
+from shmdiag.export.schema import SCHEMA_VERSION
 
+# Every event object starts so (export/dicts.py's event_to_dict: version and kind first).
+EVENT_OPEN = b'{"schema_version":%d,"kind":"event","timestamp":"' % SCHEMA_VERSION
 SEVERITY = WordTable([str(s).encode() for s in Severity])
 BOOL = WordTable([b"false", b"true"])
 
@@ -251,7 +254,7 @@ def render_events(raw: np.ndarray, lead: bytes = b"", trail: bytes = b"\n") -> n
     plans: list[tuple[Rows, Parts]] = []
     for rows, mid in groups:
         k = Parts()
-        k.lit(lead + b'{"timestamp":"')
+        k.lit(lead + EVENT_OPEN)
         k.add(rows_of(ts, rows))
         k.lit(b'","event_type":"')
         k.extend(mid)

@@ -55,6 +55,7 @@ from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import ShmDiagError
 from shmdiag.core.models import DiagnosticEvent, HealthStatus
 from shmdiag.export import dicts as _dicts
+from shmdiag.export.schema import SCHEMA_VERSION
 from shmdiag.loadgen import profile as P
 from shmdiag.recorder import Recorder
 
@@ -416,6 +417,8 @@ class CpuReport(TypedDict):
 class LoadReport(TypedDict):
     """What ``run_load`` returns (and ``--json`` prints): see the module docstring."""
 
+    schema_version: int  # export.schema.SCHEMA_VERSION; kind "loadgen" (its other fields: the module docstring)
+    kind: str
     ring: str
     created: bool
     capacity: int
@@ -774,6 +777,8 @@ class _Run:
             if exact else None,
         }
         return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "loadgen",
             "ring": self.rec.name,
             "created": self.created,
             "capacity": self.rec.config.max_events,

@@ -369,6 +369,10 @@ def evaluate(h: HealthStatus, current: Sample, baseline: Sample | None, policy: 
         lr = loss / win.recorded if win.recorded else 1.0
         lvl = 3 if lr >= LOSS_ERROR else 2 if lr >= LOSS_DEGRADED else 1
         add(lvl, "events_lost", f"{loss} events lost or abandoned {span} ({lr:.2%} of {win.recorded} recorded)")
+    # A killed collector that had recorded (its alert events) is also a dead writer: said once,
+    # by collector_dead, not again here.
+    if h.collector_alive is False:
+        died = [w for w in died if w.pid != h.collector_pid]
     if died:
         pids = ", ".join(str(w.pid) for w in died[:5]) + (", ..." if len(died) > 5 else "")
         add(1, "writers_died", f"{len(died)} writer process(es) died without detaching {span} (pid {pids})")
