@@ -44,13 +44,12 @@ from shmdiag.cli.inspect import _HEALTH_EPILOG, cmd_health, cmd_peers, cmd_stats
 from shmdiag.cli.rings import cmd_clear, cmd_ls, cmd_rm
 from shmdiag.cli.run import cmd_demo, cmd_loadgen
 from shmdiag.cli.serve import _SERVE_EPILOG, cmd_serve
-from shmdiag.cli.tail import _TAIL_EPILOG, cmd_tail
+from shmdiag.cli.tail import _TAIL_EPILOG, add_filter_args, cmd_tail
 from shmdiag.cli.top import _TOP_EPILOG, add_top_args, cmd_top
 from shmdiag.cli.watch import add_watch_args
 from shmdiag.cli.web import WEB_HELP, cmd_web, http_arg
 from shmdiag.collector import HEALTH_PERIOD
 from shmdiag.core.errors import ShmDiagError
-from shmdiag.core.models import Severity
 
 
 def build_parser() -> Parser:
@@ -119,11 +118,12 @@ def build_parser() -> Parser:
     sp.add_argument("--host", metavar="H", help="with --nats: the remote ring's host id")
     sp.add_argument("--ring", metavar="R", help="with --nats: the remote ring's name")
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they are recorded")
-    sp.add_argument("-n", type=count_arg, default=10, metavar="N", help="how many past events (default 10)")
-    sp.add_argument("--min-severity", type=severity_arg, default=Severity.DEBUG, metavar="S",
-                    help="debug, info, warning, error or critical (default debug)")
-    sp.add_argument("--type", action="append", metavar="T", help="only events of this type (repeatable)")
-    sp.add_argument("--peer", action="append", metavar="P", help="only events of this peer (repeatable)")
+    sp.add_argument("-F", dest="follow_name", action="store_true",
+                    help="as -f, and when the ring is removed or replaced (a collector restarted), wait for it "
+                         "and follow the new one")
+    sp.add_argument("-n", type=count_arg, default=10, metavar="N",
+                    help="how many past events (default 10; 0 only with -f)")
+    add_filter_args(sp, severity_arg)
     add_human_args(sp)
     sp = cmd("top", "live full-screen view (? help, q quits); --batch -n 1 for a text snapshot", cmd_top,
              epilog=_TOP_EPILOG)
@@ -134,6 +134,7 @@ def build_parser() -> Parser:
     sp.add_argument("--meta", metavar="FILE", help="also write the export's metadata (the json document "
                     "without its events) to FILE: for ndjson, whose lines are events only")
     sp.add_argument("--with-peers", action="store_true", help="include the peers and the writer processes")
+    add_filter_args(sp, severity_arg)
     cmd("clear", "forget every retained event and zero the stats", cmd_clear)
     sp = cmd("query", "events from an archive directory, in time order, filtered", cmd_query, json=True,
              ring=False, epilog=ARCHIVE_EPILOG)
