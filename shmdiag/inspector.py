@@ -12,11 +12,15 @@ class's, with the recorder's lock and closed state.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import BinaryIO
+
+import numpy as np
 
 from shmdiag.core import layout as L
 from shmdiag.core import owners as _owners
@@ -25,7 +29,8 @@ from shmdiag.core import recent as _recent
 from shmdiag.core import snapshot as _snapshot
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
-from shmdiag.core.follow import Follower, Gap, history
+from shmdiag.core.filter import EventFilter, unrecorded
+from shmdiag.core.follow import Batch, Follower, Gap, history
 from shmdiag.core.models import (
     DiagnosticEvent,
     DiagnosticStats,
@@ -37,6 +42,7 @@ from shmdiag.core.models import (
     Severity,
     WriterInfo,
 )
+from shmdiag.core.reader import datetime_to_ns
 from shmdiag.core.segment import Segment
 from shmdiag.core.shards import writer_alive
 from shmdiag.export import stream as _export
@@ -62,6 +68,38 @@ def _count(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     return value
+
+
+def _when(value: object, what: str) -> int | None:
+    """``since``/``until`` as ns since the epoch: an aware datetime, or a timedelta back from now."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise ValueError(f"{what} as a timedelta means that long ago and must not be negative, got {value}")
+        return time.time_ns() - value // timedelta(microseconds=1) * 1000
+    if isinstance(value, datetime):
+        return datetime_to_ns(value)  # ValueError for a naive datetime
+    raise TypeError(f"{what} must be a timezone-aware datetime or a timedelta, not {type(value).__name__}")
+
+
+def event_filter(min_severity: object = Severity.DEBUG, *, event_type: str | Iterable[str] | None = None,
+                 peer_id: str | Iterable[str] | None = None, since: datetime | timedelta | None = None,
+                 until: datetime | timedelta | None = None, pid: int | Iterable[int] | None = None,
+                 grep: str | re.Pattern[str] | None = None) -> EventFilter:
+    """The filter ``get_events``, ``history``, ``follower`` and ``write_export`` take, from their
+    keyword arguments; a precise TypeError or ValueError for anything else (a bad regex: ValueError)."""
+    sev = _severity(min_severity)
+    if isinstance(grep, str):
+        try:
+            grep = re.compile(grep)
+        except re.error as e:
+            raise ValueError(f"grep: bad regular expression {grep!r}: {e}") from None
+    elif grep is not None and not isinstance(grep, re.Pattern):
+        raise TypeError(f"grep must be a str or a compiled regex, not {type(grep).__name__}")
+    lo, hi = _when(since, "since"), _when(until, "until")
+    return EventFilter.of(event_type=event_type, peer_id=peer_id, min_severity=int(sev), pid=pid, since=lo,
+                          until=hi, grep=grep)
 
 
 def _accept(value: Accept | None) -> Accept | None:
@@ -140,6 +178,15 @@ class Inspector:
     def closed(self) -> bool:
         return self._closed
 
+    def seq_range(self) -> tuple[int, int]:
+        """(first, head): the first sequence number of the current era (since creation or the
+        last clear) and the next one to be claimed: a :meth:`follower` from ``first`` delivers
+        everything the ring still holds of this era."""
+        with self._lock:
+            self._check_open()
+            head, base = self._seg.era()
+            return base, head
+
     def fileno(self) -> int:
         """The ring's file descriptor: its inode tells whether /dev/shm/<name> is still this ring."""
         with self._lock:
@@ -170,14 +217,35 @@ class Inspector:
             raise RecorderClosedError(f"{self._what} {self._seg.name!r} is closed")
 
     # -- events ----------------------------------------------------------------------------
-    def get_events(self, limit: int = 100, min_severity: Severity | int = Severity.DEBUG) -> list[DiagnosticEvent]:
-        """The most recent ``limit`` retained events at or above ``min_severity``, oldest first;
-        ``limit <= 0`` means all retained."""
+    def get_events(self, limit: int = 100, min_severity: Severity | int = Severity.DEBUG, *,
+                   event_type: str | Iterable[str] | None = None, peer_id: str | Iterable[str] | None = None,
+                   since: datetime | timedelta | None = None, until: datetime | timedelta | None = None,
+                   pid: int | Iterable[int] | None = None,
+                   grep: str | re.Pattern[str] | None = None) -> list[DiagnosticEvent]:
+        """The most recent ``limit`` retained events that match, oldest first; ``limit <= 0``
+        means all retained that match.
+
+        Every condition given must hold: severity at least ``min_severity``; ``event_type`` and
+        ``peer_id`` one of those given (a str, or several); ``pid`` the writer's (an int, or
+        several); timestamp within ``since``..``until`` (inclusive; aware datetimes, or
+        timedeltas back from now); ``grep`` (a regex) found in the message or the error. Tested
+        with numpy on the stored records before any is decoded (``core/filter.py``), newest
+        first, so a few matches cost little on a large ring; a type or peer never recorded is
+        answered from the ring's counters without reading a slot.
+        """
         limit = _count(limit, "limit")
-        sev = _severity(min_severity)
+        filt = event_filter(min_severity, event_type=event_type, peer_id=peer_id, since=since, until=until,
+                            pid=pid, grep=grep)
         with self._lock:
             self._check_open()
-            return _reader.read_events(self._seg, limit, int(sev))
+            return _reader.read_events(self._seg, limit, filt.min_severity, filt)
+
+    def unrecorded(self, filt: EventFilter) -> str | None:
+        """Why ``filt`` (from :func:`event_filter`) can match no event of this ring, told from its
+        counters without reading a slot (a type or peer never recorded), or None."""
+        with self._lock:
+            self._check_open()
+            return unrecorded(self._seg, filt)
 
     def count_retained(self) -> int:
         """How many events the ring retains right now (what an export or a clear would cover),
@@ -188,25 +256,30 @@ class Inspector:
             return _stats.accounting(self._seg).retained
 
     def history(self, n: int, min_severity: Severity | int = Severity.DEBUG, accept: Accept | None = None, *,
-                follow: bool = True) -> tuple[list[DiagnosticEvent], int]:
-        """The last ``n`` retained events at or above ``min_severity`` that ``accept`` takes,
-        oldest first, and the sequence number a :meth:`follower` should start from to deliver
-        everything after them exactly once (``core.follow.history``)."""
+                follow: bool = True, filt: EventFilter | None = None) -> tuple[list[DiagnosticEvent], int]:
+        """The last ``n`` retained events at or above ``min_severity`` that ``filt`` (from
+        :func:`event_filter`) selects and ``accept`` takes, oldest first, and the sequence number
+        a :meth:`follower` should start from to deliver everything after them exactly once
+        (``core.follow.history``)."""
         n = _count(n, "n")
         sev = _severity(min_severity)
         accept = _accept(accept)
+        filt = _filt(filt)
         with self._lock:
             self._check_open()
-            return history(self._seg, n, int(sev), accept, follow=bool(follow))
+            return history(self._seg, n, int(sev), accept, follow=bool(follow), filt=filt)
 
     def follower(self, cursor: int, *, min_severity: Severity | int = Severity.DEBUG,
                  accept: Accept | None = None, pending_timeout: float = 2.0,
-                 batch: int = 1 << 16) -> Following:
+                 batch: int = 1 << 16, filt: EventFilter | None = None) -> Following:
         """Follow the ring from sequence number ``cursor`` (from :meth:`history`): each
         ``poll()`` returns the events since the last one, in order, and a ``Gap`` for those it
-        could not read (``core.follow.Follower``). ``batch`` bounds the sequence numbers one
-        poll looks at: a follower that must not use much CPU (a web page's live tail) takes a
-        small one and lets the Gaps say what went by."""
+        could not read; ``poll_raw()`` the same as record Batches, bounded, for rendering many at
+        once (``core.follow.Follower``). ``filt`` (from :func:`event_filter`) is applied on the
+        stored records before anything is decoded; ``accept`` on decoded events, by ``poll()``.
+        ``batch`` bounds the sequence numbers one poll looks at: a follower that must not use
+        much CPU (a web page's live tail) takes a small one and lets the Gaps say what went by."""
+        filt = _filt(filt)
         cursor = _count(cursor, "cursor")
         if cursor < 0:
             raise ValueError(f"cursor must be >= 0, got {cursor}")
@@ -222,7 +295,14 @@ class Inspector:
         with self._lock:
             self._check_open()
             return Following(self, Follower(self._seg, cursor, min_severity=int(sev), accept=accept,
-                                            pending_timeout=float(pending_timeout), batch=batch))
+                                            pending_timeout=float(pending_timeout), batch=batch, filt=filt))
+
+    def clear_generation(self) -> int:
+        """How many times the ring was cleared (modulo 2**16 or so): a change between two calls
+        means a clear happened in between (the archive records it)."""
+        with self._lock:
+            self._check_open()
+            return _snapshot.clear_generation(self._seg)
 
     # -- counters --------------------------------------------------------------------------
     def get_stats(self) -> DiagnosticStats:
@@ -369,7 +449,8 @@ class Inspector:
         return out
 
     # -- export ----------------------------------------------------------------------------
-    def export_events(self, format: str = "json", *, with_peers: bool = False) -> bytes:
+    def export_events(self, format: str = "json", *, with_peers: bool = False,
+                      filt: EventFilter | None = None) -> bytes:
         """All retained events, oldest first, as bytes (``docs/json.md`` has the shapes).
 
         ``"json"``: one document {schema_version, kind: "export", name, exported_at, stats,
@@ -377,15 +458,17 @@ class Inspector:
         ``"ndjson"``: the events only, one object per line (:meth:`write_export`'s ``meta``
         takes the rest). ``with_peers`` adds the peers (as ``get_network_diagnostic``) and the
         writers (as ``get_writers``). The whole export is built in memory: for large rings use
-        :meth:`write_export`.
+        :meth:`write_export`. ``filt`` (from :func:`event_filter`): only the events it selects.
         """
         _export.check_format(format)
+        filt = _filt(filt)
         with self._lock:
             self._check_open()
-            return _export.export_bytes(self._seg, format, self._export_head(with_peers=with_peers))
+            return _export.export_bytes(self._seg, format, self._export_head(with_peers=with_peers), filt=filt)
 
     def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None, *,
-                     with_peers: bool = False, meta: BinaryIO | None = None) -> int:
+                     with_peers: bool = False, meta: BinaryIO | None = None,
+                     filt: EventFilter | None = None) -> int:
         """Stream the export of :meth:`export_events` into the binary file ``fp`` a chunk at a
         time (memory stays bounded whatever the ring's size); return the number of events written.
 
@@ -395,15 +478,23 @@ class Inspector:
         many (see ``export.stream.write_export``). ``meta``, a binary file, receives the json
         export's document without its events (for an NDJSON export, whose lines are events
         only). Other threads of this process wait for the export to finish before reading or
-        closing; writers never wait.
+        closing; writers never wait. ``filt`` (from :func:`event_filter`): only the events it
+        selects, tested before anything is copied.
         """
         _export.check_format(format)
         if progress is not None and not callable(progress):
             raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+        filt = _filt(filt)
         with self._lock:
             self._check_open()
             return _export.write_export(self._seg, fp, format, self._export_head(with_peers=with_peers), progress,
-                                        meta=meta)
+                                        meta=meta, filt=filt)
+
+    def _render(self, raw: np.ndarray, lead: bytes, trail: bytes) -> np.ndarray:
+        """JSON lines of validated records (a follower's Batch), continuations read from this ring."""
+        with self._lock:
+            self._check_open()
+            return _export.render_chunk(self._seg, raw, lead, trail)
 
     def _export_head(self, *, with_peers: bool = False) -> dict:
         """Everything an export carries besides its events. The caller holds the lock."""
@@ -412,6 +503,12 @@ class Inspector:
         writers = self.get_writers() if with_peers else None
         return _export.export_head(self._seg.name, stats, self._health(stats), latency=_latency.read(self._seg),
                                    network=network, writers=writers)
+
+
+def _filt(value: object) -> EventFilter | None:
+    if value is not None and not isinstance(value, EventFilter):
+        raise TypeError(f"filt must be an EventFilter (see shmdiag.inspector.event_filter), not {type(value).__name__}")
+    return value
 
 
 class Following:
@@ -428,6 +525,39 @@ class Following:
         with self._insp._lock:
             self._insp._check_open()
             return self._follower.poll()
+
+    def poll_raw(self, max_seqs: int | None = None) -> list[Batch | Gap]:
+        """Up to ``max_seqs`` sequence numbers' worth (64Ki by default) of what became
+        deliverable: Batches of validated records (``Batch.raw`` for
+        ``export.templates.render_events``, ``Batch.events()`` decoded) and Gaps, in order.
+        Call again at once until :attr:`waiting` (caught up, or at a record being written)."""
+        with self._insp._lock:
+            self._insp._check_open()
+            return self._follower.poll_raw(max_seqs=max_seqs)
+
+    def render(self, batch: Batch, lead: bytes = b"", trail: bytes = b"\n") -> np.ndarray:
+        """The JSON lines of a Batch (``export.stream.render_chunk``: numpy for the whole batch,
+        events of several slots read whole), as one uint8 array; ``.data`` to write it."""
+        return self._insp._render(batch.raw, lead, trail)
+
+    def flush(self) -> list[Gap]:
+        """The gap a filtered follower holds back (see ``core.follow.Gap``): call when stopping."""
+        return self._follower.flush()
+
+    @property
+    def behind(self) -> int:
+        """Sequence numbers between the cursor and the head at the last poll."""
+        return self._follower.behind
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the last event delivered while behind; 0.0 when caught up."""
+        return self._follower.lag_seconds
+
+    @property
+    def waiting(self) -> bool:
+        """The last poll went as far as it could (not stopped by ``max_seqs``): poll later."""
+        return self._follower.waiting
 
     @property
     def cursor(self) -> int:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import multiprocessing.util
 import os
+import re
 import threading
 import time
+from collections.abc import Iterable
 from collections.abc import Mapping as _MappingABC
+from datetime import datetime, timedelta
 from typing import BinaryIO, Literal
 
 import orjson
@@ -20,6 +23,7 @@ from shmdiag.core import owners as _owners
 from shmdiag.core import reader as _reader
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
+from shmdiag.core.filter import EventFilter
 from shmdiag.core.models import (
     DiagnosticEvent,
     DiagnosticStats,
@@ -325,10 +329,15 @@ class Recorder:
             self._logger.log((sev + 1) * 10, "%s %s", etype, message)
 
     # -- reading: the Inspector's, over this recorder's segment -----------------------------
-    def get_events(self, limit: int = 100, min_severity: Severity | int = Severity.DEBUG) -> list[DiagnosticEvent]:
-        """The most recent ``limit`` retained events at or above ``min_severity``, oldest first;
-        ``limit <= 0`` means all retained."""
-        return self._insp.get_events(limit, min_severity)
+    def get_events(self, limit: int = 100, min_severity: Severity | int = Severity.DEBUG, *,
+                   event_type: str | Iterable[str] | None = None, peer_id: str | Iterable[str] | None = None,
+                   since: datetime | timedelta | None = None, until: datetime | timedelta | None = None,
+                   pid: int | Iterable[int] | None = None,
+                   grep: str | re.Pattern[str] | None = None) -> list[DiagnosticEvent]:
+        """The most recent ``limit`` retained events that match, oldest first; ``limit <= 0``
+        means all that match. The filters are ``Inspector.get_events``'s."""
+        return self._insp.get_events(limit, min_severity, event_type=event_type, peer_id=peer_id, since=since,
+                                     until=until, pid=pid, grep=grep)
 
     def count_retained(self) -> int:
         """How many events the ring retains right now."""
@@ -412,16 +421,18 @@ class Recorder:
         """Every process that has written to the ring, with its counts since the last clear."""
         return self._insp.get_writers()
 
-    def export_events(self, format: str = "json", *, with_peers: bool = False) -> bytes:
+    def export_events(self, format: str = "json", *, with_peers: bool = False,
+                      filt: EventFilter | None = None) -> bytes:
         """All retained events, oldest first, with name, stats and health (dead writers reaped
         first), as bytes: see :meth:`Inspector.export_events`. For large rings use :meth:`write_export`."""
         _export.check_format(format)
         with self._lock:
             self.reap_dead_writers()
-            return self._insp.export_events(format, with_peers=with_peers)
+            return self._insp.export_events(format, with_peers=with_peers, filt=filt)
 
     def write_export(self, fp: BinaryIO, format: str = "json", progress: _export.Progress | None = None, *,
-                     with_peers: bool = False, meta: BinaryIO | None = None) -> int:
+                     with_peers: bool = False, meta: BinaryIO | None = None,
+                     filt: EventFilter | None = None) -> int:
         """Stream the export of :meth:`export_events` into the binary file ``fp``; return the
         number of events written (``.skipped``: overwritten during the export). See
         :meth:`Inspector.write_export`. Other threads of this process wait for the export to
@@ -429,7 +440,7 @@ class Recorder:
         _export.check_format(format)
         with self._lock:
             self.reap_dead_writers()
-            return self._insp.write_export(fp, format, progress, with_peers=with_peers, meta=meta)
+            return self._insp.write_export(fp, format, progress, with_peers=with_peers, meta=meta, filt=filt)
 
     def _export_head(self, *, with_peers: bool = False) -> dict:
         """Everything an export carries besides its events."""

@@ -120,7 +120,7 @@ def test_exit_1_warning_for_a_writer_killed_with_sigkill(make_recorder, procs):
     assert code == 1 and d["status"] == "warning", d["message"]
     assert [r["condition"] for r in d["reasons"]] == ["writers_died"]
     assert d["window_writers_died"] == 1 and d["writers_dead"] == 1
-    assert d["dead_writers"] == [{"pid": p.pid, "recorded": 30, "lost": 0, "abandoned": 0,
+    assert d["dead_writers"] == [{"pid": p.pid, "total_events": 30, "lost": 0, "abandoned": 0,
                                   "last_event": d["dead_writers"][0]["last_event"], "in_window": True}]
     cp = run_cli("health", rec.name)
     assert cp.returncode == 1
@@ -223,7 +223,7 @@ def test_a_dead_writer_stops_counting_once_outside_the_window_one_shot(make_reco
     # Once the death and the errors are older than the window: OK, the totals still there.
     code, d = poll("health to return to OK", lambda: (r := health(rec.name, "--window", "1.5"))[0] == 0 and r)
     assert d["status"] == "healthy" and d["reasons"] == []
-    assert (d["window_events"], d["window_writers_died"], d["window_error_rate"]) == (0, 0, 0.0)
+    assert (d["window_total_events"], d["window_writers_died"], d["window_error_rate"]) == (0, 0, 0.0)
     assert (d["total_events"], d["writers_dead"], d["error_rate"], d["errors"]) == (20, 1, 0.5, 10)
     assert d["dead_writers"][0]["pid"] == p.pid and d["dead_writers"][0]["in_window"] is False
     assert "since creation: 20 events" in d["message"] and "1 writer(s) dead" in d["message"]
@@ -265,7 +265,7 @@ def test_one_shot_error_rate_of_a_writer_still_recording_leaves_the_window(make_
     assert d["window_error_rate_covered"] == 1.5
     assert d["errors"] == 20  # since creation
     # The window's writer counters are an upper bound: everything the live writer recorded.
-    assert d["window_events"] == d["total_events"]
+    assert d["window_total_events"] == d["total_events"]
     kill(p)
 
 

@@ -98,7 +98,9 @@ def test_a_million_distinct_peers_from_four_processes(make_recorder):
     assert sum(p.messages_received for p in tracked) + net.recycled_messages_received == recv
     assert sum(p.bytes_sent for p in tracked) + net.recycled_bytes_sent == bsent
     assert sum(p.bytes_received for p in tracked) + net.recycled_bytes_received == brecv
-    assert r.health_check().status == "healthy"
+    h = r.health_check()
+    # (on a loaded machine, writers paused mid-run leave counted unused seqs: a warning of its own)
+    assert h.status == "healthy" or {x.condition for x in h.reasons} == {"seqs_unused"}, h.message
 
 
 @pytest.mark.multiprocess

@@ -143,7 +143,9 @@ def test_the_dashboard_in_chromium(browser, procs):
         wait.until(lambda d: "sorted" in d.find_element(By.CSS_SELECTOR, '#peers th[data-sort="peer_id"]')
                    .get_attribute("class"))
 
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        # (loadgen's traffic makes health critical, and /api/health answers 503 by design)
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+                  and not ("/api/health" in e["message"] and "503" in e["message"])]
         assert not errors, errors  # no script error, no CSP violation, no failed asset
     finally:
         rec.close()

@@ -96,13 +96,19 @@ def _write_to(path: str | None, write: Callable[[BinaryIO], object]) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from shmdiag.cli.tail import tail_filter
+
     if args.meta is not None and args.meta in ("-", args.output or "-"):
         raise UsageError("--meta needs a file of its own (the events go to "
                          f"{'stdout' if args.output in (None, '-') else repr(args.output)})")
+    filt = tail_filter(args)
     with attached(args.name) as rec:
         fmt = args.format or rec.config.export_format
+        why = rec.unrecorded(filt)
+        if why is not None:
+            sys.stderr.write(f"shmdiag: note: {why}; the export holds no event\n")
         # What write_export takes besides the file: add an option here and to its parser.
-        options: dict = {"with_peers": args.with_peers}
+        options: dict = {"with_peers": args.with_peers, "filt": filt}
         meta = io.BytesIO() if args.meta is not None else None
         if meta is not None:
             options["meta"] = meta

@@ -28,6 +28,7 @@ from shmdiag.core.errors import ShmDiagError
 
 if TYPE_CHECKING:
     from shmdiag.alerts import AlertingConfig
+    from shmdiag.archive.archiver import RingArchiver
     from shmdiag.core.config import RecorderConfig
     from shmdiag.recorder import Recorder
 
@@ -143,12 +144,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.propagate = False
     adopted = False
     try:
+        sinks = _open_sinks(args, log)  # bad archive dirs and NATS URLs are refused before the ring is made
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    archiver = None
+    try:
         # persist: not registered with the resource tracker, so the ring outlives a SIGKILL of this
         # process; its collector is run below, logging to stderr
         rec = Recorder.with_config(cfg, collector=False, persist=True)
     except RingExistsError:
-        rec = _adopt(cfg, given)
+        try:
+            rec = _adopt(cfg, given)
+        except BaseException:
+            _close_sinks(sinks)
+            raise
         adopted = True
+    except BaseException:
+        _close_sinks(sinks)
+        raise
     collector = Collector(rec, log, health_period=args.health_interval, window=args.window,
                           stall_after=args.stall_after, error_rate_min_severity=args.error_rate_min_severity)
     # alert events go into the ring without a second log line (AlertService logs each transition)
@@ -179,6 +194,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"{acct.recorded} recorded so far, pid {os.getpid()}")
         else:
             out(f"shmdiag: serving ring {n!r}: {cfg.max_events} events ({human_bytes(size)}), pid {os.getpid()}")
+        if sinks:
+            archiver = _start_archiver(rec, sinks, args, log)
+            sinks = []
         cfg = rec.config
         out(f"  retention {cfg.retention_period:g}s, cleanup every {cfg.cleanup_interval:g}s, "
             + (f"health check every {collector.period:g}s over the last {args.window:g}s, "
@@ -202,6 +220,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 sig = got[-1]
                 break
     finally:
+        if archiver is not None:
+            archiver.stop()  # archives what the ring still holds, seals the file
+        _close_sinks(sinks)
         alerts.stop()
         if web is not None:
             web.stop()
@@ -216,6 +237,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
     assert sig is not None
     log.info("shmdiag %s: %s received; ring removed", cfg.name, signal.Signals(sig).name)
     return 0
+
+
+def _open_sinks(args: argparse.Namespace, log: logging.Logger) -> list:
+    """The archive and NATS sinks asked for, opened (and so checked) before the ring is made."""
+    from shmdiag.archive.archiver import SqliteSink
+    from shmdiag.archive.store import ArchiveWriter
+
+    sinks: list = []
+    if args.archive:
+        try:
+            writer = ArchiveWriter(args.archive, max_bytes=args.archive_max_bytes, max_age=args.archive_max_age,
+                                   keep=args.archive_keep)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        sinks.append(SqliteSink(writer, log))
+    if args.nats:
+        from shmdiag.archive.nats import NatsError, NatsSink, check_url
+
+        try:
+            check_url(args.nats)
+        except NatsError as e:
+            _close_sinks(sinks)
+            raise UsageError(str(e)) from None
+        try:
+            sinks.append(NatsSink(args.nats, host=args.host_id, logger=log, buffer_events=args.nats_buffer,
+                                  stream=args.nats_stream, stream_max_bytes=args.nats_max_bytes,
+                                  stream_max_age=args.nats_max_age))
+        except BaseException:
+            _close_sinks(sinks)
+            raise
+    return sinks
+
+
+def _close_sinks(sinks: list) -> None:
+    for s in sinks:
+        try:
+            s.close()
+        except Exception:
+            pass
+    sinks.clear()
+
+
+def _start_archiver(rec: Recorder, sinks: list, args: argparse.Namespace, log: logging.Logger) -> RingArchiver:
+    from shmdiag.archive.archiver import RingArchiver
+    from shmdiag.export.dicts import health_to_dict, stats_to_dict
+    from shmdiag.inspector import Inspector
+
+    insp = Inspector.attach(rec.name)  # read-only, as any reader: the archive cannot change the ring
+    archiver = RingArchiver(insp, sinks, host=args.host_id, logger=log, owns_inspector=True)
+    for s in sinks:
+        if hasattr(s, "status"):  # the NATS stats snapshot
+            s.status = lambda: {"health": health_to_dict(insp.health_check()), "stats": stats_to_dict(insp.get_stats()),
+                                "archive": {"archived": archiver.archived, "overwritten": archiver.overwritten,
+                                            "unreadable": archiver.unreadable, "lag": archiver.lag}}
+    archiver.start()
+    where = ", ".join(filter(None, [args.archive and f"archive {args.archive}", args.nats and f"NATS {args.nats}"]))
+    out(f"  archiving to {where} from seq {archiver.resumed_at} (host {args.host_id!r})")
+    return archiver
 
 
 _SERVE_EPILOG = """\
@@ -242,4 +321,11 @@ The ring's name comes from NAME only. An unknown key or a bad value exits with s
 
 Alert rules (the README's "Alerts"): an [alerting] table and an [[alert]] table per rule,
 evaluated every interval from the shared counters; the default rules are on unless
-[alerting] says defaults = false. 'shmdiag alerts NAME' shows where each stands."""
+[alerting] says defaults = false. 'shmdiag alerts NAME' shows where each stands.
+
+--archive DIR: every event the collector reads goes into SQLite files in DIR (read them with
+'shmdiag query DIR' or any SQLite client); what the ring overwrote first is counted as gaps. A
+serve killed and started again resumes right after the last archived event.
+--nats URL: the same events go to NATS JetStream (subject shmdiag.events.<host>.<ring>), for a
+central 'shmdiag archive --from-nats URL DIR'; NATS down: buffered up to --nats-buffer events,
+then dropped and counted."""

@@ -44,15 +44,18 @@ numbers, so a follower goes on as if nothing happened.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from shmdiag.core import _native
+from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
+from shmdiag.core.filter import EventFilter, slot_fields_checked
 from shmdiag.core.models import DiagnosticEvent
-from shmdiag.core.reader import Accept, continuations, copy_records, decode, newest_events
+from shmdiag.core.reader import Accept, copy_records, decode_many, decode_records, newest_events, seq_words
 from shmdiag.core.segment import Segment
 
 _DELIVER, _OVERWRITTEN, _UNREADABLE, _QUIET = 0, 1, 2, 3  # _QUIET: filtered out, or never written
@@ -68,33 +71,73 @@ _LAPS = 2
 
 @dataclass
 class Gap:
-    """Events the follower could not deliver, between two it did (or at the end of a poll)."""
+    """Events the follower could not deliver, between two it did (or at the end of a poll).
+
+    ``matched``: how many of them the follower's filter is known to select (read from what is
+    left of them: the slot word and, for an expired record still intact, its fields);
+    ``unknown``: how many cannot be told (overwritten by a newer record, or never completed).
+    Without a filter every skipped event matched. Under a filter, a gap that holds no known match
+    is not reported on its own at once: it is held and reported (summed) at most once a
+    ``Follower.gap_interval``, so ``first_seq``..``last_seq`` may then span events delivered
+    meanwhile; skipped events known not to match are only counted.
+    """
 
     overwritten: int = 0  # the ring overwrote them before the follower read them
     unreadable: int = 0   # never completed in time (writer stopped, died or dropped them) or expired
     first_seq: int = -1
     last_seq: int = -1
+    matched: int = 0
+    unknown: int = 0
 
     @property
     def skipped(self) -> int:
         return self.overwritten + self.unreadable
 
-    def add(self, kind: int, first: int, last: int) -> None:
+    def add(self, kind: int, first: int, last: int, matched: int | None = None, unknown: int = 0) -> None:
+        n = last - first + 1
         if kind == _OVERWRITTEN:
-            self.overwritten += last - first + 1
+            self.overwritten += n
         else:
-            self.unreadable += last - first + 1
+            self.unreadable += n
+        self.matched += n if matched is None else matched
+        self.unknown += unknown
         if self.first_seq < 0:
             self.first_seq = first
         self.last_seq = last
 
 
+@dataclass
+class Batch:
+    """Events the follower delivers, in sequence order, as their validated records: ``raw`` is a
+    C-contiguous ``(k, SLOT_SIZE)`` uint8 array of first slots, ready for
+    ``export.stream.render_chunk(seg, raw)`` (JSON for the whole batch at once, events of several
+    slots read whole; ``Following.render``) or :meth:`events` (decoded)."""
+
+    raw: np.ndarray
+    seg: Segment | None = field(default=None, repr=False)  # where an event's continuation slots are read
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def records(self) -> np.ndarray:
+        return self.raw.view(L.SLOT).reshape(len(self.raw))
+
+    def events(self) -> list[DiagnosticEvent]:
+        """Decoded, events of several slots whole (their continuations read now)."""
+        if self.seg is None:
+            return decode_many(self.records())
+        return decode_records(self.seg, self.records())
+
+    @property
+    def last_ts_ns(self) -> int:
+        return int(self.records()["ts_ns"][-1]) if len(self.raw) else 0
+
+
 def _words(seg: Segment, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Slot positions of ``seqs``, their words, and the sequence number each word holds
+    """Slot positions of ``seqs`` (consecutive), their words, and the sequence number each word holds
     (garbage where the word is 0: callers mask with ``w != 0``)."""
-    pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
-    seg.native.fence()
-    w = seg.slots["w"][pos]  # fancy indexing copies
+    pos, w = seq_words(seg, int(seqs[0]), int(seqs[-1]) + 1) if len(seqs) else (
+        np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint64))
     return pos, w, L.w_seq(w)
 
 
@@ -125,6 +168,14 @@ class _Runs:
             return np.ones(len(seqs), dtype=bool)
         k = np.searchsorted(self.first, seqs, side="right") - 1
         return (k >= 0) & (seqs < self.end[np.maximum(k, 0)]) if len(self.first) else np.zeros(len(seqs), dtype=bool)
+
+
+def _continuation(seg: Segment, pos: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Which of these slots (words ``w``, unchanged across the read) hold a continuation slot."""
+    seg.native.fence()
+    kind = seg.slots["kind"][pos]
+    seg.native.fence()
+    return (kind == K.KIND_CONTINUATION) & (seg.slots["w"][pos] == w)
 
 
 def _unwritten(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray) -> np.ndarray:
@@ -161,7 +212,7 @@ def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray, runs: _Runs) -> 
 
 
 def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None, *,
-            follow: bool = True) -> tuple[list[DiagnosticEvent], int]:
+            follow: bool = True, filt: EventFilter | None = None) -> tuple[list[DiagnosticEvent], int]:
     """The last ``n`` retained events at or above ``min_severity`` that ``accept`` takes, oldest
     first, and the sequence number a follower should start from.
 
@@ -184,29 +235,67 @@ def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None =
     cursor = min(lo + int(busy[0]) if len(busy) else head, lo + int(top[-1]) + 1 if len(top) else lo)
     if n <= 0:
         return [], cursor
-    return newest_events(seg, n, min_severity, accept, below=cursor if follow else head), cursor
+    return newest_events(seg, n, min_severity, accept, below=cursor if follow else head, filt=filt), cursor
 
 
 class Follower:
-    """Delivers every event from ``cursor`` on, in sequence order, exactly once, and a Gap for
-    every run of events it could not. Call ``poll()`` every few tens of milliseconds."""
+    """Delivers every event from ``cursor`` on that ``filt`` selects, in sequence order, exactly
+    once, and a Gap for every run of events it could not. Call ``poll_raw()`` (records, for the
+    fast path) or ``poll()`` (decoded events) every few tens of milliseconds.
+
+    The filter is applied with numpy on the slot words and fields before anything is copied or
+    decoded (``core/filter.py``); ``accept``, a Python predicate on decoded events, is applied by
+    ``poll()`` only. ``poll_raw(max_seqs)`` handles at most ``max_seqs`` sequence numbers, so a
+    follower far behind delivers as it goes; ``behind`` and ``lag_seconds`` say how far.
+    """
 
     def __init__(self, seg: Segment, cursor: int, *, min_severity: int = 0, accept: Accept | None = None,
-                 pending_timeout: float = 2.0, batch: int = 1 << 16) -> None:
+                 pending_timeout: float = 2.0, batch: int = 1 << 16, filt: EventFilter | None = None,
+                 gap_interval: float = 1.0) -> None:
         self.seg = seg
         self.cursor = cursor
-        self.min_severity = min_severity
+        if filt is None:
+            filt = EventFilter(min_severity=min_severity)
+        elif min_severity > filt.min_severity:
+            filt = dataclasses.replace(filt, min_severity=min_severity)
+        self.filt = filt
+        self.min_severity = filt.min_severity
         self.accept = accept
         self.pending_timeout = pending_timeout
         self.batch = batch
+        self.gap_interval = gap_interval
         self.delivered = 0
         self.overwritten = 0
         self.unreadable = 0
+        self.head = cursor  # the head at the last poll
+        self.last_ts_ns = 0  # timestamp of the last event delivered
         # (head, time) at each poll where the head moved: a sequence number below head_i was
         # claimed no later than time_i, which bounds how long a record has been in flight.
         self._heads: list[int] = []
         self._times: list[float] = []
         self._gap = Gap()
+        self._gap_shown = -1e18  # monotonic time a held gap was last reported
+        self._blocked = False  # the last poll stopped at a record still in flight
+        self._published_end = cursor  # 1 + the newest published seq seen at the last poll
+
+    @property
+    def behind(self) -> int:
+        """Sequence numbers between the cursor and the newest published record at the last poll
+        (its slot seen committed, expired or overwritten): how far behind."""
+        return max(0, self._published_end - self.cursor)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the last poll went as far as it could: it stopped at the head or at a record
+        still being written (so ``behind`` may stay above 0), not at ``max_seqs``."""
+        return self._blocked or self.cursor >= self.head
+
+    @property
+    def lag_seconds(self) -> float:
+        """How old the last event delivered is, when behind (0.0 when caught up)."""
+        if not self.behind or not self.last_ts_ns:
+            return 0.0
+        return max(0.0, (time.time_ns() - self.last_ts_ns) / 1e9)
 
     def _note_head(self, head: int, now: float) -> None:
         while self._heads and self._heads[-1] > head:  # seqs given back: no longer claimed
@@ -226,14 +315,48 @@ class Follower:
         k = np.searchsorted(np.asarray(self._heads, dtype=np.uint64), seqs, side="right")
         return np.asarray(self._times)[np.minimum(k, len(self._times) - 1)]
 
-    def _flush_gap(self, out: list) -> None:
-        if self._gap.skipped:
+    def _gap_due(self, now: float) -> bool:
+        g = self._gap
+        if not g.skipped:
+            return False
+        if self.filt.selects_all and self.accept is None or g.matched:
+            return True
+        return g.unknown > 0 and now - self._gap_shown >= self.gap_interval
+
+    def _flush_gap(self, out: list, now: float, force: bool = False) -> None:
+        if force and self._gap.skipped or self._gap_due(now):
             out.append(self._gap)
             self._gap = Gap()
+            self._gap_shown = now
+
+    def flush(self) -> list[Gap]:
+        """The gap held back under a filter (see :class:`Gap`), if any: call when stopping."""
+        out: list = []
+        self._flush_gap(out, time.monotonic(), force=True)
+        return out
 
     def poll(self, now: float | None = None) -> list[DiagnosticEvent | Gap]:
-        """Everything that became deliverable since the last poll: events, and Gaps before the
-        event they precede (or at the end)."""
+        """Everything that became deliverable since the last poll, decoded: events, and Gaps
+        before the event they precede (or at the end)."""
+        out: list[DiagnosticEvent | Gap] = []
+        accept = self.accept
+        target = self.seg.era()[0]  # a poll ends: writers faster than decoding must not keep it going
+        while True:
+            for item in self.poll_raw(now):
+                if isinstance(item, Gap):
+                    out.append(item)
+                    continue
+                events = item.events()
+                if accept is not None:
+                    events = [e for e in events if accept(e)]
+                    self.delivered -= len(item) - len(events)
+                out.extend(events)
+            if self.cursor >= target or self._blocked:
+                return out
+
+    def poll_raw(self, now: float | None = None, max_seqs: int | None = None) -> list[Batch | Gap]:
+        """What became deliverable since the last poll, up to ``max_seqs`` sequence numbers
+        (``batch`` by default): Batches of records and Gaps, in sequence order."""
         seg = self.seg
         head, _ = seg.era()
         now_ns = time.monotonic_ns() if now is None else int(now * 1e9)
@@ -241,18 +364,26 @@ class Follower:
         runs = _Runs(seg, now_ns)
         if self.cursor > head:  # given back (see the module's docstring): never written
             self.cursor = head
+        self.head = head
         self._note_head(head, now)
-        out: list[DiagnosticEvent | Gap] = []
+        out: list[Batch | Gap] = []
+        pending: list[np.ndarray] = []
+        self._blocked = False
         far = head - _LAPS * seg.capacity
         if self.cursor < far:
             # Too far behind to read one by one (and a corrupt head must not make a poll spin).
-            self._gap.add(_OVERWRITTEN, self.cursor, far - 1)
+            self._gap.add(_OVERWRITTEN, self.cursor, far - 1, *self._unknown(far - self.cursor))
             self.overwritten += far - self.cursor
             self.cursor = far
         top = _top_published(seg, self.cursor, head) if self.cursor < head else head
-        while self.cursor < head:
+        # what "behind" counts: up to the newest published record (the unused rest of a writer's
+        # run above it is not an event, and is waited at without a word)
+        self._published_end = top + 1 if self.cursor < head else head
+        end = min(head, self.cursor + (self.batch if max_seqs is None else max(1, max_seqs)))
+        filt = self.filt
+        while self.cursor < end:
             start = self.cursor
-            seqs = np.arange(start, min(head, start + self.batch), dtype=np.uint64)
+            seqs = np.arange(start, min(end, start + self.batch), dtype=np.uint64)
             pos, w, ws = _words(seg, seqs)
             nz = w != 0
             state = L.w_state(w)
@@ -262,6 +393,11 @@ class Follower:
             deleted = same & (state == L.ST_DELETED)
             # Part of the event before it, published or still being written: never an event, never a gap.
             cont = same & ((state == L.ST_CONT) | ((state == L.ST_BUSY) & (L.w_severity(w) == L.SEV_CONT)))
+            if deleted.any():  # an expired continuation slot is not an event either
+                di = np.flatnonzero(deleted)
+                gone_cont = _continuation(seg, pos[di], w[di])
+                deleted[di[gone_cont]] = False
+                cont[di[gone_cont]] = True
             cls = np.full(len(seqs), -1, dtype=np.int8)  # -1: still in flight
             cls[cont] = _QUIET
             unwritten = _unwritten(w, ws, seqs)
@@ -269,15 +405,26 @@ class Follower:
             cls[unwritten & ~tail & ~runs.pending(seqs)] = _QUIET  # never will be: not an event
             cls[gone] = _OVERWRITTEN
             cls[deleted] = _UNREADABLE
-            sev = L.w_severity(w)
-            filtered = committed & (sev < self.min_severity)
-            cls[filtered] = _QUIET
-            want = np.flatnonzero(committed & ~filtered)
+            cls[same & (state == L.ST_DELETED) & ~deleted] = _QUIET
+            sev_ok = filt.words(w)
+            cls[committed & ~sev_ok] = _QUIET
+            cand = np.flatnonzero(committed & sev_ok)
+            # The fields, read between two reads of the words: a record that changed meanwhile
+            # stays in flight and the next poll sees what it became.
+            fields_ok, steady = slot_fields_checked(seg, pos[cand], w[cand], filt)
+            cls[cand[steady & ~fields_ok]] = _QUIET  # not selected, or a continuation slot
+            want = cand[steady & fields_ok]
             recs, valid = copy_records(seg, pos[want], w[want])
-            more = continuations(seg, recs, valid)
             # A record that changed under the copy was overwritten meanwhile, or holds bad bytes:
             # it stays in flight and the next poll sees which.
-            cls[want[valid]] = _DELIVER
+            if filt.grep is not None and valid.any():
+                vi = np.flatnonzero(valid)
+                hit = np.array([filt.greps(e) for e in decode_records(seg, recs[vi])], dtype=bool)
+                cls[want[vi[~hit]]] = _QUIET
+                valid[vi[~hit]] = False
+                cls[want[valid]] = _DELIVER
+            else:
+                cls[want[valid]] = _DELIVER
             rec_of = np.full(len(seqs), -1, dtype=np.intp)
             rec_of[want] = np.arange(len(want))
             flying = np.flatnonzero(cls < 0)
@@ -288,33 +435,65 @@ class Follower:
                 stop = int(blocking[0]) if len(blocking) else len(seqs)
             else:
                 stop = len(seqs)
-            self._emit(cls[:stop], recs, rec_of, start, out, more)
+            match = self._matches(cls[:stop], deleted[:stop], pos[:stop], w[:stop])
+            self._emit(cls[:stop], match, recs, rec_of, start, out, pending, now)
             self.cursor = start + stop
             if stop < len(seqs):
+                self._blocked = True
                 break
-        self._flush_gap(out)
+        self._flush_batch(out, pending)
+        self._flush_gap(out, now)
         return out
 
-    def _emit(self, cls: np.ndarray, recs: np.ndarray, rec_of: np.ndarray, start: int, out: list,
-              more: dict | None = None) -> None:
+    def _unknown(self, n: int) -> tuple[int, int]:
+        """(matched, unknown) of ``n`` skipped events nothing is left of."""
+        return (n, 0) if self.filt.selects_all else (0, n)
+
+    def _matches(self, cls: np.ndarray, deleted: np.ndarray, pos: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Per skipped seq: 1 the filter selects it, 0 it does not, -1 cannot be told. Only an
+        expired record whose copy still checks out can be told (under a filter)."""
+        m = np.full(len(cls), 1 if self.filt.selects_all else -1, dtype=np.int8)
+        if self.filt.selects_all:
+            return m
+        exp = np.flatnonzero((cls == _UNREADABLE) & deleted)
+        if len(exp):
+            recs, valid = copy_records(self.seg, pos[exp], w[exp])
+            ok = self.filt.records(recs)
+            if self.filt.grep is not None and len(recs):
+                ok &= np.array([self.filt.greps(e) for e in decode_records(self.seg, recs)], dtype=bool)
+            m[exp[valid]] = ok[valid].astype(np.int8)
+        return m
+
+    def _flush_batch(self, out: list, pending: list[np.ndarray]) -> None:
+        if pending:
+            raw = np.ascontiguousarray(np.concatenate(pending) if len(pending) > 1 else pending[0])
+            pending.clear()
+            b = Batch(raw, self.seg)
+            self.delivered += len(b)
+            self.last_ts_ns = b.last_ts_ns
+            out.append(b)
+
+    def _emit(self, cls: np.ndarray, match: np.ndarray, recs: np.ndarray, rec_of: np.ndarray, start: int,
+              out: list, pending: list[np.ndarray], now: float) -> None:
         if not len(cls):
             return
         edges = np.flatnonzero(np.diff(cls)) + 1
         bounds = [0, *edges.tolist(), len(cls)]
-        accept = self.accept
+        raw = recs.view(np.uint8).reshape(len(recs), L.SLOT_SIZE)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             kind = int(cls[a])
             if kind == _DELIVER:
-                for i in range(a, b):
-                    r = int(rec_of[i])
-                    e = decode(recs[r], more.get(r) if more else None)
-                    if accept is None or accept(e):
-                        self._flush_gap(out)
-                        out.append(e)
-                        self.delivered += 1
+                lo, hi = int(rec_of[a]), int(rec_of[b - 1]) + 1
+                # usually every record copied is delivered, in order: a view, not another copy
+                pending.append(raw[lo:hi] if hi - lo == b - a else raw[rec_of[a:b]])
             elif kind in (_OVERWRITTEN, _UNREADABLE):
-                self._gap.add(kind, start + a, start + b - 1)
+                mm = match[a:b]
+                self._gap.add(kind, start + a, start + b - 1, int(np.count_nonzero(mm == 1)),
+                              int(np.count_nonzero(mm < 0)))
                 if kind == _OVERWRITTEN:
                     self.overwritten += b - a
                 else:
                     self.unreadable += b - a
+                if self._gap_due(now):
+                    self._flush_batch(out, pending)
+                    self._flush_gap(out, now)

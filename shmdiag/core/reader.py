@@ -9,6 +9,7 @@ a record overwritten during the copy, foreign bytes) is skipped, never waited fo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import cast
@@ -18,6 +19,7 @@ import orjson
 
 from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
+from shmdiag.core.filter import EventFilter, slot_fields, slot_fields_checked, unrecorded
 from shmdiag.core.models import DiagnosticEvent, Severity
 from shmdiag.core.segment import Segment
 
@@ -75,6 +77,18 @@ def newest(idx: np.ndarray, w: np.ndarray, limit: int) -> tuple[np.ndarray, np.n
     return idx[order], w[order]
 
 
+def seq_words(seg: Segment, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot positions of sequence numbers [lo, hi) and a copy of their slot words (read after a
+    fence). A slice of the slot array where the range does not wrap round the ring."""
+    cap = seg.capacity
+    a = lo % cap
+    seg.native.fence()
+    if a + (hi - lo) <= cap:
+        return np.arange(a, a + hi - lo, dtype=np.intp), seg.slots["w"][a: a + hi - lo].copy()
+    pos = (np.arange(lo, hi, dtype=np.uint64) % np.uint64(cap)).astype(np.intp)
+    return pos, seg.slots["w"][pos]
+
+
 def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Copy the records at ``idx`` whose words still equal ``w``; return them and a valid mask."""
     words = seg.slot_words[idx]    # fancy indexing copies, padding included
@@ -84,7 +98,8 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
     # The word copied with the record must be the one seen before and after, too: a writer that
     # took the slot and put it back (a stale run, see core/_native.c) leaves the rest untouched.
     valid = (w_after == w) & (recs["w"] == w) & (recs["severity"] == L.w_severity(w))
-    valid &= words @ _KEYS == recs["checksum"]  # integer matmul wraps mod 2**64, as the writer's sum
+    # integer arithmetic wraps mod 2**64, as the writer's sum; einsum is faster than matmul here
+    valid &= np.einsum("ij,j->i", words, _KEYS) == recs["checksum"]
     # The five lengths are bytes of one word: shifts are cheaper than a (n, 5) field copy.
     lw = words[:, _LENS_WORD] >> np.uint64(_LENS_SHIFT)
     lens = [(lw >> np.uint64(8 * k)) & np.uint64(0xFF) for k in range(5)]
@@ -94,69 +109,114 @@ def copy_records(seg: Segment, idx: np.ndarray, w: np.ndarray) -> tuple[np.ndarr
 
 
 def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None,
-                  below: int | None = None) -> list[DiagnosticEvent]:
-    """The ``n`` newest retained events at or above ``min_severity`` that ``accept`` takes,
-    with sequence numbers below ``below`` (the head by default), oldest first.
+                  below: int | None = None, filt: EventFilter | None = None, *,
+                  as_records: bool = False) -> list[DiagnosticEvent]:
+    """The ``n`` newest retained events at or above ``min_severity`` that ``filt`` selects and
+    ``accept`` takes, with sequence numbers below ``below`` (the head by default), oldest first.
 
     Looks at the slots of the newest sequence numbers first, widening the window, so asking for
-    a few events costs the same on a ring of a thousand or a million. A record that fails its
-    checks (being rewritten, damaged) is skipped and the search goes further back, so the answer
-    holds ``n`` events whenever ``n`` intact ones are retained. Correct because a slot outside
-    the window [lo, hi) can only hold a sequence number below lo (or a foreign one, refused).
+    a few events costs the same on a ring of a thousand or a million. The filter is applied with
+    numpy on the slot words and the records' fields before anything is decoded (core/filter.py);
+    only ``grep`` and ``accept`` see decoded events, of what the rest selected. A record that
+    fails its checks (being rewritten, damaged) is skipped and the search goes further back, so
+    the answer holds ``n`` events whenever ``n`` intact ones are retained. Correct because a slot
+    outside the window [lo, hi) can only hold a sequence number below lo (or a foreign one, refused).
 
     The window stops at head - capacity; a record older than that is still retained when the
     later sequence numbers of its slot were never written (the unused end of a run), so a
     last full scan finds those: this and :func:`retained_slots` agree on what is retained.
     """
+    if filt is None:
+        filt = EventFilter(min_severity=min_severity)
+    elif min_severity > filt.min_severity:
+        filt = dataclasses.replace(filt, min_severity=min_severity)
     head, base = seg.era()
     hi = head if below is None else max(base, min(below, head))
     floor = max(base, head - seg.capacity)
-    found: list[DiagnosticEvent] = []
+    parts: list[np.ndarray] = []  # record arrays, newest part first (no per-event check left)
+    found: list[DiagnosticEvent] = []  # decoded, newest first (grep or accept)
+    have = 0
+    per_event = filt.grep is not None or accept is not None
 
     def take(recs: np.ndarray) -> bool:
-        more = continuations(seg, recs)
-        for i in range(len(recs) - 1, -1, -1):  # newest first
-            e = decode(recs[i], more.get(i))
-            if accept is None or accept(e):
+        nonlocal have
+        recs = recs[filt.records(recs)]
+        if not per_event:
+            part = recs[max(0, len(recs) - (n - have)):]
+            parts.append(part)
+            have += len(part)
+            return have == n
+        for e in reversed(decode_records(seg, recs)):  # newest first
+            if filt.greps(e) and (accept is None or accept(e)):
                 found.append(e)
-                if len(found) == n:
+                have += 1
+                if have == n:
                     return True
         return False
 
+    def look(pos: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """The records at ``pos`` (words ``w``) that the filter's fields select, copied and checked."""
+        sel = np.flatnonzero(slot_fields(seg, pos, w, filt))  # the kind byte at least: no continuation
+        pos, w = pos[sel], w[sel]
+        recs, valid = copy_records(seg, pos, w)
+        return recs[valid]
+
     k = min(max(4 * n, 256), 1 << 16)
-    while hi > floor and len(found) < n:
+    while hi > floor and have < n:
         lo = max(floor, hi - k)
         seqs = np.arange(lo, hi, dtype=np.uint64)
-        pos = (seqs % np.uint64(seg.capacity)).astype(np.intp)
-        seg.native.fence()
-        w = seg.slots["w"][pos]
+        pos, w = seq_words(seg, lo, hi)
         sev = L.w_severity(w)
-        ok = (w != 0) & (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev >= min_severity) & (sev <= 4)
+        ok = (w != 0) & (L.w_seq(w) == seqs) & (L.w_state(w) == L.ST_COMMITTED) & (sev <= 4)
+        ok &= sev >= filt.min_severity
         idx = np.flatnonzero(ok)
-        recs, valid = copy_records(seg, pos[idx], w[idx])
-        if take(recs[valid]):
+        if take(look(pos[idx], w[idx])):
             break
-        hi, k = lo, min(k * 4, 1 << 16)
-    if len(found) < n and floor > base:
-        idx, w = retained_slots(seg, min_severity)
+        hi, k = lo, min(k * 4, 1 << 20)
+    if have < n and floor > base:
+        idx, w = retained_slots(seg, filt.min_severity)
         older = L.w_seq(w) < min(floor, hi)
         idx, w = newest(idx[older], w[older], 0)
         for stop in range(len(idx), 0, -_CHUNK):  # newest chunk first
-            recs, valid = copy_records(seg, idx[max(0, stop - _CHUNK): stop], w[max(0, stop - _CHUNK): stop])
-            if take(recs[valid]):
+            a = max(0, stop - _CHUNK)
+            if take(look(idx[a: stop], w[a: stop])):
                 break
-    found.reverse()
-    return found
+    if per_event:
+        found.reverse()
+        return found
+    recs = np.concatenate(parts[::-1]) if parts else np.zeros(0, dtype=L.SLOT)
+    return recs if as_records else decode_records(seg, recs)  # type: ignore[return-value]
 
 
-def read_events(seg: Segment, limit: int, min_severity: int) -> list[DiagnosticEvent]:
-    """Most recent ``limit`` retained events at or above ``min_severity``, oldest first;
-    ``limit <= 0``: all of them."""
+def newest_records(seg: Segment, n: int, filt: EventFilter | None = None, below: int | None = None) -> np.ndarray:
+    """:func:`newest_events` without the decoding (and without ``grep``): the records, a SLOT
+    array, oldest first. For callers that render many at once (``export.templates``)."""
+    if filt is not None and filt.grep is not None:
+        raise ValueError("newest_records cannot grep: it decodes nothing")
+    return newest_events(seg, n, 0, None, below, filt, as_records=True)  # type: ignore[return-value]
+
+
+def read_events(seg: Segment, limit: int, min_severity: int, filt: EventFilter | None = None) -> list[DiagnosticEvent]:
+    """Most recent ``limit`` retained events at or above ``min_severity`` that ``filt`` selects,
+    oldest first; ``limit <= 0``: all of them."""
+    if filt is not None and unrecorded(seg, filt) is not None:
+        return []  # a type or peer never recorded: known without reading a slot
     if limit > 0:
-        return newest_events(seg, limit, min_severity)
-    idx, w = newest(*retained_slots(seg, min_severity), 0)
-    recs, valid = copy_records(seg, idx, w)
-    return decode_records(seg, recs[valid])
+        return newest_events(seg, limit, min_severity, filt=filt)
+    if filt is None:
+        filt = EventFilter(min_severity=min_severity)
+    elif min_severity > filt.min_severity:
+        filt = dataclasses.replace(filt, min_severity=min_severity)
+    idx, w = newest(*retained_slots(seg, filt.min_severity), 0)
+    out: list[DiagnosticEvent] = []
+    for a in range(0, len(idx), _CHUNK):
+        pos, ws = idx[a: a + _CHUNK], w[a: a + _CHUNK]
+        sel = np.flatnonzero(slot_fields(seg, pos, ws, filt))
+        recs, valid = copy_records(seg, pos[sel], ws[sel])
+        recs = recs[valid]
+        events = decode_records(seg, recs[filt.records(recs)])
+        out.extend(events if filt.grep is None else [e for e in events if filt.greps(e)])
+    return out
 
 
 def _text(raw: bytes) -> str:
@@ -259,8 +319,7 @@ def continuations(seg: Segment, recs: np.ndarray, valid: np.ndarray | None = Non
 def decode_records(seg: Segment, recs: np.ndarray) -> list[DiagnosticEvent]:
     """Decode validated records (from copy_records), events of several slots whole (their
     continuations read now: see :func:`continuations`)."""
-    more = continuations(seg, recs)
-    return [decode(rec, more.get(i)) for i, rec in enumerate(recs)]
+    return decode_many(recs, continuations(seg, recs))
 
 
 def decode(rec: np.void, more: More | None = None) -> DiagnosticEvent:
@@ -268,14 +327,35 @@ def decode(rec: np.void, more: More | None = None) -> DiagnosticEvent:
     its kind's entry in core/kinds.py says. A record that says F_CONTINUED needs ``more``, what
     its continuation slots hold (:func:`continuations`); without it the event is its first
     slot's text alone, marked truncated."""
-    lens = [int(x) for x in rec["lens"]]
-    text = rec["text"].tobytes()
+    return _decode_row([int(x) for x in rec["lens"]], rec["text"].tobytes(), int(rec["kind"]), int(rec["flags"]),
+                       int(rec["value"]), int(rec["severity"]), int(rec["ts_ns"]), int(rec["pid"]),
+                       int(L.w_seq(rec["w"])), more)
+
+
+def decode_many(recs: np.ndarray, more: dict[int, More | None] | None = None) -> list[DiagnosticEvent]:
+    """:func:`decode` of every record of a SLOT array, its columns read once for all of them
+    (a numpy scalar's field access costs more than the decoding itself); ``more``: row ->
+    continuation text (:func:`continuations`; :func:`decode_records` reads it)."""
+    n = len(recs)
+    if n == 0:
+        return []
+    more = more or {}
+    text = recs["text"].tobytes()
+    ts = recs["ts_ns"].tolist()
+    cols = zip(recs["lens"].tolist(), recs["kind"].tolist(), recs["flags"].tolist(), recs["value"].tolist(),
+               recs["severity"].tolist(), ts, recs["pid"].tolist(), L.w_seq(recs["w"]).tolist(), strict=True)
+    ts_size = L.TEXT_SIZE
+    return [_decode_row(lens, text[i * ts_size: (i + 1) * ts_size], kind, flags, value, sev, t, pid, seq, more.get(i))
+            for i, (lens, kind, flags, value, sev, t, pid, seq) in enumerate(cols)]
+
+
+def _decode_row(lens: list[int], text: bytes, code: int, flags: int, value: int, sev: int, ts_ns: int, pid: int,
+                seq: int, more: More | None = None) -> DiagnosticEvent:
     parts, pos = [], 0
     for n in lens:
         parts.append(text[pos: pos + n])
         pos += n
-    kind, getters = _DECODERS.get(int(rec["kind"]), _GENERIC)
-    flags, value = int(rec["flags"]), int(rec["value"])
+    kind, getters = _DECODERS.get(code, _GENERIC)
     truncated = bool(flags & L.F_TRUNCATED)
     if flags & L.F_CONTINUED:
         if more is None:
@@ -290,10 +370,10 @@ def decode(rec: np.void, more: More | None = None) -> DiagnosticEvent:
         values[name] = v
     return DiagnosticEvent(
         event_type=kind.event_type or cast(str, values["event_type"]), message=kind.message(values),
-        severity=_SEVERITIES[int(rec["severity"])], peer_id=_text(parts[1]),
+        severity=_SEVERITIES[sev], peer_id=_text(parts[1]),
         metadata=cast(dict, values["metadata"]) if kind.metadata is None else {k: values[k] for k in kind.metadata},
         error=cast("str | None", values[kind.error]) if kind.error else None,
-        timestamp=ns_to_datetime(int(rec["ts_ns"])), pid=int(rec["pid"]), seq=int(L.w_seq(rec["w"])),
+        timestamp=_EPOCH + timedelta(0, 0, ts_ns // 1000), pid=pid, seq=seq,
         truncated=truncated,
     )
 
@@ -307,16 +387,18 @@ def scan_retained(seg: Segment) -> int:
 
 # -- export: a snapshot of what is retained, then copies of it chunk by chunk ----------------
 
-def export_snapshot(seg: Segment) -> tuple[np.ndarray, np.ndarray]:
-    """Slot indices and slot words of every retained record, oldest first (by sequence number):
-    the records an export will write. 16 bytes per record; the records themselves are copied
-    later, chunk by chunk (:func:`export_chunks`)."""
-    return newest(*retained_slots(seg), 0)
+def export_snapshot(seg: Segment, min_severity: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Slot indices and slot words of every retained record (at or above ``min_severity``),
+    oldest first (by sequence number): the records an export will write. 16 bytes per record;
+    the records themselves are copied later, chunk by chunk (:func:`export_chunks`)."""
+    return newest(*retained_slots(seg, min_severity), 0)
 
 
-def export_chunks(seg: Segment, idx: np.ndarray, w: np.ndarray,
-                  chunk: int) -> Iterator[tuple[np.ndarray, int, int]]:
-    """Copy the snapshot ``(idx, w)`` ``chunk`` records at a time, in its order.
+def export_chunks(seg: Segment, idx: np.ndarray, w: np.ndarray, chunk: int,
+                  filt: EventFilter | None = None) -> Iterator[tuple[np.ndarray, int, int]]:
+    """Copy the snapshot ``(idx, w)`` ``chunk`` records at a time, in its order, keeping the
+    events ``filt`` selects (tested on the records' fields in the ring first, so what it drops is
+    never copied; continuation slots are never events).
 
     Yields ``(raw, skipped, done)``: ``raw`` is a C-contiguous ``(k, SLOT_SIZE)`` uint8 array of
     the records that passed every check of :func:`copy_records`; ``skipped`` how many of this
@@ -327,12 +409,22 @@ def export_chunks(seg: Segment, idx: np.ndarray, w: np.ndarray,
     """
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
+    if filt is None:
+        filt = EventFilter()
     total = len(idx)
     for lo in range(0, total, chunk):
         hi = min(lo + chunk, total)
-        recs, valid = copy_records(seg, idx[lo:hi], w[lo:hi])
-        raw = recs.view(np.uint8).reshape(hi - lo, L.SLOT_SIZE)
-        nvalid = int(np.count_nonzero(valid))
-        if nvalid != hi - lo:
-            raw = raw[valid]
-        yield raw, hi - lo - nvalid, hi
+        pos, ws = idx[lo:hi], w[lo:hi]
+        ok, steady = slot_fields_checked(seg, pos, ws, filt)
+        gone = int(np.count_nonzero(~steady))
+        sel = np.flatnonzero(ok & steady)
+        recs, valid = copy_records(seg, pos[sel], ws[sel])
+        gone += len(sel) - int(np.count_nonzero(valid))
+        keep = valid & filt.records(recs)
+        if filt.grep is not None and keep.any():
+            ki = np.flatnonzero(keep)
+            keep[ki] = [filt.greps(e) for e in decode_records(seg, recs[ki])]
+        raw = recs.view(np.uint8).reshape(len(sel), L.SLOT_SIZE)
+        if not keep.all():
+            raw = raw[keep]
+        yield raw, gone, hi

@@ -259,6 +259,12 @@ def op_table(seg: Segment) -> tuple[int, np.ndarray]:
     return int(L.head_gen(head)), seg.ops.copy()
 
 
+def clear_generation(seg: Segment) -> int:
+    """How many times the ring was cleared (modulo the head word's generation bits): a reader
+    that sees it change knows a clear happened in between."""
+    return int(L.head_gen(seg.load("head")))
+
+
 def metrics_enabled(seg: Segment) -> bool:
     """Whether writers keep per-severity, per-type, per-peer and latency counters."""
     return seg.metrics

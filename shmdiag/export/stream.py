@@ -17,6 +17,7 @@ import orjson
 
 from shmdiag.core import layout as L
 from shmdiag.core import reader as _reader
+from shmdiag.core.filter import EventFilter, unrecorded
 from shmdiag.core.segment import Segment
 from shmdiag.export.dicts import OPTS, event_to_dict, export_head
 from shmdiag.export.templates import render_events
@@ -55,7 +56,8 @@ def _write_all(fp: BinaryIO, data: bytes | memoryview) -> None:
 
 
 def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Progress | None = None, *,
-                 chunk: int = CHUNK, meta: BinaryIO | None = None) -> ExportCount:
+                 chunk: int = CHUNK, meta: BinaryIO | None = None,
+                 filt: EventFilter | None = None) -> ExportCount:
     """Write every retained event of ``seg`` to the binary file ``fp``, streaming; return the
     number of events written (an :class:`ExportCount`, whose ``.skipped`` counts records lost
     to writers during the export).
@@ -79,14 +81,20 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
     size. A record that a writer overwrites before its chunk is copied is gone: it is skipped
     and counted in ``.skipped``, never waited for, never replaced by the newer event.
     ``progress(done, total)`` is called after every chunk with the snapshot entries handled so
-    far (written + skipped) and the snapshot's size, ending with ``done == total`` (once with
-    ``(0, 0)`` for an empty ring).
+    far (written, filtered out or skipped) and the snapshot's size, ending with ``done == total``
+    (once with ``(0, 0)`` for an empty ring).
+
+    ``filt`` (``core.filter.EventFilter``) keeps only the events it selects, tested on the
+    records before they are copied or rendered; a type or peer never recorded costs no scan.
     """
     check_format(fmt)
     for key in ("events", "exported", "skipped"):
         if key in head:
             raise ValueError(f"the export head must not contain {key!r}")
-    idx, w = _reader.export_snapshot(seg)
+    if filt is not None and unrecorded(seg, filt) is not None:
+        idx, w = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint64)
+    else:
+        idx, w = _reader.export_snapshot(seg, 0 if filt is None else filt.min_severity)
     total = len(idx)
     if fmt == "json":
         head_b = orjson.dumps(head, option=OPTS)
@@ -95,7 +103,7 @@ def write_export(seg: Segment, fp: BinaryIO, fmt: str, head: dict, progress: Pro
     else:
         lead, trail = b"", b"\n"
     written = skipped = 0
-    for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk):
+    for raw, lost, done in _reader.export_chunks(seg, idx, w, chunk, filt):
         data = render_chunk(seg, raw, lead, trail)
         if len(data):
             _write_all(fp, data.data[1:] if lead and not written else data.data)
@@ -146,10 +154,11 @@ def check_format(fmt: object) -> str:
     return fmt
 
 
-def export_bytes(seg: Segment, fmt: str, head: dict, *, meta: BinaryIO | None = None) -> bytes:
+def export_bytes(seg: Segment, fmt: str, head: dict, *, meta: BinaryIO | None = None,
+                 filt: EventFilter | None = None) -> bytes:
     """:func:`write_export` into one bytes object (the whole export in memory: for small rings
     and for ``Recorder.export_events``; stream large ones with ``write_export``). A BytesIO
     copies each chunk once and hands its buffer over without another copy."""
     sink = io.BytesIO()
-    write_export(seg, sink, fmt, head, meta=meta)
+    write_export(seg, sink, fmt, head, meta=meta, filt=filt)
     return sink.getvalue()

@@ -433,7 +433,8 @@ class LoadReport(TypedDict):
     accounting: AccountingReport
     reconciles: bool
     ring_recorded_before: int
-    ring_recorded_delta: int
+    ring_recorded_delta: int  # recorded during the run by our writers' processes (others' events taken out)
+    ring_recorded_by_others: int  # recorded during the run by other processes (e.g. a collector's alerts)
     writers_total: int
     writers_match_ring: bool | None  # None when writers were killed: see unreported_by_killed
     unreported_by_killed: int
@@ -565,6 +566,7 @@ class _Run:
         self.interrupted = False
         self.t_go = 0.0
         self.shards_before: set[int] = set()
+        self.others_before: dict[int, int] = {}  # events per writer pid in the ring before the run
         creator = rec.creator_pid if not created else os.getpid()
         self.collector = _Cpu(creator or os.getpid(), "loadgen (ring creator)" if created else "ring creator")
         self.self_cpu = _Cpu(os.getpid(), "loadgen")
@@ -596,7 +598,9 @@ class _Run:
             self.spawn(q)
         self._wait_ready()
         before = self.rec.accounting().recorded
-        self.shards_before = {w.pid for w in self.rec.get_writers()}
+        writers_before = self.rec.get_writers()
+        self.shards_before = {w.pid for w in writers_before}
+        self.others_before = {w.pid: w.recorded for w in writers_before}
         self.collector.start()
         self.self_cpu.start()
         self.t_go = time.monotonic()
@@ -748,7 +752,12 @@ class _Run:
                 row["error"] = w.error
             rows.append(row)
         total = sum(r["events"] for r in rows)
-        delta = acct.recorded - before
+        # What other processes recorded meanwhile (a collector's alert events, another program)
+        # is theirs, not ours: the ring's delta is compared with our writers' after taking it out.
+        ours_pids = {w.pid for w in self.writers}
+        others = max(0, sum(n for pid, n in by_pid.items() if pid not in ours_pids)
+                     - sum(n for pid, n in self.others_before.items() if pid not in ours_pids))
+        delta = acct.recorded - before - others
         killed = sum(1 for w in self.writers if w.status == "killed")
         failed = [r for r in rows if r["status"] == "failed"]
         bound = killed * (BATCH * MAX_STEP + 3 * self.peers)
@@ -798,6 +807,7 @@ class _Run:
             "reconciles": ok,
             "ring_recorded_before": before,
             "ring_recorded_delta": delta,
+            "ring_recorded_by_others": others,
             "writers_total": total,
             "writers_match_ring": match,
             "unreported_by_killed": unreported,
@@ -927,6 +937,8 @@ def format_report(r: LoadReport) -> str:
     else:
         lines.append(f"writers reported {r['writers_total']:,}; the ring recorded {r['ring_recorded_delta']:,}: "
                      + ("equal" if r["writers_match_ring"] else "DIFFERENT"))
+    if r["ring_recorded_by_others"]:
+        lines.append(f"(other processes recorded {r['ring_recorded_by_others']:,} events meanwhile: not counted above)")
     pw = r["ring_per_writer"]
     if pw["exact"]:
         lines.append(f"the ring's count per writer: sum {pw['sum']:,} "
