@@ -397,6 +397,14 @@ class Inspector:
             self._check_open()
             return _peers.totals(self._seg)
 
+    def get_message_totals(self) -> _stats.MessageTotals:
+        """Protocol messages and bytes by message type and direction since the last clear, over
+        every writer (``views.stats.MessageTotals``): exact, unlike the per-peer figures, whose
+        per-type bytes of recycled entries are kept only as a sum."""
+        with self._lock:
+            self._check_open()
+            return _stats.message_totals(self._seg)
+
     def get_latency_histograms(self) -> dict[str, _latency.OpHistogram]:
         """Each timed operation's merged log-bucketed histogram (``views.latency.OpHistogram``),
         for exporters that re-bucket it, such as the Prometheus histogram in ``shmdiag.metrics``."""

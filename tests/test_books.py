@@ -99,13 +99,17 @@ def _die_counting(name: str) -> None:
     i = rec._shards.index
     fields = (("recorded", 0), ("overwritten", 0), ("sev", 0), ("type_count", 2))  # "message" is type 2, DEBUG
     before = [nat.load(seg.shard_word(i, f, k)) for f, k in fields]
+    t = snapshot.message_types(seg).index("inv")  # counted by [direction, type]: inbound is 0
+    before_msg = [nat.load(seg.shard_word(i, f, t)) for f in ("msg_count", "msg_bytes")]
     rec.record_message("victim", "inv", "inbound", 99)
     seq = rec.get_events(1)[0].seq
     overwrote = nat.load(seg.shard_word(i, "overwritten")) == before[1] + 1
     for k, v in enumerate(before):
         nat.store(seg.shard_word(i, "jbefore", k), v)
+    for k, v in enumerate(before_msg):
+        nat.store(seg.shard_word(i, "jbefore_msg", k), v)
     nat.store(seg.shard_word(i, "jmeta"), L.jmeta_make(2, 0, 0, L.OUT_OVERWROTE if overwrote else L.OUT_CLEAN,
-                                                       overwrote=int(overwrote)))
+                                                       overwrote=int(overwrote), msg=t))
     nat.store(seg.shard_word(i, "journal"), L.j_make(seq, L.PH_COUNTING))
     nat.store(seg.shard_word(i, "recorded"), before[0])
     os.kill(os.getpid(), signal.SIGKILL)
@@ -132,6 +136,10 @@ def test_books_writer_killed_in_its_counting_phase(make_recorder, capacity):
     rec.health_check()  # reaps: the event is counted once, as recorded
     assert books_at_rest(rec.name) == min(7, capacity)
     assert rec.accounting().recorded == 7
+    with Inspector.attach(rec.name) as ins:  # redone as "old + 1", "old + bytes": counted once
+        msgs = ins.get_message_totals()
+    assert msgs.messages_received == {"ping": 1, "inv": 6}
+    assert msgs.bytes_received == {"ping": 8, "inv": 0 + 1 + 2 + 3 + 4 + 99}
 
 
 KILLABLE = textwrap.dedent(

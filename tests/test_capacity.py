@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from shmdiag import Recorder
+from shmdiag import Inspector, Recorder
 from shmdiag.core import layout as L
 from shmdiag.core.follow import _RUN_DONE_NS, Follower, Gap, history
 
@@ -304,6 +304,11 @@ def test_sigkilled_writers_peer_counters_and_latency_are_settled_exactly_once():
         assert -2 <= _peer_events(rec, b"p") - done <= 0, (acct, peer, rtt)
         assert -2 <= peer.messages_received + rtt.count - done <= 0, (acct, peer, rtt)
         assert -2 * 37 <= 37 * peer.messages_received - peer.bytes_received <= 2 * 37
+        # The writers' own per-type message counters are shard counters: exact, no slack.
+        with Inspector.attach(rec.name) as insp:
+            msgs = insp.get_message_totals()
+        n_msgs = rec.get_stats().events_by_type["message"]
+        assert (msgs.messages_received, msgs.bytes_received) == ({"inv": n_msgs}, {"inv": 37 * n_msgs})
         assert rtt.errors == 0 and abs(rtt.mean - 0.001) < 1e-9 * rtt.count
         reconcile(rec)
 
@@ -367,6 +372,10 @@ def _die_in_extras(name: str, kind: str, phase: int, step: int) -> None:
             else:
                 row[f][item] -= np.uint64(v)
     tidx, sev = L.jmeta_fields(int(sh["jmeta"]))[:2]
+    if kind == "message":  # the shard's per-type message counters are counted with the others
+        t = L.jmeta_msg(int(sh["jmeta"]))
+        sh["msg_count"][0, t] -= np.uint64(1)
+        sh["msg_bytes"][0, t] -= np.uint64(37)
     sh["recorded"] -= np.uint64(1)
     sh["sev"][sev] -= np.uint64(1)
     sh["type_count"][tidx] -= np.uint64(1)
@@ -403,4 +412,8 @@ def test_reaper_finishes_a_dead_writers_adds_from_its_step(kind, phase, step):
         assert int(banks["count"].sum()) == int(banks["buckets"].sum()) == n
         stats = rec.get_stats()
         assert stats.total_events == 7 and sum(stats.events_by_severity.values()) == 7
+        with Inspector.attach(rec.name) as insp:
+            msgs = insp.get_message_totals()
+        n = 4 if kind == "message" else 3
+        assert (msgs.messages_received, msgs.bytes_received) == ({"inv": n}, {"inv": n * 37})
         reconcile(rec)

@@ -62,8 +62,11 @@ def test_figures_are_the_rings(rec):
     assert sum(by_type.values()) == stats.total_events
     assert {s.labels["severity"]: s.value for s in m["shmdiag_events_by_severity_total"]} == {
         sev.name.lower(): n for sev, n in stats.events_by_severity.items()}
-    assert value(m, "shmdiag_messages_total", direction="inbound") == 10
-    assert value(m, "shmdiag_messages_total", direction="outbound") == 11
+    assert value(m, "shmdiag_messages_total", message="inv", direction="inbound") == 10
+    assert value(m, "shmdiag_messages_total", message="tx", direction="outbound") == 10
+    assert value(m, "shmdiag_messages_total", message="ping", direction="outbound") == 1
+    assert {(s.labels["message"], s.labels["direction"]) for s in m["shmdiag_messages_total"]} == {
+        ("inv", "inbound"), ("tx", "outbound"), ("ping", "outbound")}
     assert value(m, "shmdiag_message_bytes_total", message="inv", direction="inbound") == sum(37 + i for i in range(10))
     assert value(m, "shmdiag_message_bytes_total", message="tx", direction="outbound") == 2500
     assert value(m, "shmdiag_message_bytes_total", message="ping", direction="outbound") == 8
@@ -105,6 +108,70 @@ def test_labels_are_bounded(rec):
     names = {s.labels["message"] for s in m["shmdiag_message_bytes_total"]}
     assert len(names) <= L.MSG_TYPES and "*other*" in names
     assert sum(s.value for s in m["shmdiag_message_bytes_total"]) == L.MSG_TYPES + 10
+    assert sum(s.value for s in m["shmdiag_messages_total"]) == L.MSG_TYPES + 10
+    assert {s.labels["message"] for s in m["shmdiag_messages_total"]} == names
+    assert value(m, "shmdiag_messages_total", message="*other*", direction="inbound") == 11  # 46 named
+
+
+def test_message_counters_do_not_drop_when_peer_entries_are_recycled(make_recorder):
+    """Per-type messages and bytes are each writer's own exact counters: recycling the entries of
+    disconnected peers (a small table, far more peers) moves nothing to *other*, and they only grow."""
+    rec = make_recorder(4096, max_peers=8)
+    types = ("inv", "tx", "block", "headers")
+    last: dict[tuple[str, str], float] = {}
+    for i in range(300):
+        peer = f"peer-{i}"
+        rec.record_peer_connection(peer, f"198.51.100.{i % 250}:8333")
+        rec.record_message(peer, types[i % 4], "inbound", 100 + i % 4)
+        rec.record_message(peer, "ping", "outbound", 8)
+        rec.record_peer_disconnection(peer, "", "done")
+        if i % 50 == 49:
+            _, m = scrape(rec.name)
+            now = {(s.labels["message"], s.labels["direction"]): s.value for s in m["shmdiag_message_bytes_total"]}
+            assert all(now.get(k, 0) >= v for k, v in last.items()), (last, now)  # never a counter reset
+            last = now
+    _, m = scrape(rec.name)
+    assert value(m, "shmdiag_peers_recycled_total") > 0
+    for k, t in enumerate(types):
+        assert value(m, "shmdiag_messages_total", message=t, direction="inbound") == 75
+        assert value(m, "shmdiag_message_bytes_total", message=t, direction="inbound") == 75 * (100 + k)
+    assert value(m, "shmdiag_messages_total", message="ping", direction="outbound") == 300
+    assert value(m, "shmdiag_message_bytes_total", message="ping", direction="outbound") == 300 * 8
+    assert "*other*" not in {s.labels["message"] for s in m["shmdiag_message_bytes_total"]}
+
+
+def _record_messages_and_die(name: str) -> None:
+    import os
+    import signal
+
+    from shmdiag import Recorder
+    rec = Recorder.attach(name)
+    for _ in range(5):
+        rec.record_message("w", "addr", "inbound", 30)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_message_counters_of_a_dead_writer_stay_and_a_clear_zeroes_them(rec):
+    import multiprocessing as mp
+    import signal
+
+    p = mp.get_context("spawn").Process(target=_record_messages_and_die, args=(rec.name,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == -signal.SIGKILL
+    rec.record_message("me", "addr", "outbound", 7)
+    rec.reap_dead_writers()
+    _, m = scrape(rec.name)
+    assert value(m, "shmdiag_messages_total", message="addr", direction="inbound") == 5
+    assert value(m, "shmdiag_message_bytes_total", message="addr", direction="inbound") == 150
+    assert value(m, "shmdiag_messages_total", message="addr", direction="outbound") == 1
+    rec.clear_events()
+    _, m = scrape(rec.name)
+    assert "shmdiag_messages_total" not in m and "shmdiag_message_bytes_total" not in m
+    rec.record_message("me", "addr", "outbound", 7)
+    _, m = scrape(rec.name)
+    assert [(s.labels["message"], s.labels["direction"], s.value) for s in m["shmdiag_messages_total"]] == [
+        ("addr", "outbound", 1)]
     label_keys = {k for samples in m.values() for s in samples for k in s.labels}
     assert label_keys <= {"type", "severity", "message", "direction", "status", "operation", "le"}
 

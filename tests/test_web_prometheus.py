@@ -123,6 +123,7 @@ def test_prometheus_scrapes_the_rings_figures(ring_name, procs, tmp_path):
     with Inspector.attach(ring_name) as insp:
         stats, health = insp.stats_and_health()
         peers = insp.get_peer_totals()
+        msgs = insp.get_message_totals()
         lat = insp.get_latency_stats()
     assert stats.total_events > 1000
     prom.wait(lambda: prom.scalar("sum(shmdiag_events_total)") == stats.total_events,
@@ -137,8 +138,16 @@ def test_prometheus_scrapes_the_rings_figures(ring_name, procs, tmp_path):
     assert prom.scalar("shmdiag_ring_capacity_events") == 2000
     assert prom.scalar("shmdiag_events_overwritten_total") == health.events_overwritten > 0
     assert prom.scalar("shmdiag_peers_connected") == stats.active_peers
-    assert prom.scalar('shmdiag_messages_total{direction="outbound"}') == peers.messages_sent > 0
+    assert prom.scalar('sum(shmdiag_messages_total{direction="outbound"})') == peers.messages_sent > 0
     assert prom.scalar('sum(shmdiag_message_bytes_total{direction="inbound"})') == peers.bytes_received > 0
+    for direction, count, nbytes in (("outbound", msgs.messages_sent, msgs.bytes_sent),
+                                     ("inbound", msgs.messages_received, msgs.bytes_received)):
+        got = {r["metric"]["message"]: float(r["value"][1])
+               for r in prom.query(f'shmdiag_messages_total{{direction="{direction}"}}')}
+        assert got == count and len(got) > 1
+        got = {r["metric"]["message"]: float(r["value"][1])
+               for r in prom.query(f'shmdiag_message_bytes_total{{direction="{direction}"}}')}
+        assert got == nbytes
     assert prom.scalar(f'shmdiag_health_status{{status="{health.status}"}}') == 1
     assert prom.scalar("shmdiag_collector_up") == 1
     assert lat, "loadgen records ping round trips"

@@ -81,7 +81,8 @@ typedef struct {
     Py_ssize_t shard_owner, shard_start_time, shard_base, shard_journal, shard_jmeta, shard_jts, shard_jprev, shard_jbefore,
         shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
         shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0,
-        shard_unused, shard_jstep, shard_jx_peer, shard_jx_bank, shard_jx_value, shard_jx_info;
+        shard_unused, shard_jstep, shard_jx_peer, shard_jx_bank, shard_jx_value, shard_jx_info,
+        shard_jbefore_msg, shard_msg_count, shard_msg_bytes;
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
     Py_ssize_t peers_off, peer_size, max_peers, peer_slots, peer_window, addr_cap, msg_types, msg_name_size;
@@ -120,6 +121,7 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_first_ts), K(shard_last_ts),
     K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
     K(shard_unused), K(shard_jstep), K(shard_jx_peer), K(shard_jx_bank), K(shard_jx_value), K(shard_jx_info),
+    K(shard_jbefore_msg), K(shard_msg_count), K(shard_msg_bytes),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
     K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(peer_window), K(addr_cap), K(msg_types), K(msg_name_size),
     K(hdr_recycled_era), K(hdr_recycled), K(peer_idle),
@@ -205,6 +207,12 @@ static uint64_t fnv1a(const char *p, Py_ssize_t n) {
     return h;
 }
 
+/* A position in [0, n) from 32 bits of a hash, by a multiply and a shift rather than a division
+ * (Lemire's "fastrange"): a 64-bit div costs tens of cycles, and the peer and registry lookups of
+ * every record_message took three. n < 2**32. The same function in every writer of a ring
+ * (layout VERSION pins it), so every process finds a key's candidates at the same places. */
+static inline uint64_t fastrange32(uint32_t x, uint64_t n) { return ((uint64_t)x * n) >> 32; }
+
 static inline void add_rlx(char *p, uint64_t v) { __atomic_fetch_add(U64(p), v, __ATOMIC_RELAXED); }
 /* An add that no earlier store of this thread may be moved after (by the compiler or the CPU):
  * the same lock xadd on x86. Used where a journal store must precede the add (extras_apply). */
@@ -226,8 +234,9 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
     if (klen <= 0 || klen > 63 || n <= 0) return -1;
     uint64_t h = fnv1a(key, klen);
     uint64_t tag = ((h & 0x00FFFFFFFFFFFFFFULL) << 8) | ((uint64_t)klen << 2) | 2;
+    Py_ssize_t j0 = (Py_ssize_t)fastrange32((uint32_t)(h >> 32), (uint64_t)n);
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t j = (Py_ssize_t)((h + (uint64_t)i) % (uint64_t)n);
+        Py_ssize_t j = j0 + i < n ? j0 + i : j0 + i - n;
         char *s = st + j * sstride;
         uint64_t k = ld_acq(s);
         if (k == 0) {
@@ -374,7 +383,8 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
     uint64_t h = fnv1a(key, n);
     uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
     char *peers = m->mem + L->peers_off;
-    uint64_t s1 = h % (uint64_t)L->peer_slots, s2 = ((h * 0x9E3779B97F4A7C15ULL) >> 17) % (uint64_t)L->peer_slots;
+    uint64_t s1 = fastrange32((uint32_t)(h >> 32), (uint64_t)L->peer_slots);
+    uint64_t s2 = fastrange32((uint32_t)((h * 0x9E3779B97F4A7C15ULL) >> 32), (uint64_t)L->peer_slots);
     for (int attempt = 0; attempt < 8; attempt++) {
         char *empty = NULL, *victim = NULL;
         uint64_t victim_k = 0, victim_idle = UINT64_MAX;
@@ -503,7 +513,7 @@ static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
 #define JX_BUCKET_MASK 0x7FFULL
 
 static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64_t gen, uint64_t base, uint64_t seq, long kind, long flags, int64_t value,
-                        const char *peer, Py_ssize_t peer_n, const char *f1, Py_ssize_t f1_n,
+                        const char *peer, Py_ssize_t peer_n, const char *f1, Py_ssize_t f1_n, Py_ssize_t msg_t,
                         uint64_t *x_peer, uint64_t *x_bank, uint64_t *x_info) {
     const Layout *L = &m->L;
     char *mem = m->mem;
@@ -534,12 +544,7 @@ static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64
             if (cur > 0) {
                 info |= JX_COUNT;
                 if (kind == L->kind_message) {
-                    Py_ssize_t t = f1_n <= L->msg_name_size
-                        ? registry_find(mem + L->hdr_msg_state, 8, mem + L->hdr_msg_name, L->msg_name_size,
-                                        L->msg_types - 1, f1, f1_n)
-                        : -1;
-                    if (t < 0) t = L->msg_types - 1;
-                    info |= JX_MSG | (uint64_t)t;
+                    info |= JX_MSG | (uint64_t)msg_t;   /* msg_t: the type's index, found by write() */
                 } else if (kind == L->kind_latency && !(flags & L->flag_has_error) && f1_n == 4 &&
                            (memcmp(f1, "ping", 4) == 0 || memcmp(f1, "pong", 4) == 0)) {
                     info |= JX_PING;
@@ -775,6 +780,10 @@ static void sync_era(const Layout *L, char *sh, uint64_t base) {
     for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) st_rlx(sh + scalars[i], 0);
     for (int i = 0; i < 5; i++) st_rlx(sh + L->shard_sev + 8 * i, 0);
     for (Py_ssize_t i = 0; i < L->type_slots; i++) st_rlx(sh + L->shard_type_count + 8 * i, 0);
+    for (Py_ssize_t i = 0; i < 2 * L->msg_types; i++) {
+        st_rlx(sh + L->shard_msg_count + 8 * i, 0);
+        st_rlx(sh + L->shard_msg_bytes + 8 * i, 0);
+    }
     st_rel(sh + L->shard_base, base);
 }
 
@@ -1042,6 +1051,20 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
 
     char *mem = self->mem, *sh = self->shard;
     uint64_t seq_mask = ((uint64_t)1 << L->seq_bits) - 1;
+    /* A message's type, as an index of the ring's registry (named there if new; *other* when it
+     * is full or the name too long): counted per shard by type and direction in step 7, and in
+     * its peer's entry. In "jmeta" (index + 1, bits 56..63) from the first journal store on, with
+     * its byte count in "jx_value", so a reaper counts it in any phase as the writer would. */
+    Py_ssize_t msg_t = -1;
+    if (L->metrics && kind == L->kind_message) {
+        msg_t = tn[2] <= L->msg_name_size
+            ? registry_find(mem + L->hdr_msg_state, 8, mem + L->hdr_msg_name, L->msg_name_size, L->msg_types - 1,
+                            tp[2], tn[2])
+            : -1;
+        if (msg_t < 0) msg_t = L->msg_types - 1;
+    }
+    uint64_t mbits = (uint64_t)(msg_t + 1) << 56;
+    st_rlx(sh + L->shard_jx_value, (uint64_t)value);   /* ordered before the journal by its release store */
     uint64_t head = 0, seq = 0, base = 0, cur = 0;
     uint64_t outcome = L->out_lost;
     char *rec = NULL, *wp = NULL;
@@ -1066,7 +1089,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         self->bnext += (uint64_t)nslots;
         sync_era(L, sh, base);
         st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) |
-                                    ((uint64_t)(nslots - 1) << 32));
+                                    ((uint64_t)(nslots - 1) << 32) | mbits);
         st_rlx(sh + L->shard_jts, (uint64_t)ts);
         st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_claimed));
 
@@ -1117,7 +1140,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
      * text is fitted again into those it has. */
     uint64_t over = outcome == (uint64_t)L->out_overwrote;
     if (nslots > 1 && outcome != (uint64_t)L->out_lost) {
-        uint64_t meta0 = (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16);
+        uint64_t meta0 = (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | mbits;
         Py_ssize_t got = take_conts(self, sh, seq, nslots, base, meta0, &over);
         if (got < nslots) {
             nslots = fit_text(self, kind, tp, tn, got, lens, full, &flags);
@@ -1130,11 +1153,10 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
      * past CLAIMED (see extras_plan). */
     uint64_t x_peer = 0, x_bank = 0, x_info = 0;
     if (L->metrics) {
-        extras_plan(self, head >> L->seq_bits, base, seq, kind, flags, value, tp[1], tn[1], tp[2], tn[2],
+        extras_plan(self, head >> L->seq_bits, base, seq, kind, flags, value, tp[1], tn[1], tp[2], tn[2], msg_t,
                     &x_peer, &x_bank, &x_info);
         st_rlx(sh + L->shard_jx_peer, x_peer);
         st_rlx(sh + L->shard_jx_bank, x_bank);
-        st_rlx(sh + L->shard_jx_value, (uint64_t)value);
         st_rlx(sh + L->shard_jx_info, x_info);
         st_rlx(sh + L->shard_jstep, 0);
     }
@@ -1161,7 +1183,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     }
     /* The outcome is decided (published, or lost): the peer and latency adds, step by step. */
     st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24) |
-                                (over << 48));
+                                (over << 48) | mbits);
     st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_extras));
     if (L->metrics)
         extras_apply(self, sh, 0, seq, sev, flags, ts, x_peer, x_bank, (uint64_t)value, x_info,
@@ -1175,17 +1197,29 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     char *c_typ = sh + L->shard_type_count + 8 * tidx;
     uint64_t b_rec = ld_rlx(c_rec), b_out = c_out ? ld_rlx(c_out) : 0;
     uint64_t b_sev = ld_rlx(c_sev), b_typ = ld_rlx(c_typ);
+    /* A message: its type's count and bytes, this direction (layout.MSG_DIRECTIONS). */
+    char *c_mc = NULL, *c_mb = NULL;
+    uint64_t b_mc = 0, b_mb = 0;
+    if (msg_t >= 0) {
+        Py_ssize_t k = 8 * (((flags & L->flag_outbound) ? L->msg_types : 0) + msg_t);
+        c_mc = sh + L->shard_msg_count + k;
+        c_mb = sh + L->shard_msg_bytes + k;
+        b_mc = ld_rlx(c_mc);
+        b_mb = ld_rlx(c_mb);
+    }
     char *jb = sh + L->shard_jbefore;
     /* Fences (free on x86, barriers on weaker CPUs) for shard_counters' readers: the journal
      * stores before them are visible before the journal's old values are replaced, and the
      * COUNTING journal before any counter moves. */
     __atomic_thread_fence(__ATOMIC_RELEASE);
     st_rlx(jb, b_rec); st_rlx(jb + 8, b_out); st_rlx(jb + 16, b_sev); st_rlx(jb + 24, b_typ);
+    if (c_mc) { st_rlx(sh + L->shard_jbefore_msg, b_mc); st_rlx(sh + L->shard_jbefore_msg + 8, b_mb); }
     st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_counting));
     __atomic_thread_fence(__ATOMIC_RELEASE);
     if (L->metrics) {
         st_rlx(c_sev, b_sev + 1);
         st_rlx(c_typ, b_typ + 1);
+        if (c_mc) { st_rlx(c_mc, b_mc + 1); st_rlx(c_mb, b_mb + (uint64_t)value); }
         int64_t first = (int64_t)ld_rlx(sh + L->shard_first_ts), last = (int64_t)ld_rlx(sh + L->shard_last_ts);
         if (b_rec == 0 || ts < first) st_rlx(sh + L->shard_first_ts, (uint64_t)ts);
         if (b_rec == 0 || ts > last) st_rlx(sh + L->shard_last_ts, (uint64_t)ts);

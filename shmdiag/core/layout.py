@@ -25,7 +25,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 9
+VERSION = 10
 HEADER_SIZE = 4096
 SLOT_SIZE = 240
 CACHE_LINE = 64
@@ -227,7 +227,7 @@ HEADER = _struct(
 HEADER_STATIC_SIZE = 124  # bytes covered by header_crc
 
 SHARD = _struct(
-    2880,
+    4480,
     ("owner", "<u8", 0),           # (pid << 8) | SH_* state, changed by CAS only
     ("start_time", "<u8", 8),      # owner's process start time (ms), to tell a reused pid
     ("base", "<u8", 16),           # era (header base) these counters belong to
@@ -256,7 +256,15 @@ SHARD = _struct(
     ("jx_bank", "<u8", 2856),      # byte offset of the event's latency bank, or 0
     ("jx_value", "<u8", 2864),     # the event's value (bytes, duration ns)
     ("jx_info", "<u8", 2872),      # msg type | bucket << 8 | JX_* << 24
+    # Messages and their bytes per message type (the header registry's index) and direction
+    # (MSG_DIRECTIONS), of every event of kind message this writer recorded in this era, its peer
+    # tracked or not: counted with the shard's other counters in the counting phase (old values
+    # in "jbefore_msg": count, bytes), so exact, never folded away when a peer entry is recycled.
+    ("jbefore_msg", "<u8", (2,), 2880),
+    ("msg_count", "<u8", (2, MSG_TYPES), 2944),
+    ("msg_bytes", "<u8", (2, MSG_TYPES), 2944 + 16 * MSG_TYPES),
 )
+MSG_DIRECTIONS = ("inbound", "outbound")  # index: whether the message's flags say F_OUTBOUND
 
 PEER = _struct(
     1024,
@@ -423,7 +431,9 @@ def j_phase(j: Word) -> Word:
 
 
 JMETA_BITS = 8  # shard word "jmeta": type | severity << 8 | flags << 16 | outcome << 24
-# ... | ncont << 32 | stage << 40 | overwrote << 48, for events of several slots (see write() in
+# ... | ncont << 32 | stage << 40 | overwrote << 48 | msg << 56: msg is the message type index + 1
+# of an event of kind message (0 for other kinds), which the reaper counts as the writer would;
+# ncont, stage and overwrote are for events of several slots (see write() in
 # core/_native.c): the continuation slots planned (or, at STAGE_DONE, taken); the continuation
 # whose CAS may be under way (its expected word in "jprev"), 0 while the first slot's is, or
 # STAGE_DONE once all are taken; and how many live events the slots taken so far replaced. From
@@ -432,9 +442,15 @@ STAGE_DONE = 255
 
 
 def jmeta_make(tidx: int, sev: int, flags: int, outcome: int = OUT_CLEAN, ncont: int = 0, stage: int = 0,
-               overwrote: int = 0) -> int:
+               overwrote: int = 0, msg: int = -1) -> int:
     return (tidx | (sev << JMETA_BITS) | (flags << 2 * JMETA_BITS) | (outcome << 3 * JMETA_BITS)
-            | (ncont << 4 * JMETA_BITS) | (stage << 5 * JMETA_BITS) | (overwrote << 6 * JMETA_BITS))
+            | (ncont << 4 * JMETA_BITS) | (stage << 5 * JMETA_BITS) | (overwrote << 6 * JMETA_BITS)
+            | ((msg + 1) << 7 * JMETA_BITS))
+
+
+def jmeta_msg(meta: int) -> int:
+    """The message type index of a journal's "jmeta" word, or -1: not a message (see JMETA_BITS)."""
+    return ((meta >> 7 * JMETA_BITS) & ((1 << JMETA_BITS) - 1)) - 1
 
 
 def jmeta_conts(meta: int) -> tuple[int, int, int]:

@@ -208,6 +208,13 @@ class ShardManager:
         meta = nat.load(word("jmeta"))
         tidx, sev, flags, outcome = L.jmeta_fields(meta)
         tidx, sev = min(tidx, L.TYPE_SLOTS - 1), min(sev, 4)
+        # A message: its type (index + 1 in jmeta) and bytes (jx_value, stored before the journal
+        # named the event) are counted per direction as the writer would (step 7 in _native.c).
+        msg = L.jmeta_msg(meta) if seg.metrics else -1
+        if msg >= L.MSG_TYPES:
+            msg = L.MSG_TYPES - 1
+        mitem = int(bool(flags & L.F_OUTBOUND)) * L.MSG_TYPES + msg  # [direction, type], flat
+        mbytes = nat.load(word("jx_value"))
         _, base = seg.era()
         slot = seq % seg.capacity
         woff = seg.slot_word(slot)
@@ -224,11 +231,21 @@ class ShardManager:
             nat.store(word("journal"), 0)  # an event of a cleared era: nothing to count
             return
 
-        def bump(field: str, item: int = 0, to: int | None = None) -> None:
+        def bump(field: str, item: int = 0, to: int | None = None, by: int = 1) -> None:
             off = word(field, item)
             # Wrap as the writer's u64 arithmetic does: a damaged counter at 2**64-1 must not
             # make the reaper raise and leave the shard stuck in REAPING.
-            nat.store(off, (nat.load(off) + 1 if to is None else to) & L.U64_MAX)
+            nat.store(off, (nat.load(off) + by if to is None else to) & L.U64_MAX)
+
+        def bump_msg(before: tuple[int, int] | None = None) -> None:
+            if msg < 0:
+                return
+            if before is None:
+                bump("msg_count", mitem)
+                bump("msg_bytes", mitem, by=mbytes)
+            else:
+                bump("msg_count", mitem, to=before[0] + 1)
+                bump("msg_bytes", mitem, to=before[1] + mbytes)
 
         if phase == L.PH_EXTRAS:
             # Decided (published, or lost): finish the peer and latency adds from the step the
@@ -243,6 +260,7 @@ class ShardManager:
             if seg.metrics:
                 bump("sev", sev)
                 bump("type_count", tidx)
+                bump_msg()
         elif phase == L.PH_COUNTING:
             # The writer had the outcome and the old counter values: redo "old + 1" (idempotent).
             before = [nat.load(word("jbefore", k)) for k in range(4)]
@@ -254,6 +272,7 @@ class ShardManager:
             if seg.metrics:
                 bump("sev", sev, to=before[2] + 1)
                 bump("type_count", tidx, to=before[3] + 1)
+                bump_msg((nat.load(word("jbefore_msg", 0)), nat.load(word("jbefore_msg", 1))))
         else:
             # OWNED: the slot is the writer's and only it moves BUSY(seq) on, to COMMITTED(seq)
             # (others never take a busy slot), so a slot the reaper could not free was published,
@@ -279,6 +298,7 @@ class ShardManager:
             if seg.metrics:
                 bump("sev", sev)
                 bump("type_count", tidx)
+                bump_msg()
         if seg.metrics:
             ts = nat.load(word("jts"))
             ts = ts - (1 << 64) if ts >= 1 << 63 else ts

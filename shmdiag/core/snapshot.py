@@ -222,6 +222,17 @@ def message_types(seg: Segment) -> list[str]:
     return out
 
 
+def message_counters(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recorded, msg_count, msg_bytes) of the shards of the current era: each writer's events,
+    and its messages and their bytes by [direction, message type] (layout.MSG_DIRECTIONS, the
+    header registry's indices; see :func:`message_types`). Each shard is its owner's alone and
+    a clear's new era zeroes it at its owner's next event, so era shards (live, exited or dead
+    writers') hold exactly the era's messages; a writer adds to these counters just before its
+    "recorded" (core/_native.c step 7), so a live one may be one message ahead of it."""
+    t = era_shards(seg)
+    return t["recorded"].copy(), t["msg_count"].copy(), t["msg_bytes"].copy()
+
+
 def untracked(seg: Segment) -> tuple[int, int]:
     """(connects, events) of peers that found the peer table full."""
     return seg.load("peers_untracked"), seg.load("peer_events_untracked")

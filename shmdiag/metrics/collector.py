@@ -98,18 +98,20 @@ class RingCollector(Collector):
             m.add_metric([s.name.lower()], stats.events_by_severity.get(s, 0))
         yield m
 
-        m = CounterMetricFamily("shmdiag_messages", "Protocol messages to and from all peers (recycled peer entries "
-                                "included).", labels=["direction"])
-        m.add_metric(["outbound"], peers.messages_sent)
-        m.add_metric(["inbound"], peers.messages_received)
-        yield m
-        m = CounterMetricFamily("shmdiag_message_bytes", "Protocol message bytes by message type (the ring's named "
-                                "types, the rest and recycled peers' bytes under *other*) and direction.",
+        msgs = insp.get_message_totals()
+        m = CounterMetricFamily("shmdiag_messages", "Protocol messages by message type (the ring's named types, the "
+                                "rest under *other*) and direction, over all writers and peers.",
                                 labels=["message", "direction"])
-        for direction, per in (("outbound", peers.bytes_sent_per_msg), ("inbound", peers.bytes_recv_per_msg)):
-            for msg, n in sorted(per.items()):
+        b = CounterMetricFamily("shmdiag_message_bytes", "Protocol message bytes by message type (the ring's named "
+                                "types, the rest under *other*) and direction, over all writers and peers.",
+                                labels=["message", "direction"])
+        for direction, per_type, nbytes in (("outbound", msgs.messages_sent, msgs.bytes_sent),
+                                            ("inbound", msgs.messages_received, msgs.bytes_received)):
+            for msg, n in sorted(per_type.items()):
                 m.add_metric([msg, direction], n)
+                b.add_metric([msg, direction], nbytes.get(msg, 0))
         yield m
+        yield b
 
         yield GaugeMetricFamily("shmdiag_peers_connected", "Peers connected now (active_peers).",
                                 value=stats.active_peers)

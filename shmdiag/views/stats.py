@@ -6,7 +6,7 @@ a thousand events or a million.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -91,3 +91,43 @@ def compute(seg: Segment) -> DiagnosticStats:
     errors = sev[Severity.ERROR] + sev[Severity.CRITICAL]
     stats.error_rate = min(1.0, errors / believed) if believed else 0.0
     return stats
+
+
+@dataclass
+class MessageTotals:
+    """Protocol messages and their bytes by message type, each way, over every writer of the era
+    (since creation or the last clear): exact, from each writer's own counters, whatever
+    happened to the peer entries (recycled, untracked, full table). Types are the ring's named
+    message types; the rest, and types named while being read, are under ``*other*``.
+    ``writers_inconsistent``: shards whose counters exceed what they recorded (damage), left out."""
+
+    messages_sent: dict[str, int] = field(default_factory=dict)
+    messages_received: dict[str, int] = field(default_factory=dict)
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+    bytes_received: dict[str, int] = field(default_factory=dict)
+    writers_inconsistent: int = 0
+
+
+def message_totals(seg: Segment) -> MessageTotals:
+    """Messages and bytes by type and direction, summed over the era's writer shards (never a
+    slot or a peer entry: the same cost at any ring size and peer count)."""
+    out = MessageTotals()
+    if not snapshot.metrics_enabled(seg):
+        return out
+    recorded, counts, nbytes = snapshot.message_counters(seg)
+    rec = recorded.astype(np.float64)
+    c = counts.astype(np.float64)  # exact below 2**53, and no wrap-around above
+    good = c.reshape(len(c), 2 * L.MSG_TYPES).sum(axis=1) <= rec + 1
+    out.writers_inconsistent = int((~good).sum())
+    names = snapshot.message_types(seg)
+    d_out = L.MSG_DIRECTIONS.index("outbound")
+    for d, msgs, byts in ((d_out, out.messages_sent, out.bytes_sent),
+                          (1 - d_out, out.messages_received, out.bytes_received)):
+        for j in range(L.MSG_TYPES):
+            n = snapshot.total(counts[good, d, j])
+            if not n:
+                continue
+            name = names[j] or L.OTHER_MSG  # an entry still being named when read
+            msgs[name] = msgs.get(name, 0) + n
+            byts[name] = min(byts.get(name, 0) + snapshot.total(nbytes[good, d, j]), L.U64_MAX)
+    return out
