@@ -45,22 +45,27 @@ WRITER = textwrap.dedent(
 )
 
 
-def coverage(directory: str) -> tuple[list[int], list[tuple[int, int, int]]]:
-    """Every archived event's seq (in file order) and every gap (first, last, count), all files."""
+def coverage(directory: str) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """Every archived event's (seq, slots) (in file order) and every gap (first, last, count), all files."""
     seqs, gaps = [], []
     for p in archive_files(directory):
         db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-        seqs += [s for (s,) in db.execute("SELECT seq FROM event_rows ORDER BY rowid")]
+        seqs += list(db.execute("SELECT seq, slots FROM event_rows ORDER BY rowid"))
         gaps += list(db.execute("SELECT first_seq, last_seq, overwritten + unreadable + undelivered FROM gaps"))
         db.close()
     return seqs, gaps
 
 
 def assert_exact_cover(directory: str, end: int) -> tuple[int, int]:
-    """Events and gaps cover [0, end) with no sequence number twice; returns (events, gap count)."""
+    """Events (each over its slots: seq .. seq + slots - 1) and gaps cover [0, end) with no
+    sequence number twice; returns (events, sequence numbers in gaps)."""
     seqs, gaps = coverage(directory)
-    assert len(seqs) == len(set(seqs)), "an event archived twice"
-    covered = set(seqs)
+    covered: set[int] = set()
+    for seq, slots in seqs:
+        assert slots >= 1
+        span = set(range(seq, seq + slots))
+        assert not span & covered, f"an event archived twice, or over another's slots: {seq}"
+        covered |= span
     gapped = 0
     for first, last, n in gaps:
         assert n == last - first + 1, (first, last, n)
@@ -190,8 +195,12 @@ def test_a_full_disk_is_counted_and_archiving_resumes(make_recorder, tmp_path, c
         writer._db.execute("PRAGMA max_page_count=1000000")  # room again
         rec.record_event(DiagnosticEvent("later", "after the disk was freed"))
         arc.stop()
-    events, gapped = assert_exact_cover(adir, 20_001)
-    assert gapped == sink.not_archived and events == 20_001 - gapped
+        head = ins.seq_range()[1]  # (may include the unused rest of the writer's run)
+    end = 2 * 20_000 + 1  # each "big" event takes two slots (its text does not fit one), "later" one
+    assert head >= end
+    events, gapped = assert_exact_cover(adir, end)
+    # the gaps count sequence numbers: two per event not archived
+    assert gapped == 2 * sink.not_archived and events == 20_001 - sink.not_archived
     assert any(r[3] == "later" for r in query(adir))
     with pytest.raises(ArchiveFullError):
         ArchiveWriter(str(tmp_path / "b"), page_limit=2)
@@ -361,8 +370,8 @@ def test_the_archive_holds_each_event_once_whatever_arrives_twice(tmp_path):
     arrived. Events + gaps cover every sequence number once."""
     from shmdiag.archive.store import Batch, GapRow, Source
 
-    def rows(a: int, b: int) -> list:
-        return [(1_700_000_000_000_000_000 + s, s, 1, "t", 1, "", f"m{s}", None, None, 0) for s in range(a, b)]
+    def rows(a: int, b: int, slots: int = 1) -> list:
+        return [(1_700_000_000_000_000_000 + s, s, 1, "t", 1, "", f"m{s}", None, None, 0, slots) for s in range(a, b)]
 
     src = Source("h", "r", 7)
     with ArchiveWriter(str(tmp_path / "c")) as w:
@@ -376,7 +385,13 @@ def test_the_archive_holds_each_event_once_whatever_arrives_twice(tmp_path):
         assert w.write(Batch(src, 30, 32, rows(30, 32))) == 2
         # A gap straddling what is archived already is clipped, not dropped.
         assert w.write(Batch(src, 28, 40, rows(36, 40), [GapRow(28, 35, overwritten=8)])) == 4
-    events, gapped = assert_exact_cover(str(tmp_path / "c"), 40)
-    assert (events, gapped) == (26, 14)
+        # An event of three slots (40-42) in a batch that ended after its first slot: the next
+        # batch (its continuations, then 43-44) starts inside it, and is not archived twice.
+        assert w.write(Batch(src, 40, 41, rows(40, 41, slots=3))) == 1
+        assert w.write(Batch(src, 41, 45, rows(43, 45))) == 2
+        # 45-49 dropped by the collector: an event of 5 slots, counted as 5 sequence numbers.
+        assert w.write(Batch(src, 50, 51, rows(50, 51), dropped=GapRow(45, 49, undelivered=5))) == 1
+    events, gapped = assert_exact_cover(str(tmp_path / "c"), 51)
+    assert (events, gapped) == (30, 19)
     t = totals(str(tmp_path / "c"))[("h", "r", 7)]
-    assert (t["undelivered"], t["overwritten"], t["next_seq"]) == (10, 4, 40)
+    assert (t["undelivered"], t["overwritten"], t["next_seq"]) == (15, 4, 51)

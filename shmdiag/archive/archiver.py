@@ -50,11 +50,9 @@ class SqliteSink:
         return {s.generation: n for s, n in self.writer.sources().items() if s.host == host and s.ring == ring}
 
     def _hold(self, batch: Batch) -> None:
-        lost = len(batch.rows)
-        self.not_archived += lost
+        self.not_archived += len(batch.rows)
         ow = sum(g.overwritten for g in batch.gaps)
         ur = sum(g.unreadable for g in batch.gaps)
-        dl = sum(g.undelivered for g in batch.gaps) + lost
         if not self._full:
             self._full = True
             self.full_episodes += 1
@@ -62,13 +60,17 @@ class SqliteSink:
                            "there is room", batch.source.ring, self.writer.directory)
         p = self._pending
         if p is None:
-            p = self._pending = Batch(batch.source, batch.lo, batch.hi, [], [GapRow(batch.lo, batch.hi - 1)])
+            p = self._pending = Batch(batch.source, batch.lo, batch.hi, [], [GapRow(batch.lo, batch.lo - 1)])
         g = p.gaps[0]
-        p.hi = batch.hi
-        g.last_seq = batch.hi - 1
+        end = batch.end
+        p.hi = end
+        g.last_seq = end - 1
         g.overwritten += ow
         g.unreadable += ur
-        g.undelivered += dl
+        # Counted in sequence numbers, as every gap: what the ring lost before we read it, and
+        # the rest of the range (events, their continuation slots) not archived. Counting one
+        # per event would leave an event of several slots short (the gap's count must equal its range).
+        g.undelivered = (g.last_seq - g.first_seq + 1) - g.overwritten - g.unreadable
 
     def _flush_pending(self) -> bool:
         p = self._pending

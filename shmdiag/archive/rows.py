@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import orjson
 
 from shmdiag.archive.store import Batch, GapRow, Row, Source
+from shmdiag.core import layout as L
 from shmdiag.core.follow import Gap
+from shmdiag.core.reader import More, continuations, decode_many
 from shmdiag.core.models import DiagnosticEvent, Severity
 
 if TYPE_CHECKING:
@@ -25,11 +27,20 @@ OVERWRITTEN = "overwritten before the collector read them"
 UNREADABLE = "never completed by their writer (stopped, died or dropped them), or expired"
 
 
-def event_row(e: DiagnosticEvent) -> Row:
+def event_row(e: DiagnosticEvent, slots: int = 1) -> Row:
     ts = e.timestamp
     ns = (ts - _EPOCH) // _US * 1000 if ts is not None else 0
     return (ns, e.seq, e.pid, e.event_type, int(e.severity), e.peer_id, e.message, e.error,
-            None if e.metadata is None else orjson.dumps(e.metadata).decode(), int(e.truncated))
+            None if e.metadata is None else orjson.dumps(e.metadata).decode(), int(e.truncated), slots)
+
+
+def slots_of(more: More | None) -> int:
+    """The sequence numbers an event takes, from what its continuation slots carry (``more``,
+    reader.continuations): its first slot and ceil(bytes / CONT_TEXT) continuations, as the
+    writer fills them; 1 when it has none, or they could not be read (gone meanwhile)."""
+    if more is None:
+        return 1
+    return 1 + -(-sum(map(len, more)) // L.CONT_TEXT)
 
 
 def gap_row(g: Gap) -> GapRow:
@@ -55,7 +66,13 @@ def read_batch(following: Following, src: Source, max_seqs: int = 1 << 16) -> Ba
         elif isinstance(it, DiagnosticEvent):
             rows.append(event_row(it))
         else:  # a batch of validated records
-            rows += [event_row(e) for e in it.events()]
+            recs = it.records()
+            more = continuations(it.seg, recs) if it.seg is not None else {}
+            events = decode_many(recs, more)
+            if more:
+                rows += [event_row(e, slots_of(more.get(i))) for i, e in enumerate(events)]
+            else:
+                rows += [event_row(e) for e in events]
     return Batch(src, lo, following.cursor, rows, gaps)
 
 
