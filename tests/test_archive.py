@@ -395,3 +395,49 @@ def test_the_archive_holds_each_event_once_whatever_arrives_twice(tmp_path):
     assert (events, gapped) == (30, 19)
     t = totals(str(tmp_path / "c"))[("h", "r", 7)]
     assert (t["undelivered"], t["overwritten"], t["next_seq"]) == (15, 4, 51)
+
+
+LONG_WRITER = textwrap.dedent(
+    """
+    import sys
+    from shmdiag import DiagnosticEvent, Recorder
+    name, n = sys.argv[1], int(sys.argv[2])
+    rec = Recorder.attach(name)
+    for i in range(n):
+        if i % 3 == 0:  # 2-5 KiB messages: events of 11 to 27 slots, between one-slot ones
+            rec.record_event(DiagnosticEvent("long", f"<{i}>" + "x" * (2048 + 97 * (i % 31)), peer_id="p"))
+        else:
+            rec.record_message(f"peer{i % 7}", "inv", "inbound", i)
+    rec.close()
+    """
+)
+
+
+def long_message(i: int) -> str:
+    return f"<{i}>" + "x" * (2048 + 97 * (i % 31))
+
+
+@pytest.mark.multiprocess
+def test_long_events_through_serve_archive_cover_their_slots(procs, tmp_path):
+    """Events of several slots: archived whole (message of 2-5 KiB), each row covering its
+    continuation slots, so events + gaps still cover every sequence number exactly."""
+    name, adir = unique_name("arl"), str(tmp_path / "archive")
+    n = 3000
+    try:
+        serve = start_serve(name, procs, tmp_path, "--max-events", "200000", "--archive", adir)
+        w = subprocess.run([sys.executable, "-c", LONG_WRITER, name, str(n)], timeout=120)
+        assert w.returncode == 0
+        with Inspector.attach(name) as ins:
+            assert ins.accounting().recorded == n
+            end = max(e.seq for e in ins.get_events(1)) + 1  # the last event is one slot
+        wait_for(lambda: max([t["next_seq"] for t in totals(adir).values()], default=0) >= end, 60, "the archive to catch up")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        unlink_quietly(name)
+    events, gapped = assert_exact_cover(adir, end)
+    assert (events, gapped) == (n, 0)
+    slots = [s for _, s in coverage(adir)[0]]
+    assert max(slots) > 10 and end == sum(slots)
+    longs = [r[6] for r in query(adir, Filter(types=["long"]))]
+    assert longs == [long_message(i) for i in range(0, n, 3)]  # whole, not cut at the first slot
