@@ -430,7 +430,8 @@ def test_long_events_through_serve_archive_cover_their_slots(procs, tmp_path):
         with Inspector.attach(name) as ins:
             assert ins.accounting().recorded == n
             end = max(e.seq for e in ins.get_events(1)) + 1  # the last event is one slot
-        wait_for(lambda: max([t["next_seq"] for t in totals(adir).values()], default=0) >= end, 60, "the archive to catch up")
+        wait_for(lambda: max([t["next_seq"] for t in totals(adir).values()], default=0) >= end, 60,
+                 "the archive to catch up")
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0
     finally:

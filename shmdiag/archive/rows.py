@@ -14,8 +14,8 @@ import orjson
 from shmdiag.archive.store import Batch, GapRow, Row, Source
 from shmdiag.core import layout as L
 from shmdiag.core.follow import Gap
-from shmdiag.core.reader import More, continuations, decode_many
 from shmdiag.core.models import DiagnosticEvent, Severity
+from shmdiag.core.reader import More, continuations, decode_many
 
 if TYPE_CHECKING:
     from shmdiag.inspector import Following
