@@ -15,6 +15,9 @@ truncated). ``tests/test_archive_columns.py`` compares both paths on every kind.
 
 from __future__ import annotations
 
+import gc
+import itertools
+
 import numpy as np
 import orjson
 
@@ -40,8 +43,9 @@ _ARANGE = np.arange(max(L.TEXT_SIZE, 256), dtype=np.intp)
 _U8 = np.uint8
 
 
-def raw_cell(c: Chunk, rows: Rows, field: int) -> Cell:
-    """Text field ``field`` of ``rows`` as stored (not escaped), as a cell."""
+def raw_cell(c: Chunk, rows: Rows, field: int, nul: list[np.ndarray] | None = None) -> Cell:
+    """Text field ``field`` of ``rows`` as stored (not escaped), as a cell. Rows (indices into
+    ``rows``) whose field holds a NUL byte are appended to ``nul``."""
     start = c.starts[rows, field]
     length = c.lens[rows, field]
     m = len(start)
@@ -57,6 +61,8 @@ def raw_cell(c: Chunk, rows: Rows, field: int) -> Cell:
         s, n = int(start[r]), int(length[r])
         block[r] = 0
         block[r, :n] = flat[s: s + n]
+    if nul is not None and np.count_nonzero(block) != int(length.sum()):  # zero bytes past the end are padding
+        nul.append(np.flatnonzero(np.count_nonzero(block, axis=1) != length))
     return block, length
 
 
@@ -87,22 +93,19 @@ def _group(kind: K.Kind):  # type: ignore[no-untyped-def]
     stored_meta = kind.field_named("metadata") if kind.metadata is None else None
     err = None if kind.error is None else kind.field_named(kind.error)
     etype = None if kind.event_type is not None else kind.field_named("event_type")
-    fixed_type = (kind.event_type or "").encode()
 
-    def render(c: Chunk, rows: Rows, k: Parts) -> None:
+    def render(c: Chunk, rows: Rows, k: Parts, nul: list[np.ndarray]) -> None:
         if etype is not None:
-            k.add(raw_cell(c, rows, etype.text_index))
-        else:
-            k.lit(fixed_type)
-        k.lit(_SEP)
-        k.add(raw_cell(c, rows, 1))
+            k.add(raw_cell(c, rows, etype.text_index, nul))
+            k.lit(_SEP)
+        k.add(raw_cell(c, rows, 1, nul))
         k.lit(_SEP)
         for lit, f, spec in message:
             k.lit(lit)
             if f is None:
                 continue
             if f.is_text and not spec:
-                k.add(raw_cell(c, rows, f.text_index))
+                k.add(raw_cell(c, rows, f.text_index, nul))
             elif f.stored == K.VALUE and f.convert is None and not spec:
                 for cell in signed(c.recs["value"][rows]):
                     k.add(cell)
@@ -112,10 +115,10 @@ def _group(kind: K.Kind):  # type: ignore[no-untyped-def]
                 k.add(cell_of([format(v, spec).encode() for v in _values(c, rows, f)]))
         k.lit(_SEP)
         if err is not None:
-            k.add(raw_cell(c, rows, err.text_index))
-        k.lit(_SEP)
+            k.add(raw_cell(c, rows, err.text_index, nul))
+            k.lit(_SEP)
         if stored_meta is not None:
-            k.add(raw_cell(c, rows, stored_meta.text_index))
+            k.add(raw_cell(c, rows, stored_meta.text_index, nul))
         else:
             sep = b"{"
             for key, f in meta:
@@ -140,7 +143,7 @@ def _group(kind: K.Kind):  # type: ignore[no-untyped-def]
     return render
 
 
-_GROUPS = {k.code: _group(k) for k in K.KINDS}
+_GROUPS = {k.code: (_group(k), k) for k in K.KINDS}
 
 
 def _when_table(get) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -159,14 +162,35 @@ def _present(when: np.ndarray, flags: np.ndarray) -> np.ndarray:
     return (when == 0) | ((when > 0) & ((flags.astype(np.int16) & when) != 0))
 
 
-def _nul_inside(raw: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Rows with a NUL byte inside their text (zero bytes past it are padding)."""
-    total = lens.sum(axis=1)
-    text = raw[:, _TEXT_OFF: _TEXT_OFF + L.TEXT_SIZE]
-    inside = _ARANGE[: L.TEXT_SIZE] < total[:, None]
-    if np.count_nonzero(text * inside) == int(total.sum()):  # the usual case: one look at the whole block
-        return np.zeros(len(raw), dtype=bool)
-    return np.asarray(((text == 0) & inside).any(axis=1))
+def _group_columns(c: Chunk, rows: Rows, code: int, nul: list[np.ndarray]) -> list[list] | None:
+    """[types, peers, messages, errors, metadata] of ``rows`` (all of one kind), or None when a
+    row holds a NUL (listed in ``nul``)."""
+    render, kind = _GROUPS[code]
+    k = Parts()
+    before = len(nul)
+    render(c, rows, k, nul)
+    if len(nul) > before:
+        return None
+    m = c.n if isinstance(rows, slice) else len(rows)
+    text = assemble(m, [(slice(None), k)]).tobytes().decode("utf-8", "replace").split("\x00")
+    ncol = 3 + (kind.event_type is None) + (kind.error is not None)
+    cols = [text[i: ncol * m: ncol] for i in range(ncol)]
+    if kind.event_type is not None:
+        cols.insert(0, [kind.event_type] * m)
+    if kind.error is None:
+        cols.insert(3, [None] * m)
+    flags = c.flags[rows]
+    for col, when in ((3, _ERR_WHEN[code]), (4, _META_WHEN[code])):
+        if when > 0:
+            have = (flags & when) != 0
+            if not have.all():
+                if not have.any():
+                    cols[col] = [None] * m
+                else:
+                    arr = np.array(cols[col], dtype=object)
+                    arr[~have] = None
+                    cols[col] = arr.tolist()
+    return cols
 
 
 def fast_rows(raw: np.ndarray) -> tuple[list[tuple], np.ndarray]:
@@ -176,8 +200,6 @@ def fast_rows(raw: np.ndarray) -> tuple[list[tuple], np.ndarray]:
     recs = raw.view(L.SLOT).reshape(n)
     flags = recs["flags"]
     odd = (flags & L.F_CONTINUED) != 0
-    lens = recs["lens"].astype(np.intp)
-    odd |= _nul_inside(raw, lens)
     kind = recs["kind"]
     meta_rows = np.flatnonzero(~odd & (_META_WHEN[kind] > 0) & _present(_META_WHEN[kind], flags))
     if len(meta_rows):  # stored metadata: decode() parses it, and marks the event truncated if it cannot
@@ -188,45 +210,48 @@ def fast_rows(raw: np.ndarray) -> tuple[list[tuple], np.ndarray]:
                 loads(b)
             except orjson.JSONDecodeError:
                 odd[i] = True
-    odd_idx = np.flatnonzero(odd)
-    if len(odd_idx) == n:
-        return [], odd_idx
-    sel = np.flatnonzero(~odd)
-    part = raw if not len(odd_idx) else np.ascontiguousarray(raw[sel])
-    c = Chunk(part)
-    m = len(part)
-    r = c.recs
-    code = r["kind"].astype(np.intp)
-    plans: list[tuple[Rows, Parts]] = []
-    counts = np.bincount(code, minlength=256)
-    for g in np.flatnonzero(counts).tolist():
-        rows: Rows = slice(None) if counts[g] == m else np.flatnonzero(code == g)
-        k = Parts()
-        _GROUPS[g](c, rows, k)
-        plans.append((rows, k))
-    text = assemble(m, plans).tobytes().decode("utf-8", "replace").split("\x00")
-    top = 5 * m
-    types, peers, msgs = text[0:top:5], text[1:top:5], text[2:top:5]
-    errs: list = text[3:top:5]
-    metas: list = text[4:top:5]
-    f = r["flags"]
-    for col, when in ((3, _ERR_WHEN), (4, _META_WHEN)):
-        have = _present(when[code], f)
-        if not have.all():
-            if not have.any():
-                vals: list = [None] * m
+    gc_was = gc.isenabled()
+    gc.disable()  # a batch makes ~15 objects per event, none of them cyclic: no collections meanwhile
+    try:
+        while True:
+            odd_idx = np.flatnonzero(odd)
+            if len(odd_idx) == n:
+                return [], odd_idx
+            sel = np.flatnonzero(~odd)
+            part = raw if not len(odd_idx) else np.ascontiguousarray(raw[sel])
+            c = Chunk(part)
+            m = len(part)
+            code = c.recs["kind"].astype(np.intp)
+            counts = np.bincount(code, minlength=256)
+            groups = np.flatnonzero(counts).tolist()
+            nul: list[np.ndarray] = []
+            built = []
+            for g in groups:
+                rows: Rows = slice(None) if counts[g] == m else np.flatnonzero(code == g)
+                cols = _group_columns(c, rows, g, nul)
+                if cols is None:  # a NUL inside a text: those rows go the reference way, and again
+                    odd[sel[(np.arange(m)[rows])[np.concatenate(nul)]]] = True
+                    break
+                built.append((rows, cols))
             else:
-                arr = np.array(errs if col == 3 else metas, dtype=object)
-                arr[~have] = None
-                vals = arr.tolist()
-            if col == 3:
-                errs = vals
-            else:
-                metas = vals
-    ts = (r["ts_ns"] // 1000 * 1000).tolist()
-    seq = L.w_seq(r["w"]).tolist()
-    trunc = ((f & L.F_TRUNCATED) != 0).astype(np.int8).tolist()
-    ones = [1] * m
-    rows_out = list(zip(ts, seq, r["pid"].tolist(), types, r["severity"].tolist(), peers, msgs, errs, metas, trunc,
-                        ones, strict=True))
-    return rows_out, odd_idx
+                break
+        if len(built) == 1:
+            text_cols = built[0][1]
+        else:
+            text_cols = []
+            for j in range(5):
+                arr = np.empty(m, dtype=object)
+                for rows, cols in built:
+                    arr[rows] = cols[j]
+                text_cols.append(arr.tolist())
+        r = c.recs
+        ts = (r["ts_ns"] // 1000 * 1000).tolist()
+        seq = L.w_seq(r["w"]).tolist()
+        trunc = ((r["flags"] & L.F_TRUNCATED) != 0).astype(np.int8).tolist()
+        types, peers, msgs, errs, metas = text_cols
+        out = list(zip(ts, seq, r["pid"].tolist(), types, r["severity"].tolist(), peers, msgs, errs, metas, trunc,
+                       itertools.repeat(1, m), strict=False))
+    finally:
+        if gc_was:
+            gc.enable()
+    return out, odd_idx
