@@ -174,7 +174,7 @@ def _group_columns(c: Chunk, rows: Rows, code: int, nul: list[np.ndarray]) -> li
     m = c.n if isinstance(rows, slice) else len(rows)
     text = assemble(m, [(slice(None), k)]).tobytes().decode("utf-8", "replace").split("\x00")
     ncol = 3 + (kind.event_type is None) + (kind.error is not None)
-    cols = [text[i: ncol * m: ncol] for i in range(ncol)]
+    cols: list[list] = [text[i: ncol * m: ncol] for i in range(ncol)]
     if kind.event_type is not None:
         cols.insert(0, [kind.event_type] * m)
     if kind.error is None:
