@@ -442,3 +442,30 @@ def test_long_events_through_serve_archive_cover_their_slots(procs, tmp_path):
     assert max(slots) > 10 and end == sum(slots)
     longs = [r[6] for r in query(adir, Filter(types=["long"]))]
     assert longs == [long_message(i) for i in range(0, n, 3)]  # whole, not cut at the first slot
+
+
+@pytest.mark.multiprocess
+def test_archive_counters_on_metrics_of_the_serving_process(procs, tmp_path):
+    import urllib.request
+
+    from helpers import free_port
+
+    name, adir, port = unique_name("arm"), str(tmp_path / "archive"), free_port()
+    try:
+        serve = start_serve(name, procs, tmp_path, "--archive", adir, "--http", f"127.0.0.1:{port}")
+        with Recorder.attach(name) as rec:
+            for i in range(300):
+                rec.record_message("p", "inv", "inbound", i)
+
+        def metrics() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        wait_for(lambda: "shmdiag_archive_events_total 300.0" in metrics(), 30, "the archive's counters")
+        text = metrics()
+        assert 'shmdiag_archive_gap_events_total{cause="overwritten"} 0.0' in text
+        assert "shmdiag_archive_lag_events" in text and "shmdiag_nats_" not in text  # no --nats
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        unlink_quietly(name)

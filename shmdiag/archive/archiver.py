@@ -20,6 +20,18 @@ from shmdiag.archive.store import ArchiveError, ArchiveFullError, ArchiveWriter,
 from shmdiag.inspector import Inspector
 
 _CHUNK = 50_000  # rows per transaction at most
+
+# The archivers running in this process, by ring name: what /metrics of the same process (serve
+# --archive/--nats --http) reports about them (metrics/collector.py, live_counters).
+_LIVE: dict[str, RingArchiver] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def live_counters(ring: str) -> dict | None:
+    """The counters of the archiver following ``ring`` in this process, or None when there is none."""
+    with _LIVE_LOCK:
+        arc = _LIVE.get(ring)
+    return None if arc is None else arc.counters()
 _QUEUED = 8  # batches waiting for the sink thread at most
 
 
@@ -213,8 +225,24 @@ class RingArchiver:
                              self.source.ring, lost, self.lag)
             self._reported = lost
 
+    def counters(self) -> dict:
+        """What it archived and counted so far: ``archived`` (events), ``overwritten``,
+        ``unreadable`` (gaps read from the ring), ``disk_full`` (events not archived for a full
+        disk), ``lag`` (sequence numbers between its cursor and the head, refreshed each second),
+        and ``nats`` (published, dropped, buffered, retries) when it publishes."""
+        out: dict = {"archived": self.archived, "overwritten": self.overwritten, "unreadable": self.unreadable,
+                     "disk_full": 0, "lag": self.lag, "nats": None}
+        for s in self.sinks:
+            if isinstance(s, SqliteSink):
+                out["disk_full"] += s.not_archived
+            elif hasattr(s, "counters"):
+                out["nats"] = s.counters()
+        return out
+
     def start(self) -> None:
         """Follow in one thread, write to the sinks in another."""
+        with _LIVE_LOCK:
+            _LIVE[self.source.ring] = self
         self._q = queue.Queue(maxsize=_QUEUED)
         self._sink_thread = threading.Thread(target=self._sink_loop, name=f"shmdiag-sink-{self.source.ring}",
                                              daemon=True)
@@ -237,6 +265,9 @@ class RingArchiver:
 
     def stop(self) -> None:
         """Stop the thread, archive what is left in the ring, and close the sinks."""
+        with _LIVE_LOCK:
+            if _LIVE.get(self.source.ring) is self:
+                del _LIVE[self.source.ring]
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
