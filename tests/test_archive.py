@@ -135,6 +135,8 @@ def test_a_slow_archive_counts_what_the_ring_overwrote(make_recorder, tmp_path):
             rec.record_message("p", "inv", "outbound", i)
             if i % 1700 == 0:
                 arc.run_once()
+        arc.run_once()
+        assert [r["condition"] for r in arc.reasons()] == ["archive_behind"]  # a health reason (serve's /api/health)
         arc.stop()
     acct = rec.accounting()
     events, gapped = assert_exact_cover(adir, 5000)

@@ -27,6 +27,14 @@ _LIVE: dict[str, RingArchiver] = {}
 _LIVE_LOCK = threading.Lock()
 
 
+def live_reasons(ring: str) -> list[dict]:
+    """Health reasons ({condition, status, message}) of the archiver following ``ring`` in this
+    process: what ``/api/health`` of the same process adds to the ring's own."""
+    with _LIVE_LOCK:
+        arc = _LIVE.get(ring)
+    return [] if arc is None else arc.reasons()
+
+
 def live_counters(ring: str) -> dict | None:
     """The counters of the archiver following ``ring`` in this process, or None when there is none."""
     with _LIVE_LOCK:
@@ -158,6 +166,7 @@ class RingArchiver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported = 0
+        self._losses: dict[str, tuple[int, float]] = {}  # condition -> (count, when it last grew)
         self._q: queue.Queue | None = None
         self._sink_thread: threading.Thread | None = None
 
@@ -218,6 +227,7 @@ class RingArchiver:
             self.log.info("shmdiag %s: ring cleared; archived so far: %d", self.source.ring, self.archived)
         _, head = self.insp.history(0)
         self.lag = max(0, head - self.cursor)
+        self.reasons()  # note when a loss count grew
         lost = self.overwritten
         if lost > self._reported:
             self.log.warning("shmdiag %s: the archive fell behind the writers: %d events overwritten before they "
@@ -237,6 +247,27 @@ class RingArchiver:
                 out["disk_full"] += s.not_archived
             elif hasattr(s, "counters"):
                 out["nats"] = s.counters()
+        return out
+
+    def reasons(self, window: float = 60.0) -> list[dict]:
+        """Warnings while events are being lost on the archive's side: NATS dropping (its buffer
+        full), a full disk, the ring overwriting what the archive had not read, each within the
+        last ``window`` seconds (as seen by the once-a-second check)."""
+        now = time.monotonic()
+        out = []
+        c = self.counters()
+        for cond, n, text in (("nats_dropping", (c["nats"] or {}).get("dropped", 0),
+                               "NATS buffer full: {n} events dropped so far (counted as undelivered)"),
+                              ("archive_disk_full", c["disk_full"],
+                               "archive disk full: {n} events not archived so far"),
+                              ("archive_behind", c["overwritten"],
+                               "the archive fell behind the writers: {n} events overwritten before it read them")):
+            seen, at = self._losses.get(cond, (0, -1e18))
+            if n > seen:
+                self._losses[cond] = (n, now)
+                at = now
+            if now - at <= window:
+                out.append({"condition": cond, "status": "warning", "message": text.format(n=n)})
         return out
 
     def start(self) -> None:
