@@ -45,22 +45,27 @@ WRITER = textwrap.dedent(
 )
 
 
-def coverage(directory: str) -> tuple[list[int], list[tuple[int, int, int]]]:
-    """Every archived event's seq (in file order) and every gap (first, last, count), all files."""
+def coverage(directory: str) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """Every archived event's (seq, slots) (in file order) and every gap (first, last, count), all files."""
     seqs, gaps = [], []
     for p in archive_files(directory):
         db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
-        seqs += [s for (s,) in db.execute("SELECT seq FROM event_rows ORDER BY rowid")]
+        seqs += list(db.execute("SELECT seq, slots FROM event_rows ORDER BY rowid"))
         gaps += list(db.execute("SELECT first_seq, last_seq, overwritten + unreadable + undelivered FROM gaps"))
         db.close()
     return seqs, gaps
 
 
 def assert_exact_cover(directory: str, end: int) -> tuple[int, int]:
-    """Events and gaps cover [0, end) with no sequence number twice; returns (events, gap count)."""
+    """Events (each over its slots: seq .. seq + slots - 1) and gaps cover [0, end) with no
+    sequence number twice; returns (events, sequence numbers in gaps)."""
     seqs, gaps = coverage(directory)
-    assert len(seqs) == len(set(seqs)), "an event archived twice"
-    covered = set(seqs)
+    covered: set[int] = set()
+    for seq, slots in seqs:
+        assert slots >= 1
+        span = set(range(seq, seq + slots))
+        assert not span & covered, f"an event archived twice, or over another's slots: {seq}"
+        covered |= span
     gapped = 0
     for first, last, n in gaps:
         assert n == last - first + 1, (first, last, n)
@@ -130,6 +135,8 @@ def test_a_slow_archive_counts_what_the_ring_overwrote(make_recorder, tmp_path):
             rec.record_message("p", "inv", "outbound", i)
             if i % 1700 == 0:
                 arc.run_once()
+        arc.run_once()
+        assert [r["condition"] for r in arc.reasons()] == ["archive_behind"]  # a health reason (serve's /api/health)
         arc.stop()
     acct = rec.accounting()
     events, gapped = assert_exact_cover(adir, 5000)
@@ -190,8 +197,12 @@ def test_a_full_disk_is_counted_and_archiving_resumes(make_recorder, tmp_path, c
         writer._db.execute("PRAGMA max_page_count=1000000")  # room again
         rec.record_event(DiagnosticEvent("later", "after the disk was freed"))
         arc.stop()
-    events, gapped = assert_exact_cover(adir, 20_001)
-    assert gapped == sink.not_archived and events == 20_001 - gapped
+        head = ins.seq_range()[1]  # (may include the unused rest of the writer's run)
+    end = 2 * 20_000 + 1  # each "big" event takes two slots (its text does not fit one), "later" one
+    assert head >= end
+    events, gapped = assert_exact_cover(adir, end)
+    # the gaps count sequence numbers: two per event not archived
+    assert gapped == 2 * sink.not_archived and events == 20_001 - sink.not_archived
     assert any(r[3] == "later" for r in query(adir))
     with pytest.raises(ArchiveFullError):
         ArchiveWriter(str(tmp_path / "b"), page_limit=2)
@@ -361,8 +372,8 @@ def test_the_archive_holds_each_event_once_whatever_arrives_twice(tmp_path):
     arrived. Events + gaps cover every sequence number once."""
     from shmdiag.archive.store import Batch, GapRow, Source
 
-    def rows(a: int, b: int) -> list:
-        return [(1_700_000_000_000_000_000 + s, s, 1, "t", 1, "", f"m{s}", None, None, 0) for s in range(a, b)]
+    def rows(a: int, b: int, slots: int = 1) -> list:
+        return [(1_700_000_000_000_000_000 + s, s, 1, "t", 1, "", f"m{s}", None, None, 0, slots) for s in range(a, b)]
 
     src = Source("h", "r", 7)
     with ArchiveWriter(str(tmp_path / "c")) as w:
@@ -376,7 +387,87 @@ def test_the_archive_holds_each_event_once_whatever_arrives_twice(tmp_path):
         assert w.write(Batch(src, 30, 32, rows(30, 32))) == 2
         # A gap straddling what is archived already is clipped, not dropped.
         assert w.write(Batch(src, 28, 40, rows(36, 40), [GapRow(28, 35, overwritten=8)])) == 4
-    events, gapped = assert_exact_cover(str(tmp_path / "c"), 40)
-    assert (events, gapped) == (26, 14)
+        # An event of three slots (40-42) in a batch that ended after its first slot: the next
+        # batch (its continuations, then 43-44) starts inside it, and is not archived twice.
+        assert w.write(Batch(src, 40, 41, rows(40, 41, slots=3))) == 1
+        assert w.write(Batch(src, 41, 45, rows(43, 45))) == 2
+        # 45-49 dropped by the collector: an event of 5 slots, counted as 5 sequence numbers.
+        assert w.write(Batch(src, 50, 51, rows(50, 51), dropped=GapRow(45, 49, undelivered=5))) == 1
+    events, gapped = assert_exact_cover(str(tmp_path / "c"), 51)
+    assert (events, gapped) == (30, 19)
     t = totals(str(tmp_path / "c"))[("h", "r", 7)]
-    assert (t["undelivered"], t["overwritten"], t["next_seq"]) == (10, 4, 40)
+    assert (t["undelivered"], t["overwritten"], t["next_seq"]) == (15, 4, 51)
+
+
+LONG_WRITER = textwrap.dedent(
+    """
+    import sys
+    from shmdiag import DiagnosticEvent, Recorder
+    name, n = sys.argv[1], int(sys.argv[2])
+    rec = Recorder.attach(name)
+    for i in range(n):
+        if i % 3 == 0:  # 2-5 KiB messages: events of 11 to 27 slots, between one-slot ones
+            rec.record_event(DiagnosticEvent("long", f"<{i}>" + "x" * (2048 + 97 * (i % 31)), peer_id="p"))
+        else:
+            rec.record_message(f"peer{i % 7}", "inv", "inbound", i)
+    rec.close()
+    """
+)
+
+
+def long_message(i: int) -> str:
+    return f"<{i}>" + "x" * (2048 + 97 * (i % 31))
+
+
+@pytest.mark.multiprocess
+def test_long_events_through_serve_archive_cover_their_slots(procs, tmp_path):
+    """Events of several slots: archived whole (message of 2-5 KiB), each row covering its
+    continuation slots, so events + gaps still cover every sequence number exactly."""
+    name, adir = unique_name("arl"), str(tmp_path / "archive")
+    n = 3000
+    try:
+        serve = start_serve(name, procs, tmp_path, "--max-events", "200000", "--archive", adir)
+        w = subprocess.run([sys.executable, "-c", LONG_WRITER, name, str(n)], timeout=120)
+        assert w.returncode == 0
+        with Inspector.attach(name) as ins:
+            assert ins.accounting().recorded == n
+            end = max(e.seq for e in ins.get_events(1)) + 1  # the last event is one slot
+        wait_for(lambda: max([t["next_seq"] for t in totals(adir).values()], default=0) >= end, 60,
+                 "the archive to catch up")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        unlink_quietly(name)
+    events, gapped = assert_exact_cover(adir, end)
+    assert (events, gapped) == (n, 0)
+    slots = [s for _, s in coverage(adir)[0]]
+    assert max(slots) > 10 and end == sum(slots)
+    longs = [r[6] for r in query(adir, Filter(types=["long"]))]
+    assert longs == [long_message(i) for i in range(0, n, 3)]  # whole, not cut at the first slot
+
+
+@pytest.mark.multiprocess
+def test_archive_counters_on_metrics_of_the_serving_process(procs, tmp_path):
+    import urllib.request
+
+    from helpers import free_port
+
+    name, adir, port = unique_name("arm"), str(tmp_path / "archive"), free_port()
+    try:
+        serve = start_serve(name, procs, tmp_path, "--archive", adir, "--http", f"127.0.0.1:{port}")
+        with Recorder.attach(name) as rec:
+            for i in range(300):
+                rec.record_message("p", "inv", "inbound", i)
+
+        def metrics() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        wait_for(lambda: "shmdiag_archive_events_total 300.0" in metrics(), 30, "the archive's counters")
+        text = metrics()
+        assert 'shmdiag_archive_gap_events_total{cause="overwritten"} 0.0' in text
+        assert "shmdiag_archive_lag_events" in text and "shmdiag_nats_" not in text  # no --nats
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        unlink_quietly(name)

@@ -296,3 +296,31 @@ def test_tail_follows_a_remote_ring_through_the_stream(tmp_path, procs, nats_ser
         unlink_quietly(name)
     assert_one_error_line(run_cli("tail", "--nats", nats_server.url, "--host", "h"), 2, "--ring")
     assert_one_error_line(run_cli("tail"), 2, "NAME")
+
+
+def test_long_events_reach_the_central_archive_whole_and_cover_their_slots(tmp_path, procs, nats_server):
+    """Events of several slots (2-5 KiB messages) through NATS: each central row covers its
+    continuation slots, so events + gaps cover every sequence number exactly."""
+    from test_archive import LONG_WRITER, assert_exact_cover, long_message
+
+    from shmdiag.archive.query import Filter, query
+
+    cdir = str(tmp_path / "central")
+    name, n = unique_name("nl"), 1500
+    try:
+        central = start(["archive", "--from-nats", nats_server.url, cdir], procs, tmp_path, "central", b"archiving")
+        serve = start(["serve", name, "--max-events", "100000", "--nats", nats_server.url, "--host-id", "hostL"],
+                      procs, tmp_path, "hostL", b"archiving to")
+        assert subprocess.run([sys.executable, "-c", LONG_WRITER, name, str(n)], timeout=120).returncode == 0
+        with Inspector.attach(name) as ins:
+            assert ins.accounting().recorded == n
+            end = max(e.seq for e in ins.get_events(1)) + 1
+        wait_for(lambda: central_books(cdir).get("hostL", {}).get("next_seq", 0) >= end, 60, "the central archive")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+        central.send_signal(signal.SIGTERM)
+        assert central.wait(60) == 0
+    finally:
+        unlink_quietly(name)
+    assert assert_exact_cover(cdir, end) == (n, 0)
+    assert [r[6] for r in query(cdir, Filter(types=["long"]))] == [long_message(i) for i in range(0, n, 3)]

@@ -20,6 +20,26 @@ from shmdiag.archive.store import ArchiveError, ArchiveFullError, ArchiveWriter,
 from shmdiag.inspector import Inspector
 
 _CHUNK = 50_000  # rows per transaction at most
+
+# The archivers running in this process, by ring name: what /metrics of the same process (serve
+# --archive/--nats --http) reports about them (metrics/collector.py, live_counters).
+_LIVE: dict[str, RingArchiver] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def live_reasons(ring: str) -> list[dict]:
+    """Health reasons ({condition, status, message}) of the archiver following ``ring`` in this
+    process: what ``/api/health`` of the same process adds to the ring's own."""
+    with _LIVE_LOCK:
+        arc = _LIVE.get(ring)
+    return [] if arc is None else arc.reasons()
+
+
+def live_counters(ring: str) -> dict | None:
+    """The counters of the archiver following ``ring`` in this process, or None when there is none."""
+    with _LIVE_LOCK:
+        arc = _LIVE.get(ring)
+    return None if arc is None else arc.counters()
 _QUEUED = 8  # batches waiting for the sink thread at most
 
 
@@ -50,11 +70,9 @@ class SqliteSink:
         return {s.generation: n for s, n in self.writer.sources().items() if s.host == host and s.ring == ring}
 
     def _hold(self, batch: Batch) -> None:
-        lost = len(batch.rows)
-        self.not_archived += lost
+        self.not_archived += len(batch.rows)
         ow = sum(g.overwritten for g in batch.gaps)
         ur = sum(g.unreadable for g in batch.gaps)
-        dl = sum(g.undelivered for g in batch.gaps) + lost
         if not self._full:
             self._full = True
             self.full_episodes += 1
@@ -62,13 +80,17 @@ class SqliteSink:
                            "there is room", batch.source.ring, self.writer.directory)
         p = self._pending
         if p is None:
-            p = self._pending = Batch(batch.source, batch.lo, batch.hi, [], [GapRow(batch.lo, batch.hi - 1)])
+            p = self._pending = Batch(batch.source, batch.lo, batch.hi, [], [GapRow(batch.lo, batch.lo - 1)])
         g = p.gaps[0]
-        p.hi = batch.hi
-        g.last_seq = batch.hi - 1
+        end = batch.end
+        p.hi = end
+        g.last_seq = end - 1
         g.overwritten += ow
         g.unreadable += ur
-        g.undelivered += dl
+        # Counted in sequence numbers, as every gap: what the ring lost before we read it, and
+        # the rest of the range (events, their continuation slots) not archived. Counting one
+        # per event would leave an event of several slots short (the gap's count must equal its range).
+        g.undelivered = (g.last_seq - g.first_seq + 1) - g.overwritten - g.unreadable
 
     def _flush_pending(self) -> bool:
         p = self._pending
@@ -144,6 +166,7 @@ class RingArchiver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported = 0
+        self._losses: dict[str, tuple[int, float]] = {}  # condition -> (count, when it last grew)
         self._q: queue.Queue | None = None
         self._sink_thread: threading.Thread | None = None
 
@@ -204,6 +227,7 @@ class RingArchiver:
             self.log.info("shmdiag %s: ring cleared; archived so far: %d", self.source.ring, self.archived)
         _, head = self.insp.history(0)
         self.lag = max(0, head - self.cursor)
+        self.reasons()  # note when a loss count grew
         lost = self.overwritten
         if lost > self._reported:
             self.log.warning("shmdiag %s: the archive fell behind the writers: %d events overwritten before they "
@@ -211,8 +235,45 @@ class RingArchiver:
                              self.source.ring, lost, self.lag)
             self._reported = lost
 
+    def counters(self) -> dict:
+        """What it archived and counted so far: ``archived`` (events), ``overwritten``,
+        ``unreadable`` (gaps read from the ring), ``disk_full`` (events not archived for a full
+        disk), ``lag`` (sequence numbers between its cursor and the head, refreshed each second),
+        and ``nats`` (published, dropped, buffered, retries) when it publishes."""
+        out: dict = {"archived": self.archived, "overwritten": self.overwritten, "unreadable": self.unreadable,
+                     "disk_full": 0, "lag": self.lag, "nats": None}
+        for s in self.sinks:
+            if isinstance(s, SqliteSink):
+                out["disk_full"] += s.not_archived
+            elif hasattr(s, "counters"):
+                out["nats"] = s.counters()
+        return out
+
+    def reasons(self, window: float = 60.0) -> list[dict]:
+        """Warnings while events are being lost on the archive's side: NATS dropping (its buffer
+        full), a full disk, the ring overwriting what the archive had not read, each within the
+        last ``window`` seconds (as seen by the once-a-second check)."""
+        now = time.monotonic()
+        out = []
+        c = self.counters()
+        for cond, n, text in (("nats_dropping", (c["nats"] or {}).get("dropped", 0),
+                               "NATS buffer full: {n} events dropped so far (counted as undelivered)"),
+                              ("archive_disk_full", c["disk_full"],
+                               "archive disk full: {n} events not archived so far"),
+                              ("archive_behind", c["overwritten"],
+                               "the archive fell behind the writers: {n} events overwritten before it read them")):
+            seen, at = self._losses.get(cond, (0, -1e18))
+            if n > seen:
+                self._losses[cond] = (n, now)
+                at = now
+            if now - at <= window:
+                out.append({"condition": cond, "status": "warning", "message": text.format(n=n)})
+        return out
+
     def start(self) -> None:
         """Follow in one thread, write to the sinks in another."""
+        with _LIVE_LOCK:
+            _LIVE[self.source.ring] = self
         self._q = queue.Queue(maxsize=_QUEUED)
         self._sink_thread = threading.Thread(target=self._sink_loop, name=f"shmdiag-sink-{self.source.ring}",
                                              daemon=True)
@@ -235,6 +296,9 @@ class RingArchiver:
 
     def stop(self) -> None:
         """Stop the thread, archive what is left in the ring, and close the sinks."""
+        with _LIVE_LOCK:
+            if _LIVE.get(self.source.ring) is self:
+                del _LIVE[self.source.ring]
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

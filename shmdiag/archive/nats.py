@@ -20,7 +20,7 @@ redelivered message, or a batch published twice, is dropped by (host, ring, gene
 the archive's ``sources`` table says what it holds already.
 
 Payload: ``{"events": [[ts, seq, pid, type, severity, peer, message, error, metadata,
-truncated], ...], "gaps": [[first, last, overwritten, unreadable, undelivered, reason], ...],
+truncated, slots], ...], "gaps": [[first, last, overwritten, unreadable, undelivered, reason], ...],
 "dropped": null | [first, last, overwritten, unreadable, undelivered, reason]}`` (orjson).
 """
 
@@ -117,8 +117,10 @@ def decode(headers: dict[str, str], body: bytes) -> Batch:
     src = Source(headers["Shmdiag-Host"], headers["Shmdiag-Ring"], int(headers["Shmdiag-Generation"]))
     d = orjson.loads(body)
     rows = d["events"]
-    if any(len(r) != 10 for r in rows):
-        raise ValueError("an event row is not 10 columns")
+    if any(len(r) != 11 for r in rows):
+        if any(len(r) != 10 for r in rows):
+            raise ValueError("an event row is not 11 columns")
+        rows = [[*r, 1] for r in rows]  # from a collector before slots: one slot each
     return Batch(src, int(headers["Shmdiag-Seq-Lo"]), int(headers["Shmdiag-Seq-Hi"]), rows,
                  [_gap_of(g) for g in d["gaps"]], None if d.get("dropped") is None else _gap_of(d["dropped"]))
 
@@ -260,16 +262,16 @@ class NatsSink:
         n = len(batch.rows)
         ow = sum(g.overwritten for g in batch.gaps)
         ur = sum(g.unreadable for g in batch.gaps)
-        ud = sum(g.undelivered for g in batch.gaps)
         if self._drop is None:
             self.log.error("shmdiag %s: NATS buffer full (%d events): dropping batches, counted, until NATS "
                            "takes them again", batch.source.ring, self.buffer_events)
             self._drop = GapRow(batch.lo, batch.hi - 1, reason="not delivered: the collector's NATS buffer was full")
         d = self._drop
-        d.last_seq = batch.hi - 1
+        d.last_seq = batch.end - 1
         d.overwritten += ow
         d.unreadable += ur
-        d.undelivered += n + ud
+        # in sequence numbers, as every gap (an event of several slots counts as several)
+        d.undelivered = (d.last_seq - d.first_seq + 1) - d.overwritten - d.unreadable
         self.dropped += n
         self.dropped_gaps += ow + ur
 

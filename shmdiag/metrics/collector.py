@@ -171,6 +171,34 @@ class RingCollector(Collector):
         yield h
         yield errs
         yield from _alert_metrics(insp.name, health.collector_pid, health.collector_alive)
+        yield from _archive_metrics(insp.name)
+
+
+def _archive_metrics(ring: str) -> Iterator[Metric]:
+    """The archive and NATS publisher of ``ring``, when this process runs them (``serve
+    --archive/--nats`` with ``--http``). Labels bounded: three gap causes."""
+    from shmdiag.archive.archiver import live_counters
+
+    c = live_counters(ring)
+    if c is None:
+        return
+    yield CounterMetricFamily("shmdiag_archive_events", "Events written to the archive (or handed to NATS) by "
+                              "this collector since it started.", value=c["archived"])
+    m = CounterMetricFamily("shmdiag_archive_gap_events", "Sequence numbers the archive counted as gaps since this "
+                            "collector started, by cause.", labels=["cause"])
+    for cause in ("overwritten", "unreadable", "disk_full"):
+        m.add_metric([cause], c[cause])
+    yield m
+    yield GaugeMetricFamily("shmdiag_archive_lag_events", "Sequence numbers between the archive's cursor and the "
+                            "ring's head (refreshed each second).", value=c["lag"])
+    n = c["nats"]
+    if n is not None:
+        yield CounterMetricFamily("shmdiag_nats_published_events", "Events acknowledged by JetStream.",
+                                  value=n["published"])
+        yield CounterMetricFamily("shmdiag_nats_dropped_events", "Events dropped because the NATS buffer was full "
+                                  "(counted; the central archive records them as undelivered).", value=n["dropped"])
+        yield GaugeMetricFamily("shmdiag_nats_buffered_events", "Events waiting to be published.",
+                                value=n["buffered"])
 
 
 def _alert_metrics(ring: str, collector_pid: int, collector_alive: bool | None) -> Iterator[Metric]:

@@ -161,6 +161,14 @@ class Api:
 
     def health(self) -> tuple[int, dict]:
         h = self.stats_health()[1]
+        from shmdiag.archive.archiver import live_reasons
+
+        extra = live_reasons(self.insp.name)  # this process's archive/NATS losses, if it runs them
+        if extra:
+            h = {**h, "reasons": [*h.get("reasons", []), *extra]}
+            if h["status"] == "healthy":
+                h["status"] = "warning"
+                h["message"] = "; ".join(r["message"] for r in extra)
         return (200 if h["status"] in HEALTHY_STATUSES else 503), h
 
     def peers(self, request: web.Request) -> dict:
