@@ -155,7 +155,10 @@ def test_a_clear_is_a_counter_reset_not_a_negative_rate(rec):
     eng = engine(rec, {"alert": [{"name": "E", "event_type": "error", "rate_above": 0.5, "window": 10}]}, clock)
     for _ in range(50):
         rec.record_error("p", ValueError("x"), "op")
-    eng.evaluate()
+    clock.t += 100
+    assert [t.state for t in eng.evaluate()] == ["firing"]  # 50 since the engine started
+    clock.t += 100
+    assert [t.state for t in eng.evaluate()] == ["resolved"]  # none in the last 10 s
     rec.clear_events()
     for _ in range(8):
         rec.record_error("p", ValueError("x"), "op")

@@ -117,6 +117,9 @@ class AlertEngine:
         windows = [r.window for r in self.config.rules if r.condition in ("rate", "events_lost", "error_rate")]
         self._keep = max(windows, default=0.0)
         self._peer_window = max((r.window for r in self.config.rules if r.condition == "peer_errors"), default=0.0)
+        # The first sample now, not at the first evaluation: events recorded in between (a ring
+        # that serve has just created is attachable at once) count in the first rates.
+        self._sample(self._last_change)
 
     # -- sampling ------------------------------------------------------------------------------
     def _at(self, window: float, now: float) -> Sample:
