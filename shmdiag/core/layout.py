@@ -353,7 +353,7 @@ def fields(dt: np.dtype) -> dict[str, tuple[np.dtype, int]]:
     return {name: (spec[0], int(spec[1])) for name, spec in dt.fields.items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def offset(dt: np.dtype, field: str) -> int:
     """The byte offset of ``field`` in the struct ``dt`` (cached: readers ask for header words
     on every call)."""
