@@ -45,8 +45,9 @@ print(g, r, d)
 def run(tree: str, size: int) -> tuple[float, float, float]:
     env = dict(os.environ, PYTHONPATH=tree)
     here = os.path.dirname(os.path.abspath(__file__))
+    # cwd: not a source tree ("-c" puts the cwd before PYTHONPATH on sys.path)
     out = subprocess.run([sys.executable, "-c", CHILD, str(size), here], env=env, capture_output=True,
-                         text=True, timeout=600, check=True)
+                         text=True, timeout=600, check=True, cwd="/")
     g, r, d = out.stdout.split()
     return float(g), float(r), float(d)
 

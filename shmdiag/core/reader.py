@@ -352,7 +352,7 @@ def decode_many(recs: np.ndarray, more: dict[int, More | None] | None = None) ->
     us = recs["ts_ns"] // 1000
     if n and int(us.min()) >= 0 and int(us.max()) < _FTS_MAX_US:
         # exact: below 2**32 s a float's rounding error is under 0.25 us, and fromtimestamp rounds
-        # to the nearest us (tests/test_reader_decode.py compares with _EPOCH + timedelta)
+        # to the nearest us (tests/test_decode_fast.py compares with _EPOCH + timedelta)
         stamps = [_fts(u / 1e6, _UTC) for u in us.tolist()]
     else:
         stamps = [_EPOCH + timedelta(0, 0, u) for u in us.tolist()]
