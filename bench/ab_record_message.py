@@ -37,8 +37,10 @@ print((t1 - t0) / n)
 
 def run(tree: str, calls: int) -> float:
     env = dict(os.environ, PYTHONPATH=tree)
+    # cwd: not a source tree ("-c" puts the cwd before PYTHONPATH on sys.path: run from a worktree,
+    # both sides would import that worktree's shmdiag)
     out = subprocess.run([sys.executable, "-c", CHILD, str(calls)], env=env, capture_output=True, text=True,
-                         timeout=600, check=True)
+                         timeout=600, check=True, cwd="/")
     return float(out.stdout.strip())
 
 

@@ -97,10 +97,13 @@ def test_write_export(benchmark, per_op, full, out_file, fmt):
     _note_rate(benchmark, per_op, n)
     assert written == n and written.skipped == 0
     out_file.seek(0)
-    first = out_file.readline()
-    if fmt == "ndjson":
-        assert orjson.loads(first)["stats"]["total_events"] == n
-        assert orjson.loads(out_file.readline())["seq"] == 0
+    if fmt == "ndjson":  # events only, one per line (docs/json.md): no header line
+        first = orjson.loads(out_file.readline())
+        assert first["kind"] == "event" and first["seq"] == 0
+    else:
+        doc = orjson.loads(out_file.read())
+        assert doc["kind"] == "export" and doc["stats"]["total_events"] == n
+        assert len(doc["events"]) == n and doc["events"][0]["seq"] == 0
     benchmark.extra_info["bytes_per_event"] = round(os.fstat(out_file.fileno()).st_size / n, 1)
 
 

@@ -109,7 +109,8 @@ def test_follower_to_pipe_1m(benchmark, per_op, ring1m):
     finally:
         size = pipe.close()
     _rate(benchmark, per_op, n)
-    assert n == 1_000_000 and size > 150 * n * 4
+    # (warmup + rounds) passes, or a single one under --benchmark-disable: at least one whole pass
+    assert n == 1_000_000 and size > 150 * n
 
 
 @pytest.mark.benchmark(group="tail-follow")

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import BinaryIO
 
 import numpy as np
@@ -81,6 +81,34 @@ def _when(value: object, what: str) -> int | None:
     if isinstance(value, datetime):
         return datetime_to_ns(value)  # ValueError for a naive datetime
     raise TypeError(f"{what} must be a timezone-aware datetime or a timedelta, not {type(value).__name__}")
+
+
+_UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_RELATIVE = re.compile(r"\s*(?:(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)\s*)+(?:ago)?\s*", re.I)
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)", re.I)
+
+
+def parse_when(text: str, what: str = "time", now: datetime | None = None) -> datetime:
+    """A ``since``/``until`` as people write it (tail's ``--since``, the web API's ``?since=``):
+    "now", a duration back from now ("10m", "1h30m", "2d ago", "500ms"), or an ISO-8601 time
+    ("2026-11-30T07:00:00Z", "2026-11-30 07:00"; without a zone: UTC). ValueError naming
+    ``what`` otherwise."""
+    now = now or datetime.now(timezone.utc)
+    t = text.strip()
+    if t.lower() == "now":
+        return now
+    if _RELATIVE.fullmatch(t):
+        secs = sum(float(n) * _UNITS[u.lower()] for n, u in _PART.findall(t))
+        try:
+            return now - timedelta(seconds=secs)
+        except OverflowError:
+            raise ValueError(f"{what}: {text!r} reaches back before year 1") from None
+    try:
+        ts = datetime.fromisoformat(t.replace("z", "Z").replace("Z", "+00:00") if t.endswith(("Z", "z")) else t)
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is neither a time (2026-11-30T07:00:00Z) nor a duration back from now "
+                         "(10m, 1h30m, 2d)") from None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
 
 
 def event_filter(min_severity: object = Severity.DEBUG, *, event_type: str | Iterable[str] | None = None,
@@ -221,7 +249,8 @@ class Inspector:
                    event_type: str | Iterable[str] | None = None, peer_id: str | Iterable[str] | None = None,
                    since: datetime | timedelta | None = None, until: datetime | timedelta | None = None,
                    pid: int | Iterable[int] | None = None,
-                   grep: str | re.Pattern[str] | None = None) -> list[DiagnosticEvent]:
+                   grep: str | re.Pattern[str] | None = None,
+                   filt: EventFilter | None = None) -> list[DiagnosticEvent]:
         """The most recent ``limit`` retained events that match, oldest first; ``limit <= 0``
         means all retained that match.
 
@@ -231,11 +260,17 @@ class Inspector:
         timedeltas back from now); ``grep`` (a regex) found in the message or the error. Tested
         with numpy on the stored records before any is decoded (``core/filter.py``), newest
         first, so a few matches cost little on a large ring; a type or peer never recorded is
-        answered from the ring's counters without reading a slot.
+        answered from the ring's counters without reading a slot. ``filt``: the same conditions
+        already built by :func:`event_filter` (then give none of the others).
         """
         limit = _count(limit, "limit")
-        filt = event_filter(min_severity, event_type=event_type, peer_id=peer_id, since=since, until=until,
-                            pid=pid, grep=grep)
+        if filt is None:
+            filt = event_filter(min_severity, event_type=event_type, peer_id=peer_id, since=since, until=until,
+                                pid=pid, grep=grep)
+        elif not isinstance(filt, EventFilter):
+            raise TypeError(f"filt must be an EventFilter (from event_filter()), not {type(filt).__name__}")
+        elif (int(_severity(min_severity)), event_type, peer_id, since, until, pid, grep) != (0, *[None] * 6):
+            raise ValueError("give either filt or the filter's keyword arguments, not both")
         with self._lock:
             self._check_open()
             return _reader.read_events(self._seg, limit, filt.min_severity, filt)
@@ -256,18 +291,22 @@ class Inspector:
             return _stats.accounting(self._seg).retained
 
     def history(self, n: int, min_severity: Severity | int = Severity.DEBUG, accept: Accept | None = None, *,
-                follow: bool = True, filt: EventFilter | None = None) -> tuple[list[DiagnosticEvent], int]:
+                follow: bool = True, filt: EventFilter | None = None,
+                below: int | None = None) -> tuple[list[DiagnosticEvent], int]:
         """The last ``n`` retained events at or above ``min_severity`` that ``filt`` (from
         :func:`event_filter`) selects and ``accept`` takes, oldest first, and the sequence number
         a :meth:`follower` should start from to deliver everything after them exactly once
-        (``core.follow.history``)."""
+        (``core.follow.history``). ``below``: only events with lower sequence numbers (older
+        than one already shown)."""
         n = _count(n, "n")
+        if below is not None:
+            below = _count(below, "below")
         sev = _severity(min_severity)
         accept = _accept(accept)
         filt = _filt(filt)
         with self._lock:
             self._check_open()
-            return history(self._seg, n, int(sev), accept, follow=bool(follow), filt=filt)
+            return history(self._seg, n, int(sev), accept, follow=bool(follow), filt=filt, below=below)
 
     def follower(self, cursor: int, *, min_severity: Severity | int = Severity.DEBUG,
                  accept: Accept | None = None, pending_timeout: float = 2.0,

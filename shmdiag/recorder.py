@@ -333,11 +333,12 @@ class Recorder:
                    event_type: str | Iterable[str] | None = None, peer_id: str | Iterable[str] | None = None,
                    since: datetime | timedelta | None = None, until: datetime | timedelta | None = None,
                    pid: int | Iterable[int] | None = None,
-                   grep: str | re.Pattern[str] | None = None) -> list[DiagnosticEvent]:
+                   grep: str | re.Pattern[str] | None = None,
+                   filt: EventFilter | None = None) -> list[DiagnosticEvent]:
         """The most recent ``limit`` retained events that match, oldest first; ``limit <= 0``
         means all that match. The filters are ``Inspector.get_events``'s."""
         return self._insp.get_events(limit, min_severity, event_type=event_type, peer_id=peer_id, since=since,
-                                     until=until, pid=pid, grep=grep)
+                                     until=until, pid=pid, grep=grep, filt=filt)
 
     def count_retained(self) -> int:
         """How many events the ring retains right now."""

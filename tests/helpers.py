@@ -360,3 +360,21 @@ def http_json(url: str, data: object = None, timeout: float = 5.0) -> Any:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read() or b"null")
+
+
+_VALIDATORS: dict = {}
+
+
+def validate_json(doc: object, kind: str) -> None:
+    """Raise jsonschema.ValidationError where ``doc`` departs from shmdiag/schemas/<kind>.schema.json
+    (strict: an undocumented field fails)."""
+    if not _VALIDATORS:
+        from jsonschema import Draft202012Validator
+        from referencing import Registry, Resource
+
+        from shmdiag.export.schema import load_schema, schema_names
+
+        schemas = {n: load_schema(n) for n in schema_names()}
+        registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas.values())
+        _VALIDATORS.update({n: Draft202012Validator(s, registry=registry) for n, s in schemas.items()})
+    _VALIDATORS[kind].validate(doc)

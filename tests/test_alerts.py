@@ -29,6 +29,7 @@ from helpers import (
     need_binary,
     run_cli,
     unique_name,
+    validate_json,
     wait_for,
     write,
 )
@@ -437,6 +438,7 @@ def test_an_unreachable_alertmanager_is_counted_and_never_stops_the_collector(tm
     wait_for(failed, timeout=30, what="the failures to be counted")
     doc = json.loads(run_cli("alerts", name, "--json").stdout)
     assert "Connection refused" in doc["notifications"]["last_error"]
+    validate_json(doc, "alerts")
     write(name, [["msg", "p", "inv", "inbound", 37]])  # the collector still collects; the ring still records
     assert serve.poll() is None
     cp = run_cli("alerts", name)
@@ -444,6 +446,7 @@ def test_an_unreachable_alertmanager_is_counted_and_never_stops_the_collector(tm
     # the endpoint shows the same: /api/alerts, and the metrics of alerts and failed deliveries
     api = http_json(f"http://127.0.0.1:{port}/api/alerts")
     assert api["evaluated"] is True and [(a["name"], a["state"]) for a in api["alerts"]] == [("AnyError", "firing")]
+    validate_json(api, "alerts")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     assert 'shmdiag_alerts_firing{alertname="AnyError",severity="warning"} 1.0' in text

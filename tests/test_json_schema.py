@@ -326,3 +326,17 @@ def test_stats_watch_json_lines_validate(rec, validate):
     for x in lines:
         validate(x, "stats")
         assert x["sampled_at"].endswith("Z")
+
+
+def test_web_only_documents(validate):
+    """The web API's own shapes (tests/test_web_api.py validates them as served): the stream's
+    end record, and the gap records of the stream with "dropped"."""
+    validate({**D.doc_head("end"), "reason": "RecorderClosedError: inspector closed"}, "end")
+    gap = {**D.doc_head("gap"), "skipped": 7, "overwritten": 0, "unreadable": 0, "dropped": 7,
+           "first_seq": 10, "last_seq": 16}
+    validate(gap, "gap")
+    validate({**D.doc_head("latency"), "operations": {"ping": {"count": 1, "errors": 0, "mean": 0.1, "p50": 0.1,
+                                                                "p90": 0.1, "p99": 0.1, "max": 0.1}}}, "latency")
+    with pytest.raises(Exception, match="not valid under any|Additional properties|is not of type"):
+        validate({**D.doc_head("ring"), "name": "x", "capacity": 1, "creator_pid": 1, "created_ns": 1,
+                  "created_at": "2026-11-30T07:00:00Z", "extra": 1}, "ring")

@@ -15,13 +15,22 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import orjson
 import pytest
 
 pytest.importorskip("aiohttp", reason="needs the 'web' extra")
 
 from shmdiag import DiagnosticEvent, Recorder, RecorderConfig, Severity  # noqa: E402
 
-from helpers import CLI, LineReader, assert_one_error_line, run_cli, shm_path, unique_name  # noqa: E402
+from helpers import (  # noqa: E402
+    CLI,
+    LineReader,
+    assert_one_error_line,
+    run_cli,
+    shm_path,
+    unique_name,
+    validate_json,
+)
 
 pytestmark = pytest.mark.multiprocess
 
@@ -89,10 +98,30 @@ def test_the_api_serves_what_the_cli_prints(node, procs):
     _, by_id, _ = get(url + "api/peers?sort=peer_id&limit=0")
     assert [p["peer_id"] for p in by_id["peers"]] == [f"p{i}" for i in range(5)]
     status, lat, _ = get(url + "api/latency")
-    assert status == 200 and lat["ping"]["count"] == 5 and lat["ping"]["max"] == pytest.approx(0.05)
+    assert status == 200 and (lat["schema_version"], lat["kind"]) == (1, "latency")
+    assert lat["operations"]["ping"]["count"] == 5 and lat["operations"]["ping"]["max"] == pytest.approx(0.05)
     status, writers, _ = get(url + "api/writers")
     assert status == 200 and [w["pid"] for w in writers["writers"]] == [os.getpid()]
     assert writers["writers"][0]["total_events"] == stats["total_events"]
+
+
+def test_every_document_validates_against_its_schema(node, procs):
+    """Every top-level object the API answers starts with schema_version and kind, and follows
+    its schema in shmdiag/schemas (the same as the CLI's --json where the CLI prints one)."""
+    url = start_web(node.name, procs)
+    for path, kind in [("api/stats", "stats"), ("api/health", "health"), ("api/peers?limit=2", "peers"),
+                       ("api/latency", "latency"), ("api/writers", "writers"), ("api/ring", "ring"),
+                       ("api/events?limit=5", "events"), ("api/events?type=error&min_severity=error", "events"),
+                       ("api/alerts", "alerts")]:
+        _, doc, _ = get(url + path)
+        assert isinstance(doc, dict) and (doc["schema_version"], doc["kind"]) == (1, kind), path
+        validate_json(doc, kind)
+        if kind == "events":
+            assert doc["events"], path
+    _, ring, _ = get(url + "api/ring")
+    assert (ring["name"], ring["capacity"], ring["creator_pid"]) == (node.name, 1000, os.getpid())
+    _, alerts, _ = get(url + "api/alerts")
+    assert alerts["evaluated"] is False and alerts["alerts"] == []
 
 
 def test_events_and_their_filters(node, procs):
@@ -113,6 +142,35 @@ def test_events_and_their_filters(node, procs):
     _, since, _ = get(url + "api/events?limit=1000&since=" + urllib.parse.quote(cut))
     assert since["events"] and all(e["timestamp"] >= cut for e in since["events"])
     assert since["events"][0]["seq"] <= all_["events"][10]["seq"]
+    # the rest of tail's filters: until, pid (repeatable), grep, durations as --since takes them
+    _, until, _ = get(url + "api/events?limit=1000&until=" + urllib.parse.quote(cut))
+    assert until["events"] and all(e["timestamp"] <= cut for e in until["events"])
+    assert until["events"][-1]["seq"] >= all_["events"][10]["seq"]
+    _, mine, _ = get(url + f"api/events?limit=1000&pid={os.getpid()}&pid=1")
+    assert mine["events"] == all_["events"]
+    _, other, _ = get(url + "api/events?pid=1")
+    assert other["events"] == []
+    _, grepped, _ = get(url + "api/events?grep=" + urllib.parse.quote("^block \\d"))
+    assert [e["message"] for e in grepped["events"]] == ["block 1 valid"]
+    _, recent, _ = get(url + "api/events?limit=1000&since=1h")
+    assert recent["events"] == all_["events"]
+    _, none, _ = get(url + "api/events?type=never_recorded")
+    assert none["events"] == [] and (none["schema_version"], none["kind"]) == (1, "events")
+
+
+def test_the_api_filters_as_get_events(node, procs):
+    """/api/events answers what Inspector.get_events answers for the same filters."""
+    url = start_web(node.name, procs)
+    from shmdiag.export.dicts import event_to_dict
+
+    cases = [("type=message&peer=p2&limit=2", dict(event_type="message", peer_id="p2"), 2),
+             ("min_severity=error&grep=pong", dict(min_severity=Severity.ERROR, grep="pong"), 100),
+             ("type=latency&type=error&limit=4", dict(event_type=["latency", "error"]), 4)]
+    for query, kw, limit in cases:
+        _, got, _ = get(url + "api/events?" + query)
+        want = [event_to_dict(e) for e in node.get_events(limit, **kw)]
+        assert got["events"] == orjson.loads(orjson.dumps(want, option=orjson.OPT_UTC_Z)), query
+        assert got["events"], query
 
 
 @pytest.mark.parametrize("query,needle", [
@@ -121,6 +179,12 @@ def test_events_and_their_filters(node, procs):
     ("api/events?limit=10001", "limit"),
     ("api/events?min_severity=loud", "min_severity"),
     ("api/events?since=yesterday", "since"),
+    ("api/events?until=soon", "until"),
+    ("api/events?since=2999-01-01T00:00:00Z", "since"),
+    ("api/events?since=1h&until=2h", "until"),
+    ("api/events?pid=abc", "pid"),
+    ("api/events?pid=0", "pid"),
+    ("api/events?grep=" + urllib.parse.quote("(unclosed"), "grep"),
     ("api/events?limit=1&limit=2", "limit"),
     ("api/peers?sort=size", "sort"),
     ("api/peers?limit=1e3", "limit"),
@@ -247,6 +311,9 @@ def test_the_stream_says_what_went_by_unread(procs):
         assert gaps and sum(g["skipped"] for g in gaps) > 0
         covered = len(events) + sum(g["skipped"] for g in gaps)
         assert covered == events[-1]["seq"] - events[0]["seq"] + 1
+        for it in items:  # the stream's own gap records ("dropped") carry schema_version too
+            validate_json(it, it["kind"])
+        assert any("dropped" in g for g in gaps)
     finally:
         rec.close()
 

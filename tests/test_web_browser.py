@@ -100,7 +100,7 @@ def test_the_dashboard_in_chromium(browser, procs):
         # (tables are rebuilt every second: read them in one script, not element by element)
         ops = browser.execute_script("return [...document.querySelectorAll('#latency tbody tr')]"
                                      ".map(r => r.cells[0].textContent)")
-        assert sorted(ops) == sorted(api(url, "api/latency"))
+        assert sorted(ops) == sorted(api(url, "api/latency")["operations"])
         wait.until(lambda d: XSS_PEER in d.find_element(By.ID, "peers").text)
         assert XSS_ADDR in browser.find_element(By.ID, "peers").text
 

@@ -77,29 +77,16 @@ def gap_record(gap: Gap) -> dict:
 
 
 # -- arguments -----------------------------------------------------------------------------
-_UNITS = {"ms": 1e-3, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_RELATIVE = re.compile(r"\s*(?:(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)\s*)+(?:ago)?\s*", re.I)
-_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)", re.I)
-
-
-
 def parse_time(text: str, what: str, now: datetime | None = None) -> datetime:
-    """``--since``/``--until``: "now", a duration back from now ("10m", "1h30m", "2d ago",
-    "500ms"), or an ISO-8601 time ("2026-11-30T07:00:00Z", "2026-11-30 07:00"; without a zone:
-    UTC). UsageError naming ``what`` otherwise."""
-    now = now or datetime.now(timezone.utc)
-    t = text.strip()
-    if t.lower() == "now":
-        return now
-    if _RELATIVE.fullmatch(t):
-        secs = sum(float(n) * _UNITS[u.lower()] for n, u in _PART.findall(t))
-        return now - timedelta(seconds=secs)
+    """``--since``/``--until`` (``inspector.parse_when``, which the web API's ?since= shares):
+    "now", a duration back from now ("10m", "1h30m", "2d ago", "500ms"), or an ISO-8601 time
+    (without a zone: UTC). UsageError naming ``what`` otherwise."""
+    from shmdiag.inspector import parse_when
+
     try:
-        ts = datetime.fromisoformat(t.replace("z", "Z").replace("Z", "+00:00") if t.endswith(("Z", "z")) else t)
-    except ValueError:
-        raise UsageError(f"{what}: {text!r} is neither a time (2026-11-30T07:00:00Z) nor a duration back from now "
-                         "(10m, 1h30m, 2d)") from None
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+        return parse_when(text, what, now)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def tail_filter(args: argparse.Namespace) -> EventFilter:

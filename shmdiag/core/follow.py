@@ -212,9 +212,11 @@ def _in_flight(w: np.ndarray, ws: np.ndarray, seqs: np.ndarray, runs: _Runs) -> 
 
 
 def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None = None, *,
-            follow: bool = True, filt: EventFilter | None = None) -> tuple[list[DiagnosticEvent], int]:
+            follow: bool = True, filt: EventFilter | None = None,
+            below: int | None = None) -> tuple[list[DiagnosticEvent], int]:
     """The last ``n`` retained events at or above ``min_severity`` that ``accept`` takes, oldest
-    first, and the sequence number a follower should start from.
+    first (with sequence numbers below ``below``, when given), and the sequence number a
+    follower should start from.
 
     With ``follow``, the events end below the oldest record still being written, and the
     follower starts there: it delivers that record and everything after it, so nothing is
@@ -235,7 +237,10 @@ def history(seg: Segment, n: int, min_severity: int = 0, accept: Accept | None =
     cursor = min(lo + int(busy[0]) if len(busy) else head, lo + int(top[-1]) + 1 if len(top) else lo)
     if n <= 0:
         return [], cursor
-    return newest_events(seg, n, min_severity, accept, below=cursor if follow else head, filt=filt), cursor
+    upto = cursor if follow else head
+    if below is not None:
+        upto = min(upto, below)
+    return newest_events(seg, n, min_severity, accept, below=upto, filt=filt), cursor
 
 
 class Follower:

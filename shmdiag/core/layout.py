@@ -18,6 +18,7 @@ so the reader finds sequence, severity and state of every record from one array 
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from typing import TypeVar, cast
@@ -360,8 +361,10 @@ def fields(dt: np.dtype) -> dict[str, tuple[np.dtype, int]]:
     return {name: (spec[0], int(spec[1])) for name, spec in dt.fields.items()}
 
 
+@functools.cache
 def offset(dt: np.dtype, field: str) -> int:
-    """The byte offset of ``field`` in the struct ``dt``."""
+    """The byte offset of ``field`` in the struct ``dt`` (cached: readers ask for header words
+    on every call)."""
     return fields(dt)[field][1]
 
 

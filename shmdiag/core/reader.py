@@ -335,18 +335,106 @@ def decode(rec: np.void, more: More | None = None) -> DiagnosticEvent:
 def decode_many(recs: np.ndarray, more: dict[int, More | None] | None = None) -> list[DiagnosticEvent]:
     """:func:`decode` of every record of a SLOT array, its columns read once for all of them
     (a numpy scalar's field access costs more than the decoding itself); ``more``: row ->
-    continuation text (:func:`continuations`; :func:`decode_records` reads it)."""
+    continuation text (:func:`continuations`; :func:`decode_records` reads it).
+
+    Each row goes through its kind's generated decoder (:func:`_fast_decoder`): field offsets
+    and timestamps are computed with numpy for the whole batch, and the decoder builds the event
+    with no per-field dispatch. A row with continuation text takes :func:`_decode_row`."""
     n = len(recs)
     if n == 0:
         return []
-    more = more or {}
     text = recs["text"].tobytes()
-    ts = recs["ts_ns"].tolist()
-    cols = zip(recs["lens"].tolist(), recs["kind"].tolist(), recs["flags"].tolist(), recs["value"].tolist(),
-               recs["severity"].tolist(), ts, recs["pid"].tolist(), L.w_seq(recs["w"]).tolist(), strict=True)
     ts_size = L.TEXT_SIZE
-    return [_decode_row(lens, text[i * ts_size: (i + 1) * ts_size], kind, flags, value, sev, t, pid, seq, more.get(i))
-            for i, (lens, kind, flags, value, sev, t, pid, seq) in enumerate(cols)]
+    offs = np.empty((n, 6), dtype=np.int64)
+    offs[:, 0] = np.arange(0, n * ts_size, ts_size, dtype=np.int64)
+    np.cumsum(recs["lens"], axis=1, dtype=np.int64, out=offs[:, 1:])
+    offs[:, 1:] += offs[:, :1]
+    us = recs["ts_ns"] // 1000
+    if n and int(us.min()) >= 0 and int(us.max()) < _FTS_MAX_US:
+        # exact: below 2**32 s a float's rounding error is under 0.25 us, and fromtimestamp rounds
+        # to the nearest us (tests/test_decode_fast.py compares with _EPOCH + timedelta)
+        stamps = [_fts(u / 1e6, _UTC) for u in us.tolist()]
+    else:
+        stamps = [_EPOCH + timedelta(0, 0, u) for u in us.tolist()]
+    seqs = L.w_seq(recs["w"]).tolist()
+    cols = zip(offs.tolist(), recs["kind"].tolist(), recs["flags"].tolist(), recs["value"].tolist(),
+               recs["severity"].tolist(), stamps, recs["pid"].tolist(), seqs, strict=True)
+    fast = _FAST
+    out = [fast[kind](text, o, flags, value, sev, t, pid, seq)
+           for o, kind, flags, value, sev, t, pid, seq in cols]
+    if more:
+        lens = recs["lens"]
+        ts = recs["ts_ns"]
+        for i, m in more.items():
+            if m is not None:
+                e = out[i]
+                out[i] = _decode_row([int(x) for x in lens[i]], text[i * ts_size: (i + 1) * ts_size],
+                                     int(recs["kind"][i]), int(recs["flags"][i]), int(recs["value"][i]),
+                                     int(recs["severity"][i]), int(ts[i]), cast(int, e.pid), cast(int, e.seq), m)
+    return out
+
+
+_UTC = timezone.utc
+_fts = datetime.fromtimestamp
+_FTS_MAX_US = (1 << 32) * 1_000_000
+
+
+def _fast_decoder(kind: K.Kind) -> Callable[..., DiagnosticEvent]:
+    """Generate ``kind``'s row decoder: ``(text, offsets, flags, value, sev, timestamp, pid, seq)``
+    -> the same event :func:`_decode_row` builds without continuation text (a continued record
+    reads truncated). ``offsets``: the row's start in ``text`` and the ends of its five text
+    fields. The message is the kind's template as an f-string (the same ``format(value, spec)``
+    calls as ``str.format``)."""
+    ns: dict[str, object] = {"_DE": DiagnosticEvent, "_SEV": _SEVERITIES, "_load_json": _load_json,
+                             "_BAD": _BAD_JSON}
+    body = ["    b = text"]
+    checks_json = []
+    for f in kind.fields:
+        v = f"v_{f.name}"
+        if f.is_text:
+            i = f.text_index
+            raw = f"b[o[{i}]:o[{i + 1}]]"
+            expr = f"_load_json({raw})" if f.json else f"{raw}.decode('utf-8', 'replace')"
+            if f.json:
+                checks_json.append(v)
+        elif f.stored == K.VALUE:
+            if f.convert is None:
+                expr = "value"
+            else:
+                ns[f"c_{f.name}"] = f.convert
+                expr = f"c_{f.name}(value)"
+        else:
+            ns[f"w0_{f.name}"], ns[f"w1_{f.name}"] = f.words
+            expr = f"w1_{f.name} if flags & {f.flag} else w0_{f.name}"
+        if f.when:
+            expr = f"({expr}) if flags & {f.when} else None"
+        body.append(f"    {v} = {expr}")
+    body.append(f"    trunc = (flags & {L.F_TRUNCATED | L.F_CONTINUED}) != 0")
+    for v in checks_json:
+        body.append(f"    if {v} is _BAD:\n        {v} = None\n        trunc = True")
+    tpl = ""
+    for lit, name, spec in kind.pieces:
+        tpl += lit.replace("{", "{{").replace("}", "}}")
+        if name is not None:
+            if "{" in spec or "}" in spec:
+                raise ValueError(f"kind {kind.name!r}: nested format specs are not supported")
+            tpl += "{v_" + name + (":" + spec if spec else "") + "}"
+    message = "f" + repr(tpl)
+    etype = repr(kind.event_type) if kind.event_type else "v_event_type"
+    meta = ("v_metadata" if kind.metadata is None
+            else "{" + ", ".join(f"{k!r}: v_{k}" for k in kind.metadata) + "}")
+    error = f"v_{kind.error}" if kind.error else "None"
+    body.append(f"    return _DE({etype}, {message}, _SEV[sev], b[o[1]:o[2]].decode('utf-8', 'replace'), "
+                f"{meta}, {error}, t, pid, seq, trunc)")
+    src = "def dec(text, o, flags, value, sev, t, pid, seq):\n" + "\n".join(body) + "\n"
+    exec(compile(src, f"<shmdiag decoder {kind.name}>", "exec"), ns)  # noqa: S102 (our own table)
+    return cast("Callable[..., DiagnosticEvent]", ns["dec"])
+
+
+# per kind code: its generated decoder; codes that are no kind read as events (as decode() does)
+_FAST: list[Callable[..., DiagnosticEvent]] = [_fast_decoder(K.EVENT)] * 256
+for _k in K.KINDS:
+    _FAST[_k.code] = _fast_decoder(_k)
 
 
 def _decode_row(lens: list[int], text: bytes, code: int, flags: int, value: int, sev: int, ts_ns: int, pid: int,

@@ -49,6 +49,12 @@ def dumps(obj: object) -> bytes:
     return orjson.dumps(obj, option=OPTS | orjson.OPT_NON_STR_KEYS)
 
 
+def doc_head(kind: str) -> dict:
+    """``{"schema_version": 1, "kind": kind}``: how every top-level object starts (the web API's
+    own documents too: ``events``, ``writers``, ``latency``, ``ring``, ``alerts``, ``end``)."""
+    return _doc(kind)
+
+
 def _doc(kind: str) -> dict:
     """The start of every top-level object: its version and what it is."""
     return {"schema_version": SCHEMA_VERSION, "kind": kind}

@@ -27,6 +27,12 @@ KINDS: dict[str, str] = {
     "gap": "tail -f --json: events that could not be read",
     "lag": "tail -f --json: how far behind the writers it is, while catching up",
     "export": "export --format json; export --meta FILE (without \"events\")",
+    "alerts": "shmdiag alerts --json; GET /api/alerts",
+    "events": "GET /api/events",
+    "writers": "GET /api/writers",
+    "latency": "GET /api/latency",
+    "ring": "GET /api/ring",
+    "end": "/api/events/stream: its last record",
 }
 
 

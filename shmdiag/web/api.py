@@ -12,13 +12,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from shmdiag.core.filter import EventFilter
 from shmdiag.core.models import DiagnosticEvent, PeerDiagnostic, Severity
 from shmdiag.export import dicts
+from shmdiag.inspector import event_filter, parse_when
 
 if TYPE_CHECKING:
     from shmdiag.inspector import Inspector
@@ -82,9 +84,10 @@ def severity_param(request: web.Request, name: str = "min_severity") -> Severity
         raise BadRequest(f"{name}: {v!r} is not a severity (debug, info, warning, error, critical or 0-4)") from None
 
 
-def since_param(request: web.Request) -> datetime | None:
-    """``since``: ISO 8601 (naive = UTC) or seconds since the epoch."""
-    v = param(request, "since")
+def time_param(request: web.Request, name: str, now: datetime) -> datetime | None:
+    """``since``/``until``: as tail's --since/--until (``inspector.parse_when``: ISO 8601, UTC
+    without a zone, or a duration back from now: 10m, 1h30m, 2d), or seconds since the epoch."""
+    v = param(request, name)
     if v is None or v == "":
         return None
     try:
@@ -92,43 +95,60 @@ def since_param(request: web.Request) -> datetime | None:
     except (ValueError, OverflowError, OSError):
         pass
     try:
-        ts = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"since: {v!r} is neither ISO 8601 nor seconds since the epoch") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+        return parse_when(v, name, now)
+    except ValueError as e:
+        raise BadRequest(f"{e} (or seconds since the epoch)") from None
+
+
+def _many(request: web.Request, name: str) -> list[str]:
+    vals = request.query.getall(name, [])
+    if len(vals) > 64 or any(len(v) > MAX_PARAM for v in vals):
+        raise BadRequest(f"{name}: at most 64 values of at most {MAX_PARAM} characters")
+    return [v for v in vals if v]
 
 
 @dataclasses.dataclass(frozen=True)
-class EventFilter:
-    """What /api/events and /api/events/stream take: types, peers (repeatable), since."""
+class EventQuery:
+    """What /api/events and /api/events/stream take, as tail's flags: ``min_severity``,
+    ``type``, ``peer``, ``pid`` (each repeatable: any of them), ``since``, ``until``, ``grep``
+    (a Python regex on message or error). ``filt`` is the Inspector's filter
+    (``inspector.event_filter``), applied on the stored records before anything is decoded."""
 
-    min_severity: Severity = Severity.DEBUG
-    types: frozenset[str] = frozenset()
-    peers: frozenset[str] = frozenset()
-    since: datetime | None = None
+    filt: EventFilter
 
     @classmethod
-    def from_request(cls, request: web.Request) -> EventFilter:
-        def many(name: str) -> frozenset[str]:
-            vals = request.query.getall(name, [])
-            if len(vals) > 64 or any(len(v) > MAX_PARAM for v in vals):
-                raise BadRequest(f"{name}: at most 64 values of at most {MAX_PARAM} characters")
-            return frozenset(v for v in vals if v)
-
-        return cls(severity_param(request), many("type"), many("peer"), since_param(request))
+    def from_request(cls, request: web.Request) -> EventQuery:
+        now = datetime.now(timezone.utc)
+        since, until = time_param(request, "since", now), time_param(request, "until", now)
+        if since is not None and since > now + timedelta(seconds=1):
+            raise BadRequest(f"since: {param(request, 'since')!r} is in the future ({since.isoformat()})")
+        if since is not None and until is not None and until < since:
+            raise BadRequest("until: before since")
+        pids = []
+        for v in _many(request, "pid"):
+            try:
+                pid = int(v)
+            except ValueError:
+                raise BadRequest(f"pid: {v!r} is not a process id") from None
+            if not 0 < pid < 1 << 32:
+                raise BadRequest(f"pid: {pid} is not a process id")
+            pids.append(pid)
+        grep = param(request, "grep") or None
+        try:
+            filt = event_filter(severity_param(request), event_type=_many(request, "type") or None,
+                                peer_id=_many(request, "peer") or None, since=since, until=until,
+                                pid=pids or None, grep=grep)
+        except ValueError as e:  # a bad regex
+            raise BadRequest(str(e)) from None
+        return cls(filt)
 
     @property
-    def narrows(self) -> bool:
-        return bool(self.types or self.peers or self.since)
-
-    def __call__(self, e: DiagnosticEvent) -> bool:
-        # TODO(i12-tail): get_events(event_type=, peer_id=, since=) will do this in the reader.
-        return ((not self.types or e.event_type in self.types) and (not self.peers or e.peer_id in self.peers)
-                and (self.since is None or (e.timestamp is not None and e.timestamp >= self.since)))
+    def min_severity(self) -> Severity:
+        return Severity(self.filt.min_severity)
 
     def takes(self, e: DiagnosticEvent) -> bool:
-        """Severity and the rest: for events that were not read with ``min_severity`` applied."""
-        return e.severity >= self.min_severity and self(e)
+        """The whole filter on a decoded event (what the live stream already decoded)."""
+        return self.filt.event(e)
 
 
 class Api:
@@ -198,28 +218,35 @@ class Api:
             h = self.stats_health()[1]
             doc = live_state(self.insp.name, h["collector_pid"], h["collector_alive"])
             if doc is None:
-                return {"ring": self.insp.name, "evaluated": False, "alerts": []}
-            return {**doc, "evaluated": True}
+                return {**dicts.doc_head("alerts"), "ring": self.insp.name, "evaluated": False, "alerts": []}
+            return {**dicts.doc_head("alerts"), **doc, "evaluated": True}
 
         return self.cached(("alerts",), compute)
 
     def latency(self) -> dict:
-        return self.cached(("latency",), lambda: dicts.latency_to_dict(self.insp.get_latency_stats()))
+        """``{"schema_version", "kind": "latency", "operations": {op: {count, errors, mean, ...}}}``."""
+        return self.cached(("latency",), lambda: {**dicts.doc_head("latency"),
+                                                  "operations": dicts.latency_to_dict(self.insp.get_latency_stats())})
 
-    def writers(self) -> list:
-        return self.cached(("writers",), lambda: [dicts.writer_to_dict(w) for w in self.insp.get_writers()])
+    def writers(self) -> dict:
+        def compute() -> dict:
+            return {**dicts.doc_head("writers"), "writers": [dicts.writer_to_dict(w) for w in self.insp.get_writers()]}
+
+        return self.cached(("writers",), compute)
+
+    def ring(self) -> dict:
+        insp = self.insp
+        return {**dicts.doc_head("ring"), "name": insp.name, "capacity": insp.capacity,
+                "creator_pid": insp.creator_pid, "created_ns": insp.created_ns,
+                "created_at": datetime.fromtimestamp(insp.created_ns // 1000 / 1e6, timezone.utc)}
 
     def events(self, request: web.Request) -> dict:
         limit = int_param(request, "limit", 100, 1, MAX_EVENTS)
-        f = EventFilter.from_request(request)
+        q = EventQuery.from_request(request)
 
         def compute() -> dict:
-            if f.narrows:
-                evs, _ = self.insp.history(limit, f.min_severity, f, follow=False)
-            else:
-                evs = self.insp.get_events(limit, f.min_severity)
-            return {"events": [dicts.event_to_dict(e) for e in evs], "limit": limit,
-                    "min_severity": str(f.min_severity)}
+            evs = self.insp.get_events(limit, filt=q.filt)  # filtered on the stored records (core/filter.py)
+            return {**dicts.doc_head("events"), "events": [dicts.event_to_dict(e) for e in evs], "limit": limit,
+                    "min_severity": str(q.min_severity)}
 
-        key = ("events", limit, f)
-        return self.cached(key, compute)
+        return self.cached(("events", limit, q), compute)

@@ -26,7 +26,7 @@ from aiohttp.typedefs import Handler
 
 from shmdiag.core.errors import RecorderClosedError, ShmDiagError
 from shmdiag.export.dicts import OPTS
-from shmdiag.web.api import Api, BadRequest, EventFilter, int_param
+from shmdiag.web.api import Api, BadRequest, EventQuery, int_param
 from shmdiag.web.live import Broadcaster
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ async def latency(request: web.Request) -> web.Response:
 
 
 async def writers(request: web.Request) -> web.Response:
-    return json_response({"writers": request.app[API].writers()})
+    return json_response(request.app[API].writers())
 
 
 async def events(request: web.Request) -> web.Response:
@@ -125,19 +125,17 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def ring(request: web.Request) -> web.Response:
-    insp = request.app[API].insp
-    return json_response({"name": insp.name, "capacity": insp.capacity, "creator_pid": insp.creator_pid,
-                          "created_ns": insp.created_ns})
+    return json_response(request.app[API].ring())
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: ``data:`` lines of the event dicts ``/api/events`` returns, and gap
     records (``"kind": "gap"``) where events went by unread. ``?n=`` past events first (from
     the server's backlog), then live. Filters as /api/events."""
-    f = EventFilter.from_request(request)
+    q = EventQuery.from_request(request)
     n = int_param(request, "n", 0, 0, 500)
     live = request.app[LIVE]
-    sub = live.subscribe(f.takes, n)
+    sub = live.subscribe(q.filt, n)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                        "X-Accel-Buffering": "no", "Content-Security-Policy": CSP,
                                        "X-Content-Type-Options": "nosniff"})

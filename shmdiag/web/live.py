@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from shmdiag.core.filter import EventFilter
 from shmdiag.core.follow import Gap
 from shmdiag.core.models import DiagnosticEvent
 from shmdiag.export import dicts
@@ -48,15 +49,16 @@ class Subscriber:
     with the range of sequence numbers it spans, and handed over as one gap record
     (``"dropped"``) before the next item, or as soon as the client has drained the queue."""
 
-    def __init__(self, accept: Callable[[DiagnosticEvent], bool]) -> None:
-        self.accept = accept
+    def __init__(self, filt: EventFilter) -> None:
+        self.filt = filt
+        self.accept: Callable[[DiagnosticEvent], bool] = filt.event
         self.queue: asyncio.Queue[Item] = asyncio.Queue(QUEUE)
         self.dropped = 0  # events lost since the last item delivered
         self._first = self._last = -1
 
     def _gap(self) -> Item:
-        d = {"kind": "gap", "skipped": self.dropped, "overwritten": 0, "unreadable": 0, "dropped": self.dropped,
-             "first_seq": self._first, "last_seq": self._last}
+        d = {**dicts.doc_head("gap"), "skipped": self.dropped, "overwritten": 0, "unreadable": 0,
+             "dropped": self.dropped, "first_seq": self._first, "last_seq": self._last}
         self.dropped, self._first, self._last = 0, -1, -1
         return frame(d)
 
@@ -101,18 +103,20 @@ class Broadcaster:
         self._following: Following | None = None
         self.error: str | None = None  # why polling stopped (the ring's inspector was closed)
 
-    def subscribe(self, accept: Callable[[DiagnosticEvent], bool], n: int) -> Subscriber:
-        """A new subscriber, its queue primed with the last ``n`` events it accepts: from the
-        backlog (with the gap records among them) and, when the backlog holds fewer, older ones
-        from the ring (``history``), so a filter for a rare type or peer still shows its past.
-        TODO(i12-tail): that look-back decodes events to filter them (a rare filter may scan
-        the whole ring); get_events' own filters will make it cheap."""
+    def subscribe(self, filt: EventFilter, n: int) -> Subscriber:
+        """A new subscriber, its queue primed with the last ``n`` events ``filt`` selects: from
+        the backlog (with the gap records among them) and, when the backlog holds fewer, older
+        ones from the ring (``history(filt=, below=)``: the filter applied on the stored records
+        before anything is decoded), so a filter for a rare type or peer still shows its past.
+        Live, the one follower of every subscriber reads unfiltered and each subscriber's filter
+        is tested on the events it already decoded (``EventFilter.event``)."""
         if self._following is None:
             events, cursor = self.insp.history(BACKLOG)
             self.backlog.clear()
             self.backlog.extend((e, frame(dicts.event_to_dict(e))) for e in events)
             self._following = self.insp.follower(cursor, batch=BATCH)
-        sub = Subscriber(accept)
+        sub = Subscriber(filt)
+        accept = sub.accept
         if n > 0:
             picked = [d for it, d in self.backlog if not isinstance(it, DiagnosticEvent) or accept(it)]
             # the last n events, with the gap records among them
@@ -125,8 +129,7 @@ class Broadcaster:
             if count < n:
                 oldest = next((it.seq for it, _ in self.backlog if isinstance(it, DiagnosticEvent)), None)
                 if oldest is not None:
-                    older, _ = self.insp.history(n - count, 0, lambda e: e.seq is not None and e.seq < oldest
-                                                 and accept(e), follow=False)
+                    older, _ = self.insp.history(n - count, filt=filt, follow=False, below=oldest)
                     for e in older:
                         sub.offer(frame(dicts.event_to_dict(e)))
             for d in reversed(taken):
@@ -158,7 +161,7 @@ class Broadcaster:
         start = top - BATCH // 2
         self._following = self.insp.follower(start, batch=BATCH)
         n = start - cursor
-        return frame({"kind": "gap", "skipped": n, "overwritten": 0, "unreadable": 0, "dropped": n,
+        return frame({**dicts.doc_head("gap"), "skipped": n, "overwritten": 0, "unreadable": 0, "dropped": n,
                       "first_seq": cursor, "last_seq": start - 1})
 
     async def _run(self) -> None:
@@ -172,7 +175,7 @@ class Broadcaster:
                     self.error = f"{type(e).__name__}: {e}"
                     for sub in list(self.subs):
                         if not sub.queue.full():
-                            sub.queue.put_nowait(frame({"kind": "end", "reason": self.error}))
+                            sub.queue.put_nowait(frame({**dicts.doc_head("end"), "reason": self.error}))
                     return
                 if skipped is not None:
                     self._send(None, skipped)

@@ -70,7 +70,7 @@ async function refresh() {
     $("conn").classList.remove("down");
     showStats(stats, health);
     showWriters(writers.writers || writers);
-    showLatency(latency);
+    showLatency(latency.operations || latency);
     showAlerts(alerts);
   } catch (e) {
     $("conn").textContent = "disconnected: " + e.message;
