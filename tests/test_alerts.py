@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -444,6 +445,18 @@ def test_an_unreachable_alertmanager_is_counted_and_never_stops_the_collector(tm
     cp = run_cli("alerts", name)
     assert cp.returncode == 0 and "FIRING" in cp.stdout and "failed" in cp.stdout
     # the endpoint shows the same: /api/alerts, and the metrics of alerts and failed deliveries
+    # health says so too, as a line and in its JSON (and /api/health)
+    cp = run_cli("health", name, "--json")
+    h = json.loads(cp.stdout)
+    validate_json(h, "health")
+    assert h["alerts"]["firing"] == ["AnyError"] and h["alerts"]["notifications_failed"] >= 2
+    assert "Connection refused" in h["alerts"]["last_error"]
+    assert "notifications failed" in run_cli("health", name).stdout
+    try:
+        api_health = http_json(f"http://127.0.0.1:{port}/api/health")
+    except urllib.error.HTTPError as e:  # 503 when critical: the same document
+        api_health = json.loads(e.read())
+    assert api_health["alerts"]["firing"] == ["AnyError"]
     api = http_json(f"http://127.0.0.1:{port}/api/alerts")
     assert api["evaluated"] is True and [(a["name"], a["state"]) for a in api["alerts"]] == [("AnyError", "firing")]
     validate_json(api, "alerts")

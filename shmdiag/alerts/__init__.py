@@ -16,7 +16,7 @@ from shmdiag.alerts.rules import (
     parse_alerting,
     with_dashboard,
 )
-from shmdiag.alerts.service import AlertService, live_state, read_state, state_path
+from shmdiag.alerts.service import AlertService, health_summary, live_state, read_state, state_path
 
 __all__ = [
     "CONDITIONS",
@@ -28,6 +28,7 @@ __all__ = [
     "AlertingConfig",
     "Transition",
     "default_rules",
+    "health_summary",
     "live_state",
     "parse_alerting",
     "prometheus_rules",

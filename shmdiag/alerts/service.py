@@ -56,6 +56,15 @@ def live_state(ring: str, collector_pid: int, collector_alive: bool | None) -> d
     return doc
 
 
+def health_summary(doc: dict) -> dict:
+    """What ``shmdiag health`` and ``/api/health`` say of the alerts in ``doc`` (a
+    :func:`live_state`): the rules firing and the notifications that could not be delivered."""
+    n = doc["notifications"]
+    return {"rules": len(doc["alerts"]), "firing": [a["name"] for a in doc["alerts"] if a["state"] == "firing"],
+            "notifications_failed": sum(n["failed"].values()), "notifications_dropped": sum(n["dropped"].values()),
+            "last_error": n["last_error"]}
+
+
 class AlertService:
     """Runs an :class:`AlertEngine` every ``config.interval`` seconds on a thread of its own."""
 

@@ -10,7 +10,6 @@ from shmdiag.cli._common import (
     attached,
     check_name,
     err,
-    local_time,
     out,
     print_json,
 )
@@ -109,7 +108,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     stopped), 3 UNKNOWN (the ring cannot be read: one line on stderr, and the plugin line)."""
     import os
 
-    from shmdiag.cli.format import human_duration, kv
+    from shmdiag.cli.format import human_duration, human_time, kv
     from shmdiag.core.errors import ShmDiagError
     from shmdiag.export.dicts import health_to_dict
     from shmdiag.views.health import EXIT_UNKNOWN, NAGIOS_LABEL, exit_code
@@ -132,8 +131,12 @@ def cmd_health(args: argparse.Namespace) -> int:
         err(f"unexpected {type(e).__name__}: {e} (run with SHMDIAG_DEBUG=1 for the traceback)")
         return EXIT_UNKNOWN
     code = exit_code(h.status)
+    from shmdiag.alerts import health_summary, live_state
+
+    doc = live_state(name, h.collector_pid, h.collector_alive)
+    alerts = health_summary(doc) if doc is not None else None
     if args.json:
-        print_json(health_to_dict(h))
+        print_json(health_to_dict(h) | ({"alerts": alerts} if alerts is not None else {}))
         return code
     out(clean(f"SHMDIAG {NAGIOS_LABEL[code]} - {h.status}: {h.message} | {_perfdata(h)}"))
     for r in h.reasons:
@@ -155,13 +158,19 @@ def cmd_health(args: argparse.Namespace) -> int:
                              f"{h.error_rate_min_severity} and above)"),
             ("writers", f"{h.writers_alive} alive, {h.writers_dead} dead"),
             *[(f"  dead pid {d.pid}", f"{d.recorded} recorded, {d.lost} lost, {d.abandoned} abandoned, "
-                                      f"last event {local_time(d.last_event)}"
+                                      f"last event {human_time(d.last_event)}"
                                       f"{' (in the window)' if d.in_window else ''}") for d in h.dead_writers],
-            ("last event", f"{local_time(h.last_event)}" + (
+            ("last event", f"{human_time(h.last_event)}" + (
                 "" if h.idle_seconds is None else f" ({human_duration(h.idle_seconds)} ago; stalled after "
                                                   f"{human_duration(h.stall_after) if h.stall_after else 'never'})")),
             ("collector", "none" if not h.collector_pid else
              f"pid {h.collector_pid} ({'running' if h.collector_alive else 'not running'})"),
+            *([("alerts", f"{len(alerts['firing'])} of {alerts['rules']} rules firing"
+                          f"{': ' + ', '.join(alerts['firing']) if alerts['firing'] else ''}; "
+                          f"{alerts['notifications_failed']} notifications failed, "
+                          f"{alerts['notifications_dropped']} dropped"
+                          f"{' (last: ' + alerts['last_error'] + ')' if alerts['last_error'] else ''}")]
+              if alerts is not None else []),
             ("uptime", human_duration(h.uptime))],
            indent="  "))
     return code

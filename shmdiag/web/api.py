@@ -189,6 +189,11 @@ class Api:
             if h["status"] == "healthy":
                 h["status"] = "warning"
                 h["message"] = "; ".join(r["message"] for r in extra)
+        from shmdiag.alerts import health_summary, live_state
+
+        doc = live_state(self.insp.name, h["collector_pid"], h["collector_alive"])
+        if doc is not None:  # as `shmdiag health`: the collector's alerts and failed deliveries
+            h = {**h, "alerts": health_summary(doc)}
         return (200 if h["status"] in HEALTHY_STATUSES else 503), h
 
     def peers(self, request: web.Request) -> dict:
