@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import orjson
@@ -113,10 +112,6 @@ def attached_recorder(name: str) -> Recorder:
     from shmdiag.recorder import Recorder
 
     return Recorder.attach(check_name(name))
-
-
-def local_time(ts: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    return "-" if ts is None else ts.astimezone().strftime(fmt)
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
