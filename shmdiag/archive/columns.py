@@ -29,38 +29,21 @@ from shmdiag.export.rowtext import (
     Parts,
     Rows,
     WordTable,
-    as_block,
     assemble,
     cell_of,
     json_str,
     signed,
-    window,
 )
 
 _SEP = b"\x00"
 _TEXT_OFF = L.offset(L.SLOT, "text")
-_ARANGE = np.arange(max(L.TEXT_SIZE, 256), dtype=np.intp)
 _U8 = np.uint8
 
 
 def raw_cell(c: Chunk, rows: Rows, field: int, nul: list[np.ndarray] | None = None) -> Cell:
     """Text field ``field`` of ``rows`` as stored (not escaped), as a cell. Rows (indices into
     ``rows``) whose field holds a NUL byte are appended to ``nul``."""
-    start = c.starts[rows, field]
-    length = c.lens[rows, field]
-    m = len(start)
-    cap = int(length.max()) if m else 0
-    if cap == 0:
-        return np.zeros((m, 0), dtype=_U8), length
-    flat = c.flat
-    limit = len(flat) - cap
-    over = start > limit
-    block = as_block(window(flat, cap)[np.minimum(start, limit) if over.any() else start], cap)
-    block *= _ARANGE[:cap] < length[:, None]
-    for r in np.flatnonzero(over).tolist():
-        s, n = int(start[r]), int(length[r])
-        block[r] = 0
-        block[r, :n] = flat[s: s + n]
+    block, length = c.raw(rows, field)
     if nul is not None and np.count_nonzero(block) != int(length.sum()):  # zero bytes past the end are padding
         nul.append(np.flatnonzero(np.count_nonzero(block, axis=1) != length))
     return block, length

@@ -246,8 +246,9 @@ class Chunk:
         starts, lens = self.starts[rows, field].tolist(), self.lens[rows, field].tolist()
         return [bytes(buf[s: s + n]) for s, n in zip(starts, lens, strict=True)]
 
-    def text(self, rows: Rows, field: int) -> Cell:
-        """Text field ``field`` (0..4, the slot's order) of ``rows``, JSON-escaped, as a cell."""
+    def raw(self, rows: Rows, field: int) -> Cell:
+        """Text field ``field`` (0..4, the slot's order) of ``rows`` as stored (not escaped), as
+        a cell: each row's bytes, zero-padded to the longest."""
         start = self.starts[rows, field]
         length = self.lens[rows, field]
         m = len(start)
@@ -263,6 +264,15 @@ class Chunk:
             s, n = int(start[r]), int(length[r])
             block[r] = 0
             block[r, :n] = flat[s: s + n]
+        return block, length
+
+    def text(self, rows: Rows, field: int) -> Cell:
+        """Text field ``field`` (0..4, the slot's order) of ``rows``, JSON-escaped, as a cell."""
+        block, length = self.raw(rows, field)
+        m, cap = block.shape
+        if cap == 0:
+            return block, length
+        start = self.starts[rows, field]
         # Bytes that need escaping, or a NUL inside the field (zero bytes are the padding):
         # looked for in the whole block first, per row only if something is there.
         if _SPECIAL[block].any() or np.count_nonzero(block) != int(length.sum()):
