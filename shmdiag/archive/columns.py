@@ -28,12 +28,12 @@ from shmdiag.export.rowtext import (
     Chunk,
     Parts,
     Rows,
-    WordTable,
     assemble,
     cell_of,
     json_str,
     signed,
 )
+from shmdiag.export.templates import flag_words
 
 _SEP = b"\x00"
 _TEXT_OFF = L.offset(L.SLOT, "text")
@@ -49,13 +49,6 @@ def raw_cell(c: Chunk, rows: Rows, field: int, nul: list[np.ndarray] | None = No
     return block, length
 
 
-_WORDS: dict[tuple[str, str], WordTable] = {}
-
-
-def _words(f: K.Field) -> WordTable:
-    if f.words not in _WORDS:
-        _WORDS[f.words] = WordTable([w.encode() for w in f.words])
-    return _WORDS[f.words]
 
 
 def _values(c: Chunk, rows: Rows, f: K.Field) -> list:
@@ -93,7 +86,7 @@ def _group(kind: K.Kind):  # type: ignore[no-untyped-def]
                 for cell in signed(c.recs["value"][rows]):
                     k.add(cell)
             elif f.stored == K.FLAGS and not spec:
-                k.add(_words(f)(((c.flags[rows] & f.flag) != 0).astype(np.intp)))
+                k.add(flag_words(c, rows, f))
             else:
                 k.add(cell_of([format(v, spec).encode() for v in _values(c, rows, f)]))
         k.lit(_SEP)
@@ -113,7 +106,7 @@ def _group(kind: K.Kind):  # type: ignore[no-untyped-def]
                     k.lit(b'"')
                 elif f.stored == K.FLAGS:
                     k.lit(b'"')
-                    k.add(_words(f)(((c.flags[rows] & f.flag) != 0).astype(np.intp)))
+                    k.add(flag_words(c, rows, f))
                     k.lit(b'"')
                 elif f.convert is not None:
                     k.add(cell_of(orjson.dumps(_values(c, rows, f))[1:-1].split(b",")))

@@ -109,7 +109,7 @@ class _Fields:
             elif f.stored == K.VALUE:
                 got = signed(c.recs["value"][rows])
             else:
-                got = [_words(f)(((c.flags[rows] & f.flag) != 0).astype(np.intp))]
+                got = [flag_words(c, rows, f)]
             self.made[key] = got
         return got
 
@@ -118,13 +118,15 @@ class _Fields:
         return [cell_of(orjson.dumps(self.values(f))[1:-1].split(b","))]
 
 
-_WORDS: dict[tuple[str, str], WordTable] = {}
+@functools.cache
+def _word_table(words: tuple[str, str]) -> WordTable:
+    return WordTable([w.encode() for w in words])
 
 
-def _words(f: K.Field) -> WordTable:
-    if f.words not in _WORDS:
-        _WORDS[f.words] = WordTable([w.encode() for w in f.words])
-    return _WORDS[f.words]
+def flag_words(c: Chunk, rows: Rows, f: K.Field) -> Cell:
+    """A flag field (``f.stored == "flags"``) of ``rows``: ``f.words[0]`` where its bit is
+    clear, ``f.words[1]`` where set, as a cell."""
+    return _word_table(f.words)(((c.flags[rows] & f.flag) != 0).astype(np.intp))
 
 
 def _stored_metadata(c: Chunk, rows: Rows, f: K.Field, k: Parts) -> None:
