@@ -417,3 +417,42 @@ def test_reaper_finishes_a_dead_writers_adds_from_its_step(kind, phase, step):
         n = 4 if kind == "message" else 3
         assert (msgs.messages_received, msgs.bytes_received) == ({"inv": n}, {"inv": n * 37})
         reconcile(rec)
+
+
+def _die_between_outcome_and_extras(name: str, text: int) -> None:
+    """Fill a small ring with node-wide errors (``text`` bytes each, one slot or several), then
+    put the last one back to what a writer killed between storing its outcome (jmeta, overwrote
+    final) and moving the journal to EXTRAS leaves: journal OWNED, nothing counted, and die."""
+    rec = Recorder.attach(name)
+    for _ in range(100):
+        rec.record_error("", "x" * text, "op")
+    seg, i = rec._seg, rec._shards.index
+    sh = seg.shards[i]
+    seq = int(rec.get_events(1)[0].seq)
+    tidx, sev, _, outcome = L.jmeta_fields(int(sh["jmeta"]))
+    overwrote = L.jmeta_conts(int(sh["jmeta"]))[2]
+    assert outcome == L.OUT_OVERWROTE and overwrote >= 1  # the ring was full: it replaced live events
+    sh["recorded"] -= np.uint64(1)
+    sh["overwritten"] -= np.uint64(overwrote)
+    sh["sev"][sev] -= np.uint64(1)
+    sh["type_count"][tidx] -= np.uint64(1)
+    seg.native.store(seg.shard_word(i, "journal"), L.j_make(seq, L.PH_OWNED))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("text", [10, 1500])
+def test_a_writer_killed_between_its_outcome_and_extras_is_counted_once(text):
+    """The writer stores an event's outcome in jmeta just before the journal says EXTRAS; killed
+    in between, the reaper settles it as OWNED. It must count the events the slots replaced once:
+    before, it added jprev's occupant to the final count again (one extra "overwritten" in about
+    one run of 200 random kills of test_sigkilled_writers_peer_counters_..., found by CI)."""
+    with Recorder(max_events=64) as rec:
+        p = SPAWN.Process(target=_die_between_outcome_and_extras, args=(rec.name, text))
+        p.start()
+        p.join(60)
+        assert p.exitcode == -signal.SIGKILL
+        assert rec.reap_dead_writers() == 1
+        acct = rec.accounting()
+        assert (acct.recorded, acct.abandoned) == (100, 0)
+        reconcile(rec)

@@ -45,7 +45,10 @@ def test_a_fast_writer_claims_long_runs_and_a_slow_one_single_seqs(make_recorder
     # taken), so it puts that slot back as it was; nobody claimed after the run, so the rest of
     # it, that seq included, goes back to the head and the next run starts there: no seq unused.
     raw = lambda i: rec._seg.slots[i: i + 1].view("u1").tobytes()  # noqa: E731  (padding too)
-    before = raw((first + n) % BIG)
+    # The first slot past both the run and the 4 seqs the slow writer will take (when the run
+    # was nearly used up, those 4 go past its end, and the slot right after it is theirs).
+    past = max(first + n, first + used + 4) % BIG
+    before = raw(past)
     _, cursor = history(rec._seg, 0)
     follower = Follower(rec._seg, cursor)
     seqs = []
@@ -56,7 +59,7 @@ def test_a_fast_writer_claims_long_runs_and_a_slow_one_single_seqs(make_recorder
     assert seqs[0] == first + used, "the stale run's rest was given back and reused"
     assert seqs == list(range(seqs[0], seqs[0] + 4)), "a slow writer claims one seq at a time"
     assert run_of(rec) == (seqs[-1], 1)
-    assert raw((first + n) % BIG) == before, "nothing written past the seqs used"
+    assert raw(past) == before, "nothing written past the seqs used"
     assert int(rec._seg.shards["unused"].sum()) == 0
 
     # A follower goes straight past the unused seqs: nothing held back, no gap reported.

@@ -1181,9 +1181,12 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         *U64(rec + L->slot_checksum) = sum;
         st_rel(wp, w_make(L, seq, (unsigned)sev, L->st_committed));   /* publish */
     }
-    /* The outcome is decided (published, or lost): the peer and latency adds, step by step. */
+    /* The outcome is decided (published, or lost): the peer and latency adds, step by step.
+     * This jmeta lands before the journal says EXTRAS, so a writer killed in between is settled
+     * as OWNED with it: its stage is STAGE_DONE (every slot taken), so the reaper takes "over"
+     * as final and does not count jprev's occupant a second time. */
     st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | (outcome << 24) |
-                                (over << 48) | mbits);
+                                ((uint64_t)(nslots - 1) << 32) | ((uint64_t)L->stage_done << 40) | (over << 48) | mbits);
     st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_extras));
     if (L->metrics)
         extras_apply(self, sh, 0, seq, sev, flags, ts, x_peer, x_bank, (uint64_t)value, x_info,

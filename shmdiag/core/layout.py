@@ -439,8 +439,10 @@ JMETA_BITS = 8  # shard word "jmeta": type | severity << 8 | flags << 16 | outco
 # ncont, stage and overwrote are for events of several slots (see write() in
 # core/_native.c): the continuation slots planned (or, at STAGE_DONE, taken); the continuation
 # whose CAS may be under way (its expected word in "jprev"), 0 while the first slot's is, or
-# STAGE_DONE once all are taken; and how many live events the slots taken so far replaced. From
-# PH_EXTRAS on, "overwrote" is final for every event (0 or 1 for an event of one slot).
+# STAGE_DONE once all are taken; and how many live events the slots taken so far replaced. The
+# writer stores the outcome with stage STAGE_DONE just before the journal moves to PH_EXTRAS, so
+# from then on (under OWNED too, if it dies in between) "overwrote" is final for every event (0 or
+# 1 for an event of one slot) and no stage names a CAS whose jprev is still to be counted.
 STAGE_DONE = 255
 
 
