@@ -42,14 +42,15 @@ def make_recorder():
     names: list[str] = []
 
     def make(max_events: int = 1000, *, config: RecorderConfig | None = None, attach: str | None = None,
-             logger=None, **cfg) -> Recorder:
+             logger=None, collector: bool = True, **cfg) -> Recorder:
         if attach is not None:
             rec = Recorder.attach(attach, logger)
         else:
             if config is None:
                 cfg.setdefault("name", unique_name())
                 config = RecorderConfig(max_events=max_events, **cfg)
-            rec = Recorder.with_config(config, logger)
+            # collector=False: the test reaps itself (a collector thread may reap first otherwise)
+            rec = Recorder.with_config(config, logger, collector=collector)
             names.append(rec.name)
         made.append(rec)
         return rec

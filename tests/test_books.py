@@ -160,7 +160,7 @@ KILLABLE = textwrap.dedent(
 def test_books_after_sigkilled_writers_are_reaped(make_recorder, procs):
     # No health checks: its collector's rounds (and so its reaping) come every cleanup_interval
     # (300 s), not every 5 s; here the test reaps.
-    rec = make_recorder(500, enable_health_check=False)
+    rec = make_recorder(500, collector=False)
     for _ in range(6):
         p = subprocess.Popen([sys.executable, "-c", KILLABLE, rec.name], stdout=subprocess.PIPE)
         procs.append(p)

@@ -287,7 +287,7 @@ def test_sigkilled_writers_peer_counters_and_latency_are_settled_exactly_once():
     about one lost add per 500 kills: never a double count, at most 2 allowed here."""
     rng = random.Random(5)
     fork = mp.get_context("fork")  # a fresh process per kill, cheaply
-    with Recorder(max_events=1 << 12) as rec:
+    with Recorder(max_events=1 << 12, collector=False) as rec:
         for _ in range(200):
             ready = fork.Event()
             p = fork.Process(target=_peer_writer, args=(rec.name, ready))
@@ -392,7 +392,7 @@ def _die_in_extras(name: str, kind: str, phase: int, step: int) -> None:
 def test_reaper_finishes_a_dead_writers_adds_from_its_step(kind, phase, step):
     """Deterministic: a writer killed after publishing (OWNED) or after each step of its adds
     (EXTRAS, jstep = step): the reaper does exactly the adds not done, and counts the event once."""
-    with Recorder(max_events=1024) as rec:
+    with Recorder(max_events=1024, collector=False) as rec:
         p = SPAWN.Process(target=_die_in_extras, args=(rec.name, kind, phase, step))
         p.start()
         p.join(60)
@@ -447,7 +447,7 @@ def test_a_writer_killed_between_its_outcome_and_extras_is_counted_once(text):
     in between, the reaper settles it as OWNED. It must count the events the slots replaced once:
     before, it added jprev's occupant to the final count again (one extra "overwritten" in about
     one run of 200 random kills of test_sigkilled_writers_peer_counters_..., found by CI)."""
-    with Recorder(max_events=64) as rec:
+    with Recorder(max_events=64, collector=False) as rec:
         p = SPAWN.Process(target=_die_between_outcome_and_extras, args=(rec.name, text))
         p.start()
         p.join(60)

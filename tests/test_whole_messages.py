@@ -304,7 +304,7 @@ def _die_mid_event(name: str, stage: int) -> None:
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("stage", [1, 3])
 def test_writer_killed_mid_event_is_counted_once_and_never_read(make_recorder, stage):
-    rec = make_recorder(512)
+    rec = make_recorder(512, collector=False)
     p = mp.get_context("spawn").Process(target=_die_mid_event, args=(rec.name, stage))
     p.start()
     p.join(60)
@@ -356,7 +356,7 @@ KILLABLE = textwrap.dedent(
 
 @pytest.mark.multiprocess
 def test_sigkilled_long_writers_books_and_reads(make_recorder, procs):
-    rec = make_recorder(2000)
+    rec = make_recorder(2000, collector=False)
     for _ in range(5):
         p = subprocess.Popen([sys.executable, "-c", KILLABLE, rec.name], stdout=subprocess.PIPE)
         procs.append(p)
