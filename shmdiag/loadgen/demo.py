@@ -11,6 +11,7 @@ import time
 from shmdiag.cli.format import human_bytes, human_duration
 from shmdiag.core.models import Severity
 from shmdiag.loadgen.generator import Simulation
+from shmdiag.loadgen.profile import DEMO_STEP_MIX
 from shmdiag.recorder import Recorder
 
 _PEERS = 25  # per writer
@@ -18,9 +19,10 @@ _PEERS = 25  # per writer
 
 def _worker(name: str, worker: int, peers: int, seconds: float) -> None:
     """One writer: the load generator's simulated node (loadgen/profile.py's traffic: handshakes,
-    the message mix, pings, errors, disconnects), until ``seconds`` have passed."""
+    the message mix, pings, errors at DEMO_STEP_MIX's calmer rate, disconnects), until
+    ``seconds`` have passed."""
     with Recorder.attach(name) as rec:
-        sim = Simulation(rec, worker, peers, random.Random(worker), tape_len=4096)
+        sim = Simulation(rec, worker, peers, random.Random(worker), tape_len=4096, step_mix=DEMO_STEP_MIX)
         deadline = time.monotonic() + seconds
         while (now := time.monotonic()) < deadline:
             sim.steps(200)

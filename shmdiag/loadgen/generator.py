@@ -95,12 +95,12 @@ def _weighted(table: dict) -> tuple[list, list]:
     return keys, weights
 
 
-def build_tape(rng: random.Random, n: int = TAPE_LEN) -> list[tuple]:
+def build_tape(rng: random.Random, n: int = TAPE_LEN, step_mix: dict[str, float] | None = None) -> list[tuple]:
     """``n`` steps drawn from the profile, as tuples the step loop dispatches on:
     (0, type, direction, size) a message; (1, type, direction, sizes) an addr burst;
     (2, operation, text, disconnect reason or None) an error; (3, reason) a disconnect;
     (4, event_type, message, severity, metadata) a generic event."""
-    steps, sw = _weighted(P.STEP_MIX)
+    steps, sw = _weighted(P.STEP_MIX if step_mix is None else step_mix)
     msgs, mw = _weighted(P.MESSAGE_MIX)
     errs, ew = _weighted(P.ERRORS)
     reasons, rw = _weighted(P.DISCONNECT_REASONS)
@@ -145,13 +145,14 @@ class Simulation:
     """One writer's peers, driven by a tape of steps. ``rec`` is a Recorder, or anything with its
     record_* methods (the tests count with a fake)."""
 
-    def __init__(self, rec: RecordSink, wid: int, peers: int, rng: random.Random, tape_len: int = TAPE_LEN) -> None:
+    def __init__(self, rec: RecordSink, wid: int, peers: int, rng: random.Random, tape_len: int = TAPE_LEN,
+                 step_mix: dict[str, float] | None = None) -> None:
         self.rec, self.rng = rec, rng
         self.ids = [f"w{wid}-p{j}" for j in range(peers)]
         self.addrs = [P.draw_address(rng) for _ in range(peers)]
         self.up = [False] * peers
         self.next_ping = [0.0] * peers
-        self.tape = build_tape(rng, tape_len)
+        self.tape = build_tape(rng, tape_len, step_mix)
         self.ptape = [rng.randrange(peers) for _ in range(min(PEER_TAPE_LEN, max(tape_len - 1, 1)))]
         self.rtts = [P.draw_rtt(rng) for _ in range(1024)]
         self.i = rng.randrange(len(self.tape))

@@ -167,6 +167,10 @@ STEP_MIX: dict[str, float] = {
     "disconnect": 0.1,  # a clean disconnection, one of DISCONNECT_REASONS
     "event": 0.1,  # one of NODE_EVENTS through record_event
 }
+# ``python -m shmdiag demo``'s node: the same, but its peers err about once per 2,000 messages
+# rather than once per 40 (loadgen's mix exercises the error path; the demo shows a node whose
+# health says what a real one's would: refused connections alone give a warning).
+DEMO_STEP_MIX: dict[str, float] = {**STEP_MIX, "error": 0.05}
 
 
 @dataclass(frozen=True)
