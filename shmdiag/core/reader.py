@@ -144,7 +144,7 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
         raw = seg.native.read_newest(n, filt.min_severity, hi, floor, K.KIND_MAX)
         if len(raw) == n * L.SLOT_SIZE or floor <= base:
             if as_records:
-                return np.frombuffer(raw, dtype=L.SLOT).copy()  # type: ignore[return-value]
+                return np.frombuffer(raw, dtype=L.SLOT).copy()
             return _decode_raw(seg, raw)
     parts: list[np.ndarray] = []  # record arrays, newest part first (no per-event check left)
     found: list[DiagnosticEvent] = []  # decoded, newest first (grep or accept)
