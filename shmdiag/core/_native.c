@@ -1579,7 +1579,7 @@ typedef struct {
 static struct {
     PyObject *table;         /* the tuple set_decoder took: owns everything borrowed below */
     PyTypeObject *cls;
-    PyObject *attr[DEC_ATTRS], *sev[8], *load_json, *bad, *empty, *noargs;
+    PyObject *attr[DEC_ATTRS], *sev[8], *load_json, *bad, *noargs;
     int nsev;
     long f_cut, f_continued;  /* flags that mark an event truncated; F_CONTINUED */
     Py_ssize_t slot_size, text_size, o_w, o_ts, o_value, o_lens, o_sev, o_kind, o_flags, o_pid, o_text;
@@ -1661,7 +1661,6 @@ static PyObject *set_decoder(PyObject *mod, PyObject *table) {
             k->meta_key[i] = key;
         }
     }
-    if (!D.empty && !(D.empty = PyUnicode_FromStringAndSize("", 0))) return NULL;
     if (!D.noargs && !(D.noargs = PyTuple_New(0))) return NULL;
     Py_INCREF(table);
     Py_XSETREF(D.table, table);
@@ -1715,9 +1714,9 @@ static PyObject *decode_slot(const unsigned char *r, int skip_continued) {
     a[0] = 0;
     for (int i = 0; i < 5; i++) a[i + 1] = a[i] + r[D.o_lens + i];
     for (int i = 0; i < 6; i++) if (a[i] > D.text_size) a[i] = D.text_size;
-    PyObject *v[DEC_FIELDS_MAX] = {0}, *msg = NULL, *peer = NULL, *meta = NULL, *stamp = NULL, *ev = NULL, *parts = NULL;
-    PyObject *vals[DEC_ATTRS] = {0};
-    int cut = (flags & D.f_cut) != 0, ok = 0;
+    PyObject *v[DEC_FIELDS_MAX] = {0}, *msg = NULL, *peer = NULL, *meta = NULL, *stamp = NULL, *ev = NULL;
+    PyObject *vals[DEC_ATTRS] = {0}, *bits[2 * DEC_PIECES_MAX];
+    int cut = (flags & D.f_cut) != 0, ok = 0, nbits = 0;
     for (int i = 0; i < k->nfields; i++) {
         const DField *f = &k->f[i];
         if (f->when && !(flags & f->when)) { v[i] = Py_NewRef(Py_None); continue; }
@@ -1745,19 +1744,22 @@ static PyObject *decode_slot(const unsigned char *r, int skip_continued) {
     if (k->npieces == 1 && k->pf[0] >= 0 && PyUnicode_GET_LENGTH(k->lit[0]) == 0 && PyUnicode_GET_LENGTH(k->spec[0]) == 0
         && PyUnicode_CheckExact(v[k->pf[0]])) {
         msg = Py_NewRef(v[k->pf[0]]);
-    } else {
-        if (!(parts = PyList_New(0))) goto done;
+    } else {   /* the pieces, then one string of their total length (no list, no join) */
         for (int i = 0; i < k->npieces; i++) {
-            if (PyUnicode_GET_LENGTH(k->lit[i]) && PyList_Append(parts, k->lit[i])) goto done;
-            if (k->pf[i] >= 0) {
-                PyObject *s = PyObject_Format(v[k->pf[i]], k->spec[i]);
-                if (!s) goto done;
-                int e = PyList_Append(parts, s);
-                Py_DECREF(s);
-                if (e) goto done;
-            }
+            if (PyUnicode_GET_LENGTH(k->lit[i])) bits[nbits++] = Py_NewRef(k->lit[i]);
+            if (k->pf[i] >= 0 && !(bits[nbits++] = PyObject_Format(v[k->pf[i]], k->spec[i]))) goto done;
         }
-        if (!(msg = PyUnicode_Join(D.empty, parts))) goto done;
+        Py_ssize_t total = 0, at = 0;
+        Py_UCS4 maxc = 127;
+        for (int i = 0; i < nbits; i++) {
+            total += PyUnicode_GET_LENGTH(bits[i]);
+            if (PyUnicode_MAX_CHAR_VALUE(bits[i]) > maxc) maxc = PyUnicode_MAX_CHAR_VALUE(bits[i]);
+        }
+        if (!(msg = PyUnicode_New(total, maxc))) goto done;
+        for (int i = 0; i < nbits; i++) {
+            if (PyUnicode_CopyCharacters(msg, at, bits[i], 0, PyUnicode_GET_LENGTH(bits[i])) < 0) goto done;
+            at += PyUnicode_GET_LENGTH(bits[i]);
+        }
     }
     if (!(peer = PyUnicode_DecodeUTF8(text + a[1], a[2] - a[1], "replace"))) goto done;
     if (k->nmeta < 0) {
@@ -1787,7 +1789,8 @@ static PyObject *decode_slot(const unsigned char *r, int skip_continued) {
 done:
     for (int i = 0; i < k->nfields; i++) Py_XDECREF(v[i]);
     for (int i = 0; i < DEC_ATTRS; i++) Py_XDECREF(vals[i]);
-    Py_XDECREF(msg); Py_XDECREF(peer); Py_XDECREF(meta); Py_XDECREF(stamp); Py_XDECREF(parts);
+    for (int i = 0; i < nbits; i++) Py_XDECREF(bits[i]);
+    Py_XDECREF(msg); Py_XDECREF(peer); Py_XDECREF(meta); Py_XDECREF(stamp);
     return ok ? ev : NULL;
 }
 

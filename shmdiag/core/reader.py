@@ -20,7 +20,7 @@ import orjson
 from shmdiag.core import _native
 from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
-from shmdiag.core.filter import EventFilter, slot_fields, slot_fields_checked, unrecorded
+from shmdiag.core.filter import EventFilter, severity_filter, slot_fields, slot_fields_checked, unrecorded
 from shmdiag.core.models import DiagnosticEvent, Severity
 from shmdiag.core.segment import Segment
 
@@ -131,7 +131,7 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
     last full scan finds those: this and :func:`retained_slots` agree on what is retained.
     """
     if filt is None:
-        filt = EventFilter(min_severity=min_severity)
+        filt = severity_filter(min_severity)
     elif min_severity > filt.min_severity:
         filt = dataclasses.replace(filt, min_severity=min_severity)
     head, base = seg.era()
@@ -217,7 +217,7 @@ def read_events(seg: Segment, limit: int, min_severity: int, filt: EventFilter |
     if limit > 0:
         return newest_events(seg, limit, min_severity, filt=filt)
     if filt is None:
-        filt = EventFilter(min_severity=min_severity)
+        filt = severity_filter(min_severity)
     elif min_severity > filt.min_severity:
         filt = dataclasses.replace(filt, min_severity=min_severity)
     idx, w = newest(*retained_slots(seg, filt.min_severity), 0)
