@@ -1,10 +1,14 @@
-"""reader.decode_many (generated per-kind decoders, numpy columns, timestamps by fromtimestamp)
-returns exactly what the reference path reader._decode_row returns, record by record: every kind,
-nasty text, truncated and continued records, metadata that does not parse, and timestamps
-outside the fast path's range (before 1970, after 2106)."""
+"""reader.decode_many (in C: _native.decode_slots; and decode_many_py, the generated per-kind
+Python decoders) returns exactly what the reference path reader._decode_row returns, record by
+record: every kind, nasty text, truncated and continued records, metadata that does not parse,
+and timestamps outside the fast range (before 1970, after 2106); fuzzed records. The C search
+(read_newest) returns what the numpy search returns, on wrapped, cleared and damaged rings and
+under a concurrent writer."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -45,6 +49,7 @@ def test_every_kind_decodes_as_the_reference(make_recorder):
     recs = _records(rec)
     fast = R.decode_many(recs, R.continuations(rec._seg, recs))
     assert fast == _reference(rec._seg, recs)
+    assert R.decode_many_py(recs, R.continuations(rec._seg, recs)) == fast
     assert len(fast[-3].message) == 5000 and not fast[-3].truncated
     assert fast[-2].truncated
     # a continued record read without its continuations: its first slot alone, truncated
@@ -65,6 +70,7 @@ def test_timestamps_outside_the_fast_range(make_recorder):
     recs = _records(rec)
     got = R.decode_many(recs)
     assert got == _reference(rec._seg, recs)
+    assert R.decode_many_py(recs) == got
     assert [e.timestamp for e in got] == stamps
     # within the fast range alone (one batch takes one path)
     inside = recs[[1, 4]]
@@ -271,9 +277,6 @@ print(i)
 def test_native_reads_under_a_concurrent_writer(make_recorder, procs):
     """A writer process laps a small ring while get_events(50) reads it through the C path: every
     event returned is one the writer recorded, whole (or marked truncated), never a torn mix."""
-    import subprocess
-    import sys
-
     rec = make_recorder(64)  # a short lap: the writer rewrites slots while they are copied
     p = subprocess.Popen([sys.executable, "-c", _WRITER, rec.name, "2.0"], stdout=subprocess.PIPE, text=True)
     procs.append(p)
