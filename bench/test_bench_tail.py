@@ -277,3 +277,52 @@ def test_newest_100_records_without_decoding(benchmark, per_op, ring1m, which):
     out = benchmark.pedantic(lambda: newest_records(ring1m._seg, 100, filt), rounds=50, warmup_rounds=2)
     per_op(1, "call")
     assert len(out) == 100
+
+
+# -- get_events(100) through C (read_newest + decode_slots) against the numpy/Python path -----
+
+def _interleaved_us(fns: dict[str, object], rounds: int = 15, inner: int = 200) -> dict[str, float]:
+    """Median µs per call of each function, over ``rounds`` rounds of ``inner`` calls, the
+    functions taking turns within each round (load that comes and goes hits all alike)."""
+    import statistics
+
+    got: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:
+            fn = fns[k]
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()  # type: ignore[operator]
+            got[k].append((time.perf_counter() - t) / inner * 1e6)
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+@pytest.mark.benchmark(group="get-events-native")
+@pytest.mark.parametrize("sev", [Severity.DEBUG, Severity.ERROR], ids=["all", "min_severity=error"])
+def test_get_events_100_native_vs_python(benchmark, per_op, ring1m, sev):
+    """``get_events(100)`` on the full 1M ring as shipped (the C path), and its ratio to the
+    numpy search + Python decoders (``reader._NATIVE = False``, the path before) in the same
+    run: ``extra_info`` ``native_us``, ``python_us``, ``speedup``."""
+    from _benchlib import NOTES
+
+    from shmdiag.core import reader as R
+
+    out = benchmark.pedantic(lambda: ring1m.get_events(100, sev), rounds=200, warmup_rounds=5)
+    per_op(1, "call")
+    assert len(out) == 100 and out[-1].seq < 1_000_000
+
+    def python_path():
+        R._NATIVE = False
+        try:
+            return ring1m.get_events(100, sev)
+        finally:
+            R._NATIVE = True
+
+    assert python_path() == out  # the same events both ways
+    us = _interleaved_us({"native": lambda: ring1m.get_events(100, sev), "python": python_path})
+    speedup = us["python"] / us["native"]
+    benchmark.extra_info.update(native_us=round(us["native"], 1), python_us=round(us["python"], 1),
+                                speedup=round(speedup, 2))
+    NOTES.append(f"get_events(100{', ERROR' if sev else ''}) on a 1M ring: {us['native']:.1f} us through C, "
+                 f"{us['python']:.1f} us through numpy + Python decoders ({speedup:.2f}x, interleaved, same run)")

@@ -29,7 +29,7 @@ from shmdiag.core import recent as _recent
 from shmdiag.core import snapshot as _snapshot
 from shmdiag.core.config import RecorderConfig
 from shmdiag.core.errors import RecorderClosedError
-from shmdiag.core.filter import EventFilter, unrecorded
+from shmdiag.core.filter import EventFilter, severity_filter, unrecorded
 from shmdiag.core.follow import Batch, Follower, Gap, history
 from shmdiag.core.models import (
     DiagnosticEvent,
@@ -118,6 +118,8 @@ def event_filter(min_severity: object = Severity.DEBUG, *, event_type: str | Ite
     """The filter ``get_events``, ``history``, ``follower`` and ``write_export`` take, from their
     keyword arguments; a precise TypeError or ValueError for anything else (a bad regex: ValueError)."""
     sev = _severity(min_severity)
+    if event_type is None and peer_id is None and since is None and until is None and pid is None and grep is None:
+        return severity_filter(int(sev))
     if isinstance(grep, str):
         try:
             grep = re.compile(grep)

@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <datetime.h>
 
 #define NWORDS_MAX 64
 
@@ -1482,6 +1483,341 @@ static PyObject *Mapping_fence(Mapping *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* ---- reader fast path: newest-first search and decoding (get_events) -------------------------
+ *
+ * The same reads and checks as core/reader.py's numpy path, one slot at a time and newest first,
+ * so asking for the 100 newest events of a ring of millions touches a little over 100 slots and
+ * makes no numpy call. What each kind stores and how it reads comes from core/kinds.py, handed
+ * over once by set_decoder() (reader._native_table); the slot offsets come from this Mapping's
+ * Layout (read_newest) and from layout.py through set_decoder (decode_slots, which has no segment).
+ * The Python decoder (reader._decode_row) stays the reference: tests/test_decode_fast.py checks
+ * that both give equal events. */
+
+/* read_newest(n, min_severity, hi, floor, kind_max) -> bytes: the records of the (at most) n
+ * highest sequence numbers in [floor, hi) that are retained, at or above min_severity and pass
+ * every check of reader.copy_records, oldest first, slot_size bytes each. Never waits. */
+static PyObject *Mapping_read_newest(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "read_newest(n, min_severity, hi, floor, kind_max)"); return NULL; }
+    if (check_open(self)) return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
+    long min_sev = PyLong_AsLong(args[1]);
+    unsigned long long hi = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long floor_ = PyLong_AsUnsignedLongLong(args[3]);
+    long kind_max = PyLong_AsLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    if (n < 0 || kind_max < 0 || kind_max > 255) { PyErr_SetString(PyExc_ValueError, "read_newest: bad n or kind_max"); return NULL; }
+    const Layout *L = &self->L;
+    const Py_ssize_t sz = L->slot_size, nw = self->nwords;
+    const uint64_t cap = (uint64_t)L->capacity, smask = ((uint64_t)1 << L->w_sev_bits) - 1;
+    char *slots = self->mem + L->slots_off;
+    Py_ssize_t room = n < 128 ? n : 128, k = 0;
+    char *buf = PyMem_Malloc((size_t)(room ? room : 1) * (size_t)sz);
+    if (!buf) return PyErr_NoMemory();
+    uint64_t rec[NWORDS_MAX];
+    for (uint64_t seq = hi; seq > floor_ && k < n; ) {
+        seq--;
+        char *s = slots + (Py_ssize_t)(seq % cap) * sz;
+        /* The seqlock read of core/reader.py: acquire-load the word (the writer's release store
+         * of COMMITTED publishes the payload), copy, acquire fence, load the word again; take the
+         * copy only if the word did not change and the copy holds that very word. */
+        uint64_t w = ld_acq(s + L->slot_w);
+        if (w == 0 || w_seq1(L, w) != seq + 1 || w_state(L, w) != (uint64_t)L->st_committed) continue;
+        uint64_t sev = (w >> L->w_state_bits) & smask;
+        if (sev > 4 || (long)sev < min_sev) continue;
+        for (Py_ssize_t i = 0; i < nw; i++) rec[i] = __atomic_load_n(U64(s) + i, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (ld_rlx(s + L->slot_w) != w) continue;
+        const unsigned char *r = (const unsigned char *)rec;
+        uint64_t rw, ck;
+        memcpy(&rw, r + L->slot_w, 8);
+        memcpy(&ck, r + L->slot_checksum, 8);
+        if (rw != w || r[L->slot_severity] != sev || r[L->slot_kind] > kind_max) continue;
+        uint64_t sum = 0;   /* wraps mod 2**64, as the writer's (keys of w and checksum are 0) */
+        for (Py_ssize_t i = 0; i < nw; i++) sum += rec[i] * self->keys[i];
+        if (sum != ck) continue;
+        const unsigned char *ln = r + L->slot_lens;
+        if (ln[0] > L->type_cap || ln[1] > L->peer_cap || ln[0] + ln[1] + ln[2] + ln[3] + ln[4] > L->text_size) continue;
+        if (k == room) {
+            room *= 2;
+            char *nb = PyMem_Realloc(buf, (size_t)room * (size_t)sz);
+            if (!nb) { PyMem_Free(buf); return PyErr_NoMemory(); }
+            buf = nb;
+        }
+        memcpy(buf + k * sz, rec, (size_t)sz);
+        k++;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, k * sz);
+    if (out) {
+        char *o = PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < k; i++) memcpy(o + i * sz, buf + (k - 1 - i) * sz, (size_t)sz);  /* oldest first */
+    }
+    PyMem_Free(buf);
+    return out;
+}
+
+#define DEC_FIELDS_MAX 16
+#define DEC_PIECES_MAX 32
+#define DEC_ATTRS 10   /* DiagnosticEvent's fields, in reader._native_table's order */
+
+typedef struct {
+    int src;                 /* 0..4: text field index; 5: the int64 value; 6: a flag bit */
+    long when, flag;         /* present only when flags & when (0: always); the bit for src 6 */
+    int json;
+    PyObject *convert, *w0, *w1;   /* borrowed from the table (kept alive by D.table) */
+} DField;
+
+typedef struct {
+    PyObject *event_type;    /* borrowed; NULL: the field etype_field */
+    int nfields, npieces, nmeta, etype_field, meta_field, error_field;
+    DField f[DEC_FIELDS_MAX];
+    PyObject *lit[DEC_PIECES_MAX], *spec[DEC_PIECES_MAX];
+    int pf[DEC_PIECES_MAX];
+    PyObject *meta_key[DEC_FIELDS_MAX];
+    int meta_idx[DEC_FIELDS_MAX];
+} DKind;
+
+static struct {
+    PyObject *table;         /* the tuple set_decoder took: owns everything borrowed below */
+    PyTypeObject *cls;
+    PyObject *attr[DEC_ATTRS], *sev[8], *load_json, *bad, *noargs;
+    int nsev;
+    long f_cut, f_continued;  /* flags that mark an event truncated; F_CONTINUED */
+    Py_ssize_t slot_size, text_size, o_w, o_ts, o_value, o_lens, o_sev, o_kind, o_flags, o_pid, o_text;
+    int seq_shift;
+    DKind kinds[256];
+} D;
+
+static int dec_index(PyObject *o, int lo, int hi, int *out) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < lo || v >= hi) { PyErr_Format(PyExc_ValueError, "decoder table: index %ld outside %d..%d", v, lo, hi - 1); return -1; }
+    *out = (int)v;
+    return 0;
+}
+
+/* set_decoder(table): see reader._native_table for its shape. */
+static PyObject *set_decoder(PyObject *mod, PyObject *table) {
+    PyObject *cls, *attrs, *sevs, *offs, *kinds;
+    long f_cut, f_cont;
+    int shift;
+    Py_CLEAR(D.table);   /* decode_slots refuses until a whole table is in (D borrows from it) */
+    if (!PyArg_ParseTuple(table, "O!O!O!OOO!illO!", &PyType_Type, &cls, &PyTuple_Type, &attrs, &PyTuple_Type, &sevs,
+                          &D.load_json, &D.bad, &PyTuple_Type, &offs, &shift, &f_cut, &f_cont, &PyTuple_Type, &kinds))
+        return NULL;
+    if (PyTuple_GET_SIZE(attrs) != DEC_ATTRS || PyTuple_GET_SIZE(sevs) < 1 || PyTuple_GET_SIZE(sevs) > 8 ||
+        PyTuple_GET_SIZE(kinds) != 256 || shift < 1 || shift > 16) {
+        PyErr_SetString(PyExc_ValueError, "decoder table: bad shape");
+        return NULL;
+    }
+    Py_ssize_t o[11];
+    if (!PyArg_ParseTuple(offs, "nnnnnnnnnnn", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10]))
+        return NULL;
+    D.slot_size = o[0]; D.text_size = o[1]; D.o_w = o[2]; D.o_ts = o[3]; D.o_value = o[4]; D.o_lens = o[5];
+    D.o_sev = o[6]; D.o_kind = o[7]; D.o_flags = o[8]; D.o_pid = o[9]; D.o_text = o[10];
+    if (D.slot_size < 1 || D.o_w + 8 > D.slot_size || D.o_ts + 8 > D.slot_size || D.o_value + 8 > D.slot_size ||
+        D.o_lens + 5 > D.slot_size || D.o_pid + 4 > D.slot_size || D.o_sev >= D.slot_size || D.o_kind >= D.slot_size ||
+        D.o_flags >= D.slot_size || D.text_size < 0 || D.o_text + D.text_size > D.slot_size) {
+        PyErr_SetString(PyExc_ValueError, "decoder table: offsets outside the slot");
+        return NULL;
+    }
+    for (int i = 0; i < DEC_ATTRS; i++) D.attr[i] = PyTuple_GET_ITEM(attrs, i);
+    D.nsev = (int)PyTuple_GET_SIZE(sevs);
+    for (int i = 0; i < D.nsev; i++) D.sev[i] = PyTuple_GET_ITEM(sevs, i);
+    D.cls = (PyTypeObject *)cls;
+    D.seq_shift = shift; D.f_cut = f_cut; D.f_continued = f_cont;
+    for (int c = 0; c < 256; c++) {
+        DKind *k = &D.kinds[c];
+        PyObject *etype, *fields, *pieces, *meta;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(kinds, c), "OO!O!Oiii", &etype, &PyTuple_Type, &fields, &PyTuple_Type, &pieces,
+                              &meta, &k->etype_field, &k->meta_field, &k->error_field))
+            return NULL;
+        k->event_type = etype == Py_None ? NULL : etype;
+        k->nfields = (int)PyTuple_GET_SIZE(fields);
+        k->npieces = (int)PyTuple_GET_SIZE(pieces);
+        k->nmeta = meta == Py_None ? -1 : (PyTuple_Check(meta) ? (int)PyTuple_GET_SIZE(meta) : -2);
+        if (k->nfields > DEC_FIELDS_MAX || k->npieces > DEC_PIECES_MAX || k->nmeta == -2 || k->nmeta > DEC_FIELDS_MAX ||
+            k->etype_field >= k->nfields || k->meta_field >= k->nfields || k->error_field >= k->nfields ||
+            (!k->event_type && k->etype_field < 0) || (k->nmeta < 0 && k->meta_field < 0)) {
+            PyErr_Format(PyExc_ValueError, "decoder table: kind %d is malformed", c);
+            return NULL;
+        }
+        for (int i = 0; i < k->nfields; i++) {
+            DField *f = &k->f[i];
+            PyObject *conv;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, i), "illpOOO", &f->src, &f->when, &f->flag, &f->json, &conv,
+                                  &f->w0, &f->w1))
+                return NULL;
+            if (f->src < 0 || f->src > 6) { PyErr_SetString(PyExc_ValueError, "decoder table: bad field source"); return NULL; }
+            f->convert = conv == Py_None ? NULL : conv;
+        }
+        for (int i = 0; i < k->npieces; i++) {
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(pieces, i), "UiU", &k->lit[i], &k->pf[i], &k->spec[i])) return NULL;
+            if (k->pf[i] >= k->nfields) { PyErr_SetString(PyExc_ValueError, "decoder table: bad piece"); return NULL; }
+        }
+        for (int i = 0; i < k->nmeta; i++) {
+            PyObject *key;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(meta, i), "Ui", &key, &k->meta_idx[i])) return NULL;
+            if (dec_index(PyTuple_GET_ITEM(PyTuple_GET_ITEM(meta, i), 1), 0, k->nfields, &k->meta_idx[i])) return NULL;
+            k->meta_key[i] = key;
+        }
+    }
+    if (!D.noargs && !(D.noargs = PyTuple_New(0))) return NULL;
+    Py_INCREF(table);
+    Py_XSETREF(D.table, table);
+    Py_RETURN_NONE;
+}
+
+/* Days since 1970-01-01 -> proleptic Gregorian date (H. Hinnant's civil_from_days). */
+static void civil_from_days(int64_t z, int *y, int *m, int *d) {
+    z += 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = (int)(yoe + era * 400 + (*m <= 2));
+}
+
+static inline int64_t floordiv(int64_t a, int64_t b) { int64_t q = a / b; return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q; }
+
+/* reader._EPOCH + timedelta(microseconds=ts_ns // 1000), built directly. */
+static PyObject *dec_timestamp(int64_t ts_ns) {
+    int64_t us = floordiv(ts_ns, 1000);
+    int64_t days = floordiv(us, 86400000000LL), rest = us - days * 86400000000LL;
+    int y, m, d;
+    civil_from_days(days, &y, &m, &d);
+    int64_t secs = rest / 1000000;
+    return PyDateTimeAPI->DateTime_FromDateAndTime(y, m, d, (int)(secs / 3600), (int)(secs / 60 % 60), (int)(secs % 60),
+                                                   (int)(rest % 1000000), PyDateTime_TimeZone_UTC, PyDateTimeAPI->DateTimeType);
+}
+
+/* One validated record -> a DiagnosticEvent, as reader._decode_row without continuation text
+ * (a continued record reads its first slot alone, truncated); Py_None for a continued record
+ * when skip_continued (the caller reads its continuations and decodes it in Python). */
+static PyObject *decode_slot(const unsigned char *r, int skip_continued) {
+    long flags = r[D.o_flags];
+    if (skip_continued && (flags & D.f_continued)) Py_RETURN_NONE;
+    const DKind *k = &D.kinds[r[D.o_kind]];
+    unsigned sev = r[D.o_sev];
+    if (sev >= (unsigned)D.nsev) { PyErr_Format(PyExc_IndexError, "severity %u out of range", sev); return NULL; }
+    int64_t ts, value;
+    uint64_t w;
+    uint32_t pid;
+    memcpy(&ts, r + D.o_ts, 8);
+    memcpy(&value, r + D.o_value, 8);
+    memcpy(&w, r + D.o_w, 8);
+    memcpy(&pid, r + D.o_pid, 4);
+    const char *text = (const char *)r + D.o_text;
+    Py_ssize_t a[6];   /* the five fields' bounds, clamped as Python's slices clamp */
+    a[0] = 0;
+    for (int i = 0; i < 5; i++) a[i + 1] = a[i] + r[D.o_lens + i];
+    for (int i = 0; i < 6; i++) if (a[i] > D.text_size) a[i] = D.text_size;
+    PyObject *v[DEC_FIELDS_MAX] = {0}, *msg = NULL, *peer = NULL, *meta = NULL, *stamp = NULL, *ev = NULL;
+    PyObject *vals[DEC_ATTRS] = {0}, *bits[2 * DEC_PIECES_MAX];
+    int cut = (flags & D.f_cut) != 0, ok = 0, nbits = 0;
+    for (int i = 0; i < k->nfields; i++) {
+        const DField *f = &k->f[i];
+        if (f->when && !(flags & f->when)) { v[i] = Py_NewRef(Py_None); continue; }
+        if (f->src < 5) {
+            const char *p = text + a[f->src];
+            Py_ssize_t len = a[f->src + 1] - a[f->src];
+            if (f->json) {
+                PyObject *b = PyBytes_FromStringAndSize(p, len);
+                if (!b) goto done;
+                v[i] = PyObject_CallOneArg(D.load_json, b);
+                Py_DECREF(b);
+                if (v[i] == D.bad) { Py_SETREF(v[i], Py_NewRef(Py_None)); cut = 1; }
+            } else {
+                v[i] = PyUnicode_DecodeUTF8(p, len, "replace");
+            }
+        } else if (f->src == 5) {
+            v[i] = PyLong_FromLongLong(value);
+            if (v[i] && f->convert) Py_SETREF(v[i], PyObject_CallOneArg(f->convert, v[i]));
+        } else {
+            v[i] = Py_NewRef(flags & f->flag ? f->w1 : f->w0);
+        }
+        if (!v[i]) goto done;
+    }
+    /* the message: the kind's template, format(value, spec) per field as an f-string does */
+    if (k->npieces == 1 && k->pf[0] >= 0 && PyUnicode_GET_LENGTH(k->lit[0]) == 0 && PyUnicode_GET_LENGTH(k->spec[0]) == 0
+        && PyUnicode_CheckExact(v[k->pf[0]])) {
+        msg = Py_NewRef(v[k->pf[0]]);
+    } else {   /* the pieces, then one string of their total length (no list, no join) */
+        for (int i = 0; i < k->npieces; i++) {
+            if (PyUnicode_GET_LENGTH(k->lit[i])) bits[nbits++] = Py_NewRef(k->lit[i]);
+            if (k->pf[i] >= 0 && !(bits[nbits++] = PyObject_Format(v[k->pf[i]], k->spec[i]))) goto done;
+        }
+        Py_ssize_t total = 0, at = 0;
+        Py_UCS4 maxc = 127;
+        for (int i = 0; i < nbits; i++) {
+            total += PyUnicode_GET_LENGTH(bits[i]);
+            if (PyUnicode_MAX_CHAR_VALUE(bits[i]) > maxc) maxc = PyUnicode_MAX_CHAR_VALUE(bits[i]);
+        }
+        if (!(msg = PyUnicode_New(total, maxc))) goto done;
+        for (int i = 0; i < nbits; i++) {
+            if (PyUnicode_CopyCharacters(msg, at, bits[i], 0, PyUnicode_GET_LENGTH(bits[i])) < 0) goto done;
+            at += PyUnicode_GET_LENGTH(bits[i]);
+        }
+    }
+    if (!(peer = PyUnicode_DecodeUTF8(text + a[1], a[2] - a[1], "replace"))) goto done;
+    if (k->nmeta < 0) {
+        meta = Py_NewRef(v[k->meta_field]);
+    } else {
+        if (!(meta = PyDict_New())) goto done;
+        for (int i = 0; i < k->nmeta; i++)
+            if (PyDict_SetItem(meta, k->meta_key[i], v[k->meta_idx[i]])) goto done;
+    }
+    if (!(stamp = dec_timestamp(ts))) goto done;
+    vals[0] = Py_NewRef(k->event_type ? k->event_type : v[k->etype_field]);
+    vals[1] = Py_NewRef(msg);
+    vals[2] = Py_NewRef(D.sev[sev]);
+    vals[3] = Py_NewRef(peer);
+    vals[4] = Py_NewRef(meta);
+    vals[5] = Py_NewRef(k->error_field >= 0 ? v[k->error_field] : Py_None);
+    vals[6] = Py_NewRef(stamp);
+    if (!(vals[7] = PyLong_FromUnsignedLong(pid))) goto done;
+    if (!(vals[8] = PyLong_FromUnsignedLongLong((w >> D.seq_shift) - 1))) goto done;
+    vals[9] = Py_NewRef(cut ? Py_True : Py_False);
+    /* the dataclass's __init__ stores its arguments and nothing else (reader checks it has no
+     * __post_init__): store them the same way, without running Python code */
+    if (!(ev = D.cls->tp_new(D.cls, D.noargs, NULL))) goto done;
+    for (int i = 0; i < DEC_ATTRS; i++)
+        if (PyObject_GenericSetAttr(ev, D.attr[i], vals[i])) { Py_CLEAR(ev); goto done; }
+    ok = 1;
+done:
+    for (int i = 0; i < k->nfields; i++) Py_XDECREF(v[i]);
+    for (int i = 0; i < DEC_ATTRS; i++) Py_XDECREF(vals[i]);
+    for (int i = 0; i < nbits; i++) Py_XDECREF(bits[i]);
+    Py_XDECREF(msg); Py_XDECREF(peer); Py_XDECREF(meta); Py_XDECREF(stamp);
+    return ok ? ev : NULL;
+}
+
+/* decode_slots(buffer, skip_continued=False) -> list of DiagnosticEvent (None for continued
+ * records when skip_continued): every slot_size bytes of buffer, a validated record
+ * (reader.copy_records or read_newest), as reader.decode_many without continuation text. */
+static PyObject *decode_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) { PyErr_SetString(PyExc_TypeError, "decode_slots(buffer, skip_continued=False)"); return NULL; }
+    if (!D.table) { PyErr_SetString(PyExc_RuntimeError, "set_decoder() was not called"); return NULL; }
+    int skip = nargs == 2 ? PyObject_IsTrue(args[1]) : 0;
+    if (skip < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    PyObject *out = NULL;
+    if (view.len % D.slot_size) { PyErr_SetString(PyExc_ValueError, "buffer is not a whole number of slots"); goto end; }
+    Py_ssize_t n = view.len / D.slot_size;
+    if (!(out = PyList_New(n))) goto end;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = decode_slot((const unsigned char *)view.buf + i * D.slot_size, skip);
+        if (!e) { Py_CLEAR(out); goto end; }
+        PyList_SET_ITEM(out, i, e);
+    }
+end:
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyObject *Mapping_closed(Mapping *self, void *unused) { return PyBool_FromLong(self->mem == NULL); }
 static PyObject *Mapping_readonly(Mapping *self, void *unused) { return PyBool_FromLong(self->readonly); }
 
@@ -1504,6 +1840,8 @@ static PyMethodDef Mapping_methods[] = {
     {"drop_run", (PyCFunction)Mapping_drop_run, METH_NOARGS, "Give up the rest of this process's run (at close)."},
     {"settle_extras", (PyCFunction)(void (*)(void))Mapping_settle_extras, METH_FASTCALL,
      "Finish a dead writer's peer and latency adds from step from_step on."},
+    {"read_newest", (PyCFunction)(void (*)(void))Mapping_read_newest, METH_FASTCALL,
+     "The newest retained records of [floor, hi) that pass the reader's checks (bytes, oldest first)."},
     {NULL},
 };
 
@@ -1559,6 +1897,8 @@ static PyMethodDef module_methods[] = {
     {"set_closed_error", set_closed_error, METH_O, "Exception class raised by a released Mapping."},
     {"set_readonly_error", set_readonly_error, METH_O, "Exception class raised by a store through a read-only Mapping."},
     {"run_clock_slack_ns", run_clock_slack_ns, METH_NOARGS, "How far the clock of runs may lag CLOCK_MONOTONIC."},
+    {"set_decoder", set_decoder, METH_O, "The event kinds table decode_slots reads records with (reader._native_table)."},
+    {"decode_slots", (PyCFunction)(void (*)(void))decode_slots, METH_FASTCALL, "Decode validated records into DiagnosticEvents."},
     {NULL},
 };
 
@@ -1569,6 +1909,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     g_pid = getpid();
     pthread_atfork(NULL, NULL, after_fork_child);
     if (PyType_Ready(&MappingType) < 0) return NULL;
+    PyDateTime_IMPORT;
+    if (!PyDateTimeAPI) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     NoShardError = PyErr_NewException("shmdiag._native.NoShard", PyExc_RuntimeError, NULL);

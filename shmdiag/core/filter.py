@@ -181,6 +181,17 @@ class EventFilter:
         return g is None or g.search(e.message) is not None or (e.error is not None and g.search(e.error) is not None)
 
 
+_PLAIN = tuple(EventFilter(min_severity=s) for s in range(5))
+
+
+def severity_filter(min_severity: int) -> EventFilter:
+    """The filter of a minimum severity alone, built once (a filter is frozen, so it is shared):
+    ``get_events(100)`` should not pay for building one on every call."""
+    if not 0 <= min_severity <= 4:
+        raise ValueError(f"min_severity must be 0-4, got {min_severity!r}")
+    return _PLAIN[min_severity]
+
+
 def _equal(rows_ok: np.ndarray, length: np.ndarray, start: np.ndarray, needle: bytes, text: Text) -> np.ndarray:
     """Which records hold ``needle`` exactly as the field of ``length`` bytes at ``start``."""
     m = len(needle)

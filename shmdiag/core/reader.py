@@ -17,9 +17,10 @@ from typing import cast
 import numpy as np
 import orjson
 
+from shmdiag.core import _native
 from shmdiag.core import kinds as K
 from shmdiag.core import layout as L
-from shmdiag.core.filter import EventFilter, slot_fields, slot_fields_checked, unrecorded
+from shmdiag.core.filter import EventFilter, severity_filter, slot_fields, slot_fields_checked, unrecorded
 from shmdiag.core.models import DiagnosticEvent, Severity
 from shmdiag.core.segment import Segment
 
@@ -27,6 +28,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _KEYS = L.CHECKSUM_KEYS
 _SEVERITIES = list(Severity)
 _CHUNK = 1 << 14  # records copied at once by a full scan
+# The C fast paths (core/_native.c: read_newest, decode_slots); False: numpy and Python only, the
+# reference tests/test_decode_fast.py compares them with
+_NATIVE = True
 Accept = Callable[[DiagnosticEvent], bool]
 _LENS_WORD, _LENS_SHIFT = divmod(L.offset(L.SLOT, "lens"), 8)
 _LENS_SHIFT *= 8
@@ -127,12 +131,21 @@ def newest_events(seg: Segment, n: int, min_severity: int = 0, accept: Accept | 
     last full scan finds those: this and :func:`retained_slots` agree on what is retained.
     """
     if filt is None:
-        filt = EventFilter(min_severity=min_severity)
+        filt = severity_filter(min_severity)
     elif min_severity > filt.min_severity:
         filt = dataclasses.replace(filt, min_severity=min_severity)
     head, base = seg.era()
     hi = head if below is None else max(base, min(below, head))
     floor = max(base, head - seg.capacity)
+    if _NATIVE and accept is None and filt.severity_only and n > 0:
+        # The common case in C (core/_native.c read_newest): the same checks as look() and
+        # copy_records, slot by slot, newest first. It looks at [floor, hi) only; when that holds
+        # fewer than n events and older ones may be retained, the numpy path below answers.
+        raw = seg.native.read_newest(n, filt.min_severity, hi, floor, K.KIND_MAX)
+        if len(raw) == n * L.SLOT_SIZE or floor <= base:
+            if as_records:
+                return np.frombuffer(raw, dtype=L.SLOT).copy()
+            return _decode_raw(seg, raw)
     parts: list[np.ndarray] = []  # record arrays, newest part first (no per-event check left)
     found: list[DiagnosticEvent] = []  # decoded, newest first (grep or accept)
     have = 0
@@ -204,7 +217,7 @@ def read_events(seg: Segment, limit: int, min_severity: int, filt: EventFilter |
     if limit > 0:
         return newest_events(seg, limit, min_severity, filt=filt)
     if filt is None:
-        filt = EventFilter(min_severity=min_severity)
+        filt = severity_filter(min_severity)
     elif min_severity > filt.min_severity:
         filt = dataclasses.replace(filt, min_severity=min_severity)
     idx, w = newest(*retained_slots(seg, filt.min_severity), 0)
@@ -337,9 +350,40 @@ def decode_many(recs: np.ndarray, more: dict[int, More | None] | None = None) ->
     (a numpy scalar's field access costs more than the decoding itself); ``more``: row ->
     continuation text (:func:`continuations`; :func:`decode_records` reads it).
 
-    Each row goes through its kind's generated decoder (:func:`_fast_decoder`): field offsets
-    and timestamps are computed with numpy for the whole batch, and the decoder builds the event
-    with no per-field dispatch. A row with continuation text takes :func:`_decode_row`."""
+    Decoded in C (``_native.decode_slots``, from the table :func:`_native_table` takes from
+    core/kinds.py); :func:`decode_many_py` is the same in Python. A row with continuation text
+    takes :func:`_decode_row`."""
+    if not _NATIVE:
+        return decode_many_py(recs, more)
+    if not len(recs):
+        return []
+    out: list[DiagnosticEvent] = _native.decode_slots(np.ascontiguousarray(recs))
+    if more:
+        for i, m in more.items():
+            if m is not None:
+                r = recs[i]
+                out[i] = _decode_row([int(x) for x in r["lens"]], r["text"].tobytes(), int(r["kind"]), int(r["flags"]),
+                                     int(r["value"]), int(r["severity"]), int(r["ts_ns"]), int(r["pid"]),
+                                     int(L.w_seq(r["w"])), m)
+    return out
+
+
+def _decode_raw(seg: Segment, raw: bytes) -> list[DiagnosticEvent]:
+    """:func:`decode_records` of validated records given as bytes (``read_newest``): decoded in
+    C; only records that say F_CONTINUED become a SLOT array, for :func:`continuations`."""
+    out: list[DiagnosticEvent | None] = _native.decode_slots(raw, True)
+    if None in out:
+        recs = np.frombuffer(raw, dtype=L.SLOT)
+        rows = [i for i, e in enumerate(out) if e is None]
+        sub = recs[rows]
+        for i, e in zip(rows, decode_records(seg, sub), strict=True):
+            out[i] = e
+    return cast("list[DiagnosticEvent]", out)
+
+
+def decode_many_py(recs: np.ndarray, more: dict[int, More | None] | None = None) -> list[DiagnosticEvent]:
+    """:func:`decode_many` in Python (the generated per-kind decoders): the reference the native
+    decoder is tested against (tests/test_decode_fast.py), with :func:`_decode_row`."""
     n = len(recs)
     if n == 0:
         return []
@@ -435,6 +479,50 @@ def _fast_decoder(kind: K.Kind) -> Callable[..., DiagnosticEvent]:
 _FAST: list[Callable[..., DiagnosticEvent]] = [_fast_decoder(K.EVENT)] * 256
 for _k in K.KINDS:
     _FAST[_k.code] = _fast_decoder(_k)
+
+
+_EVENT_ATTRS = ("event_type", "message", "severity", "peer_id", "metadata", "error", "timestamp", "pid", "seq",
+                "truncated")
+_SRC_VALUE, _SRC_FLAGS = 5, 6
+
+
+def _native_table() -> tuple:
+    """What ``_native.decode_slots`` needs to decode records as :func:`_decode_row` does: the
+    event class and its field names, the severities, the JSON loader, slot offsets (layout.py)
+    and, per kind code (core/kinds.py; codes that are no kind read as events), its event type,
+    fields ``(source, when, flag, json, convert, word if clear, word if set)`` (source: text
+    field index, 5 value, 6 flag), template pieces ``(literal, field index or -1, spec)``,
+    metadata ``((key, field index), ...)`` or None, and the indices of the fields that are the
+    event type, the metadata and the error (-1: none)."""
+    names = tuple(f.name for f in dataclasses.fields(DiagnosticEvent))
+    if names != _EVENT_ATTRS or hasattr(DiagnosticEvent, "__post_init__") or "__slots__" in vars(DiagnosticEvent):
+        raise AssertionError("DiagnosticEvent changed: update reader._native_table and decode_slot in _native.c")
+
+    def kind_entry(k: K.Kind) -> tuple:
+        pos = {f.name: i for i, f in enumerate(k.fields)}
+        fields = []
+        for f in k.fields:
+            src = f.text_index if f.is_text else _SRC_VALUE if f.stored == K.VALUE else _SRC_FLAGS
+            fields.append((src, f.when, f.flag, f.json, f.convert, *f.words))
+        pieces = []
+        for lit, name, spec in k.pieces:
+            if "{" in spec or "}" in spec:
+                raise ValueError(f"kind {k.name!r}: nested format specs are not supported")
+            pieces.append((lit, -1 if name is None else pos[name], spec))
+        meta = None if k.metadata is None else tuple((key, pos[key]) for key in k.metadata)
+        return (k.event_type, tuple(fields), tuple(pieces), meta, pos.get("event_type", -1) if k.event_type is None
+                else -1, pos.get("metadata", -1) if k.metadata is None else -1,
+                -1 if k.error is None else pos[k.error])
+
+    entries = {k.code: kind_entry(k) for k in K.KINDS}
+    offs = (L.SLOT_SIZE, L.TEXT_SIZE, *(L.offset(L.SLOT, f) for f in ("w", "ts_ns", "value", "lens", "severity", "kind",
+                                                                       "flags", "pid", "text")))
+    return (DiagnosticEvent, _EVENT_ATTRS, tuple(_SEVERITIES), _load_json, _BAD_JSON, offs, L.W_SEQ_SHIFT,
+            L.F_TRUNCATED | L.F_CONTINUED, L.F_CONTINUED,
+            tuple(entries.get(code, entries[K.KIND_EVENT]) for code in range(256)))
+
+
+_native.set_decoder(_native_table())
 
 
 def _decode_row(lens: list[int], text: bytes, code: int, flags: int, value: int, sev: int, ts_ns: int, pid: int,
