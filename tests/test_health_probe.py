@@ -264,8 +264,10 @@ def test_one_shot_error_rate_of_a_writer_still_recording_leaves_the_window(make_
     assert d["window_source"] == "timestamps" and d["window_errors"] == 0 and d["window_rated_events"] > 0
     assert d["window_error_rate_covered"] == 1.5
     assert d["errors"] == 20  # since creation
-    # The window's writer counters are an upper bound: everything the live writer recorded.
-    assert d["window_total_events"] == d["total_events"]
+    # The window's writer counters are an upper bound: everything the live writer recorded. Its
+    # sample is copied after the books that give total_events, so the writer, still recording,
+    # may have added events in between: never fewer.
+    assert d["window_total_events"] >= d["total_events"]
     kill(p)
 
 
