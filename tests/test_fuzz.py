@@ -585,8 +585,8 @@ def _real_problems(run: dict | None, name: str, outdir: str, summary: dict | Non
     return [x.replace("CLI shmdiag", "CLI (python -m) shmdiag", 1) for x in check_cli(run, summary, name, outdir)]
 
 
-_EXPORT_NOTE = re.compile(r"shmdiag: \d+ events were overwritten by writers while exporting and are not in the "
-                          r"export\n")
+_EXPORT_NOTE = re.compile(r"shmdiag: \d+ events were overwritten by writers while exporting, or failed validation, "
+                          r"and are not in the export\n")
 
 
 def check_cli(r: dict, summary: dict, name: str, outdir: str) -> list[str]:

@@ -55,8 +55,8 @@ def _export_to(rec: Inspector, fp: BinaryIO, fmt: str, progress: _Progress | Non
     n = rec.write_export(fp, format=fmt, progress=progress, **options)
     skipped = getattr(n, "skipped", 0)
     if skipped:
-        sys.stderr.write(f"shmdiag: {skipped} events were overwritten by writers while exporting and are "
-                         "not in the export\n")
+        sys.stderr.write(f"shmdiag: {skipped} events were overwritten by writers while exporting, or failed "
+                         "validation, and are not in the export\n")
 
 
 def _is_stream(path: str) -> bool:
@@ -134,4 +134,4 @@ _EXPORT_EPILOG = """\
 "kind": "event", ...}, as in the json document's "events"); --meta FILE writes the rest (the
 json document without "events") to FILE. --with-peers adds the peers (as peers --json, all of
 them) and the writer processes. "skipped" counts events overwritten by writers while the
-export ran (they are not in it). Shapes: docs/json.md and shmdiag/schemas/."""
+export ran, or whose records failed validation (they are not in it). Shapes: docs/json.md and shmdiag/schemas/."""

@@ -32,7 +32,8 @@ Progress = Callable[[int, int], None]  # progress(done, total)
 
 class ExportCount(int):
     """Events written by an export (the int value), with ``skipped``: records of the starting
-    snapshot that were overwritten (or being rewritten) before the export could copy them."""
+    snapshot that were overwritten (or being rewritten) before the export could copy them, or
+    that failed validation when copied (a damaged record)."""
 
     skipped: int
 
