@@ -1,4 +1,4 @@
-"""A writer pre-faults the ring's slots a chunk at a time (madvise MADV_POPULATE_WRITE in the
+"""A writer pre-faults the ring's slots a chunk at a time (madvise MADV_POPULATE_READ in the
 native claim_run), so it takes one syscall per MiB instead of a minor fault per 4 KiB page in
 the middle of write(); a read-only attach never does. Measured as what each process maps of the
 shared memory (RssShmem in /proc/self/status), in real processes."""

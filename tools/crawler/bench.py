@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_write:
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "crawler.md").write_text(text + "\n")
-        (OUT / "crawler.json").write_text(json.dumps({"args": vars(a), "runs": runs, "medians": med}, indent=1))
+        doc = {"args": vars(a), "runs": runs, "medians": med}
+        (OUT / "crawler.json").write_text(json.dumps(doc, indent=1, default=str))
     return 0
 
 
