@@ -163,7 +163,7 @@ typedef struct {
     int64_t bt0, last_mono, win_start;
     char *bshard;
     pid_t bpid;
-    /* Slot chunks (PF_CHUNK bytes of the mapping) this process has pre-faulted (see prefault):
+    /* Slot chunks (PF_CHUNK bytes of the mapping) this process has pre-faulted (prefault_chunks):
      * pf_map[i] for chunk i, valid for process pf_pid; pf_off once the kernel refused. */
     unsigned char *pf_map;
     Py_ssize_t pf_chunks;
