@@ -183,8 +183,13 @@ def test_bench_script_runs():
     """The benchmark (python -m tools.crawler.bench) end to end, briefly: every mode crawls and
     reports messages; no figures are asserted (timings are never asserted in tests)."""
     cp = subprocess.run([sys.executable, "-m", "tools.crawler.bench", "--nodes", "2", "--repeats", "1",
-                         "--duration", "1.5", "--no-write"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+                         "--duration", "1.5", "--no-write", "--baseline", str(ROOT)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
-    for mode in ("off", "attached", "shmdiag", "logging", "jsonl"):
+    for mode in ("off", "attached", "shmdiag", "logging", "jsonl", "alternate", "baseline-shmdiag",
+                 "baseline-alternate"):
         assert f"| {mode} |" in cp.stdout, cp.stdout
     assert "us per message" in cp.stdout
+    # the in-process A/B's own table: one row per alternate crawl
+    alt = cp.stdout.split("Within one crawl", 1)[1]
+    assert "| alternate |" in alt and "| baseline-alternate |" in alt, cp.stdout

@@ -222,3 +222,24 @@ def test_sigterm_ends_the_crawl_cleanly(fakes, make_recorder):
     assert json.loads(out)["peers"][fakes.endpoint("good")]["reason"] == "crawl finished"
     d = {x.peer_id: x for x in rec.get_peer_diagnostics()}[fakes.endpoint("good")]
     assert d.status == "disconnected"
+
+
+def test_alternate_mode_records_only_in_its_on_phases(fakes, make_recorder):
+    """--record alternate (the benchmark's in-process A/B) switches shmdiag on and off at each
+    poll: every message of the crawl falls in one phase, and only the on phases' reach the ring."""
+    rec = make_recorder(100_000)
+    cp = subprocess.run(
+        [sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
+         "--processes", "1", "--duration", "2", "--timeout", "1.5", "--ping-interval", "0", "--record", "alternate",
+         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)
+    on, off = s["alternate"]["on"], s["alternate"]["off"]
+    assert on["messages"] + off["messages"] == s["messages"]
+    assert on["phases"] >= 2 and off["phases"] >= 2, s["alternate"]
+    assert on["messages"] > 0 and off["messages"] > 0, s["alternate"]
+    assert on["cpu_s"] > 0 and off["cpu_s"] > 0
+    recorded = rec.get_stats().events_by_type.get("message", 0)
+    # The crawl's on-phase messages, plus any after the crawl's figures were taken (the last
+    # phase stays as it is while connections close); never the off phases'.
+    assert on["messages"] <= recorded < s["messages"], (recorded, s["alternate"], s["messages"])

@@ -30,7 +30,9 @@ bytes have moved for ``--settle`` seconds, and closes them when its stdin reache
 
 ``--record off|attached|logging|jsonl`` replaces shmdiag by nothing, nothing with the ring
 attached, ``logging`` to ``--log-file`` or orjson lines appended to ``--log-file``: the
-benchmark's alternatives (``tools/crawler/bench.py``).
+benchmark's alternatives (``tools/crawler/bench.py``). ``--record alternate`` switches shmdiag
+on and off every 50 ms (each poll of the main loop) and reports the CPU time per message of
+each phase (``alternate`` in the JSON summary): the cost of recording measured within one crawl.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import zlib
 from typing import Any
 
 from tools.crawler import wire
-from tools.crawler.sinks import MODES, make_sink
+from tools.crawler.sinks import MODES, Alternating, make_sink
 
 POLL = 0.05  # seconds between inbox polls
 
@@ -452,7 +454,17 @@ class Worker:
         inbox = self.inboxes[self.index]
         crawl_figures: dict | None = None
         held = False
+        alt = self.rec if isinstance(self.rec, Alternating) else None
+        phase_cpu, phase_msgs, phase_n = {True: 0.0, False: 0.0}, {True: 0, False: 0}, {True: 0, False: 0}
+        pc0, pm0 = cpu0, 0
         while True:
+            if alt is not None and crawl_figures is None:  # charge the phase that ends, then switch
+                c = time.process_time()
+                phase_cpu[alt.on] += c - pc0
+                phase_msgs[alt.on] += self.msgs - pm0
+                phase_n[alt.on] += 1
+                pc0, pm0 = c, self.msgs
+                alt.flip()
             try:
                 while True:
                     for endpoint, via in inbox.get_nowait():
@@ -472,6 +484,13 @@ class Worker:
                                  "minor_faults": ru.ru_minflt - ru0.ru_minflt,
                                  "gc_s": GC.seconds - gc0,
                                  "gc_collections": [a - b for a, b in zip(GC.collections, gcn0, strict=True)]}
+                if alt is not None:
+                    phase_cpu[alt.on] += time.process_time() - pc0
+                    phase_msgs[alt.on] += self.msgs - pm0
+                    phase_n[alt.on] += 1
+                    crawl_figures["alternate"] = {k: {"cpu_s": phase_cpu[on], "messages": phase_msgs[on],
+                                                      "phases": phase_n[on]}
+                                                  for k, on in (("on", True), ("off", False))}
             if crawl_figures is not None:
                 if not cfg["hold"]:
                     if not self.tasks:
@@ -562,7 +581,7 @@ def _config(a: argparse.Namespace) -> dict:
         raise UsageError("--connections must be at least 1")
     if a.duration <= 0 or a.timeout <= 0:
         raise UsageError("--duration and --timeout must be positive")
-    if a.record in ("shmdiag", "attached") and not a.ring:
+    if a.record in ("shmdiag", "attached", "alternate") and not a.ring:
         raise UsageError(f"--ring is needed with --record {a.record}")
     if a.record in ("logging", "jsonl") and not a.log_file:
         raise UsageError(f"--record {a.record} needs --log-file")
@@ -587,7 +606,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"crawler: {e}", file=sys.stderr)
         return 2
     creator = None
-    if cfg["record"] in ("shmdiag", "attached"):
+    if cfg["record"] in ("shmdiag", "attached", "alternate"):
         from shmdiag import Recorder, RingNotFoundError, ShmDiagError
 
         try:
@@ -681,6 +700,14 @@ def _summary(cfg: dict, done: dict[int, dict], wall: float) -> dict:
     msgs = sum(w["messages"] for w in workers)
     cpu = sum(w["cpu_s"] for w in workers)
     crawl_wall = max((w["wall_s"] for w in workers), default=0.0)
+    alternate = None
+    if all("alternate" in d for d in done.values()) and done:
+        alternate = {}
+        for k in ("on", "off"):
+            c = sum(d["alternate"][k]["cpu_s"] for d in done.values())
+            n = sum(d["alternate"][k]["messages"] for d in done.values())
+            alternate[k] = {"cpu_s": c, "messages": n, "cpu_us_per_message": c / n * 1e6 if n else None,
+                            "phases": sum(d["alternate"][k]["phases"] for d in done.values())}
     outcomes: dict[str, int] = {}
     for p in peers.values():
         outcomes[p.get("outcome", "?")] = outcomes.get(p.get("outcome", "?"), 0) + 1
@@ -688,7 +715,8 @@ def _summary(cfg: dict, done: dict[int, dict], wall: float) -> dict:
             "crawl_s": crawl_wall, "messages": msgs, "cpu_s": cpu,
             "cpu_us_per_message": cpu / msgs * 1e6 if msgs else None,
             "messages_per_s": msgs / crawl_wall if crawl_wall else None,
-            "outcomes": outcomes, "workers": workers, "peers": peers}
+            "outcomes": outcomes, "workers": workers, "peers": peers,
+            **({"alternate": alternate} if alternate else {})}
 
 
 def _print_summary(s: dict) -> None:
