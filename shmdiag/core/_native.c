@@ -158,6 +158,7 @@ typedef struct {
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
     uint64_t bnext, bend, bhead, bbase, win_count, rate_n;
+    uint64_t bslot;         /* bnext % capacity, kept by additions: no division per event */
     int64_t bt0, last_mono, win_start;
     char *bshard;
     pid_t bpid;
@@ -187,8 +188,20 @@ static inline Py_ssize_t utf8_floor(const char *p, Py_ssize_t len, Py_ssize_t n)
     return n;
 }
 
-static int get_text(PyObject *o, const char **p, Py_ssize_t *n) {
+/* The UTF-8 bytes of a str (or the bytes of a bytes). Inline, with the common cases read from the
+ * object directly: an ASCII str is its own UTF-8, and any other str caches its UTF-8 once it was
+ * asked for it (PyUnicode_AsUTF8AndSize, the general case, does both but costs a call each). */
+static inline __attribute__((always_inline)) int get_text(PyObject *o, const char **p, Py_ssize_t *n) {
     if (PyUnicode_Check(o)) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_IS_READY(o) && PyUnicode_IS_COMPACT_ASCII(o)) {
+#else
+        if (PyUnicode_IS_COMPACT_ASCII(o)) {
+#endif
+            *p = (const char *)(((PyASCIIObject *)o) + 1);
+            *n = ((PyASCIIObject *)o)->length;
+            return 0;
+        }
         *p = PyUnicode_AsUTF8AndSize(o, n);   /* cached in the str object: no copy after first use */
         return *p ? 0 : -1;
     }
@@ -843,6 +856,7 @@ static void claim_run(Mapping *self, char *sh, uint64_t need) {
     self->bhead = head;
     self->bbase = era_base(self, head);
     self->bnext = lo;
+    self->bslot = lo % (uint64_t)L->capacity;
     self->bend = lo + n;
     self->bt0 = self->last_mono = t0;
     self->bshard = sh;
@@ -1007,11 +1021,39 @@ static __attribute__((noinline)) void write_conts(Mapping *self, uint64_t seq, P
     }
 }
 
-static int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
-    long v = PyLong_AsLong(o);
-    if (v == -1 && PyErr_Occurred()) return -1;
+/* An int's value when it fits one digit (every flag, index and size the helpers pass), read from
+ * the object without a call; 0: not such an int, ask PyLong_AsLong / PyLong_AsLongLong. */
+static inline __attribute__((always_inline)) int small_int(PyObject *o, long *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)o)) return 0;
+    *out = (long)PyUnstable_Long_CompactValue((PyLongObject *)o);
+    return 1;
+#else
+    Py_ssize_t size = Py_SIZE(o);
+    if (size < -1 || size > 1) return 0;
+    *out = size * (long)((PyLongObject *)o)->ob_digit[0];
+    return 1;
+#endif
+}
+
+static inline __attribute__((always_inline)) int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
+    long v;
+    if (!small_int(o, &v)) {
+        v = PyLong_AsLong(o);
+        if (v == -1 && PyErr_Occurred()) return -1;
+    }
     if (v < lo || v > hi) { PyErr_Format(PyExc_ValueError, "%s out of range: %ld", what, v); return -1; }
     *out = v;
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int as_i64(PyObject *o, int64_t *out) {
+    long v;
+    if (small_int(o, &v)) { *out = v; return 0; }
+    long long x = PyLong_AsLongLong(o);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    *out = x;
     return 0;
 }
 
@@ -1027,10 +1069,8 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     if (as_small(args[0], 0, 255, "kind", &kind) || as_small(args[1], 0, 4, "severity", &sev) ||
         as_small(args[2], 0, 255, "flags", &flags) || as_small(args[3], 0, L->type_slots - 1, "type index", &tidx))
         return NULL;
-    int64_t ts = PyLong_AsLongLong(args[4]);
-    if (ts == -1 && PyErr_Occurred()) return NULL;
-    int64_t value = PyLong_AsLongLong(args[5]);
-    if (value == -1 && PyErr_Occurred()) return NULL;
+    int64_t ts, value;
+    if (as_i64(args[4], &ts) || as_i64(args[5], &value)) return NULL;
     const char *tp[5];
     Py_ssize_t tn[5];
     for (int i = 0; i < 5; i++)
@@ -1086,14 +1126,17 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         head = self->bhead;
         base = self->bbase;
         seq = self->bnext;
+        uint64_t slot = self->bslot;
         self->bnext += (uint64_t)nslots;
+        self->bslot += (uint64_t)nslots;   /* nslots <= event_slots_max <= capacity / 16: one wrap at most */
+        if (self->bslot >= (uint64_t)L->capacity) self->bslot -= (uint64_t)L->capacity;
         sync_era(L, sh, base);
         st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) |
                                     ((uint64_t)(nslots - 1) << 32) | mbits);
         st_rlx(sh + L->shard_jts, (uint64_t)ts);
         st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_claimed));
 
-        rec = mem + L->slots_off + (Py_ssize_t)(seq % (uint64_t)L->capacity) * L->slot_size;
+        rec = mem + L->slots_off + (Py_ssize_t)slot * L->slot_size;
         wp = rec + L->slot_w;
         cur = ld_acq(wp);
         int retry = 0;
@@ -1230,6 +1273,13 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     if (c_out) st_rlx(c_out, b_out + (outcome == (uint64_t)L->out_lost ? 1 : over));
     st_rel(c_rec, b_rec + 1);
     st_rel(sh + L->shard_journal, 0);
+    /* The next event's slot (the next seq of the run, or the one after it, which a lone writer's
+     * next claim returns), fetched now, while the caller runs: its lines are cold in a ring
+     * larger than the cache, and the CAS, the stores and the checksum's reads of stale words
+     * would each wait for them. A hint only: nothing depends on it. */
+    char *nx = mem + L->slots_off + (Py_ssize_t)self->bslot * L->slot_size;
+    for (Py_ssize_t off = 0; off < L->slot_size; off += 64) __builtin_prefetch(nx + off, 1, 3);
+    __builtin_prefetch(nx + L->slot_size - 1, 1, 3);
     return PyLong_FromUnsignedLongLong(seq);
 }
 
