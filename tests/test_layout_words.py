@@ -37,10 +37,10 @@ def test_words_the_writers_store_decode(make_recorder):
     k = int(np.flatnonzero(L.name_ready(ops))[0])
     assert bytes(seg.ops["name"][k])[: L.name_len(int(ops[k]))] == b"handshake"
 
-    ks = seg.peers["key_state"]
+    ks = seg.peer_index["key_state"]
     (row,) = np.flatnonzero(L.key_ready(ks))
     assert int(ks[row]) == L.key_make(_fnv1a(b"peer-1"))
-    life = int(seg.peers["life"][row])
+    life = int(seg.peer_index["life"][row])
     owners = seg.shards["owner"]
     mine = np.flatnonzero(L.owner_state(owners) == L.SH_ACTIVE)
     assert not L.life_connected(life) and L.life_seq(life) == 3  # the disconnect, the 4th event

@@ -86,8 +86,8 @@ typedef struct {
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
     Py_ssize_t peers_off, peer_size, max_peers, peer_slots, peer_window, addr_cap, msg_types, msg_name_size;
-    Py_ssize_t hdr_recycled_era, hdr_recycled, peer_idle;
-    Py_ssize_t peer_key_state, peer_life, peer_era, peer_key_len, peer_addr_len, peer_connected_at,
+    Py_ssize_t hdr_recycled_era, hdr_recycled, pindex_off, pidx_size, pidx_key_state, pidx_life, pidx_idle;
+    Py_ssize_t peer_era, peer_key_len, peer_addr_len, peer_connected_at,
         peer_last_activity, peer_msgs_sent, peer_msgs_recv, peer_bytes_sent, peer_bytes_recv, peer_errors,
         peer_ping_count, peer_ping_sum_ns, peer_ping_last_ns, peer_ping_min_ns, peer_events, peer_key, peer_addr,
         peer_bytes_sent_per_msg, peer_bytes_recv_per_msg;
@@ -124,8 +124,8 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_jbefore_msg), K(shard_msg_count), K(shard_msg_bytes),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
     K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(peer_window), K(addr_cap), K(msg_types), K(msg_name_size),
-    K(hdr_recycled_era), K(hdr_recycled), K(peer_idle),
-    K(peer_key_state), K(peer_life), K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
+    K(hdr_recycled_era), K(hdr_recycled), K(pindex_off), K(pidx_size), K(pidx_key_state), K(pidx_life), K(pidx_idle),
+    K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
     K(peer_last_activity), K(peer_msgs_sent), K(peer_msgs_recv), K(peer_bytes_sent), K(peer_bytes_recv),
     K(peer_errors), K(peer_ping_count), K(peer_ping_sum_ns), K(peer_ping_last_ns), K(peer_ping_min_ns),
     K(peer_events), K(peer_key), K(peer_addr), K(peer_bytes_sent_per_msg), K(peer_bytes_recv_per_msg),
@@ -152,6 +152,7 @@ typedef struct {
     Py_ssize_t nwords;
     unsigned char order[256][3];   /* per kind: f1..f3 (text indices 2..4) in the order they get room */
     char *shard;            /* this process's counter shard, or NULL */
+    int peer_shift;         /* log2(peer_size): an entry's row from its offset without a division */
     pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
@@ -269,7 +270,11 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
 /* ---- the peer table ----------------------------------------------------------------------
  *
  * peer_slots = 2 x max_peers entries. A key's entry is one of its 2 x peer_window candidates:
- * two windows of peer_window consecutive entries, at two positions given by its hash. The
+ * two windows of peer_window consecutive entries, at two positions given by its hash (mixed:
+ * FNV-1a's high bits barely change with a key's last bytes, and keys "new-1230".."new-1239"
+ * landed in one window). Each entry's key_state, life and idle words are in the dense index
+ * (layout.PEER_INDEX, same row), so a lookup or a recycling scan reads the 32 candidates' words
+ * from ~14 cache lines, and the entry itself only once it is chosen. The
  * key_state word (see key_make in core/layout.py):
  *
  *   0                                   empty (never used)
@@ -310,16 +315,31 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
 #define LIFE_SEQ_SHIFT 16
 #define ERA_ZEROING UINT64_MAX
 
-/* Candidate i of a key whose windows start at entries s1 and s2 (each < peer_slots). */
-static inline char *peer_candidate(const Layout *L, char *peers, uint64_t s1, uint64_t s2, Py_ssize_t i) {
+/* Row of candidate i of a key whose windows start at rows s1 and s2 (each < peer_slots). */
+static inline uint64_t peer_candidate(const Layout *L, uint64_t s1, uint64_t s2, Py_ssize_t i) {
     uint64_t S = (uint64_t)L->peer_slots;
     uint64_t j = i < L->peer_window ? s1 + (uint64_t)i : s2 + (uint64_t)(i - L->peer_window);
     if (j >= S) j %= S;   /* wraps past the end: rare, so no division on the common path */
-    return peers + (Py_ssize_t)j * L->peer_size;
+    return j;
 }
 
-static inline void peer_unpin(const Layout *L, char *e) {
-    __atomic_fetch_sub(U64(e + L->peer_key_state), KEY_PIN, __ATOMIC_RELEASE);
+/* Row r's entry and its index words (key_state, life, idle). */
+static inline char *peer_entry(const Mapping *m, uint64_t r) { return m->mem + m->L.peers_off + ((Py_ssize_t)r << m->peer_shift); }
+static inline char *peer_ix(const Mapping *m, uint64_t r) { return m->mem + m->L.pindex_off + (Py_ssize_t)r * m->L.pidx_size; }
+static inline char *peer_ix_of(const Mapping *m, char *e) {
+    return peer_ix(m, (uint64_t)((e - (m->mem + m->L.peers_off)) >> m->peer_shift));
+}
+
+static inline void peer_unpin(const Layout *L, char *x) {
+    __atomic_fetch_sub(U64(x + L->pidx_key_state), KEY_PIN, __ATOMIC_RELEASE);
+}
+
+/* Where a hash's windows start: FNV-1a's bits mixed (murmur3's finaliser), high half and low half. */
+static inline uint64_t mix64(uint64_t h) {
+    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
 }
 
 /* The one writer whose CAS moves an era word from an older generation to ZEROING zeroes what it
@@ -388,29 +408,38 @@ static void peer_fold(Mapping *m, char *e) {
 }
 
 /* Find `key`'s entry, or give it one (an empty candidate, else a recycled one), and return it
- * pinned: the caller must peer_unpin it. seq: the event's, for the recycling order. */
+ * pinned: the caller must peer_unpin its index words (peer_ix_of). seq: the event's, for the
+ * recycling order. */
 static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) {
     const Layout *L = &m->L;
     if (n <= 0 || L->peer_slots <= 0 || L->peer_window <= 0) return NULL;
     if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
     uint64_t h = fnv1a(key, n);
     uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
-    char *peers = m->mem + L->peers_off;
-    uint64_t s1 = fastrange32((uint32_t)(h >> 32), (uint64_t)L->peer_slots);
-    uint64_t s2 = fastrange32((uint32_t)((h * 0x9E3779B97F4A7C15ULL) >> 32), (uint64_t)L->peer_slots);
+    uint64_t mx = mix64(h);
+    uint64_t s1 = fastrange32((uint32_t)(mx >> 32), (uint64_t)L->peer_slots);
+    uint64_t s2 = fastrange32((uint32_t)mx, (uint64_t)L->peer_slots);
+    Py_ssize_t nc = 2 * L->peer_window;
     for (int attempt = 0; attempt < 8; attempt++) {
-        char *empty = NULL, *victim = NULL;
+        uint64_t empty = UINT64_MAX, victim = UINT64_MAX;
         uint64_t victim_k = 0, victim_idle = UINT64_MAX;
-        for (Py_ssize_t i = 0; i < 2 * L->peer_window; i++) {
-            /* Not at the first candidate: the rest are cache lines 1 KiB apart, often cold when
-             * the key is new. Ask for all of them at once rather than one miss after another. */
-            if (i == 1 && attempt == 0)
-                for (Py_ssize_t j = 1; j < 2 * L->peer_window; j++)
-                    __builtin_prefetch(peer_candidate(L, peers, s1, s2, j), 1, 1);
-            char *e = peer_candidate(L, peers, s1, s2, i);
-            char *ks = e + L->peer_key_state;
+        for (Py_ssize_t i = 0; i < nc; i++) {
+            /* Not at the first candidate (a known key is usually there): the rest of both
+             * windows, a few cache lines each, asked for at once rather than one miss after
+             * another. */
+            if (i == 1 && attempt == 0) {
+                char *w1 = peer_ix(m, s1), *w2 = peer_ix(m, s2);
+                for (Py_ssize_t off = 64; off < L->peer_window * L->pidx_size + 64; off += 64) {
+                    __builtin_prefetch(w1 + off, 0, 3);
+                    __builtin_prefetch(w2 + off - 64, 0, 3);
+                }
+                __builtin_prefetch(w2 + L->peer_window * L->pidx_size, 0, 3);
+            }
+            uint64_t r = peer_candidate(L, s1, s2, i);
+            char *x = peer_ix(m, r);
+            char *ks = x + L->pidx_key_state;
             uint64_t k = ld_acq(ks);
-            if (k == 0) { empty = e; break; }
+            if (k == 0) { empty = r; break; }
             if ((k & 3) != KEY_READY) continue;
             if ((k & ~KEY_PINS_MASK) == tag) {
                 int pinned = 0;
@@ -421,28 +450,30 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                     }
                 }
                 if (pinned) {
+                    char *e = peer_entry(m, r);
                     if (*(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
                         return e;
-                    peer_unpin(L, e);   /* another key with the same 48-bit hash */
+                    peer_unpin(L, x);   /* another key with the same 48-bit hash */
                 }
                 continue;
             }
-            if ((k & KEY_PINS_MASK) == 0 && !(ld_rlx(e + L->peer_life) & LIFE_CONNECTED)) {
-                uint64_t idle = ld_rlx(e + L->peer_idle);
-                if (idle < victim_idle) { victim = e; victim_k = k; victim_idle = idle; }
+            if ((k & KEY_PINS_MASK) == 0 && !(ld_rlx(x + L->pidx_life) & LIFE_CONNECTED)) {
+                uint64_t idle = ld_rlx(x + L->pidx_idle);
+                if (idle < victim_idle) { victim = r; victim_k = k; victim_idle = idle; }
             }
         }
-        char *e = empty ? empty : victim;
-        if (!e) return NULL;
-        for (Py_ssize_t off = 64; off < L->peer_size; off += 64) __builtin_prefetch(e + off, 1, 1);   /* all of it is written */
-        char *ks = e + L->peer_key_state;
-        uint64_t expect = empty ? 0 : victim_k;
+        uint64_t r = empty != UINT64_MAX ? empty : victim;
+        if (r == UINT64_MAX) return NULL;
+        char *e = peer_entry(m, r), *x = peer_ix(m, r);
+        for (Py_ssize_t off = 0; off < L->peer_size; off += 64) __builtin_prefetch(e + off, 1, 3);   /* all of it is written */
+        char *ks = x + L->pidx_key_state;
+        uint64_t expect = empty != UINT64_MAX ? 0 : victim_k;
         if (!__atomic_compare_exchange_n(U64(ks), &expect, KEY_WRITING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             continue;   /* someone else took it, or pinned it: look again */
-        if (empty) {
+        if (empty != UINT64_MAX) {
             add_rlx(m->mem + L->hdr_peers_used, 1);
         } else {
-            if (ld_acq(e + L->peer_life) & LIFE_CONNECTED) {   /* connected before our CAS: keep it */
+            if (ld_acq(x + L->pidx_life) & LIFE_CONNECTED) {   /* connected before our CAS: keep it */
                 st_rel(ks, victim_k);
                 continue;
             }
@@ -454,14 +485,14 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
             for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) *U64(e + c[i]) = 0;
             memset(e + L->peer_bytes_sent_per_msg, 0, (size_t)(8 * L->msg_types));
             memset(e + L->peer_bytes_recv_per_msg, 0, (size_t)(8 * L->msg_types));
-            st_rlx(e + L->peer_life, 0);
+            st_rlx(x + L->pidx_life, 0);
             st_rlx(e + L->peer_era, 0);
             st_rlx(e + L->peer_connected_at, 0);
             st_rlx(e + L->peer_last_activity, 0);
             *(unsigned char *)(e + L->peer_addr_len) = 0;
             memset(e + L->peer_key, 0, (size_t)L->peer_cap);   /* readers take the key's bytes up to the first NUL */
         }
-        st_rlx(e + L->peer_idle, seq + 1);
+        st_rlx(x + L->pidx_idle, seq + 1);
         memcpy(e + L->peer_key, key, (size_t)n);
         *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
         st_rel(ks, tag + KEY_PIN);   /* the entry and key before the word that publishes them, pinned once */
@@ -473,13 +504,13 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
 /* CAS-max of the entry's lifecycle word on its sequence number, so it holds the latest
  * lifecycle event whichever process recorded it, with the recording writer's shard (writer:
  * shard index + 1). Returns 1 if this event is now the latest. */
-static int peer_life(const Layout *L, char *e, uint64_t seq, int connected, uint64_t writer) {
+static int peer_life(const Layout *L, char *x, uint64_t seq, int connected, uint64_t writer) {
     uint64_t want = ((seq + 1) << LIFE_SEQ_SHIFT) | ((writer & 0x3FFF) << LIFE_WRITER_SHIFT) | (connected ? LIFE_CONNECTED : 0);
-    char *lp = e + L->peer_life;
+    char *lp = x + L->pidx_life;
     uint64_t cur = ld_acq(lp);
     while ((cur >> LIFE_SEQ_SHIFT) < (want >> LIFE_SEQ_SHIFT)) {
         if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            if (!connected) st_rlx(e + L->peer_idle, seq + 1);
+            if (!connected) st_rlx(x + L->pidx_idle, seq + 1);
             return 1;
         }
     }
@@ -603,7 +634,7 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
     if (!peer_off) return 0;
     char *e = mem + peer_off;
     if (flags & (L->flag_life_connect | L->flag_life_disconnect))
-        IOP(latest = peer_life(L, e, seq, (flags & L->flag_life_connect) != 0, writer));
+        IOP(latest = peer_life(L, peer_ix_of(m, e), seq, (flags & L->flag_life_connect) != 0, writer));
     if (latest && addr) {
         /* The latest lifecycle event names the address, while the entry is pinned (a recycler
          * cannot take it under us). The reaper passes no text: the slot may be gone. */
@@ -636,7 +667,7 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
 unpin:
     /* Last, a step of its own (done at most once, by the writer or its reaper): release, so every
      * add above comes before a recycler's CAS can take the entry (see peer_find). */
-    XOP(peer_unpin(L, e));
+    XOP(peer_unpin(L, peer_ix_of(m, e)));
 #undef XOP
 #undef IOP
     return latest;
@@ -692,9 +723,13 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
     Py_ssize_t need_slots = L->slots_off + L->capacity * L->slot_size;
     Py_ssize_t need_shards = L->shards_off + L->max_shards * L->shard_size;
     Py_ssize_t need_peers = L->peers_off + L->peer_slots * L->peer_size;
+    Py_ssize_t need_pindex = L->pindex_off + L->peer_slots * L->pidx_size;
+    self->peer_shift = 0;
+    while (self->peer_shift < 30 && ((Py_ssize_t)1 << self->peer_shift) < L->peer_size) self->peer_shift++;
     Py_ssize_t need_ops = L->ops_off + L->op_slots * L->op_size;
     if (L->capacity < 1 || need_slots > self->view.len || need_shards > self->view.len ||
-        need_peers > self->view.len || need_ops > self->view.len || L->op_slots < 1 || L->msg_types < 1 ||
+        need_peers > self->view.len || need_pindex > self->view.len || need_pindex > L->peers_off ||
+        ((Py_ssize_t)1 << self->peer_shift) != L->peer_size || L->pidx_size % 8 || L->pidx_size < 24 || need_ops > self->view.len || L->op_slots < 1 || L->msg_types < 1 ||
         L->peer_slots < L->max_peers || L->op_buckets < 2 ||
         L->hdr_msg_state + 8 * L->msg_types > self->view.len || L->hdr_msg_name + L->msg_name_size * L->msg_types > self->view.len ||
         L->hdr_head + 8 > self->view.len || L->hdr_base_of + 8 * L->base_slots > self->view.len ||
@@ -1412,8 +1447,9 @@ static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ss
     if (shard < 0 || shard >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
     char *e = peer_find(self, p, n, seq);
     if (e) {
-        peer_life(&self->L, e, seq, c, (uint64_t)shard + 1);
-        peer_unpin(&self->L, e);
+        char *x = peer_ix_of(self, e);
+        peer_life(&self->L, x, seq, c, (uint64_t)shard + 1);
+        peer_unpin(&self->L, x);
     }
     return PyBool_FromLong(e != NULL);
 }

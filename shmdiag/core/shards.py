@@ -190,7 +190,7 @@ class ShardManager:
         seg = self.seg
         if not seg.metrics or not len(seg.peers):
             return
-        life = seg.peers["life"].copy()
+        life = seg.peer_index["life"].copy()
         rows = np.flatnonzero(L.life_connected(life) & (L.life_writer(life) == i + 1))
         for row, w in zip(rows.tolist(), life[rows].tolist(), strict=True):
             seg.native.cas(seg.peer_word(row, "life"), w, L.life_writer_died(w))
