@@ -303,14 +303,6 @@ PEER = _struct(
     ("bytes_sent_per_msg", "<u8", (MSG_TYPES,), 248),
     ("bytes_recv_per_msg", "<u8", (MSG_TYPES,), 248 + 8 * MSG_TYPES),
 )
-# A reader's copy of a row: the entry with its index words (core/snapshot.py, peer_rows).
-PEER_ROW = np.dtype({
-    "names": list(PEER.names) + list(PEER_INDEX.names),
-    "formats": [PEER.fields[n][0] for n in PEER.names] + [PEER_INDEX.fields[n][0] for n in PEER_INDEX.names],
-    "offsets": [PEER.fields[n][1] for n in PEER.names] + [PEER.itemsize + PEER_INDEX.fields[n][1]
-                                                          for n in PEER_INDEX.names],
-    "itemsize": PEER.itemsize + PEER_INDEX.itemsize,
-})
 PEER_COUNTERS = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns",
                  "ping_last_ns", "ping_min_ns", "events")  # zeroed when a clear starts a new generation
 
@@ -399,6 +391,11 @@ def check_no_overlap(dt: np.dtype) -> None:
         raise AssertionError(f"layout: field {spans[-1][2]!r} ends at {spans[-1][1]}, "
                              f"past the {dt.itemsize}-byte struct")
 
+
+# A reader's copy of a peer row: the entry, then its index words (core/snapshot.py, peer_rows).
+PEER_ROW = _struct(PEER.itemsize + PEER_INDEX.itemsize,
+                   *((n, sub, off) for n, (sub, off) in fields(PEER).items()),
+                   *((n, sub, PEER.itemsize + off) for n, (sub, off) in fields(PEER_INDEX).items()))
 
 assert offset(CONT, "kind") == offset(SLOT, "kind") and offset(CONT, "checksum") == offset(SLOT, "checksum")
 for _dt in (HEADER, SHARD, PEER_INDEX, PEER, PEER_ROW, OP_BANK, OP, SLOT, CONT):

@@ -163,7 +163,7 @@ class Segment:
         return self.shards_off + index * L.SHARD.itemsize + L.offset(L.SHARD, field) + 8 * item
 
     def peer_word(self, row: int, field: str) -> int:
-        if field in L.PEER_INDEX.names:  # key_state, life, idle: in the dense index
+        if field in L.fields(L.PEER_INDEX):  # key_state, life, idle: in the dense index
             return self.pindex_off + row * L.PEER_INDEX.itemsize + L.offset(L.PEER_INDEX, field)
         return self.peers_off + row * L.PEER.itemsize + L.offset(L.PEER, field)
 

@@ -155,9 +155,9 @@ def peer_rows(seg: Segment) -> tuple[int, np.ndarray]:
     sel = np.flatnonzero(L.key_ready(ks))
     rows = np.empty(len(sel), dtype=L.PEER_ROW)
     entries, index = seg.peers[sel], seg.peer_index[sel]
-    for f in L.PEER.names:
+    for f in L.fields(L.PEER):
         rows[f] = entries[f]
-    for f in L.PEER_INDEX.names:
+    for f in L.fields(L.PEER_INDEX):
         rows[f] = index[f]
     seg.native.fence()
     return base, rows[_same_keys(ks[sel], seg.peer_index["key_state"][sel])]
