@@ -315,14 +315,6 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
 #define LIFE_SEQ_SHIFT 16
 #define ERA_ZEROING UINT64_MAX
 
-/* Row of candidate i of a key whose windows start at rows s1 and s2 (each < peer_slots). */
-static inline uint64_t peer_candidate(const Layout *L, uint64_t s1, uint64_t s2, Py_ssize_t i) {
-    uint64_t S = (uint64_t)L->peer_slots;
-    uint64_t j = i < L->peer_window ? s1 + (uint64_t)i : s2 + (uint64_t)(i - L->peer_window);
-    if (j >= S) j %= S;   /* wraps past the end: rare, so no division on the common path */
-    return j;
-}
-
 /* Row r's entry and its index words (key_state, life, idle). */
 static inline char *peer_entry(const Mapping *m, uint64_t r) { return m->mem + m->L.peers_off + ((Py_ssize_t)r << m->peer_shift); }
 static inline char *peer_ix(const Mapping *m, uint64_t r) { return m->mem + m->L.pindex_off + (Py_ssize_t)r * m->L.pidx_size; }
@@ -423,23 +415,27 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
     for (int attempt = 0; attempt < 8; attempt++) {
         uint64_t empty = UINT64_MAX, victim = UINT64_MAX;
         uint64_t victim_k = 0, victim_idle = UINT64_MAX;
-        for (Py_ssize_t i = 0; i < nc; i++) {
-            /* Not at the first candidate (a known key is usually there): the rest of both
-             * windows, a few cache lines each, asked for at once rather than one miss after
-             * another. */
-            if (i == 1 && attempt == 0) {
-                char *w1 = peer_ix(m, s1), *w2 = peer_ix(m, s2);
-                for (Py_ssize_t off = 64; off < L->peer_window * L->pidx_size + 64; off += 64) {
-                    __builtin_prefetch(w1 + off, 0, 3);
-                    __builtin_prefetch(w2 + off - 64, 0, 3);
-                }
-                __builtin_prefetch(w2 + L->peer_window * L->pidx_size, 0, 3);
+        if (attempt == 0) {
+            /* Both windows' index words, a few cache lines each, asked for at once rather than one
+             * miss after another (a new key reads them all). */
+            char *w1 = peer_ix(m, s1), *w2 = peer_ix(m, s2);
+            Py_ssize_t span = L->peer_window * L->pidx_size;
+            for (Py_ssize_t off = 0; off < span; off += 64) {
+                __builtin_prefetch(w1 + off, 0, 3);
+                __builtin_prefetch(w2 + off, 0, 3);
             }
-            uint64_t r = peer_candidate(L, s1, s2, i);
-            char *x = peer_ix(m, r);
+            __builtin_prefetch(w1 + span - 1, 0, 3);
+            __builtin_prefetch(w2 + span - 1, 0, 3);
+        }
+        uint64_t S = (uint64_t)L->peer_slots;
+        for (Py_ssize_t i = 0, r = 0; i < nc; i++, r++) {
+            if (i == 0) r = (Py_ssize_t)s1;
+            else if (i == L->peer_window) r = (Py_ssize_t)s2;
+            if ((uint64_t)r >= S) r = 0;   /* a window runs past the last row: on from row 0 */
+            char *x = peer_ix(m, (uint64_t)r);
             char *ks = x + L->pidx_key_state;
             uint64_t k = ld_acq(ks);
-            if (k == 0) { empty = r; break; }
+            if (k == 0) { empty = (uint64_t)r; break; }
             if ((k & 3) != KEY_READY) continue;
             if ((k & ~KEY_PINS_MASK) == tag) {
                 int pinned = 0;
@@ -450,7 +446,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                     }
                 }
                 if (pinned) {
-                    char *e = peer_entry(m, r);
+                    char *e = peer_entry(m, (uint64_t)r);
                     if (*(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
                         return e;
                     peer_unpin(L, x);   /* another key with the same 48-bit hash */
@@ -459,7 +455,14 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
             }
             if ((k & KEY_PINS_MASK) == 0 && !(ld_rlx(x + L->pidx_life) & LIFE_CONNECTED)) {
                 uint64_t idle = ld_rlx(x + L->pidx_idle);
-                if (idle < victim_idle) { victim = r; victim_k = k; victim_idle = idle; }
+                if (idle < victim_idle) {
+                    victim = (uint64_t)r; victim_k = k; victim_idle = idle;
+                    /* The likely victim's entry, cold, fetched while the scan goes on: the lines
+                     * its counters are folded from (the running minimum changes ~4 times). */
+                    char *e = peer_entry(m, (uint64_t)r);
+                    __builtin_prefetch(e, 1, 3);
+                    __builtin_prefetch(e + 128, 1, 3);
+                }
             }
         }
         uint64_t r = empty != UINT64_MAX ? empty : victim;
