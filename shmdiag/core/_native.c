@@ -270,9 +270,9 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
 /* ---- the peer table ----------------------------------------------------------------------
  *
  * peer_slots = 2 x max_peers entries. A key's entry is one of its 2 x peer_window candidates:
- * two windows of peer_window consecutive entries, at two positions given by its hash (mixed:
- * FNV-1a's high bits barely change with a key's last bytes, and keys "new-1230".."new-1239"
- * landed in one window). Each entry's key_state, life and idle words are in the dense index
+ * two windows of peer_window consecutive entries, at two positions given by its hash (through
+ * a multiply each: FNV-1a's high bits barely change with a key's last bytes, and keys taken
+ * from them directly put "new-1230".."new-1239" in one window). Each entry's key_state, life and idle words are in the dense index
  * (layout.PEER_INDEX, same row), so a lookup or a recycling scan reads the 32 candidates' words
  * from ~14 cache lines, and the entry itself only once it is chosen. The
  * key_state word (see key_make in core/layout.py):
@@ -324,14 +324,6 @@ static inline char *peer_ix_of(const Mapping *m, char *e) {
 
 static inline void peer_unpin(const Layout *L, char *x) {
     __atomic_fetch_sub(U64(x + L->pidx_key_state), KEY_PIN, __ATOMIC_RELEASE);
-}
-
-/* Where a hash's windows start: FNV-1a's bits mixed (murmur3's finaliser), high half and low half. */
-static inline uint64_t mix64(uint64_t h) {
-    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-    return h;
 }
 
 /* The one writer whose CAS moves an era word from an older generation to ZEROING zeroes what it
@@ -408,29 +400,31 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
     if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
     uint64_t h = fnv1a(key, n);
     uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
-    uint64_t mx = mix64(h);
-    uint64_t s1 = fastrange32((uint32_t)(mx >> 32), (uint64_t)L->peer_slots);
-    uint64_t s2 = fastrange32((uint32_t)mx, (uint64_t)L->peer_slots);
+    /* Where the windows start: the high halves of two odd multiples of the hash, which carry
+     * every bit of it up (two independent multiplies: a few cycles, on every lookup). */
+    uint64_t s1 = fastrange32((uint32_t)((h * 0xC2B2AE3D27D4EB4FULL) >> 32), (uint64_t)L->peer_slots);
+    uint64_t s2 = fastrange32((uint32_t)((h * 0x9E3779B97F4A7C15ULL) >> 32), (uint64_t)L->peer_slots);
     Py_ssize_t nc = 2 * L->peer_window;
     for (int attempt = 0; attempt < 8; attempt++) {
         uint64_t empty = UINT64_MAX, victim = UINT64_MAX;
         uint64_t victim_k = 0, victim_idle = UINT64_MAX;
-        if (attempt == 0) {
-            /* Both windows' index words, a few cache lines each, asked for at once rather than one
-             * miss after another (a new key reads them all). */
-            char *w1 = peer_ix(m, s1), *w2 = peer_ix(m, s2);
-            Py_ssize_t span = L->peer_window * L->pidx_size;
-            for (Py_ssize_t off = 0; off < span; off += 64) {
-                __builtin_prefetch(w1 + off, 0, 3);
-                __builtin_prefetch(w2 + off, 0, 3);
-            }
-            __builtin_prefetch(w1 + span - 1, 0, 3);
-            __builtin_prefetch(w2 + span - 1, 0, 3);
-        }
         uint64_t S = (uint64_t)L->peer_slots;
         for (Py_ssize_t i = 0, r = 0; i < nc; i++, r++) {
-            if (i == 0) r = (Py_ssize_t)s1;
-            else if (i == L->peer_window) r = (Py_ssize_t)s2;
+            if (i == 0) {
+                r = (Py_ssize_t)s1;
+            } else if (i == 1 && attempt == 0) {
+                /* Past the first candidate (a known key is usually there): both windows' index
+                 * words, a few cache lines each, asked for at once rather than one miss after
+                 * another (a new key reads them all). */
+                char *w1 = peer_ix(m, s1), *w2 = peer_ix(m, s2);
+                Py_ssize_t span = L->peer_window * L->pidx_size;
+                for (Py_ssize_t off = 0; off < span; off += 64) {
+                    __builtin_prefetch(w1 + off + 64, 0, 3);
+                    __builtin_prefetch(w2 + off, 0, 3);
+                }
+                __builtin_prefetch(w2 + span - 1, 0, 3);
+            }
+            if (i == L->peer_window) r = (Py_ssize_t)s2;
             if ((uint64_t)r >= S) r = 0;   /* a window runs past the last row: on from row 0 */
             char *x = peer_ix(m, (uint64_t)r);
             char *ks = x + L->pidx_key_state;
