@@ -60,7 +60,7 @@ class ShardManager:
         self._lock = lock  # the recorder's: no close() while a shard is being taken
 
     # -- owning a shard --------------------------------------------------------------------
-    def writer(self) -> Callable[..., int]:
+    def writer(self) -> Callable[..., None]:
         """The native write function for this process, which takes a shard (``ensure``) at its
         first event: the hot path is one native call, and the shard a lazy slow path."""
         self.seg.native.set_provider(self.ensure)
