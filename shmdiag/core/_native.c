@@ -215,10 +215,36 @@ static inline __attribute__((always_inline)) int get_text(PyObject *o, const cha
     return -1;
 }
 
-static uint64_t fnv1a(const char *p, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (Py_ssize_t i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 1099511628211ULL; }
+/* The hash of peer keys and registry names (layout.key_hash is the same in Python): eight bytes
+ * per multiply, so a 20-byte peer address costs 3 multiplies where FNV-1a's byte loop cost 20
+ * in one dependent chain; then a finaliser (murmur3's) so every bit of the key reaches every bit
+ * of the hash. Little-endian words: every writer of a ring runs on the one machine. */
+static inline __attribute__((always_inline)) uint64_t key_hash(const char *p, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    uint64_t w = 0;
+    for (Py_ssize_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33; h *= 0xC4CEB9FE1A85EC53ULL; h ^= h >> 33;
     return h;
+}
+
+/* a[0:n] == b[0:n] for short keys, inline (memcmp is a call into libc). */
+static inline __attribute__((always_inline)) int same_bytes(const char *a, const char *b, Py_ssize_t n) {
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+    }
+    for (; n > 0; n--)
+        if (*a++ != *b++) return 0;
+    return 1;
 }
 
 /* A position in [0, n) from 32 bits of a hash, by a multiply and a shift rather than a division
@@ -246,7 +272,7 @@ static inline void max_rlx(char *p, uint64_t v) {
 static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize_t nstride, Py_ssize_t n,
                                 const char *key, Py_ssize_t klen) {
     if (klen <= 0 || klen > 63 || n <= 0) return -1;
-    uint64_t h = fnv1a(key, klen);
+    uint64_t h = key_hash(key, klen);
     uint64_t tag = ((h & 0x00FFFFFFFFFFFFFFULL) << 8) | ((uint64_t)klen << 2) | 2;
     Py_ssize_t j0 = (Py_ssize_t)fastrange32((uint32_t)(h >> 32), (uint64_t)n);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -262,7 +288,7 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
             }
             k = expect;
         }
-        if (k == tag && memcmp(nm + j * nstride, key, (size_t)klen) == 0) return j;
+        if (k == tag && same_bytes(nm + j * nstride, key, klen)) return j;
     }
     return -1;
 }
@@ -271,8 +297,8 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
  *
  * peer_slots = 2 x max_peers entries. A key's entry is one of its 2 x peer_window candidates:
  * two windows of peer_window consecutive entries, at two positions given by its hash (through
- * a multiply each: FNV-1a's high bits barely change with a key's last bytes, and keys taken
- * from them directly put "new-1230".."new-1239" in one window). Each entry's key_state, life and idle words are in the dense index
+ * a multiply each; with the FNV-1a hash of layout VERSION 10, whose high bits barely changed
+ * with a key's last bytes, keys "new-1230".."new-1239" all landed in one window). Each entry's key_state, life and idle words are in the dense index
  * (layout.PEER_INDEX, same row), so a lookup or a recycling scan reads the 32 candidates' words
  * from ~14 cache lines, and the entry itself only once it is chosen. The
  * key_state word (see key_make in core/layout.py):
@@ -398,7 +424,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
     const Layout *L = &m->L;
     if (n <= 0 || L->peer_slots <= 0 || L->peer_window <= 0) return NULL;
     if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
-    uint64_t h = fnv1a(key, n);
+    uint64_t h = key_hash(key, n);
     uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
     /* Where the windows start: the high halves of two odd multiples of the hash, which carry
      * every bit of it up (two independent multiplies: a few cycles, on every lookup). */
@@ -441,7 +467,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                 }
                 if (pinned) {
                     char *e = peer_entry(m, (uint64_t)r);
-                    if (*(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
+                    if (*(unsigned char *)(e + L->peer_key_len) == n && same_bytes(e + L->peer_key, key, n))
                         return e;
                     peer_unpin(L, x);   /* another key with the same 48-bit hash */
                 }

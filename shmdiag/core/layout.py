@@ -529,10 +529,25 @@ def owner_state(w: Word) -> Word:
 # "key_state" share a tag in the two low bits: TAG_EMPTY (the word is 0), TAG_WRITING (the word
 # is 1: a name or key being written) or TAG_READY, published with a release store after the bytes:
 #   registry word  (hash << 8) | (len << 2) | TAG_READY     (see registry_find in _native.c)
-#   peer key word  (fnv1a(key) << 16) | (pins << 2) | TAG_READY  (see key_make; the length is key_len)
+#   peer key word  (key_hash(key) << 16) | (pins << 2) | TAG_READY  (see key_make; the length is key_len)
 TAG_BITS = 2
 TAG_EMPTY, TAG_WRITING, TAG_READY = 0, 1, 2
 NAME_LEN_BITS = 6  # names of at most 63 bytes
+
+
+def key_hash(raw: bytes) -> int:
+    """The hash of peer keys and registry names, as the native writer computes it (key_hash in
+    _native.c): 8-byte little-endian words, one multiply each, then murmur3's finaliser."""
+    m = (1 << 64) - 1
+    h = 0x9E3779B97F4A7C15 ^ len(raw)
+    full = len(raw) // 8 * 8
+    for i in range(0, full, 8):
+        h = ((h ^ int.from_bytes(raw[i:i + 8], "little")) * 0xFF51AFD7ED558CCD) & m
+        h ^= h >> 32
+    h = ((h ^ int.from_bytes(raw[full:], "little")) * 0xFF51AFD7ED558CCD) & m
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & m
+    return h ^ (h >> 33)
 
 
 def name_make(name_hash: int, length: int) -> int:
