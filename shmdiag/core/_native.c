@@ -1349,13 +1349,6 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     if (c_out) st_rlx(c_out, b_out + (outcome == (uint64_t)L->out_lost ? 1 : over));
     st_rel(c_rec, b_rec + 1);
     st_rel(sh + L->shard_journal, 0);
-    /* The next event's slot (the next seq of the run, or the one after it, which a lone writer's
-     * next claim returns), fetched now, while the caller runs: its lines are cold in a ring
-     * larger than the cache, and the CAS, the stores and the checksum's reads of stale words
-     * would each wait for them. A hint only: nothing depends on it. */
-    char *nx = mem + L->slots_off + (Py_ssize_t)self->bslot * L->slot_size;
-    for (Py_ssize_t off = 0; off < L->slot_size; off += 64) __builtin_prefetch(nx + off, 1, 3);
-    __builtin_prefetch(nx + L->slot_size - 1, 1, 3);
     Py_RETURN_NONE;
 }
 
