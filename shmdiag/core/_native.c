@@ -298,10 +298,11 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
  * peer_slots = 2 x max_peers entries. A key's entry is one of its 2 x peer_window candidates:
  * two windows of peer_window consecutive entries, at two positions given by its hash (through
  * a multiply each; with the FNV-1a hash of layout VERSION 10, whose high bits barely changed
- * with a key's last bytes, keys "new-1230".."new-1239" all landed in one window). Each entry's key_state, life and idle words are in the dense index
- * (layout.PEER_INDEX, same row), so a lookup or a recycling scan reads the 32 candidates' words
- * from ~14 cache lines, and the entry itself only once it is chosen. The
- * key_state word (see key_make in core/layout.py):
+ * with a key's last bytes, keys "new-1230".."new-1239" all landed in one window). Each entry's
+ * key_state, life and idle words are in the dense index (layout.PEER_INDEX, same row), so a
+ * lookup or a recycling scan reads the 32 candidates' words from ~14 cache lines, and the entry
+ * itself only once it is chosen. The ordering argument below is about those words, wherever
+ * they are. The key_state word (see key_make in core/layout.py):
  *
  *   0                                   empty (never used)
  *   KEY_WRITING                         being (re)written by one process: skipped by everyone else
@@ -752,7 +753,8 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
     Py_ssize_t need_ops = L->ops_off + L->op_slots * L->op_size;
     if (L->capacity < 1 || need_slots > self->view.len || need_shards > self->view.len ||
         need_peers > self->view.len || need_pindex > self->view.len || need_pindex > L->peers_off ||
-        ((Py_ssize_t)1 << self->peer_shift) != L->peer_size || L->pidx_size % 8 || L->pidx_size < 24 || need_ops > self->view.len || L->op_slots < 1 || L->msg_types < 1 ||
+        ((Py_ssize_t)1 << self->peer_shift) != L->peer_size || L->pidx_size % 8 || L->pidx_size < 24 ||
+        need_ops > self->view.len || L->op_slots < 1 || L->msg_types < 1 ||
         L->peer_slots < L->max_peers || L->op_buckets < 2 ||
         L->hdr_msg_state + 8 * L->msg_types > self->view.len || L->hdr_msg_name + L->msg_name_size * L->msg_types > self->view.len ||
         L->hdr_head + 8 > self->view.len || L->hdr_base_of + 8 * L->base_slots > self->view.len ||
@@ -1205,7 +1207,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         seq = self->bnext;
         uint64_t slot = self->bslot;
         self->bnext += (uint64_t)nslots;
-        self->bslot += (uint64_t)nslots;   /* nslots <= event_slots_max <= capacity / 16: one wrap at most */
+        self->bslot += (uint64_t)nslots;   /* nslots <= event_slots_max <= capacity: one wrap at most */
         if (self->bslot >= (uint64_t)L->capacity) self->bslot -= (uint64_t)L->capacity;
         sync_era(L, sh, base);
         st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) |
