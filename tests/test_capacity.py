@@ -273,7 +273,7 @@ def _peer_writer(name: str, ready) -> None:
 def _peer_events(rec: Recorder, key: bytes) -> int:
     rows = rec._seg.peers
     era = rec._seg.era()[1] + 1
-    mask = (rows["key"] == key) & (rows["era"] == era) & (L.key_ready(rows["key_state"]))
+    mask = (rows["key"] == key) & (rows["era"] == era) & (L.key_ready(rec._seg.peer_index["key_state"]))
     return int(rows["events"][mask].astype(np.int64).sum())
 
 

@@ -198,9 +198,10 @@ def test_peers_json_with_huge_per_message_counters(make_recorder):
             arr[1] = arr[0]
             write_field(mm, L.HEADER, field, arr)
         peers_off = int(read_field(mm, L.HEADER, "peers_off"))
+        pindex_off = L.pindex_offset({f: read_field(mm, L.HEADER, f) for f in ("shards_off", "max_shards")})
         for i in range(2 * int(read_field(mm, L.HEADER, "max_peers"))):
             b = peers_off + i * L.PEER.itemsize
-            if int(read_field(mm, L.PEER, "key_state", b)) & 3 == 2:
+            if int(read_field(mm, L.PEER_INDEX, "key_state", pindex_off + i * L.PEER_INDEX.itemsize)) & 3 == 2:
                 arr = np.zeros(L.MSG_TYPES, dtype=np.uint64)
                 arr[:2] = 2**63
                 write_field(mm, L.PEER, "bytes_recv_per_msg", arr, b)

@@ -905,6 +905,7 @@ class Damager:
         self.cap = int(self.hdr["capacity"])
         self.max_shards, self.max_peers = int(self.hdr["max_shards"]), int(self.hdr["max_peers"])
         self.off = {k: int(self.hdr[k]) for k in ("shards_off", "peers_off", "ops_off", "slots_off")}
+        self.off["pindex_off"] = L.pindex_offset(self.hdr)
         self.head = int(self.hdr["head"])
 
     # -- raw access --------------------------------------------------------------------------
@@ -1039,12 +1040,13 @@ class Damager:
         rng, off, n = self.rng, self.off["peers_off"], L.PEER_TABLE_FACTOR * self.max_peers
         if n == 0:
             return self.random_bytes()
-        ks = np.frombuffer(self.read(off, n * L.PEER.itemsize), dtype=L.PEER)["key_state"]
+        xoff = self.off["pindex_off"]
+        ks = np.frombuffer(self.read(xoff, n * L.PEER_INDEX.itemsize), dtype=L.PEER_INDEX)["key_state"]
         used = np.flatnonzero((ks & 3) == 2).tolist()
         i = rng.choice(used) if used and rng.random() < 0.85 else rng.randrange(n)
-        base = off + i * L.PEER.itemsize
+        base, xbase = off + i * L.PEER.itemsize, xoff + i * L.PEER_INDEX.itemsize
         if i not in used and rng.random() < 0.7:  # make an empty entry look published
-            self.write(base, struct.pack("<Q", (rng.getrandbits(40) << 2) | 2), f"peer[{i}].key_state (ready)")
+            self.write(xbase, struct.pack("<Q", (rng.getrandbits(40) << 2) | 2), f"peer[{i}].key_state (ready)")
         names = np.frombuffer(self.read(0, L.HEADER_SIZE), dtype=L.HEADER, count=1)[0]["msg_state"]
         hint = np.flatnonzero(names).tolist() + [L.MSG_TYPES - 1]
         r = rng.random()
@@ -1056,13 +1058,17 @@ class Damager:
             return
         if r < 0.3 and len(used) > 1:  # two entries with one key (racing inserts leave that; merged on read)
             j = rng.choice([u for u in used if u != i])
-            src = off + j * L.PEER.itemsize
-            for f in ("key_state", "key_len", "key"):
+            src, xsrc = off + j * L.PEER.itemsize, xoff + j * L.PEER_INDEX.itemsize
+            self.write(xbase, self.read(xsrc, 8), f"peer[{i}].key_state = peer[{j}]'s")
+            for f in ("key_len", "key"):
                 sz = L.PEER.fields[f][0].itemsize
                 self.write(base + L.PEER.fields[f][1], self.read(src + L.PEER.fields[f][1], sz),
                            f"peer[{i}].{f} = peer[{j}]'s")
         for _ in range(rng.choice((1, 1, 2, 3))):
-            self.field(L.PEER, base, f"peer[{i}]", index_hint=hint)
+            if rng.random() < 0.25:
+                self.field(L.PEER_INDEX, xbase, f"peer_index[{i}]")
+            else:
+                self.field(L.PEER, base, f"peer[{i}]", index_hint=hint)
 
     def op(self) -> None:
         rng, off = self.rng, self.off["ops_off"]

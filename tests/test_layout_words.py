@@ -11,15 +11,6 @@ from shmdiag.core import layout as L
 from shmdiag.core.procs import own_start_ms
 
 
-def _fnv1a(data: bytes) -> int:
-    """_native.c's fnv1a: FNV-1a, but with 1469598103934665603 as offset basis (the standard one
-    has one more digit, ...6037); any fixed basis hashes as well, and the C is what counts."""
-    h = 1469598103934665603
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & ((1 << 64) - 1)
-    return h
-
-
 def test_words_the_writers_store_decode(make_recorder):
     rec = make_recorder(100)
     rec.record_peer_connection("peer-1", "203.0.113.5:8333")
@@ -31,16 +22,16 @@ def test_words_the_writers_store_decode(make_recorder):
     j = int(np.flatnonzero(L.name_ready(seg.header["msg_state"]))[0])
     st = int(seg.header["msg_state"][j])
     assert L.name_ready(st) and L.name_len(st) == len("getheaders")
-    assert st == L.name_make(_fnv1a(b"getheaders"), len("getheaders"))
+    assert st == L.name_make(L.key_hash(b"getheaders"), len("getheaders"))
 
     ops = seg.ops["name_state"]
     k = int(np.flatnonzero(L.name_ready(ops))[0])
     assert bytes(seg.ops["name"][k])[: L.name_len(int(ops[k]))] == b"handshake"
 
-    ks = seg.peers["key_state"]
+    ks = seg.peer_index["key_state"]
     (row,) = np.flatnonzero(L.key_ready(ks))
-    assert int(ks[row]) == L.key_make(_fnv1a(b"peer-1"))
-    life = int(seg.peers["life"][row])
+    assert int(ks[row]) == L.key_make(L.key_hash(b"peer-1"))
+    life = int(seg.peer_index["life"][row])
     owners = seg.shards["owner"]
     mine = np.flatnonzero(L.owner_state(owners) == L.SH_ACTIVE)
     assert not L.life_connected(life) and L.life_seq(life) == 3  # the disconnect, the 4th event
@@ -72,3 +63,19 @@ def test_helpers_take_ints_and_arrays_alike():
     assert (L.clear_pid(words[5]), L.clear_start(words[5])) == (123, 99)
     assert (L.j_seq(words[6]), L.j_phase(words[6])) == (77, L.PH_COUNTING)
     assert L.jmeta_fields(words[7]) == (5, 3, 18, L.OUT_LOST)
+
+
+def test_the_native_key_hash_is_layout_key_hash(make_recorder):
+    """Keys of every length around the 8-byte words the hash takes, and a message type per key:
+    the words the writer publishes are those layout.key_hash names."""
+    rec = make_recorder(1000, max_peers=64)
+    keys = ["p" * n for n in range(1, 20)] + ["ü" * 5, "203.0.113.5:8333", "x" * 64]
+    for i, k in enumerate(keys):
+        rec.record_message(k, f"t{i}", "inbound", 1)
+    seg = rec._seg
+    ks = seg.peer_index["key_state"]
+    want = sorted(L.key_make(L.key_hash(k.encode())) + (0 << L.KEY_PIN_SHIFT) for k in keys)
+    assert sorted(int(w) for w in ks[L.key_ready(ks)]) == want
+    st = seg.header["msg_state"]
+    names = sorted(int(w) for w in st[L.name_ready(st)])
+    assert names == sorted(L.name_make(L.key_hash(f"t{i}".encode()), len(f"t{i}")) for i in range(len(keys)))

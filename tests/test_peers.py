@@ -218,11 +218,11 @@ def test_duplicate_entries_of_one_key_are_merged(make_recorder):
     r.record_peer_connection("dup", "old:1")
     r.record_message("dup", "inv", "inbound", 37)
     r.record_latency("ping", 0.5, peer_id="dup")
-    table = r._seg.peers
-    src = int(np.flatnonzero((table["key_state"] & 3) == 2)[0])
+    table, index = r._seg.peers, r._seg.peer_index
+    src = int(np.flatnonzero((index["key_state"] & 3) == 2)[0])
     dst = (src + 3) % len(table)
-    table[dst] = table[src]
-    table["life"][dst] = (int(table["life"][src]) + (1 << L.LIFE_SEQ_SHIFT)) & ~1  # a later event, a disconnect
+    table[dst], index[dst] = table[src], index[src]
+    index["life"][dst] = (int(index["life"][src]) + (1 << L.LIFE_SEQ_SHIFT)) & ~1  # a later event, a disconnect
     table["addr"][dst], table["addr_len"][dst] = b"new:2", 5
     table["last_activity"][dst] = table["last_activity"][src] + 1
     table["ping_last_ns"][dst] = 250_000_000

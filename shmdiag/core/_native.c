@@ -89,8 +89,8 @@ typedef struct {
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
     Py_ssize_t peers_off, peer_size, max_peers, peer_slots, peer_window, addr_cap, msg_types, msg_name_size;
-    Py_ssize_t hdr_recycled_era, hdr_recycled, peer_idle;
-    Py_ssize_t peer_key_state, peer_life, peer_era, peer_key_len, peer_addr_len, peer_connected_at,
+    Py_ssize_t hdr_recycled_era, hdr_recycled, pindex_off, pidx_size, pidx_key_state, pidx_life, pidx_idle;
+    Py_ssize_t peer_era, peer_key_len, peer_addr_len, peer_connected_at,
         peer_last_activity, peer_msgs_sent, peer_msgs_recv, peer_bytes_sent, peer_bytes_recv, peer_errors,
         peer_ping_count, peer_ping_sum_ns, peer_ping_last_ns, peer_ping_min_ns, peer_events, peer_key, peer_addr,
         peer_bytes_sent_per_msg, peer_bytes_recv_per_msg;
@@ -127,8 +127,8 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_jbefore_msg), K(shard_msg_count), K(shard_msg_bytes),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
     K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(peer_window), K(addr_cap), K(msg_types), K(msg_name_size),
-    K(hdr_recycled_era), K(hdr_recycled), K(peer_idle),
-    K(peer_key_state), K(peer_life), K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
+    K(hdr_recycled_era), K(hdr_recycled), K(pindex_off), K(pidx_size), K(pidx_key_state), K(pidx_life), K(pidx_idle),
+    K(peer_era), K(peer_key_len), K(peer_addr_len), K(peer_connected_at),
     K(peer_last_activity), K(peer_msgs_sent), K(peer_msgs_recv), K(peer_bytes_sent), K(peer_bytes_recv),
     K(peer_errors), K(peer_ping_count), K(peer_ping_sum_ns), K(peer_ping_last_ns), K(peer_ping_min_ns),
     K(peer_events), K(peer_key), K(peer_addr), K(peer_bytes_sent_per_msg), K(peer_bytes_recv_per_msg),
@@ -155,12 +155,14 @@ typedef struct {
     Py_ssize_t nwords;
     unsigned char order[256][3];   /* per kind: f1..f3 (text indices 2..4) in the order they get room */
     char *shard;            /* this process's counter shard, or NULL */
+    int peer_shift;         /* log2(peer_size): an entry's row from its offset without a division */
     pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
     uint64_t bnext, bend, bhead, bbase, win_count, rate_n;
+    uint64_t bslot;         /* bnext % capacity, kept by additions: no division per event */
     int64_t bt0, last_mono, win_start;
     char *bshard;
     pid_t bpid;
@@ -196,8 +198,20 @@ static inline Py_ssize_t utf8_floor(const char *p, Py_ssize_t len, Py_ssize_t n)
     return n;
 }
 
-static int get_text(PyObject *o, const char **p, Py_ssize_t *n) {
+/* The UTF-8 bytes of a str (or the bytes of a bytes). Inline, with the common cases read from the
+ * object directly: an ASCII str is its own UTF-8, and any other str caches its UTF-8 once it was
+ * asked for it (PyUnicode_AsUTF8AndSize, the general case, does both but costs a call each). */
+static inline __attribute__((always_inline)) int get_text(PyObject *o, const char **p, Py_ssize_t *n) {
     if (PyUnicode_Check(o)) {
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_IS_READY(o) && PyUnicode_IS_COMPACT_ASCII(o)) {
+#else
+        if (PyUnicode_IS_COMPACT_ASCII(o)) {
+#endif
+            *p = (const char *)(((PyASCIIObject *)o) + 1);
+            *n = ((PyASCIIObject *)o)->length;
+            return 0;
+        }
         *p = PyUnicode_AsUTF8AndSize(o, n);   /* cached in the str object: no copy after first use */
         return *p ? 0 : -1;
     }
@@ -210,10 +224,36 @@ static int get_text(PyObject *o, const char **p, Py_ssize_t *n) {
     return -1;
 }
 
-static uint64_t fnv1a(const char *p, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (Py_ssize_t i = 0; i < n; i++) { h ^= (unsigned char)p[i]; h *= 1099511628211ULL; }
+/* The hash of peer keys and registry names (layout.key_hash is the same in Python): eight bytes
+ * per multiply, so a 20-byte peer address costs 3 multiplies where FNV-1a's byte loop cost 20
+ * in one dependent chain; then a finaliser (murmur3's) so every bit of the key reaches every bit
+ * of the hash. Little-endian words: every writer of a ring runs on the one machine. */
+static inline __attribute__((always_inline)) uint64_t key_hash(const char *p, Py_ssize_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    uint64_t w = 0;
+    for (Py_ssize_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33; h *= 0xC4CEB9FE1A85EC53ULL; h ^= h >> 33;
     return h;
+}
+
+/* a[0:n] == b[0:n] for short keys, inline (memcmp is a call into libc). */
+static inline __attribute__((always_inline)) int same_bytes(const char *a, const char *b, Py_ssize_t n) {
+    for (; n >= 8; a += 8, b += 8, n -= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+    }
+    for (; n > 0; n--)
+        if (*a++ != *b++) return 0;
+    return 1;
 }
 
 /* A position in [0, n) from 32 bits of a hash, by a multiply and a shift rather than a division
@@ -241,7 +281,7 @@ static inline void max_rlx(char *p, uint64_t v) {
 static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize_t nstride, Py_ssize_t n,
                                 const char *key, Py_ssize_t klen) {
     if (klen <= 0 || klen > 63 || n <= 0) return -1;
-    uint64_t h = fnv1a(key, klen);
+    uint64_t h = key_hash(key, klen);
     uint64_t tag = ((h & 0x00FFFFFFFFFFFFFFULL) << 8) | ((uint64_t)klen << 2) | 2;
     Py_ssize_t j0 = (Py_ssize_t)fastrange32((uint32_t)(h >> 32), (uint64_t)n);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -257,7 +297,7 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
             }
             k = expect;
         }
-        if (k == tag && memcmp(nm + j * nstride, key, (size_t)klen) == 0) return j;
+        if (k == tag && same_bytes(nm + j * nstride, key, klen)) return j;
     }
     return -1;
 }
@@ -265,8 +305,13 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
 /* ---- the peer table ----------------------------------------------------------------------
  *
  * peer_slots = 2 x max_peers entries. A key's entry is one of its 2 x peer_window candidates:
- * two windows of peer_window consecutive entries, at two positions given by its hash. The
- * key_state word (see key_make in core/layout.py):
+ * two windows of peer_window consecutive entries, at two positions given by its hash (through
+ * a multiply each; with the FNV-1a hash of layout VERSION 10, whose high bits barely changed
+ * with a key's last bytes, keys "new-1230".."new-1239" all landed in one window). Each entry's
+ * key_state, life and idle words are in the dense index (layout.PEER_INDEX, same row), so a
+ * lookup or a recycling scan reads the 32 candidates' words from ~14 cache lines, and the entry
+ * itself only once it is chosen. The ordering argument below is about those words, wherever
+ * they are. The key_state word (see key_make in core/layout.py):
  *
  *   0                                   empty (never used)
  *   KEY_WRITING                         being (re)written by one process: skipped by everyone else
@@ -306,16 +351,15 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
 #define LIFE_SEQ_SHIFT 16
 #define ERA_ZEROING UINT64_MAX
 
-/* Candidate i of a key whose windows start at entries s1 and s2 (each < peer_slots). */
-static inline char *peer_candidate(const Layout *L, char *peers, uint64_t s1, uint64_t s2, Py_ssize_t i) {
-    uint64_t S = (uint64_t)L->peer_slots;
-    uint64_t j = i < L->peer_window ? s1 + (uint64_t)i : s2 + (uint64_t)(i - L->peer_window);
-    if (j >= S) j %= S;   /* wraps past the end: rare, so no division on the common path */
-    return peers + (Py_ssize_t)j * L->peer_size;
+/* Row r's entry and its index words (key_state, life, idle). */
+static inline char *peer_entry(const Mapping *m, uint64_t r) { return m->mem + m->L.peers_off + ((Py_ssize_t)r << m->peer_shift); }
+static inline char *peer_ix(const Mapping *m, uint64_t r) { return m->mem + m->L.pindex_off + (Py_ssize_t)r * m->L.pidx_size; }
+static inline char *peer_ix_of(const Mapping *m, char *e) {
+    return peer_ix(m, (uint64_t)((e - (m->mem + m->L.peers_off)) >> m->peer_shift));
 }
 
-static inline void peer_unpin(const Layout *L, char *e) {
-    __atomic_fetch_sub(U64(e + L->peer_key_state), KEY_PIN, __ATOMIC_RELEASE);
+static inline void peer_unpin(const Layout *L, char *x) {
+    __atomic_fetch_sub(U64(x + L->pidx_key_state), KEY_PIN, __ATOMIC_RELEASE);
 }
 
 /* The one writer whose CAS moves an era word from an older generation to ZEROING zeroes what it
@@ -384,29 +428,44 @@ static void peer_fold(Mapping *m, char *e) {
 }
 
 /* Find `key`'s entry, or give it one (an empty candidate, else a recycled one), and return it
- * pinned: the caller must peer_unpin it. seq: the event's, for the recycling order. */
+ * pinned: the caller must peer_unpin its index words (peer_ix_of). seq: the event's, for the
+ * recycling order. */
 static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) {
     const Layout *L = &m->L;
     if (n <= 0 || L->peer_slots <= 0 || L->peer_window <= 0) return NULL;
     if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
-    uint64_t h = fnv1a(key, n);
+    uint64_t h = key_hash(key, n);
     uint64_t tag = (h << KEY_HASH_SHIFT) | KEY_READY;
-    char *peers = m->mem + L->peers_off;
-    uint64_t s1 = fastrange32((uint32_t)(h >> 32), (uint64_t)L->peer_slots);
+    /* Where the windows start: the high halves of two odd multiples of the hash, which carry
+     * every bit of it up (two independent multiplies: a few cycles, on every lookup). */
+    uint64_t s1 = fastrange32((uint32_t)((h * 0xC2B2AE3D27D4EB4FULL) >> 32), (uint64_t)L->peer_slots);
     uint64_t s2 = fastrange32((uint32_t)((h * 0x9E3779B97F4A7C15ULL) >> 32), (uint64_t)L->peer_slots);
+    Py_ssize_t nc = 2 * L->peer_window;
     for (int attempt = 0; attempt < 8; attempt++) {
-        char *empty = NULL, *victim = NULL;
+        uint64_t empty = UINT64_MAX, victim = UINT64_MAX;
         uint64_t victim_k = 0, victim_idle = UINT64_MAX;
-        for (Py_ssize_t i = 0; i < 2 * L->peer_window; i++) {
-            /* Not at the first candidate: the rest are cache lines 1 KiB apart, often cold when
-             * the key is new. Ask for all of them at once rather than one miss after another. */
-            if (i == 1 && attempt == 0)
-                for (Py_ssize_t j = 1; j < 2 * L->peer_window; j++)
-                    __builtin_prefetch(peer_candidate(L, peers, s1, s2, j), 1, 1);
-            char *e = peer_candidate(L, peers, s1, s2, i);
-            char *ks = e + L->peer_key_state;
+        uint64_t S = (uint64_t)L->peer_slots;
+        for (Py_ssize_t i = 0, r = 0; i < nc; i++, r++) {
+            if (i == 0) {
+                r = (Py_ssize_t)s1;
+            } else if (i == 1 && attempt == 0) {
+                /* Past the first candidate (a known key is usually there): both windows' index
+                 * words, a few cache lines each, asked for at once rather than one miss after
+                 * another (a new key reads them all). */
+                char *w1 = peer_ix(m, s1), *w2 = peer_ix(m, s2);
+                Py_ssize_t span = L->peer_window * L->pidx_size;
+                for (Py_ssize_t off = 0; off < span; off += 64) {
+                    __builtin_prefetch(w1 + off + 64, 0, 3);
+                    __builtin_prefetch(w2 + off, 0, 3);
+                }
+                __builtin_prefetch(w2 + span - 1, 0, 3);
+            }
+            if (i == L->peer_window) r = (Py_ssize_t)s2;
+            if ((uint64_t)r >= S) r = 0;   /* a window runs past the last row: on from row 0 */
+            char *x = peer_ix(m, (uint64_t)r);
+            char *ks = x + L->pidx_key_state;
             uint64_t k = ld_acq(ks);
-            if (k == 0) { empty = e; break; }
+            if (k == 0) { empty = (uint64_t)r; break; }
             if ((k & 3) != KEY_READY) continue;
             if ((k & ~KEY_PINS_MASK) == tag) {
                 int pinned = 0;
@@ -417,28 +476,37 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                     }
                 }
                 if (pinned) {
-                    if (*(unsigned char *)(e + L->peer_key_len) == n && memcmp(e + L->peer_key, key, (size_t)n) == 0)
+                    char *e = peer_entry(m, (uint64_t)r);
+                    if (*(unsigned char *)(e + L->peer_key_len) == n && same_bytes(e + L->peer_key, key, n))
                         return e;
-                    peer_unpin(L, e);   /* another key with the same 48-bit hash */
+                    peer_unpin(L, x);   /* another key with the same 48-bit hash */
                 }
                 continue;
             }
-            if ((k & KEY_PINS_MASK) == 0 && !(ld_rlx(e + L->peer_life) & LIFE_CONNECTED)) {
-                uint64_t idle = ld_rlx(e + L->peer_idle);
-                if (idle < victim_idle) { victim = e; victim_k = k; victim_idle = idle; }
+            if ((k & KEY_PINS_MASK) == 0 && !(ld_rlx(x + L->pidx_life) & LIFE_CONNECTED)) {
+                uint64_t idle = ld_rlx(x + L->pidx_idle);
+                if (idle < victim_idle) {
+                    victim = (uint64_t)r; victim_k = k; victim_idle = idle;
+                    /* The likely victim's entry, cold, fetched while the scan goes on: the lines
+                     * its counters are folded from (the running minimum changes ~4 times). */
+                    char *e = peer_entry(m, (uint64_t)r);
+                    __builtin_prefetch(e, 1, 3);
+                    __builtin_prefetch(e + 128, 1, 3);
+                }
             }
         }
-        char *e = empty ? empty : victim;
-        if (!e) return NULL;
-        for (Py_ssize_t off = 64; off < L->peer_size; off += 64) __builtin_prefetch(e + off, 1, 1);   /* all of it is written */
-        char *ks = e + L->peer_key_state;
-        uint64_t expect = empty ? 0 : victim_k;
+        uint64_t r = empty != UINT64_MAX ? empty : victim;
+        if (r == UINT64_MAX) return NULL;
+        char *e = peer_entry(m, r), *x = peer_ix(m, r);
+        for (Py_ssize_t off = 0; off < L->peer_size; off += 64) __builtin_prefetch(e + off, 1, 3);   /* all of it is written */
+        char *ks = x + L->pidx_key_state;
+        uint64_t expect = empty != UINT64_MAX ? 0 : victim_k;
         if (!__atomic_compare_exchange_n(U64(ks), &expect, KEY_WRITING, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             continue;   /* someone else took it, or pinned it: look again */
-        if (empty) {
+        if (empty != UINT64_MAX) {
             add_rlx(m->mem + L->hdr_peers_used, 1);
         } else {
-            if (ld_acq(e + L->peer_life) & LIFE_CONNECTED) {   /* connected before our CAS: keep it */
+            if (ld_acq(x + L->pidx_life) & LIFE_CONNECTED) {   /* connected before our CAS: keep it */
                 st_rel(ks, victim_k);
                 continue;
             }
@@ -450,14 +518,14 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
             for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) *U64(e + c[i]) = 0;
             memset(e + L->peer_bytes_sent_per_msg, 0, (size_t)(8 * L->msg_types));
             memset(e + L->peer_bytes_recv_per_msg, 0, (size_t)(8 * L->msg_types));
-            st_rlx(e + L->peer_life, 0);
+            st_rlx(x + L->pidx_life, 0);
             st_rlx(e + L->peer_era, 0);
             st_rlx(e + L->peer_connected_at, 0);
             st_rlx(e + L->peer_last_activity, 0);
             *(unsigned char *)(e + L->peer_addr_len) = 0;
             memset(e + L->peer_key, 0, (size_t)L->peer_cap);   /* readers take the key's bytes up to the first NUL */
         }
-        st_rlx(e + L->peer_idle, seq + 1);
+        st_rlx(x + L->pidx_idle, seq + 1);
         memcpy(e + L->peer_key, key, (size_t)n);
         *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
         st_rel(ks, tag + KEY_PIN);   /* the entry and key before the word that publishes them, pinned once */
@@ -469,13 +537,13 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
 /* CAS-max of the entry's lifecycle word on its sequence number, so it holds the latest
  * lifecycle event whichever process recorded it, with the recording writer's shard (writer:
  * shard index + 1). Returns 1 if this event is now the latest. */
-static int peer_life(const Layout *L, char *e, uint64_t seq, int connected, uint64_t writer) {
+static int peer_life(const Layout *L, char *x, uint64_t seq, int connected, uint64_t writer) {
     uint64_t want = ((seq + 1) << LIFE_SEQ_SHIFT) | ((writer & 0x3FFF) << LIFE_WRITER_SHIFT) | (connected ? LIFE_CONNECTED : 0);
-    char *lp = e + L->peer_life;
+    char *lp = x + L->pidx_life;
     uint64_t cur = ld_acq(lp);
     while ((cur >> LIFE_SEQ_SHIFT) < (want >> LIFE_SEQ_SHIFT)) {
         if (__atomic_compare_exchange_n(U64(lp), &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-            if (!connected) st_rlx(e + L->peer_idle, seq + 1);
+            if (!connected) st_rlx(x + L->pidx_idle, seq + 1);
             return 1;
         }
     }
@@ -599,7 +667,7 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
     if (!peer_off) return 0;
     char *e = mem + peer_off;
     if (flags & (L->flag_life_connect | L->flag_life_disconnect))
-        IOP(latest = peer_life(L, e, seq, (flags & L->flag_life_connect) != 0, writer));
+        IOP(latest = peer_life(L, peer_ix_of(m, e), seq, (flags & L->flag_life_connect) != 0, writer));
     if (latest && addr) {
         /* The latest lifecycle event names the address, while the entry is pinned (a recycler
          * cannot take it under us). The reaper passes no text: the slot may be gone. */
@@ -632,7 +700,7 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
 unpin:
     /* Last, a step of its own (done at most once, by the writer or its reaper): release, so every
      * add above comes before a recycler's CAS can take the entry (see peer_find). */
-    XOP(peer_unpin(L, e));
+    XOP(peer_unpin(L, peer_ix_of(m, e)));
 #undef XOP
 #undef IOP
     return latest;
@@ -688,9 +756,14 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
     Py_ssize_t need_slots = L->slots_off + L->capacity * L->slot_size;
     Py_ssize_t need_shards = L->shards_off + L->max_shards * L->shard_size;
     Py_ssize_t need_peers = L->peers_off + L->peer_slots * L->peer_size;
+    Py_ssize_t need_pindex = L->pindex_off + L->peer_slots * L->pidx_size;
+    self->peer_shift = 0;
+    while (self->peer_shift < 30 && ((Py_ssize_t)1 << self->peer_shift) < L->peer_size) self->peer_shift++;
     Py_ssize_t need_ops = L->ops_off + L->op_slots * L->op_size;
     if (L->capacity < 1 || need_slots > self->view.len || need_shards > self->view.len ||
-        need_peers > self->view.len || need_ops > self->view.len || L->op_slots < 1 || L->msg_types < 1 ||
+        need_peers > self->view.len || need_pindex > self->view.len || need_pindex > L->peers_off ||
+        ((Py_ssize_t)1 << self->peer_shift) != L->peer_size || L->pidx_size % 8 || L->pidx_size < 24 ||
+        need_ops > self->view.len || L->op_slots < 1 || L->msg_types < 1 ||
         L->peer_slots < L->max_peers || L->op_buckets < 2 ||
         L->hdr_msg_state + 8 * L->msg_types > self->view.len || L->hdr_msg_name + L->msg_name_size * L->msg_types > self->view.len ||
         L->hdr_head + 8 > self->view.len || L->hdr_base_of + 8 * L->base_slots > self->view.len ||
@@ -922,6 +995,7 @@ static void claim_run(Mapping *self, char *sh, uint64_t need) {
     self->bhead = head;
     self->bbase = era_base(self, head);
     self->bnext = lo;
+    self->bslot = lo % (uint64_t)L->capacity;
     self->bend = lo + n;
     self->bt0 = self->last_mono = t0;
     self->bshard = sh;
@@ -967,6 +1041,24 @@ static __attribute__((noinline, cold)) void drop_run(Mapping *self, char *sh, ui
     if ((expect & gmask) != g) return;   /* cleared since: those seqs are below the new era's base */
     sync_era(L, sh, self->bbase);
     st_rel(sh + L->shard_unused, ld_rlx(sh + L->shard_unused) + (end - from));
+}
+
+/* A slot's checksum (layout.CHECKSUM_KEYS): the sum of word * key over its words, mod 2**64. For
+ * 240-byte slots unrolled, with three sums in flight instead of one chain of 30 adds. */
+static inline __attribute__((always_inline)) uint64_t slot_sum(const Mapping *m, const char *rec) {
+    const uint64_t *w = (const uint64_t *)rec, *k = m->keys;
+    if (m->nwords == 30) {
+        uint64_t a = 0, b = 0, c = 0;
+        for (int i = 0; i < 30; i += 3) {
+            a += w[i] * k[i];
+            b += w[i + 1] * k[i + 1];
+            c += w[i + 2] * k[i + 2];
+        }
+        return a + b + c;
+    }
+    uint64_t sum = 0;
+    for (Py_ssize_t i = 0; i < m->nwords; i++) sum += w[i] * k[i];
+    return sum;
 }
 
 /* ---- events of several slots (layout.CONT) --------------------------------------------------
@@ -1080,22 +1172,51 @@ static __attribute__((noinline)) void write_conts(Mapping *self, uint64_t seq, P
             memcpy(out, tp[2 + fi] + fpos, (size_t)n);
             out += n; room -= n; fpos += n;
         }
-        uint64_t sum = 0;
-        for (Py_ssize_t i = 0; i < self->nwords; i++) sum += U64(rec)[i] * self->keys[i];
+        uint64_t sum = slot_sum(self, rec);
         *U64(rec + L->slot_checksum) = sum;
         st_rel(rec + L->slot_w, w_make(L, s, (unsigned)L->sev_cont, L->st_cont));
     }
 }
 
-static int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
-    long v = PyLong_AsLong(o);
-    if (v == -1 && PyErr_Occurred()) return -1;
+/* An int's value when it fits one digit (every flag, index and size the helpers pass), read from
+ * the object without a call; 0: not such an int, ask PyLong_AsLong / PyLong_AsLongLong. */
+static inline __attribute__((always_inline)) int small_int(PyObject *o, long *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!PyUnstable_Long_IsCompact((PyLongObject *)o)) return 0;
+    *out = (long)PyUnstable_Long_CompactValue((PyLongObject *)o);
+    return 1;
+#else
+    Py_ssize_t size = Py_SIZE(o);
+    if (size < -1 || size > 1) return 0;
+    *out = size * (long)((PyLongObject *)o)->ob_digit[0];
+    return 1;
+#endif
+}
+
+static inline __attribute__((always_inline)) int as_small(PyObject *o, long lo, long hi, const char *what, long *out) {
+    long v;
+    if (!small_int(o, &v)) {
+        v = PyLong_AsLong(o);
+        if (v == -1 && PyErr_Occurred()) return -1;
+    }
     if (v < lo || v > hi) { PyErr_Format(PyExc_ValueError, "%s out of range: %ld", what, v); return -1; }
     *out = v;
     return 0;
 }
 
-/* write(kind, severity, flags, type_idx, ts_ns, value, event_type, peer_id, f1, f2, f3) -> seq
+static inline __attribute__((always_inline)) int as_i64(PyObject *o, int64_t *out) {
+    long v;
+    if (small_int(o, &v)) { *out = v; return 0; }
+    long long x = PyLong_AsLongLong(o);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    *out = x;
+    return 0;
+}
+
+/* write(kind, severity, flags, type_idx, ts_ns, value, event_type, peer_id, f1, f2, f3) -> None
+ * (not the sequence number: no caller wants it, and an int above 256 is an allocation and a
+ * free per event, ~5% of record_message).
  * ts_ns == 0 means "now". Every argument is converted before a sequence number is claimed, so a
  * bad argument raises and leaves no trace in the ring. */
 static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1107,10 +1228,8 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     if (as_small(args[0], 0, 255, "kind", &kind) || as_small(args[1], 0, 4, "severity", &sev) ||
         as_small(args[2], 0, 255, "flags", &flags) || as_small(args[3], 0, L->type_slots - 1, "type index", &tidx))
         return NULL;
-    int64_t ts = PyLong_AsLongLong(args[4]);
-    if (ts == -1 && PyErr_Occurred()) return NULL;
-    int64_t value = PyLong_AsLongLong(args[5]);
-    if (value == -1 && PyErr_Occurred()) return NULL;
+    int64_t ts, value;
+    if (as_i64(args[4], &ts) || as_i64(args[5], &value)) return NULL;
     const char *tp[5];
     Py_ssize_t tn[5];
     for (int i = 0; i < 5; i++)
@@ -1166,14 +1285,17 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         head = self->bhead;
         base = self->bbase;
         seq = self->bnext;
+        uint64_t slot = self->bslot;
         self->bnext += (uint64_t)nslots;
+        self->bslot += (uint64_t)nslots;   /* nslots <= event_slots_max <= capacity: one wrap at most */
+        if (self->bslot >= (uint64_t)L->capacity) self->bslot -= (uint64_t)L->capacity;
         sync_era(L, sh, base);
         st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) |
                                     ((uint64_t)(nslots - 1) << 32) | mbits);
         st_rlx(sh + L->shard_jts, (uint64_t)ts);
         st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_claimed));
 
-        rec = mem + L->slots_off + (Py_ssize_t)(seq % (uint64_t)L->capacity) * L->slot_size;
+        rec = mem + L->slots_off + (Py_ssize_t)slot * L->slot_size;
         wp = rec + L->slot_w;
         cur = ld_acq(wp);
         int retry = 0;
@@ -1256,8 +1378,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         if (nslots > 1) write_conts(self, seq, nslots - 1, tp, lens, full);
         /* The checksum covers every word but the slot word and itself, stale bytes included: a
          * reader that finds it wrong has a torn or foreign record and never returns it. */
-        uint64_t sum = 0;
-        for (Py_ssize_t i = 0; i < self->nwords; i++) sum += U64(rec)[i] * self->keys[i];
+        uint64_t sum = slot_sum(self, rec);
         *U64(rec + L->slot_checksum) = sum;
         st_rel(wp, w_make(L, seq, (unsigned)sev, L->st_committed));   /* publish */
     }
@@ -1310,7 +1431,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     if (c_out) st_rlx(c_out, b_out + (outcome == (uint64_t)L->out_lost ? 1 : over));
     st_rel(c_rec, b_rec + 1);
     st_rel(sh + L->shard_journal, 0);
-    return PyLong_FromUnsignedLongLong(seq);
+    Py_RETURN_NONE;
 }
 
 /* ---- word primitives for the slow paths (clear, reap, shard ownership, cleanup) ---------- */
@@ -1442,8 +1563,9 @@ static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ss
     if (shard < 0 || shard >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
     char *e = peer_find(self, p, n, seq);
     if (e) {
-        peer_life(&self->L, e, seq, c, (uint64_t)shard + 1);
-        peer_unpin(&self->L, e);
+        char *x = peer_ix_of(self, e);
+        peer_life(&self->L, x, seq, c, (uint64_t)shard + 1);
+        peer_unpin(&self->L, x);
     }
     return PyBool_FromLong(e != NULL);
 }
@@ -1901,7 +2023,7 @@ static PyObject *Mapping_closed(Mapping *self, void *unused) { return PyBool_Fro
 static PyObject *Mapping_readonly(Mapping *self, void *unused) { return PyBool_FromLong(self->readonly); }
 
 static PyMethodDef Mapping_methods[] = {
-    {"write", (PyCFunction)(void (*)(void))Mapping_write, METH_FASTCALL, "Record one event; returns its sequence number."},
+    {"write", (PyCFunction)(void (*)(void))Mapping_write, METH_FASTCALL, "Record one event (returns None)."},
     {"set_provider", (PyCFunction)Mapping_set_provider, METH_O, "Callable that binds a shard on demand."},
     {"bind_shard", (PyCFunction)Mapping_bind_shard, METH_O, "Use shard i for this process's counters."},
     {"release", (PyCFunction)Mapping_release, METH_NOARGS, "Drop the buffer; later calls raise."},

@@ -26,7 +26,7 @@ from typing import TypeVar, cast
 import numpy as np
 
 MAGIC = b"SHMDIAG\x00"
-VERSION = 10
+VERSION = 11
 HEADER_SIZE = 4096
 SLOT_SIZE = 240
 CACHE_LINE = 64
@@ -267,30 +267,41 @@ SHARD = _struct(
 )
 MSG_DIRECTIONS = ("inbound", "outbound")  # index: whether the message's flags say F_OUTBOUND
 
-PEER = _struct(
-    1024,
+# The peer table's dense index: per entry, the words every lookup and the recycling scan read,
+# kept apart from the entries, so a key's PEER_CANDIDATES candidates are two runs of PEER_WINDOW
+# consecutive 24-byte words (about 14 cache lines in 2-4 pages) rather than the first lines of 32
+# entries 1 KiB apart (32 lines in ~10 pages). Row i of PEER_INDEX belongs to row i of PEER.
+PEER_INDEX = _struct(
+    24,
     ("key_state", "<u8", 0),  # key_make(): 0 empty, 1 being (re)written, (hash << 16) | (pins << 2) | 2 ready
     ("life", "<u8", 8),       # life_make(): seq, writer, died and connected of the latest lifecycle event
-    ("era", "<u8", 16),       # base + 1 of the clear generation the counters below belong to
-    ("idle", "<u8", 24),      # seq + 1 of the event since which it is not connected: recycling order
-    ("connected_at", "<i8", 32),   # ns, of the latest connect
-    ("last_activity", "<i8", 40),  # ns, of the latest event of any kind
-    ("msgs_sent", "<u8", 48),
-    ("msgs_recv", "<u8", 56),
-    ("bytes_sent", "<u8", 64),
-    ("bytes_recv", "<u8", 72),
-    ("errors", "<u8", 80),         # events at ERROR or CRITICAL
-    ("ping_count", "<u8", 88),
-    ("ping_sum_ns", "<u8", 96),
-    ("ping_last_ns", "<u8", 104),
-    ("ping_min_ns", "<u8", 112),
-    ("events", "<u8", 120),
-    ("key", f"S{PEER_CAP}", 128),
-    ("addr", f"S{ADDR_CAP}", 192),
-    ("bytes_sent_per_msg", "<u8", (MSG_TYPES,), 264),
-    ("bytes_recv_per_msg", "<u8", (MSG_TYPES,), 264 + 8 * MSG_TYPES),
-    ("key_len", "<u1", 1016),
-    ("addr_len", "<u1", 1017),
+    ("idle", "<u8", 16),      # seq + 1 of the event since which it is not connected: recycling order
+)
+
+# An entry: what every event of the peer touches first (its generation, activity and traffic
+# counters, the key's length), then the key, then the rest. A message touches 3 of its lines
+# (the first, the key, its type's per-message word) and the index word.
+PEER = _struct(
+    1024,
+    ("era", "<u8", 0),             # base + 1 of the clear generation the counters below belong to
+    ("last_activity", "<i8", 8),   # ns, of the latest event of any kind
+    ("events", "<u8", 16),
+    ("msgs_recv", "<u8", 24),
+    ("bytes_recv", "<u8", 32),
+    ("msgs_sent", "<u8", 40),
+    ("bytes_sent", "<u8", 48),
+    ("key_len", "<u1", 56),
+    ("addr_len", "<u1", 57),
+    ("key", f"S{PEER_CAP}", 64),
+    ("connected_at", "<i8", 128),  # ns, of the latest connect
+    ("errors", "<u8", 136),        # events at ERROR or CRITICAL
+    ("ping_count", "<u8", 144),
+    ("ping_sum_ns", "<u8", 152),
+    ("ping_last_ns", "<u8", 160),
+    ("ping_min_ns", "<u8", 168),
+    ("addr", f"S{ADDR_CAP}", 176),
+    ("bytes_sent_per_msg", "<u8", (MSG_TYPES,), 248),
+    ("bytes_recv_per_msg", "<u8", (MSG_TYPES,), 248 + 8 * MSG_TYPES),
 )
 PEER_COUNTERS = ("msgs_sent", "msgs_recv", "bytes_sent", "bytes_recv", "errors", "ping_count", "ping_sum_ns",
                  "ping_last_ns", "ping_min_ns", "events")  # zeroed when a clear starts a new generation
@@ -381,8 +392,13 @@ def check_no_overlap(dt: np.dtype) -> None:
                              f"past the {dt.itemsize}-byte struct")
 
 
+# A reader's copy of a peer row: the entry, then its index words (core/snapshot.py, peer_rows).
+PEER_ROW = _struct(PEER.itemsize + PEER_INDEX.itemsize,
+                   *((n, sub, off) for n, (sub, off) in fields(PEER).items()),
+                   *((n, sub, PEER.itemsize + off) for n, (sub, off) in fields(PEER_INDEX).items()))
+
 assert offset(CONT, "kind") == offset(SLOT, "kind") and offset(CONT, "checksum") == offset(SLOT, "checksum")
-for _dt in (HEADER, SHARD, PEER, OP_BANK, OP, SLOT, CONT):
+for _dt in (HEADER, SHARD, PEER_INDEX, PEER, PEER_ROW, OP_BANK, OP, SLOT, CONT):
     check_no_overlap(_dt)
 
 # Checksum: sum over the slot's u64 words of word * key, mod 2**64, leaving out the slot word
@@ -513,10 +529,25 @@ def owner_state(w: Word) -> Word:
 # "key_state" share a tag in the two low bits: TAG_EMPTY (the word is 0), TAG_WRITING (the word
 # is 1: a name or key being written) or TAG_READY, published with a release store after the bytes:
 #   registry word  (hash << 8) | (len << 2) | TAG_READY     (see registry_find in _native.c)
-#   peer key word  (fnv1a(key) << 16) | (pins << 2) | TAG_READY  (see key_make; the length is key_len)
+#   peer key word  (key_hash(key) << 16) | (pins << 2) | TAG_READY  (see key_make; the length is key_len)
 TAG_BITS = 2
 TAG_EMPTY, TAG_WRITING, TAG_READY = 0, 1, 2
 NAME_LEN_BITS = 6  # names of at most 63 bytes
+
+
+def key_hash(raw: bytes) -> int:
+    """The hash of peer keys and registry names, as the native writer computes it (key_hash in
+    _native.c): 8-byte little-endian words, one multiply each, then murmur3's finaliser."""
+    m = (1 << 64) - 1
+    h = 0x9E3779B97F4A7C15 ^ len(raw)
+    full = len(raw) // 8 * 8
+    for i in range(0, full, 8):
+        h = ((h ^ int.from_bytes(raw[i:i + 8], "little")) * 0xFF51AFD7ED558CCD) & m
+        h ^= h >> 32
+    h = ((h ^ int.from_bytes(raw[full:], "little")) * 0xFF51AFD7ED558CCD) & m
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & m
+    return h ^ (h >> 33)
 
 
 def name_make(name_hash: int, length: int) -> int:
@@ -621,11 +652,17 @@ def _align(n: int, to: int) -> int:
 def segment_offsets(capacity: int, max_shards: int, max_peers: int) -> dict[str, int]:
     """Where each region starts, and the segment's total size, for a ring of this shape."""
     shards_off = HEADER_SIZE
-    peers_off = _align(shards_off + max_shards * SHARD.itemsize, CACHE_LINE)
+    pindex_off = _align(shards_off + max_shards * SHARD.itemsize, CACHE_LINE)  # as pindex_offset
+    peers_off = _align(pindex_off + PEER_TABLE_FACTOR * max_peers * PEER_INDEX.itemsize, CACHE_LINE)
     ops_off = _align(peers_off + PEER_TABLE_FACTOR * max_peers * PEER.itemsize, CACHE_LINE)
     slots_off = _align(ops_off + OP_SLOTS * OP.itemsize, 4096)
     return {"shards_off": shards_off, "peers_off": peers_off, "ops_off": ops_off, "slots_off": slots_off,
-            "total_size": slots_off + capacity * SLOT_SIZE}
+            "total_size": slots_off + capacity * SLOT_SIZE}  # the peer index: pindex_offset(header)
+
+
+def pindex_offset(header: np.void) -> int:
+    """Where the peer index starts: right after the shards (not a header field of its own)."""
+    return _align(int(header["shards_off"]) + int(header["max_shards"]) * SHARD.itemsize, CACHE_LINE)
 
 
 def latency_bucket(ns: int) -> int:
@@ -659,14 +696,15 @@ def _text_order() -> bytes:
 def native_layout(header: np.void) -> dict[str, object]:
     """Every offset and constant the native writer needs, derived from the dtypes above."""
     out: dict[str, object] = {}
-    for prefix, dt in (("hdr_", HEADER), ("slot_", SLOT), ("shard_", SHARD), ("peer_", PEER), ("op_", OP),
-                       ("bank_", OP_BANK)):
+    for prefix, dt in (("hdr_", HEADER), ("slot_", SLOT), ("shard_", SHARD), ("peer_", PEER), ("pidx_", PEER_INDEX),
+                       ("op_", OP), ("bank_", OP_BANK)):
         for name, (_, off) in fields(dt).items():
             out[prefix + name] = off
     out.update(
         capacity=int(header["capacity"]), slot_size=SLOT_SIZE, slots_off=int(header["slots_off"]),
         shards_off=int(header["shards_off"]), shard_size=SHARD.itemsize, max_shards=int(header["max_shards"]),
-        peers_off=int(header["peers_off"]), peer_size=PEER.itemsize, max_peers=int(header["max_peers"]),
+        peers_off=int(header["peers_off"]), peer_size=PEER.itemsize, pidx_size=PEER_INDEX.itemsize,
+        pindex_off=pindex_offset(header), max_peers=int(header["max_peers"]),
         peer_slots=PEER_TABLE_FACTOR * int(header["max_peers"]), addr_cap=ADDR_CAP, peer_window=PEER_WINDOW,
         msg_types=MSG_TYPES, msg_name_size=MSG_NAME_SIZE,
         ops_off=int(header["ops_off"]), op_size=OP.itemsize, op_slots=OP_SLOTS, op_name_size=OP_NAME_SIZE,

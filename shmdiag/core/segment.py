@@ -102,7 +102,7 @@ def generate_name() -> str:
 class Segment:
     """One mapped ring segment and the views both paths use.
 
-    ``native`` is the writer path's atomic view; ``header``, ``shards``, ``peers``, ``ops`` and
+    ``native`` is the writer path's atomic view; ``header``, ``shards``, ``peers`` (with ``peer_index``), ``ops`` and
     ``slots`` are numpy views for the reader path. Read live words (head, base, slot words) through
     ``native``; numpy loads of them carry no ordering.
     """
@@ -145,6 +145,9 @@ class Segment:
         )
         self.shards = np.ndarray((self.max_shards,), dtype=L.SHARD, buffer=mm, offset=self.shards_off)
         self.peers = np.ndarray((L.PEER_TABLE_FACTOR * self.max_peers,), dtype=L.PEER, buffer=mm, offset=self.peers_off)
+        self.pindex_off = L.pindex_offset(hdr)
+        self.peer_index = np.ndarray((L.PEER_TABLE_FACTOR * self.max_peers,), dtype=L.PEER_INDEX, buffer=mm,
+                                     offset=self.pindex_off)
         self.ops = np.ndarray((L.OP_SLOTS,), dtype=L.OP, buffer=mm, offset=self.ops_off)
         self.slots = np.ndarray((self.capacity,), dtype=L.SLOT, buffer=mm, offset=self.slots_off)
         # The same records as raw words: copy through this one. Numpy copies a structured dtype
@@ -160,6 +163,8 @@ class Segment:
         return self.shards_off + index * L.SHARD.itemsize + L.offset(L.SHARD, field) + 8 * item
 
     def peer_word(self, row: int, field: str) -> int:
+        if field in L.fields(L.PEER_INDEX):  # key_state, life, idle: in the dense index
+            return self.pindex_off + row * L.PEER_INDEX.itemsize + L.offset(L.PEER_INDEX, field)
         return self.peers_off + row * L.PEER.itemsize + L.offset(L.PEER, field)
 
     def slot_word(self, slot: int) -> int:
@@ -294,7 +299,7 @@ class Segment:
         if self._mmap is None:
             return
         self.native.release()
-        for attr in ("header", "shards", "peers", "ops", "slots", "slot_words"):
+        for attr in ("header", "shards", "peers", "peer_index", "ops", "slots", "slot_words"):
             setattr(self, attr, None)
         self._mmap.close()
         os.close(self._fd)

@@ -60,7 +60,7 @@ class ShardManager:
         self._lock = lock  # the recorder's: no close() while a shard is being taken
 
     # -- owning a shard --------------------------------------------------------------------
-    def writer(self) -> Callable[..., int]:
+    def writer(self) -> Callable[..., None]:
         """The native write function for this process, which takes a shard (``ensure``) at its
         first event: the hot path is one native call, and the shard a lazy slow path."""
         self.seg.native.set_provider(self.ensure)
@@ -190,7 +190,7 @@ class ShardManager:
         seg = self.seg
         if not seg.metrics or not len(seg.peers):
             return
-        life = seg.peers["life"].copy()
+        life = seg.peer_index["life"].copy()
         rows = np.flatnonzero(L.life_connected(life) & (L.life_writer(life) == i + 1))
         for row, w in zip(rows.tolist(), life[rows].tolist(), strict=True):
             seg.native.cas(seg.peer_word(row, "life"), w, L.life_writer_died(w))

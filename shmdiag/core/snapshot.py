@@ -144,17 +144,23 @@ def _same_keys(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def peer_rows(seg: Segment) -> tuple[int, np.ndarray]:
-    """(base, a copy of every peer entry whose key is published). The key state is read,
+    """(base, a copy of every peer entry whose key is published, with its index words: PEER_ROW
+    rows). The key state is read,
     with acquire, before the rest of the entry (a writer publishes the key after the entry),
     and again after it: an entry recycled during the copy is left out."""
     _, base = seg.era()
     seg.native.fence()
-    ks = seg.peers["key_state"].copy()
+    ks = seg.peer_index["key_state"].copy()
     seg.native.fence()
     sel = np.flatnonzero(L.key_ready(ks))
-    rows = seg.peers[sel]
+    rows = np.empty(len(sel), dtype=L.PEER_ROW)
+    entries, index = seg.peers[sel], seg.peer_index[sel]
+    for f in L.fields(L.PEER):
+        rows[f] = entries[f]
+    for f in L.fields(L.PEER_INDEX):
+        rows[f] = index[f]
     seg.native.fence()
-    return base, rows[_same_keys(ks[sel], seg.peers["key_state"][sel])]
+    return base, rows[_same_keys(ks[sel], seg.peer_index["key_state"][sel])]
 
 
 def peer_sums(seg: Segment, fields: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -166,10 +172,10 @@ def peer_sums(seg: Segment, fields: tuple[str, ...]) -> tuple[dict[str, np.ndarr
     meanwhile is left out (the sums are then taken again without it)."""
     _, base = seg.era()
     seg.native.fence()
-    ks = seg.peers["key_state"].copy()
+    ks = seg.peer_index["key_state"].copy()
     seg.native.fence()
     era = seg.peers["era"].copy()
-    life = seg.peers["life"].copy()
+    life = seg.peer_index["life"].copy()
     ready = L.key_ready(ks)
     cur = ready & (era == base + 1)
 
@@ -181,7 +187,7 @@ def peer_sums(seg: Segment, fields: tuple[str, ...]) -> tuple[dict[str, np.ndarr
     tracked = np.flatnonzero(ready & (cur | L.life_connected(life)))
     keys = seg.peers["key"][tracked]
     seg.native.fence()
-    same = _same_keys(ks, seg.peers["key_state"])
+    same = _same_keys(ks, seg.peer_index["key_state"])
     if (cur & ~same).any():
         got = sums(cur & same)
     keep = same[tracked]
@@ -199,13 +205,13 @@ def peer_lifecycles_hashed(seg: Segment) -> tuple[np.ndarray, np.ndarray, np.nda
     """(key hashes, keys, life words): :func:`peer_lifecycles` with each key's hash (the high
     bits of its key_state), which lets a reader group rows by key without comparing strings."""
     seg.native.fence()
-    ks = seg.peers["key_state"].copy()
+    ks = seg.peer_index["key_state"].copy()
     seg.native.fence()
-    life = seg.peers["life"].copy()
+    life = seg.peer_index["life"].copy()
     sel = np.flatnonzero(L.key_ready(ks) & (life != 0))
     keys = seg.peers["key"][sel]
     seg.native.fence()
-    keep = _same_keys(ks[sel], seg.peers["key_state"][sel])
+    keep = _same_keys(ks[sel], seg.peer_index["key_state"][sel])
     return ks[sel][keep] >> np.uint64(L.KEY_HASH_SHIFT), keys[keep], life[sel][keep]
 
 
