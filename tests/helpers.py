@@ -378,3 +378,14 @@ def validate_json(doc: object, kind: str) -> None:
         registry = Registry().with_resources((s["$id"], Resource.from_contents(s)) for s in schemas.values())
         _VALIDATORS.update({n: Draft202012Validator(s, registry=registry) for n, s in schemas.items()})
     _VALIDATORS[kind].validate(doc)
+
+
+# The source of rss_shmem(), for probe scripts run with ``python -c`` (prepend it): bytes of
+# shared memory mapped into the probe's page tables, which tells whether it faulted pages in.
+RSS_SHMEM_SRC = """
+def rss_shmem():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssShmem:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit("no RssShmem in /proc/self/status")
+"""

@@ -24,7 +24,7 @@ from shmdiag import DiagnosticEvent, Inspector, Recorder, Severity
 from shmdiag.core import layout as L
 from shmdiag.core import reader, snapshot
 
-from helpers import CLI, popen_writer, write
+from helpers import CLI, RSS_SHMEM_SRC, popen_writer, write
 
 
 def books_at_rest(name: str) -> int:
@@ -273,7 +273,7 @@ def test_books_consistent_under_load(make_recorder, procs, tmp_path, capacity):
 
 BIG = 1_000_000  # events: ~250 MB of /dev/shm, 240 MB of it slots
 
-RSS_PROBE = textwrap.dedent(
+RSS_PROBE = RSS_SHMEM_SRC + textwrap.dedent(
     """
     import contextlib, io, json, sys
     from shmdiag import Inspector
@@ -281,11 +281,6 @@ RSS_PROBE = textwrap.dedent(
     from shmdiag.cli.top import render, sample
     from shmdiag.core import rings, segment
 
-    def rss_shmem():  # kB of shared memory mapped into this process's page tables
-        for line in open("/proc/self/status"):
-            if line.startswith("RssShmem:"):
-                return int(line.split()[1]) * 1024
-        raise SystemExit("no RssShmem in /proc/self/status")
 
     # Keep every mapping a command makes, so its pages are still counted after it returns.
     kept = []

@@ -12,19 +12,16 @@ import textwrap
 
 import pytest
 
+from helpers import RSS_SHMEM_SRC
+
 CHUNK = 1 << 20  # PF_CHUNK in shmdiag/core/_native.c
 EVENTS = 100_000  # 24 MB of slots: several chunks
 
-PROBE = textwrap.dedent(
+PROBE = RSS_SHMEM_SRC + textwrap.dedent(
     """
     import json, os, sys
     from shmdiag import Inspector, Recorder
 
-    def rss_shmem():  # bytes of shared memory mapped into this process's page tables
-        for line in open("/proc/self/status"):
-            if line.startswith("RssShmem:"):
-                return int(line.split()[1]) * 1024
-        raise SystemExit("no RssShmem in /proc/self/status")
 
     name, mode = sys.argv[1], sys.argv[2]
     out = {}
