@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from collections.abc import Mapping as _MappingABC
 from datetime import datetime, timedelta
@@ -158,6 +159,19 @@ class Recorder:
         self._log_min = L.LOG_LEVELS.index(self._config.log_level.lower())
         self._log_debug = self._log_min == 0
         self._finalizer = multiprocessing.util.Finalize(self, _finalize, args=(seg, self._shards), exitpriority=100)
+        if not self._log_debug and type(self).record_message is Recorder.record_message:
+            # Nothing to log at DEBUG: record_message becomes one native call for the common case
+            # (shards.message_writer); the rest goes to the method below. Through a weak
+            # reference, so the mapping does not keep this recorder alive (and unfinalized).
+            me = weakref.ref(self)
+
+            def slow(*args: object, **kwargs: object) -> None:
+                rec = me()
+                if rec is None:
+                    raise RecorderClosedError("the recorder of this record_message is gone")
+                Recorder.record_message(rec, *args, **kwargs)  # type: ignore[arg-type]
+
+            self.__dict__["record_message"] = self._shards.message_writer(slow)
         self._collector: Collector | None = None
         if self._is_creator and collector:
             self._collector = Collector(self, self._logger)
@@ -257,7 +271,8 @@ class Recorder:
                       K.DISCONNECT.log_line(address=address, reason=reason))
 
     def record_message(self, peer_id: str, msg_type: str, direction: str, size: int) -> None:
-        """The hot path: about a dozen bytecodes and one native call."""
+        """The hot path: about a dozen bytecodes and one native call (and with nothing to log at
+        DEBUG, a recorder's record_message is that native call alone: see _open)."""
         if direction == "inbound":
             flags = 0
         elif direction == "outbound":

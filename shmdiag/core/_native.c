@@ -158,6 +158,9 @@ typedef struct {
     int peer_shift;         /* log2(peer_size): an entry's row from its offset without a division */
     pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
+    /* record_message's route (set_message): the Python method for anything but the common case,
+     * write()'s 11 arguments with placeholders, the flags of each direction and its names. */
+    PyObject *msg_slow, *msg_tmpl, *msg_flags[2], *msg_dir[2];
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
@@ -783,13 +786,21 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+static void clear_message(Mapping *self) {
+    Py_CLEAR(self->msg_slow);
+    Py_CLEAR(self->msg_tmpl);
+    for (int i = 0; i < 2; i++) { Py_CLEAR(self->msg_flags[i]); Py_CLEAR(self->msg_dir[i]); }
+}
+
 static int Mapping_traverse(Mapping *self, visitproc visit, void *arg) {
     Py_VISIT(self->provider);
+    Py_VISIT(self->msg_slow);
     return 0;
 }
 
 static int Mapping_clear(Mapping *self) {
     Py_CLEAR(self->provider);
+    clear_message(self);
     return 0;
 }
 
@@ -841,6 +852,7 @@ static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
     /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
     if (self->mem) { self->mem = NULL; self->shard = NULL; PyBuffer_Release(&self->view); }
     Py_CLEAR(self->provider);
+    clear_message(self);
     Py_RETURN_NONE;
 }
 
@@ -1434,6 +1446,61 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* ---- record_message in one native call -------------------------------------------------
+ *
+ * set_message(slow, template, (inbound_flags, outbound_flags), ("inbound", "outbound")):
+ * message(peer_id, msg_type, direction, size) then writes the common case -- a non-empty str
+ * peer, a str type, one of the two directions, a small non-negative int size -- as write(*t)
+ * with template t's placeholders 2, 5, 7, 8 filled (flags, size, peer, type); anything else
+ * (other types, keywords, errors to raise) goes to slow(...), the Python method, unchanged.
+ * The Recorder binds it only when it logs nothing at DEBUG (the Python method's one extra). */
+static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyCallable_Check(args[0]) || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != 11 ||
+        !PyTuple_CheckExact(args[2]) || PyTuple_GET_SIZE(args[2]) != 2 || !PyTuple_CheckExact(args[3]) ||
+        PyTuple_GET_SIZE(args[3]) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(args[3], 0)) ||
+        !PyUnicode_CheckExact(PyTuple_GET_ITEM(args[3], 1))) {
+        PyErr_SetString(PyExc_TypeError, "set_message(slow, 11-tuple, (flags_in, flags_out), (name_in, name_out))");
+        return NULL;
+    }
+    if (check_writable(self)) return NULL;
+    clear_message(self);
+    self->msg_slow = Py_NewRef(args[0]);
+    self->msg_tmpl = Py_NewRef(args[1]);
+    for (int i = 0; i < 2; i++) {
+        self->msg_flags[i] = Py_NewRef(PyTuple_GET_ITEM(args[2], i));
+        self->msg_dir[i] = Py_NewRef(PyTuple_GET_ITEM(args[3], i));
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    if (!self->msg_slow) {
+        if (check_writable(self)) return NULL;   /* closed: as write() says */
+        PyErr_SetString(PyExc_TypeError, "message() has no route: call set_message first");
+        return NULL;
+    }
+    long size;
+    if (nargs == 4 && !kwnames && PyUnicode_CheckExact(args[0]) && PyUnicode_GET_LENGTH(args[0]) > 0 &&
+        PyUnicode_CheckExact(args[1]) && PyUnicode_CheckExact(args[2]) && small_int(args[3], &size) && size >= 0) {
+        int d = args[2] == self->msg_dir[0] ? 0 : args[2] == self->msg_dir[1] ? 1   /* literals are interned */
+              : PyUnicode_Compare(args[2], self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(args[2], self->msg_dir[1]) == 0 ? 1 : -1;
+        if (d >= 0) {
+            PyObject *argv[11];
+            for (int i = 0; i < 11; i++) argv[i] = PyTuple_GET_ITEM(self->msg_tmpl, i);
+            argv[2] = self->msg_flags[d];
+            argv[5] = args[3];
+            argv[7] = args[0];
+            argv[8] = args[1];
+            return Mapping_write(self, argv, 11);
+        }
+    }
+    /* The Python method may drop the last reference to this mapping's route: hold it. */
+    PyObject *slow = Py_NewRef(self->msg_slow);
+    PyObject *r = PyObject_Vectorcall(slow, args, (size_t)nargs, kwnames);
+    Py_DECREF(slow);
+    return r;
+}
+
 /* ---- word primitives for the slow paths (clear, reap, shard ownership, cleanup) ---------- */
 
 static char *word_at(Mapping *self, PyObject *o) {
@@ -2025,6 +2092,10 @@ static PyObject *Mapping_readonly(Mapping *self, void *unused) { return PyBool_F
 static PyMethodDef Mapping_methods[] = {
     {"write", (PyCFunction)(void (*)(void))Mapping_write, METH_FASTCALL, "Record one event (returns None)."},
     {"set_provider", (PyCFunction)Mapping_set_provider, METH_O, "Callable that binds a shard on demand."},
+    {"set_message", (PyCFunction)(void (*)(void))Mapping_set_message, METH_FASTCALL,
+     "Route for message(): the Python method, write()'s arguments, each direction's flags and name."},
+    {"message", (PyCFunction)(void (*)(void))Mapping_message, METH_FASTCALL | METH_KEYWORDS,
+     "record_message(peer_id, msg_type, direction, size) in one native call (see set_message)."},
     {"bind_shard", (PyCFunction)Mapping_bind_shard, METH_O, "Use shard i for this process's counters."},
     {"release", (PyCFunction)Mapping_release, METH_NOARGS, "Drop the buffer; later calls raise."},
     {"load", (PyCFunction)Mapping_load, METH_O, "Acquire-load the u64 at a byte offset."},

@@ -1,0 +1,93 @@
+"""record_message as one native call (core/shards.message_writer): with nothing to log at DEBUG a
+recorder's record_message is the native route, which writes the common case itself and hands
+anything else to the Python method. Both routes must record and refuse exactly alike."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import pytest
+
+from shmdiag import Recorder, RecorderConfig
+from shmdiag.core.errors import RecorderClosedError
+
+
+class Peer(str):
+    """A str subclass: not the native route's common case."""
+
+
+CALLS = [
+    (("p1", "inv", "inbound", 37), {}),
+    (("p1", "tx", "outbound", 0), {}),
+    (("[2001:db8::17]:8333", "headers", "inbound", 2**30 - 1), {}),
+    (("p2", "inv", "outbound", 2**40), {}),  # not a one-digit int: the Python route
+    (("pé", "vérack", "inbound", 5), {}),  # non-ASCII: read through the C API
+    ((Peer("p3"), "inv", "inbound", 7), {}),
+    (("p4",), {"msg_type": "ping", "direction": "outbound", "size": 8}),
+    (("p5", "", "inbound", 1), {}),  # an empty message type is allowed
+    (("p6", "inv", "".join(["in", "bound"]), 3), {}),  # an equal direction that is not the literal
+]
+BAD = [
+    ("", "inv", "inbound", 1),
+    ("p", "inv", "sideways", 1),
+    ("p", "inv", "inbound", -1),
+    ("p", 3, "inbound", 1),
+    ("p", "inv", "inbound", 1 << 70),
+    ("p", "inv", "inbound", True),
+    ("p", "inv", "inbound", 1.0),
+    (None, "inv", "inbound", 1),
+]
+
+
+def _record_all(rec) -> list[tuple]:
+    for args, kwargs in CALLS:
+        rec.record_message(*args, **kwargs)
+    return [(e.event_type, e.severity, e.peer_id, e.message, e.metadata, e.pid) for e in rec.get_events(0)]
+
+
+def _errors(rec) -> list[tuple[type, str]]:
+    out = []
+    for args in BAD:
+        with pytest.raises(Exception) as ei:
+            rec.record_message(*args)
+        out.append((type(ei.value), str(ei.value)))
+    return out
+
+
+def test_the_native_route_records_and_refuses_as_the_python_method(make_recorder):
+    fast = make_recorder(100)
+    slow = make_recorder(100, log_level="debug")
+    assert type(fast.record_message).__name__ == "builtin_function_or_method"
+    assert getattr(slow.record_message, "__func__", None) is Recorder.record_message
+    assert _record_all(fast) == _record_all(slow)
+    assert len(fast.get_events(0)) == len(CALLS)
+    assert _errors(fast) == _errors(slow)
+    assert len(fast.get_events(0)) == len(CALLS), "a refused call records nothing"
+    assert fast.get_stats().events_by_type == slow.get_stats().events_by_type == {"message": len(CALLS)}
+
+
+def test_with_debug_logging_the_python_method_logs_each_message(make_recorder, caplog):
+    rec = make_recorder(100, log_level="debug")
+    with caplog.at_level(logging.DEBUG, logger="shmdiag"):
+        rec.record_message("p1", "inv", "inbound", 37)
+    assert any("p1" in r.getMessage() and "inv" in r.getMessage() for r in caplog.records)
+
+
+def test_the_native_route_after_close_and_after_the_recorder_is_gone():
+    rec = Recorder.with_config(RecorderConfig(max_events=100), collector=False)
+    rm = rec.record_message
+    rm("p", "inv", "inbound", 1)
+    rec.close()
+    with pytest.raises(RecorderClosedError):
+        rm("p", "inv", "inbound", 1)
+    with pytest.raises(RecorderClosedError):
+        rm("p", "inv", "sideways", 1)
+    rec = Recorder.with_config(RecorderConfig(max_events=100), collector=False)
+    rm = rec.record_message
+    del rec
+    gc.collect()  # the route does not keep the recorder alive: its finalizer closed the ring
+    with pytest.raises(RecorderClosedError):
+        rm("p", "inv", "inbound", 1)
+    with pytest.raises(RecorderClosedError):
+        rm("p", "inv", "sideways", 1)
