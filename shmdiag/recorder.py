@@ -172,6 +172,23 @@ class Recorder:
                 Recorder.record_message(rec, *args, **kwargs)  # type: ignore[arg-type]
 
             self.__dict__["record_message"] = self._shards.message_writer(slow)
+        if type(self).span is Recorder.span and type(self)._write_latency is Recorder._write_latency:
+            # span likewise (at any log level: a clean span logs nothing), a block that raised
+            # going to the Python handling (_write_latency logs the error).
+            me_ = weakref.ref(self)
+
+            def span_slow(*args: object, **kwargs: object) -> object:
+                rec = me_()
+                if rec is None:
+                    raise RecorderClosedError("the recorder of this span is gone")
+                return Recorder.span(rec, *args, **kwargs)  # type: ignore[arg-type]
+
+            def span_failed(op: str, ns: int, peer: str, exc_type: type, exc: BaseException) -> None:
+                rec = me_()
+                if rec is not None and issubclass(exc_type, Exception):  # as _Span.__exit__
+                    rec._write_latency(op, ns, peer, exc)
+
+            self.__dict__["span"] = self._shards.span_writer(span_slow, span_failed)
         self._collector: Collector | None = None
         if self._is_creator and collector:
             self._collector = Collector(self, self._logger)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 
 import pytest
 
-from shmdiag import Recorder, RecorderConfig
+from shmdiag import Recorder, RecorderConfig, Severity
 from shmdiag.core.errors import RecorderClosedError
 
 
@@ -91,3 +92,57 @@ def test_the_native_route_after_close_and_after_the_recorder_is_gone():
         rm("p", "inv", "inbound", 1)
     with pytest.raises(RecorderClosedError):
         rm("p", "inv", "sideways", 1)
+
+
+# -- span: a native context manager -------------------------------------------------------------
+def _spans(rec, span) -> list[tuple]:
+    with span("ping", "p1"):
+        pass
+    with span("handshake"):
+        pass
+    with span("ping", peer_id="p2"):  # a keyword: the Python method's own manager
+        pass
+    with pytest.raises(TimeoutError), span("ping", "p3"):
+        raise TimeoutError("no pong in 20 s")
+    with pytest.raises(KeyboardInterrupt), span("ping", "p4"):  # not an Exception: not recorded
+        raise KeyboardInterrupt
+    with span(Peer("op"), "p5"):  # a str subclass: the Python method
+        pass
+    return [(e.event_type, e.severity, e.peer_id, e.error, {k: v for k, v in e.metadata.items() if k != "seconds"})
+            for e in rec.get_events(0)]
+
+
+def test_the_native_span_records_and_refuses_as_the_python_method(make_recorder):
+    fast, slow = make_recorder(100), make_recorder(100)
+    assert type(fast.span).__name__ == "builtin_function_or_method"
+    assert type(fast.span("op")).__name__ == "Span"
+    py_span = Recorder.span.__get__(slow)  # the Python method itself
+    got = _spans(fast, fast.span)
+    assert got == _spans(slow, py_span)
+    assert [g[2] for g in got] == ["p1", "", "p2", "p3", "p5"] and got[3][1] == Severity.ERROR
+    assert fast.get_latency_stats()["ping"].count == 2 and fast.get_latency_stats()["ping"].errors == 1
+    for bad in [("",), (3,), ("op", 5), ()]:
+        with pytest.raises(Exception) as f:
+            fast.span(*bad)
+        with pytest.raises(Exception) as s:
+            py_span(*bad)
+        assert (type(f.value), str(f.value)) == (type(s.value), str(s.value))
+
+
+def test_a_native_span_times_its_block(make_recorder):
+    rec = make_recorder(100)
+    with rec.span("sleep"):
+        time.sleep(0.05)
+    st = rec.get_latency_stats()["sleep"]
+    assert st.count == 1 and 0.05 <= st.max < 5.0
+
+
+def test_the_native_span_after_close():
+    rec = Recorder.with_config(RecorderConfig(max_events=100), collector=False)
+    sp = rec.span
+    open_span = sp("op")
+    rec.close()
+    with pytest.raises(RecorderClosedError):
+        sp("op")
+    with pytest.raises(RecorderClosedError), open_span:
+        pass

@@ -161,6 +161,9 @@ typedef struct {
     /* record_message's route (set_message): the Python method for anything but the common case,
      * write()'s 11 arguments with placeholders, the flags of each direction and its names. */
     PyObject *msg_slow, *msg_tmpl, *msg_flags[2], *msg_dir[2];
+    /* span's route (set_span): the Python method, the Python handler of a block that raised,
+     * and write()'s 11 arguments of a latency event with placeholders. */
+    PyObject *span_slow, *span_failed, *span_tmpl;
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
@@ -787,6 +790,9 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
 }
 
 static void clear_message(Mapping *self) {
+    Py_CLEAR(self->span_slow);
+    Py_CLEAR(self->span_failed);
+    Py_CLEAR(self->span_tmpl);
     Py_CLEAR(self->msg_slow);
     Py_CLEAR(self->msg_tmpl);
     for (int i = 0; i < 2; i++) { Py_CLEAR(self->msg_flags[i]); Py_CLEAR(self->msg_dir[i]); }
@@ -795,6 +801,8 @@ static void clear_message(Mapping *self) {
 static int Mapping_traverse(Mapping *self, visitproc visit, void *arg) {
     Py_VISIT(self->provider);
     Py_VISIT(self->msg_slow);
+    Py_VISIT(self->span_slow);
+    Py_VISIT(self->span_failed);
     return 0;
 }
 
@@ -1501,6 +1509,135 @@ static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_
     return r;
 }
 
+/* ---- span in native calls --------------------------------------------------------------
+ *
+ * set_span(slow, failed, template): span(op, peer_id="") returns a Span for a non-empty str op
+ * and a str peer (anything else: slow(...), the Python method, which raises or returns its own
+ * context manager). Span times its block with CLOCK_MONOTONIC (perf_counter_ns's clock) and on
+ * a clean exit writes write(*template) with placeholders 5, 7, 8 filled (ns, peer, op); a block
+ * that raised goes to failed(op, ns, peer, exc_type, exc), the Python method's own handling. */
+typedef struct {
+    PyObject_HEAD
+    Mapping *m;
+    PyObject *op, *peer;
+    int64_t t0;
+} Span;
+
+static int Span_traverse(Span *self, visitproc visit, void *arg) {
+    Py_VISIT(self->m);
+    Py_VISIT(self->op);
+    Py_VISIT(self->peer);
+    return 0;
+}
+
+static int Span_clear(Span *self) {
+    Py_CLEAR(self->m);
+    Py_CLEAR(self->op);
+    Py_CLEAR(self->peer);
+    return 0;
+}
+
+static void Span_dealloc(Span *self) {
+    PyObject_GC_UnTrack(self);
+    Span_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static inline int64_t perf_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static PyObject *Span_enter(Span *self, PyObject *unused) {
+    self->t0 = perf_ns();
+    return Py_NewRef(self);
+}
+
+static PyObject *Span_exit(Span *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t ns = perf_ns() - self->t0;
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments"); return NULL; }
+    Mapping *m = self->m;
+    PyObject *nso = PyLong_FromLongLong(ns);
+    if (!nso) return NULL;
+    PyObject *r;
+    if (args[0] == Py_None) {
+        if (!m->span_tmpl) { Py_DECREF(nso); if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
+        PyObject *argv[11];
+        for (int i = 0; i < 11; i++) argv[i] = PyTuple_GET_ITEM(m->span_tmpl, i);
+        argv[5] = nso;
+        argv[7] = self->peer;
+        argv[8] = self->op;
+        r = Mapping_write(m, argv, 11);
+    } else if (m->span_failed) {
+        PyObject *fail = Py_NewRef(m->span_failed);
+        PyObject *fargs[5] = {self->op, nso, self->peer, args[0], args[1]};
+        r = PyObject_Vectorcall(fail, fargs, 5, NULL);
+        Py_DECREF(fail);
+    } else {
+        r = check_writable(m) ? NULL : Py_NewRef(Py_None);   /* closed: as write() says */
+    }
+    Py_DECREF(nso);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyMethodDef Span_methods[] = {
+    {"__enter__", (PyCFunction)Span_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Span_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SpanType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmdiag._native.Span",
+    .tp_basicsize = sizeof(Span),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Span_traverse,
+    .tp_clear = (inquiry)Span_clear,
+    .tp_dealloc = (destructor)Span_dealloc,
+    .tp_doc = "Recorder.span's context manager: times its block, records it as a latency event.",
+    .tp_methods = Span_methods,
+};
+
+static PyObject *Mapping_set_span(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) || !PyTuple_CheckExact(args[2]) ||
+        PyTuple_GET_SIZE(args[2]) != 11) {
+        PyErr_SetString(PyExc_TypeError, "set_span(slow, failed, 11-tuple)");
+        return NULL;
+    }
+    if (check_writable(self)) return NULL;
+    Py_XSETREF(self->span_slow, Py_NewRef(args[0]));
+    Py_XSETREF(self->span_failed, Py_NewRef(args[1]));
+    Py_XSETREF(self->span_tmpl, Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *Mapping_span(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    if (!self->span_slow) {
+        if (check_writable(self)) return NULL;
+        PyErr_SetString(PyExc_TypeError, "span() has no route: call set_span first");
+        return NULL;
+    }
+    if ((nargs == 1 || nargs == 2) && !kwnames && PyUnicode_CheckExact(args[0]) && PyUnicode_GET_LENGTH(args[0]) > 0 &&
+        (nargs == 1 || PyUnicode_CheckExact(args[1]))) {
+        if (check_writable(self)) return NULL;
+        Span *sp = PyObject_GC_New(Span, &SpanType);
+        if (!sp) return NULL;
+        sp->m = (Mapping *)Py_NewRef(self);
+        sp->op = Py_NewRef(args[0]);
+        sp->peer = Py_NewRef(nargs == 2 ? args[1] : PyTuple_GET_ITEM(self->span_tmpl, 7));
+        sp->t0 = 0;
+        PyObject_GC_Track(sp);
+        return (PyObject *)sp;
+    }
+    PyObject *slow = Py_NewRef(self->span_slow);
+    PyObject *r = PyObject_Vectorcall(slow, args, (size_t)nargs, kwnames);
+    Py_DECREF(slow);
+    return r;
+}
+
 /* ---- word primitives for the slow paths (clear, reap, shard ownership, cleanup) ---------- */
 
 static char *word_at(Mapping *self, PyObject *o) {
@@ -2094,6 +2231,10 @@ static PyMethodDef Mapping_methods[] = {
     {"set_provider", (PyCFunction)Mapping_set_provider, METH_O, "Callable that binds a shard on demand."},
     {"set_message", (PyCFunction)(void (*)(void))Mapping_set_message, METH_FASTCALL,
      "Route for message(): the Python method, write()'s arguments, each direction's flags and name."},
+    {"set_span", (PyCFunction)(void (*)(void))Mapping_set_span, METH_FASTCALL,
+     "Route for span(): the Python method, the handler of a block that raised, write()'s arguments."},
+    {"span", (PyCFunction)(void (*)(void))Mapping_span, METH_FASTCALL | METH_KEYWORDS,
+     "span(op, peer_id='') as a native context manager (see set_span)."},
     {"message", (PyCFunction)(void (*)(void))Mapping_message, METH_FASTCALL | METH_KEYWORDS,
      "record_message(peer_id, msg_type, direction, size) in one native call (see set_message)."},
     {"bind_shard", (PyCFunction)Mapping_bind_shard, METH_O, "Use shard i for this process's counters."},
@@ -2180,7 +2321,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "shmdiag._native",
 PyMODINIT_FUNC PyInit__native(void) {
     g_pid = getpid();
     pthread_atfork(NULL, NULL, after_fork_child);
-    if (PyType_Ready(&MappingType) < 0) return NULL;
+    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&SpanType) < 0) return NULL;
     PyDateTime_IMPORT;
     if (!PyDateTimeAPI) return NULL;
     PyObject *m = PyModule_Create(&moduledef);

@@ -22,6 +22,7 @@ import multiprocessing.util
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,16 @@ class ShardManager:
         nat.set_message(slow, (L.KIND_MESSAGE, 0, None, L.BUILTIN_TYPES.index("message"), 0, None, "", None, None,
                                "", ""), (0, L.F_OUTBOUND), L.MSG_DIRECTIONS)
         return nat.message
+
+    def span_writer(self, slow: Callable[..., Any], failed: Callable[[str, int, str, type, BaseException], None]
+                    ) -> Callable[..., Any]:
+        """``span`` as native calls: a native context manager for the common case (a clean exit
+        writes the latency event in C), ``slow`` (the Python method) for anything else, and
+        ``failed`` for a block that raised (the Python method's own handling)."""
+        nat = self.seg.native
+        nat.set_span(slow, failed, (L.KIND_LATENCY, 0, 0, L.BUILTIN_TYPES.index("latency"), 0, None, "", "", None,
+                                    "", ""))
+        return nat.span
 
     def ensure(self) -> int:
         """Bind a shard for the current process (called by the native writer on demand)."""
