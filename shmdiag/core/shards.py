@@ -179,6 +179,11 @@ class ShardManager:
         if not seg.native.cas(off, cur, L.owner_make(pid, L.SH_REAPING)):
             return False
         self._settle_journal(i)
+        # After its adds are settled (whatever the journal's phase, a cleared era's event
+        # included), the peer pin the dead writer still held, if any, and only that one: its
+        # shard's "jpin" names it (settle_pin in _native.c says why this order is safe).
+        if seg.metrics:
+            seg.native.settle_pin(i)
         self._take_down_peers(i)
         seg.native.store(off, L.owner_make(pid, L.SH_DEAD))
         return True
