@@ -374,15 +374,15 @@ static inline void peer_unpin(const Layout *L, char *x) {
     __atomic_fetch_sub(U64(x + L->pidx_key_state), KEY_PIN, __ATOMIC_RELEASE);
 }
 
-/* The writer's record of the pin it holds (see "Who holds a pin" above): named just after the
- * pin CAS (which is acq_rel, so the store stays after it), cleared just before the unpin (a
- * release RMW, so the store stays before it). sh: the writer's shard, NULL when it has none. */
-static inline void peer_pin_held(const Mapping *m, uint64_t r) {
-    if (m->shard) st_rlx(m->shard + m->L.shard_jpin, r + 1);
+/* The writer's record of the pin it holds (see "Who holds a pin" above), in its shard sh: named
+ * just after the pin CAS (which is acq_rel, so the store stays after it), cleared just before
+ * the unpin (a release RMW, so the store stays before it). */
+static inline void peer_pin_held(const Layout *L, char *sh, uint64_t r) {
+    st_rlx(sh + L->shard_jpin, r + 1);
 }
-static inline void peer_unpin_held(const Mapping *m, char *x) {
-    if (m->shard) st_rlx(m->shard + m->L.shard_jpin, 0);
-    peer_unpin(&m->L, x);
+static inline void peer_unpin_held(const Layout *L, char *sh, char *x) {
+    st_rlx(sh + L->shard_jpin, 0);
+    peer_unpin(L, x);
 }
 
 /* The one writer whose CAS moves an era word from an older generation to ZEROING zeroes what it
@@ -451,7 +451,8 @@ static void peer_fold(Mapping *m, char *e) {
 }
 
 /* Find `key`'s entry, or give it one (an empty candidate, else a recycled one), and return it
- * pinned: the caller must peer_unpin its index words (peer_ix_of). seq: the event's, for the
+ * pinned, named in the writer's shard (m->shard: only write() calls this, with a shard bound):
+ * the caller must peer_unpin_held its index words (peer_ix_of). seq: the event's, for the
  * recycling order. */
 static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) {
     const Layout *L = &m->L;
@@ -494,7 +495,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                 int pinned = 0;
                 while ((k & ~KEY_PINS_MASK) == tag && (k & KEY_PINS_MASK) != KEY_PINS_MASK) {
                     if (__atomic_compare_exchange_n(U64(ks), &k, k + KEY_PIN, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                        peer_pin_held(m, (uint64_t)r);
+                        peer_pin_held(L, m->shard, (uint64_t)r);
                         pinned = 1;
                         break;
                     }
@@ -503,7 +504,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                     char *e = peer_entry(m, (uint64_t)r);
                     if (*(unsigned char *)(e + L->peer_key_len) == n && same_bytes(e + L->peer_key, key, n))
                         return e;
-                    peer_unpin_held(m, x);   /* another key with the same 48-bit hash */
+                    peer_unpin_held(L, m->shard, x);   /* another key with the same 48-bit hash */
                 }
                 continue;
             }
@@ -553,7 +554,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
         memcpy(e + L->peer_key, key, (size_t)n);
         *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
         st_rel(ks, tag + KEY_PIN);   /* the entry and key before the word that publishes them, pinned once */
-        peer_pin_held(m, r);
+        peer_pin_held(L, m->shard, r);
         return e;
     }
     return NULL;
@@ -729,7 +730,7 @@ unpin:
      * recycler's CAS can take the entry (see peer_find). The reaper (sh NULL) does not unpin
      * here: whether a dead writer still held its pin is its "jpin" word's to say, not jstep's
      * (settle_pin, called after this, releases it). */
-    XOP(if (sh) peer_unpin_held(m, peer_ix_of(m, e)));
+    XOP(if (sh) peer_unpin_held(L, sh, peer_ix_of(m, e)));
 #undef XOP
 #undef IOP
     return latest;
