@@ -85,7 +85,7 @@ typedef struct {
         shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
         shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0,
         shard_unused, shard_jstep, shard_jx_peer, shard_jx_bank, shard_jx_value, shard_jx_info,
-        shard_jbefore_msg, shard_msg_count, shard_msg_bytes;
+        shard_jbefore_msg, shard_msg_count, shard_msg_bytes, shard_jpin;
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
     Py_ssize_t peers_off, peer_size, max_peers, peer_slots, peer_window, addr_cap, msg_types, msg_name_size;
@@ -124,7 +124,7 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_first_ts), K(shard_last_ts),
     K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
     K(shard_unused), K(shard_jstep), K(shard_jx_peer), K(shard_jx_bank), K(shard_jx_value), K(shard_jx_info),
-    K(shard_jbefore_msg), K(shard_msg_count), K(shard_msg_bytes),
+    K(shard_jbefore_msg), K(shard_msg_count), K(shard_msg_bytes), K(shard_jpin),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
     K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(peer_window), K(addr_cap), K(msg_types), K(msg_name_size),
     K(hdr_recycled_era), K(hdr_recycled), K(pindex_off), K(pidx_size), K(pidx_key_state), K(pidx_life), K(pidx_idle),
@@ -343,9 +343,21 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
  *     CAS and puts the word back if the peer connected meanwhile: connected peers are never
  *     recycled. (The reaper clears `connected` of a dead writer's peers with a CAS on `life`
  *     alone, which only ever makes an entry recyclable.)
- * A writer SIGKILLed while holding a pin or while writing a key leaves that one entry pinned or
- * unusable: it is never recycled (the peer still works if it was pinned). NULL from peer_find:
- * every candidate is connected, pinned or being written; the caller counts the event untracked. */
+ * Who holds a pin. Pins are a count, so the word cannot say whose they are; each writer holds
+ * at most one at a time (one event in write() at a time per process: the GIL) and names it in
+ * its shard's "jpin" word (row + 1): stored just after its pin CAS succeeds, cleared just before
+ * its unpin (peer_pin_held, peer_unpin_held). A writer SIGKILLed in between leaves "jpin" naming
+ * the entry, and the reaper, which alone owns the dead shard (its REAPING CAS), takes exactly one
+ * pin off that entry after settling the writer's adds (settle_pin): pins live writers hold on
+ * the same entry are theirs and stay. The order of those stores is what makes it safe: killed on
+ * the boundary after the pin CAS (before "jpin") or after clearing "jpin" (before the unpin), the
+ * writer leaves its pin held and "jpin" empty: that entry stays pinned, never recycled (the peer
+ * still works), which is the only loss; the other order would let the reaper take a pin that is
+ * not the dead writer's, and a recycler then take an entry from under a live writer. A writer
+ * SIGKILLed while writing a key (KEY_WRITING) leaves that entry unusable: no shard names it (a
+ * name stored before the CAS could not tell the reaper whether the CAS happened). NULL from
+ * peer_find: every candidate is connected, pinned or being written; the caller counts the event
+ * untracked. */
 #define KEY_WRITING 1ULL
 #define KEY_READY 2ULL
 #define KEY_PIN (1ULL << 2)
@@ -366,6 +378,17 @@ static inline char *peer_ix_of(const Mapping *m, char *e) {
 
 static inline void peer_unpin(const Layout *L, char *x) {
     __atomic_fetch_sub(U64(x + L->pidx_key_state), KEY_PIN, __ATOMIC_RELEASE);
+}
+
+/* The writer's record of the pin it holds (see "Who holds a pin" above), in its shard sh: named
+ * just after the pin CAS (which is acq_rel, so the store stays after it), cleared just before
+ * the unpin (a release RMW, so the store stays before it). */
+static inline void peer_pin_held(const Layout *L, char *sh, uint64_t r) {
+    st_rlx(sh + L->shard_jpin, r + 1);
+}
+static inline void peer_unpin_held(const Layout *L, char *sh, char *x) {
+    st_rlx(sh + L->shard_jpin, 0);
+    peer_unpin(L, x);
 }
 
 /* The one writer whose CAS moves an era word from an older generation to ZEROING zeroes what it
@@ -434,7 +457,8 @@ static void peer_fold(Mapping *m, char *e) {
 }
 
 /* Find `key`'s entry, or give it one (an empty candidate, else a recycled one), and return it
- * pinned: the caller must peer_unpin its index words (peer_ix_of). seq: the event's, for the
+ * pinned, named in the writer's shard (m->shard: only write() calls this, with a shard bound):
+ * the caller must peer_unpin_held its index words (peer_ix_of). seq: the event's, for the
  * recycling order. */
 static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) {
     const Layout *L = &m->L;
@@ -477,6 +501,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                 int pinned = 0;
                 while ((k & ~KEY_PINS_MASK) == tag && (k & KEY_PINS_MASK) != KEY_PINS_MASK) {
                     if (__atomic_compare_exchange_n(U64(ks), &k, k + KEY_PIN, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                        peer_pin_held(L, m->shard, (uint64_t)r);
                         pinned = 1;
                         break;
                     }
@@ -485,7 +510,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                     char *e = peer_entry(m, (uint64_t)r);
                     if (*(unsigned char *)(e + L->peer_key_len) == n && same_bytes(e + L->peer_key, key, n))
                         return e;
-                    peer_unpin(L, x);   /* another key with the same 48-bit hash */
+                    peer_unpin_held(L, m->shard, x);   /* another key with the same 48-bit hash */
                 }
                 continue;
             }
@@ -535,6 +560,7 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
         memcpy(e + L->peer_key, key, (size_t)n);
         *(unsigned char *)(e + L->peer_key_len) = (unsigned char)n;
         st_rel(ks, tag + KEY_PIN);   /* the entry and key before the word that publishes them, pinned once */
+        peer_pin_held(L, m->shard, r);
         return e;
     }
     return NULL;
@@ -575,9 +601,11 @@ static inline Py_ssize_t latency_bucket(const Layout *L, uint64_t ns) {
  *                 shard (jx_peer, jx_bank, jx_value, jx_info; jstep = 0) before the journal
  *                 says OWNED (or, for a lost event, EXTRAS): a journal past CLAIMED names them.
  *   extras_apply  after the outcome is decided and the journal says EXTRAS: the adds, in a fixed
- *                 order, jstep = i + 1 stored just before the i-th add. The reaper (settle_extras)
- *                 runs the same function from jstep on, from the words alone (the slot may have
- *                 been overwritten since). One instruction boundary stays ambiguous: a writer
+ *                 order, jstep = i + 1 stored just before the i-th add, then the unpin. The reaper
+ *                 (settle_extras) runs the same function from jstep on, from the words alone (the
+ *                 slot may have been overwritten since), all but the unpin: it releases a pin the
+ *                 dead writer still held afterwards, in any phase, as its "jpin" word says
+ *                 (settle_pin). One instruction boundary stays ambiguous: a writer
  *                 killed between the store of jstep and its add loses that one add. The other
  *                 order (add, then jstep) would count it twice, and far more often: a signal is
  *                 taken at the boundary after an instruction in proportion to its cost, and a
@@ -704,9 +732,11 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
         XOP(add_rel(e + L->peer_ping_count, 1));
     }
 unpin:
-    /* Last, a step of its own (done at most once, by the writer or its reaper): release, so every
-     * add above comes before a recycler's CAS can take the entry (see peer_find). */
-    XOP(peer_unpin(L, peer_ix_of(m, e)));
+    /* Last, a step of its own, the writer's only: release, so every add above comes before a
+     * recycler's CAS can take the entry (see peer_find). The reaper (sh NULL) does not unpin
+     * here: whether a dead writer still held its pin is its "jpin" word's to say, not jstep's
+     * (settle_pin, called after this, releases it). */
+    XOP(if (sh) peer_unpin_held(L, sh, peer_ix_of(m, e)));
 #undef XOP
 #undef IOP
     return latest;
@@ -1883,6 +1913,35 @@ static PyObject *Mapping_settle_extras(Mapping *self, PyObject *const *args, Py_
     Py_RETURN_NONE;
 }
 
+/* settle_pin(shard) -> bool: a reaper releasing the peer pin a dead writer still held (its
+ * shard's "jpin" word; see "Who holds a pin" above). The caller owns the shard alone (REAPING)
+ * and has settled the writer's adds first (settle_extras): this release RMW comes after them, so
+ * a recycler whose CAS reads the unpinned word sees every add, the dead writer's included (all
+ * its stores were made before it died, and the reaper learnt of its death through the kernel).
+ * Exactly one pin comes off: pins of live writers on the same entry are counted in the same word
+ * and stay. "jpin" is cleared first, so a reaper killed here leaves the pin held (the safe side)
+ * rather than let a later one take a second pin off. A word that is not ready with a pin (a
+ * corrupt segment) is left alone. */
+static PyObject *Mapping_settle_pin(Mapping *self, PyObject *arg) {
+    if (check_writable(self)) return NULL;
+    const Layout *L = &self->L;
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0 || i >= L->max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
+    char *sh = self->mem + L->shards_off + i * L->shard_size;
+    uint64_t held = ld_acq(sh + L->shard_jpin);
+    if (held == 0) Py_RETURN_FALSE;
+    st_rel(sh + L->shard_jpin, 0);
+    if (held > (uint64_t)L->peer_slots) Py_RETURN_FALSE;
+    char *ks = peer_ix(self, held - 1) + L->pidx_key_state;
+    uint64_t k = ld_acq(ks);
+    while ((k & 3) == KEY_READY && (k & KEY_PINS_MASK) != 0) {
+        if (__atomic_compare_exchange_n(U64(ks), &k, k - KEY_PIN, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyObject *Mapping_fence(Mapping *self, PyObject *unused) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
@@ -2251,6 +2310,8 @@ static PyMethodDef Mapping_methods[] = {
      "Copy every shard's counters, each at one moment of its history (loads only)."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
     {"drop_run", (PyCFunction)Mapping_drop_run, METH_NOARGS, "Give up the rest of this process's run (at close)."},
+    {"settle_pin", (PyCFunction)Mapping_settle_pin, METH_O,
+     "settle_pin(shard) -> bool: release the peer pin a dead writer of that shard still held (its jpin word)."},
     {"settle_extras", (PyCFunction)(void (*)(void))Mapping_settle_extras, METH_FASTCALL,
      "Finish a dead writer's peer and latency adds from step from_step on."},
     {"read_newest", (PyCFunction)(void (*)(void))Mapping_read_newest, METH_FASTCALL,

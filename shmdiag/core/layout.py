@@ -262,6 +262,11 @@ SHARD = _struct(
     # tracked or not: counted with the shard's other counters in the counting phase (old values
     # in "jbefore_msg": count, bytes), so exact, never folded away when a peer entry is recycled.
     ("jbefore_msg", "<u8", (2,), 2880),
+    # Row + 1 of the peer entry whose pin this writer holds, or 0: stored just after the pin CAS
+    # and cleared just before the unpin, so a reaper releases a dead writer's pin exactly when it
+    # still holds it (see peer_find and settle_pin in _native.c; a boundary either side of the
+    # window leaves the pin held, never releases it twice).
+    ("jpin", "<u8", 2896),
     ("msg_count", "<u8", (2, MSG_TYPES), 2944),
     ("msg_bytes", "<u8", (2, MSG_TYPES), 2944 + 16 * MSG_TYPES),
 )

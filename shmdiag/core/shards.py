@@ -188,6 +188,23 @@ class ShardManager:
         return n
 
     def reap(self, i: int) -> bool:
+        """Settle shard ``i`` if its writer died without releasing it (one reaper wins the CAS to
+        REAPING). A reaper that dies itself before storing DEAD leaves the shard in REAPING for
+        good (never adopted again; every counters() copy retries on it). No later reaper takes such
+        a shard over, because that cannot be made safe simply:
+
+        - the word names the dead *writer* (``owner_make(pid, REAPING)``), not the reaper, so
+          nothing tells a dead reaper from a live one still settling (it would have to name
+          itself, and then the writer's pid would need a home of its own);
+        - settling is not re-runnable: its counter bumps are ``load + 1``, ``settle_extras`` does
+          not record its progress, and whether the event was published is decided by the reaper's
+          own CAS of the slot from BUSY to DELETED, which a second reaper would read as
+          "published, then expired". A takeover needs the reaper to journal its decision and its
+          counters' old values before any of them (turning every phase into an idempotent
+          COUNTING with an "abandoned" outcome, which the shard's journal cannot express today).
+
+        The pin release (``settle_pin``) and the peer take-down are already safe to repeat (the
+        pin's word is cleared before the unpin; the take-down is a CAS)."""
         seg = self.seg
         off = seg.shard_word(i, "owner")
         cur = seg.native.load(off)
@@ -199,6 +216,11 @@ class ShardManager:
         if not seg.native.cas(off, cur, L.owner_make(pid, L.SH_REAPING)):
             return False
         self._settle_journal(i)
+        # After its adds are settled (whatever the journal's phase, a cleared era's event
+        # included), the peer pin the dead writer still held, if any, and only that one: its
+        # shard's "jpin" names it (settle_pin in _native.c says why this order is safe).
+        if seg.metrics:
+            seg.native.settle_pin(i)
         self._take_down_peers(i)
         seg.native.store(off, L.owner_make(pid, L.SH_DEAD))
         return True
