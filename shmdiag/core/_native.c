@@ -820,12 +820,17 @@ static int Mapping_init(Mapping *self, PyObject *args, PyObject *kw) {
 }
 
 static void clear_message(Mapping *self) {
-    Py_CLEAR(self->span_slow);
-    Py_CLEAR(self->span_failed);
-    Py_CLEAR(self->span_tmpl);
     Py_CLEAR(self->msg_slow);
     Py_CLEAR(self->msg_tmpl);
     for (int i = 0; i < 2; i++) { Py_CLEAR(self->msg_flags[i]); Py_CLEAR(self->msg_dir[i]); }
+}
+
+/* Both routes (record_message's and span's): dropped at release and by the GC. */
+static void clear_routes(Mapping *self) {
+    clear_message(self);
+    Py_CLEAR(self->span_slow);
+    Py_CLEAR(self->span_failed);
+    Py_CLEAR(self->span_tmpl);
 }
 
 static int Mapping_traverse(Mapping *self, visitproc visit, void *arg) {
@@ -838,7 +843,7 @@ static int Mapping_traverse(Mapping *self, visitproc visit, void *arg) {
 
 static int Mapping_clear(Mapping *self) {
     Py_CLEAR(self->provider);
-    clear_message(self);
+    clear_routes(self);
     return 0;
 }
 
@@ -890,7 +895,7 @@ static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
     /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
     if (self->mem) { self->mem = NULL; self->shard = NULL; PyBuffer_Release(&self->view); }
     Py_CLEAR(self->provider);
-    clear_message(self);
+    clear_routes(self);
     Py_RETURN_NONE;
 }
 
