@@ -159,40 +159,42 @@ class Recorder:
         self._log_min = L.LOG_LEVELS.index(self._config.log_level.lower())
         self._log_debug = self._log_min == 0
         self._finalizer = multiprocessing.util.Finalize(self, _finalize, args=(seg, self._shards), exitpriority=100)
-        if not self._log_debug and type(self).record_message is Recorder.record_message:
-            # Nothing to log at DEBUG: record_message becomes one native call for the common case
-            # (shards.message_writer); the rest goes to the method below. Through a weak
-            # reference, so the mapping does not keep this recorder alive (and unfinalized).
-            me = weakref.ref(self)
-
-            def slow(*args: object, **kwargs: object) -> None:
-                rec = me()
-                if rec is None:
-                    raise RecorderClosedError("the recorder of this record_message is gone")
-                Recorder.record_message(rec, *args, **kwargs)  # type: ignore[arg-type]
-
-            self.__dict__["record_message"] = self._shards.message_writer(slow)
-        if type(self).span is Recorder.span and type(self)._write_latency is Recorder._write_latency:
-            # span likewise (at any log level: a clean span logs nothing), a block that raised
-            # going to the Python handling (_write_latency logs the error).
-            me_ = weakref.ref(self)
-
-            def span_slow(*args: object, **kwargs: object) -> object:
-                rec = me_()
-                if rec is None:
-                    raise RecorderClosedError("the recorder of this span is gone")
-                return Recorder.span(rec, *args, **kwargs)  # type: ignore[arg-type]
-
-            def span_failed(op: str, ns: int, peer: str, exc_type: type, exc: BaseException) -> None:
-                rec = me_()
-                if rec is not None and issubclass(exc_type, Exception):  # as _Span.__exit__
-                    rec._write_latency(op, ns, peer, exc)
-
-            self.__dict__["span"] = self._shards.span_writer(span_slow, span_failed)
+        self._bind_native_routes()
         self._collector: Collector | None = None
         if self._is_creator and collector:
             self._collector = Collector(self, self._logger)
             self._collector.start()
+
+    def _bind_native_routes(self) -> None:
+        """``record_message`` (when nothing is logged at DEBUG) and ``span`` as native calls for
+        the common case (core/shards.py: message_writer, span_writer); the rest goes to the
+        methods below, which record or raise as ever. The routes reach this recorder through a
+        weak reference, so the mapping does not keep it alive (and unfinalized)."""
+        me = weakref.ref(self)
+
+        def live(what: str) -> Recorder:
+            rec = me()
+            if rec is None:
+                raise RecorderClosedError(f"the recorder of this {what} is gone")
+            return rec
+
+        def message_slow(*args: object, **kwargs: object) -> None:
+            Recorder.record_message(live("record_message"), *args, **kwargs)  # type: ignore[arg-type]
+
+        def span_slow(*args: object, **kwargs: object) -> object:
+            return Recorder.span(live("span"), *args, **kwargs)  # type: ignore[arg-type]
+
+        def span_failed(op: str, ns: int, peer: str, exc_type: type, exc: BaseException) -> None:
+            rec = me()
+            if rec is not None and issubclass(exc_type, Exception):  # as _Span.__exit__
+                rec._write_latency(op, ns, peer, exc)
+
+        cls = type(self)
+        if not self._log_debug and cls.record_message is Recorder.record_message:
+            self.__dict__["record_message"] = self._shards.message_writer(message_slow)
+        # span at any log level: a clean span logs nothing, and a failed one goes to _write_latency
+        if cls.span is Recorder.span and cls._write_latency is Recorder._write_latency:
+            self.__dict__["span"] = self._shards.span_writer(span_slow, span_failed)
 
     # -- identity --------------------------------------------------------------------------
     @property
