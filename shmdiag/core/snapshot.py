@@ -20,10 +20,25 @@ from shmdiag.core.segment import Segment
 
 def shards(seg: Segment) -> tuple[int, np.ndarray]:
     """(base, every shard): the current era's first sequence number and a copy of the shard
-    table, read after it (a shard whose ``base`` differs belongs to a cleared era)."""
+    table, read after it (a shard whose ``base`` differs belongs to a cleared era).
+
+    Each row is copied in memory order, ``recorded`` before the severity and type counters, and
+    a writer adds to those just before it stores ``recorded`` (release). So a row whose
+    ``recorded`` reads the same after the copy saw no event complete during it: its breakdown is
+    that of ``recorded`` events, plus at most the one in flight (what views.stats.consistent
+    allows). A row whose writer moved on is copied again (a few times, then taken as it is: a
+    reader preempted in the middle of a copy would otherwise see a live writer's counters many
+    events apart, and leave its breakdown out of the stats)."""
     _, base = seg.era()
     seg.native.fence()
-    return base, seg.shards.copy()
+    table = seg.shards.copy()
+    for _ in range(_TRIES):
+        seg.native.fence()
+        moved = np.flatnonzero(seg.shards["recorded"] != table["recorded"])
+        if not len(moved):
+            break
+        table[moved] = seg.shards[moved]
+    return base, table
 
 
 # Columns of core/_native.c shard_counters().
