@@ -932,11 +932,13 @@ static inline uint64_t era_base(Mapping *m, uint64_t head) {
     return ld_acq(m->mem + m->L.hdr_base_of + 8 * (Py_ssize_t)(gen % (uint64_t)m->L.base_slots));
 }
 
-static inline int64_t now_ns(void) {
+static inline int64_t clock_ns(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+static inline int64_t now_ns(void) { return clock_ns(CLOCK_REALTIME); }
 
 /* The clock of runs (see claim_run). The coarse clock costs a few ns where the fine one costs
  * ~20; it lags true time by at most its resolution, which readers add to RUN_TTL_NS. */
@@ -946,11 +948,7 @@ static inline int64_t now_ns(void) {
 #define RUN_CLOCK CLOCK_MONOTONIC
 #endif
 
-static inline int64_t mono_ns(void) {
-    struct timespec ts;
-    clock_gettime(RUN_CLOCK, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+static inline int64_t mono_ns(void) { return clock_ns(RUN_CLOCK); }
 
 /* ---- pre-faulting a writer's slots -------------------------------------------------------
  *
@@ -1578,11 +1576,7 @@ static void Span_dealloc(Span *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static inline int64_t perf_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+static inline int64_t perf_ns(void) { return clock_ns(CLOCK_MONOTONIC); }   /* perf_counter_ns's clock */
 
 static PyObject *Span_enter(Span *self, PyObject *unused) {
     self->t0 = perf_ns();
