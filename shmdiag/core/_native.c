@@ -145,25 +145,51 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
 #undef K
 };
 
+#define HOT_MAX 8
+
+/* Branch hints for the write path: its rare cases (a new run, a busy slot, an event of several
+ * slots, a new peer) laid out of the way, so the common case runs through fewer code lines --
+ * the ones a cold call must fetch. */
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* write()'s eleven arguments as C values: a route's template, parsed when it is set (its texts
+ * point into the template's str objects, which the Mapping holds). */
+typedef struct {
+    long kind, sev, flags, tidx;
+    int64_t ts, value;
+    const char *tp[5];
+    Py_ssize_t tn[5];
+} Tmpl;
+
 typedef struct {
     PyObject_HEAD
-    Py_buffer view;
     char *mem;              /* NULL once released */
+    char *shard;            /* this process's counter shard, or NULL */
+    /* What warm() asks for at a write's first instruction (see there), next to the pointers
+     * above so that one line brings them: the shard's and the header's lines every event
+     * touches (set by bind_shard), and the slot the next event of this run goes to. */
+    char *hot[HOT_MAX];
+    char *next_rec;
+    int nhot;
     int readonly;           /* mapped without write access: every operation that stores raises */
+    Py_buffer view;
     Layout L;
     uint64_t keys[NWORDS_MAX];
     Py_ssize_t nwords;
     unsigned char order[256][3];   /* per kind: f1..f3 (text indices 2..4) in the order they get room */
-    char *shard;            /* this process's counter shard, or NULL */
     int peer_shift;         /* log2(peer_size): an entry's row from its offset without a division */
     pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
     /* record_message's route (set_message): the Python method for anything but the common case,
      * write()'s 11 arguments with placeholders, the flags of each direction and its names. */
     PyObject *msg_slow, *msg_tmpl, *msg_flags[2], *msg_dir[2];
+    Tmpl msg_t;             /* msg_tmpl parsed once; msg_t.flags is inbound's, msg_flags_c[1] outbound's */
+    long msg_flags_c[2];
     /* span's route (set_span): the Python method, the Python handler of a block that raised,
      * and write()'s 11 arguments of a latency event with placeholders. */
     PyObject *span_slow, *span_failed, *span_tmpl;
+    Tmpl span_t;            /* span_tmpl parsed once */
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
@@ -293,8 +319,9 @@ static Py_ssize_t registry_find(char *st, Py_ssize_t sstride, char *nm, Py_ssize
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t j = j0 + i < n ? j0 + i : j0 + i - n;
         char *s = st + j * sstride;
+        if (i == 0) __builtin_prefetch(nm + j * nstride, 0, 3);   /* the name, with its state word */
         uint64_t k = ld_acq(s);
-        if (k == 0) {
+        if (UNLIKELY(k == 0)) {
             uint64_t expect = 0;
             if (__atomic_compare_exchange_n(U64(s), &expect, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
                 memcpy(nm + j * nstride, key, (size_t)klen);
@@ -460,7 +487,7 @@ static void peer_fold(Mapping *m, char *e) {
  * pinned, named in the writer's shard (m->shard: only write() calls this, with a shard bound):
  * the caller must peer_unpin_held its index words (peer_ix_of). seq: the event's, for the
  * recycling order. */
-static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) {
+static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq, Py_ssize_t hint) {
     const Layout *L = &m->L;
     if (n <= 0 || L->peer_slots <= 0 || L->peer_window <= 0) return NULL;
     if (n > L->peer_cap) n = utf8_floor(key, n, L->peer_cap);
@@ -478,6 +505,14 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
         for (Py_ssize_t i = 0, r = 0; i < nc; i++, r++) {
             if (i == 0) {
                 r = (Py_ssize_t)s1;
+                /* The first candidate's entry (its first line, its key's) with its index word:
+                 * a known key is usually there, and the entry is the same row. */
+                if (attempt == 0 && (uint64_t)r < (uint64_t)L->peer_slots) {
+                    char *e1 = peer_entry(m, (uint64_t)r);
+                    __builtin_prefetch(e1, 1, 3);
+                    __builtin_prefetch(e1 + L->peer_key, 0, 3);
+                    if (hint >= 0) __builtin_prefetch(e1 + hint, 1, 3);
+                }
             } else if (i == 1 && attempt == 0) {
                 /* Past the first candidate (a known key is usually there): both windows' index
                  * words, a few cache lines each, asked for at once rather than one miss after
@@ -495,9 +530,9 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
             char *x = peer_ix(m, (uint64_t)r);
             char *ks = x + L->pidx_key_state;
             uint64_t k = ld_acq(ks);
-            if (k == 0) { empty = (uint64_t)r; break; }
-            if ((k & 3) != KEY_READY) continue;
-            if ((k & ~KEY_PINS_MASK) == tag) {
+            if (UNLIKELY(k == 0)) { empty = (uint64_t)r; break; }
+            if (UNLIKELY((k & 3) != KEY_READY)) continue;
+            if (LIKELY((k & ~KEY_PINS_MASK) == tag)) {
                 int pinned = 0;
                 while ((k & ~KEY_PINS_MASK) == tag && (k & KEY_PINS_MASK) != KEY_PINS_MASK) {
                     if (__atomic_compare_exchange_n(U64(ks), &k, k + KEY_PIN, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
@@ -506,9 +541,9 @@ static char *peer_find(Mapping *m, const char *key, Py_ssize_t n, uint64_t seq) 
                         break;
                     }
                 }
-                if (pinned) {
+                if (LIKELY(pinned)) {
                     char *e = peer_entry(m, (uint64_t)r);
-                    if (*(unsigned char *)(e + L->peer_key_len) == n && same_bytes(e + L->peer_key, key, n))
+                    if (LIKELY(*(unsigned char *)(e + L->peer_key_len) == n && same_bytes(e + L->peer_key, key, n)))
                         return e;
                     peer_unpin_held(L, m->shard, x);   /* another key with the same 48-bit hash */
                 }
@@ -637,14 +672,20 @@ static inline __attribute__((always_inline)) void extras_plan(Mapping *m, uint64
                                      L->op_slots - 1, f1, n);
         if (j < 0) j = L->op_slots - 1;
         char *bank = ops + j * L->op_size + L->op_banks + (Py_ssize_t)(gen & 1) * L->bank_size;
+        Py_ssize_t bucket = (flags & L->flag_has_error) ? 0 : latency_bucket(L, (uint64_t)value);
+        __builtin_prefetch(bank + L->bank_buckets + 8 * bucket, 1, 3);   /* with the gen word's line, not after it */
         if (ld_acq(bank + L->bank_gen) == gen) {
             *x_bank = (uint64_t)(bank - mem);
-            if (!(flags & L->flag_has_error))
-                info |= (uint64_t)latency_bucket(L, (uint64_t)value) << JX_BUCKET_SHIFT;
+            info |= (uint64_t)bucket << JX_BUCKET_SHIFT;
         }
     }
     if (peer_n > 0) {
-        char *e = peer_find(m, peer, peer_n, seq);   /* pinned: see peer_find; unpinned by extras_apply */
+        /* The entry's line this event adds to beyond its first: the message type's bytes word,
+         * or the ping and error counters. */
+        Py_ssize_t hint = kind == L->kind_message && msg_t >= 0
+            ? ((flags & L->flag_outbound) ? L->peer_bytes_sent_per_msg : L->peer_bytes_recv_per_msg) + 8 * msg_t
+            : kind == L->kind_latency ? L->peer_ping_count : -1;
+        char *e = peer_find(m, peer, peer_n, seq, hint);   /* pinned: see peer_find; unpinned by extras_apply */
         if (!e) {
             info |= JX_UNTRACKED;
             if (flags & L->flag_life_connect) info |= JX_UNTRACKED_CONNECT;
@@ -696,13 +737,13 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
             XOP(add_rel(bank + L->bank_count, 1));
         }
     }
-    if (info & JX_UNTRACKED) XOP(add_rel(mem + L->hdr_peer_events_untracked, 1));
-    if (info & JX_UNTRACKED_CONNECT) XOP(add_rel(mem + L->hdr_peers_untracked, 1));
+    if (UNLIKELY(info & JX_UNTRACKED)) XOP(add_rel(mem + L->hdr_peer_events_untracked, 1));
+    if (UNLIKELY(info & JX_UNTRACKED_CONNECT)) XOP(add_rel(mem + L->hdr_peers_untracked, 1));
     if (!peer_off) return 0;
     char *e = mem + peer_off;
-    if (flags & (L->flag_life_connect | L->flag_life_disconnect))
+    if (UNLIKELY(flags & (L->flag_life_connect | L->flag_life_disconnect)))
         IOP(latest = peer_life(L, peer_ix_of(m, e), seq, (flags & L->flag_life_connect) != 0, writer));
-    if (latest && addr) {
+    if (UNLIKELY(latest && addr)) {
         /* The latest lifecycle event names the address, while the entry is pinned (a recycler
          * cannot take it under us). The reaper passes no text: the slot may be gone. */
         Py_ssize_t an = utf8_floor(addr, addr_n, L->addr_cap);
@@ -710,10 +751,10 @@ static inline __attribute__((always_inline)) int extras_apply(Mapping *m, char *
         *(unsigned char *)(e + L->peer_addr_len) = (unsigned char)an;
         if (flags & L->flag_life_connect) st_rlx(e + L->peer_connected_at, (uint64_t)ts);
     }
-    if (!(info & JX_COUNT)) goto unpin;
+    if (UNLIKELY(!(info & JX_COUNT))) goto unpin;
     XOP(add_rel(e + L->peer_events, 1));
     IOP(max_rlx(e + L->peer_last_activity, (uint64_t)ts));
-    if (sev >= 3) XOP(add_rel(e + L->peer_errors, 1));
+    if (UNLIKELY(sev >= 3)) XOP(add_rel(e + L->peer_errors, 1));
     if (info & JX_MSG) {
         int out = (flags & L->flag_outbound) != 0;
         Py_ssize_t t = (Py_ssize_t)(info & 0xFF);
@@ -865,9 +906,57 @@ static PyObject *Mapping_set_provider(Mapping *self, PyObject *fn) {
     Py_RETURN_NONE;
 }
 
+/* ---- warming a cold write ------------------------------------------------------------------
+ *
+ * In a tight loop a write finds every line it touches in L1. Inside a program that does real
+ * work between two events (a crawler spends ~30 us on each message) those lines have left L1
+ * and L2 by the next call, and the write then misses on them one after another: most addresses
+ * come from a load before them (a layout field, then the shard word it locates), so the CPU
+ * cannot overlap the misses itself. warm() asks for all the lines known before the event is
+ * looked at -- this Mapping's layout, keys and run state, the shard's and header's hot lines,
+ * the next slot -- with its first instructions, so their misses overlap one another. Prefetches
+ * never fault and change no state; a line asked for and not used costs a little bandwidth. The
+ * next slot is also asked for (for writing) at the end of each write: it is the one line that
+ * usually comes from DRAM (a ring laps far less often than the cache turns over), and the time
+ * until the next event hides that latency. */
+static void set_hot(Mapping *self) {
+    const Layout *L = &self->L;
+    char *sh = self->shard;
+    Py_ssize_t offs[] = {L->shard_journal, L->shard_recorded, L->shard_sev, L->shard_jstep, L->shard_jbefore_msg,
+                         L->shard_jpin};
+    int n = 0;
+    for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]) && n < HOT_MAX - 1; i++) {
+        char *line = (char *)((uintptr_t)(sh + offs[i]) & ~(uintptr_t)63);
+        int seen = 0;
+        for (int j = 0; j < n; j++) seen |= self->hot[j] == line;
+        if (!seen) self->hot[n++] = line;
+    }
+    self->hot[n++] = self->mem + L->hdr_head;
+    self->nhot = n;
+}
+
+static inline __attribute__((always_inline)) void prefetch_rec(const Mapping *self, const char *rec) {
+    for (Py_ssize_t off = 0; off < self->L.slot_size; off += 64) __builtin_prefetch(rec + off, 1, 3);
+    __builtin_prefetch(rec + self->L.slot_size - 1, 1, 3);
+}
+
+static inline __attribute__((always_inline)) void warm(Mapping *self) {
+    /* The Mapping's own lines first: their addresses need no load. */
+    for (size_t off = offsetof(Mapping, L); off < offsetof(Mapping, order); off += 64)
+        __builtin_prefetch((char *)self + off, 0, 3);
+    __builtin_prefetch((char *)self + offsetof(Mapping, bnext), 1, 3);
+    __builtin_prefetch((char *)self + sizeof(Mapping) - 1, 1, 3);
+    for (int i = 0; i < self->nhot; i++) __builtin_prefetch(self->hot[i], 1, 3);
+    if (self->next_rec) {
+        const char *r = self->next_rec;
+        __builtin_prefetch(r, 1, 3); __builtin_prefetch(r + 64, 1, 3);
+        __builtin_prefetch(r + 128, 1, 3); __builtin_prefetch(r + 192, 1, 3);
+    }
+}
+
 /* Make sure this process has a shard, asking the Python provider for one if needed. */
 static int ensure_shard(Mapping *self) {
-    if (self->shard && self->shard_pid == g_pid) return 0;
+    if (LIKELY(self->shard && self->shard_pid == g_pid)) return 0;
     if (self->provider) {
         PyObject *r = PyObject_CallNoArgs(self->provider);
         if (!r) return -1;
@@ -880,20 +969,20 @@ static int ensure_shard(Mapping *self) {
 }
 
 static int check_open(Mapping *self) {
-    if (!self->mem) { PyErr_SetString(ClosedError, "recorder is closed"); return -1; }
+    if (UNLIKELY(!self->mem)) { PyErr_SetString(ClosedError, "recorder is closed"); return -1; }
     return 0;
 }
 
 /* Open, and mapped for writing: checked by every operation that stores into the segment. */
 static int check_writable(Mapping *self) {
     if (check_open(self)) return -1;
-    if (self->readonly) { PyErr_SetString(ReadOnlyError, "the ring is mapped read-only here (an inspector writes nothing)"); return -1; }
+    if (UNLIKELY(self->readonly)) { PyErr_SetString(ReadOnlyError, "the ring is mapped read-only here (an inspector writes nothing)"); return -1; }
     return 0;
 }
 
 static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
     /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
-    if (self->mem) { self->mem = NULL; self->shard = NULL; PyBuffer_Release(&self->view); }
+    if (self->mem) { self->mem = NULL; self->shard = NULL; self->nhot = 0; self->next_rec = NULL; PyBuffer_Release(&self->view); }
     Py_CLEAR(self->provider);
     clear_routes(self);
     Py_RETURN_NONE;
@@ -901,19 +990,20 @@ static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
 
 static PyObject *Mapping_bind_shard(Mapping *self, PyObject *arg) {
     if (check_writable(self)) return NULL;
-    if (arg == Py_None) { self->shard = NULL; Py_RETURN_NONE; }
+    if (arg == Py_None) { self->shard = NULL; self->nhot = 0; Py_RETURN_NONE; }
     Py_ssize_t i = PyLong_AsSsize_t(arg);
     if (i == -1 && PyErr_Occurred()) return NULL;
     if (i < 0 || i >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
     self->shard = self->mem + self->L.shards_off + i * self->L.shard_size;
     self->shard_pid = g_pid;
+    set_hot(self);
     Py_RETURN_NONE;
 }
 
 /* The first event of a new era (after a clear) zeroes the shard's counters; only the owning
  * process writes them, so plain stores suffice. Readers ignore a shard whose base is stale. */
 static void sync_era(const Layout *L, char *sh, uint64_t base) {
-    if (ld_rlx(sh + L->shard_base) == base) return;
+    if (LIKELY(ld_rlx(sh + L->shard_base) == base)) return;
     const Py_ssize_t scalars[] = {L->shard_recorded, L->shard_overwritten, L->shard_lost, L->shard_abandoned,
                                   L->shard_expired, L->shard_first_ts, L->shard_last_ts};
     for (size_t i = 0; i < sizeof(scalars) / sizeof(scalars[0]); i++) st_rlx(sh + scalars[i], 0);
@@ -1272,21 +1362,39 @@ static inline __attribute__((always_inline)) int as_i64(PyObject *o, int64_t *ou
  * free per event, ~5% of record_message).
  * ts_ns == 0 means "now". Every argument is converted before a sequence number is claimed, so a
  * bad argument raises and leaves no trace in the ring. */
-static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+/* write()'s arguments, checked, as C values; a None where `holes` has bit i set is left as it
+ * is in *t (a template's placeholder). */
+static int parse_write(Mapping *self, PyObject *const *args, unsigned holes, Tmpl *t) {
+    const Layout *L = &self->L;
+#define HOLE(i) ((holes >> (i)) & 1u && args[i] == Py_None)
+    if ((!HOLE(0) && as_small(args[0], 0, 255, "kind", &t->kind)) ||
+        (!HOLE(1) && as_small(args[1], 0, 4, "severity", &t->sev)) ||
+        (!HOLE(2) && as_small(args[2], 0, 255, "flags", &t->flags)) ||
+        (!HOLE(3) && as_small(args[3], 0, L->type_slots - 1, "type index", &t->tidx)))
+        return -1;
+    if ((!HOLE(4) && as_i64(args[4], &t->ts)) || (!HOLE(5) && as_i64(args[5], &t->value))) return -1;
+    for (int i = 0; i < 5; i++)
+        if (!HOLE(6 + i) && get_text(args[6 + i], &t->tp[i], &t->tn[i])) return -1;
+#undef HOLE
+    return 0;
+}
+
+static PyObject *write_event(Mapping *self, long kind, long sev, long flags, long tidx, int64_t ts, int64_t value,
+                             const char **tp, const Py_ssize_t *tn);
+
+static PyObject *write_args(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 11) { PyErr_SetString(PyExc_TypeError, "write() takes 11 arguments"); return NULL; }
     if (check_writable(self)) return NULL;
     if (ensure_shard(self)) return NULL;
+    Tmpl t;
+    if (parse_write(self, args, 0, &t)) return NULL;
+    return write_event(self, t.kind, t.sev, t.flags, t.tidx, t.ts, t.value, t.tp, t.tn);
+}
+
+/* An event, its arguments checked; the writer is open and has its shard. */
+static PyObject *write_event(Mapping *self, long kind, long sev, long flags, long tidx, int64_t ts, int64_t value,
+                             const char **tp, const Py_ssize_t *tn) {
     const Layout *L = &self->L;
-    long kind, sev, flags, tidx;
-    if (as_small(args[0], 0, 255, "kind", &kind) || as_small(args[1], 0, 4, "severity", &sev) ||
-        as_small(args[2], 0, 255, "flags", &flags) || as_small(args[3], 0, L->type_slots - 1, "type index", &tidx))
-        return NULL;
-    int64_t ts, value;
-    if (as_i64(args[4], &ts) || as_i64(args[5], &value)) return NULL;
-    const char *tp[5];
-    Py_ssize_t tn[5];
-    for (int i = 0; i < 5; i++)
-        if (get_text(args[6 + i], &tp[i], &tn[i])) return NULL;
     if (ts == 0) ts = now_ns();
     flags &= ~L->flag_continued;   /* the writer's to set, when it writes continuations */
 
@@ -1295,7 +1403,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     unsigned char lens[5];
     Py_ssize_t full[5];
     Py_ssize_t nslots = 1;
-    if (tn[0] <= L->type_cap && tn[1] <= L->peer_cap && tn[0] + tn[1] + tn[2] + tn[3] + tn[4] <= L->text_size) {
+    if (LIKELY(tn[0] <= L->type_cap && tn[1] <= L->peer_cap && tn[0] + tn[1] + tn[2] + tn[3] + tn[4] <= L->text_size)) {
         for (int i = 0; i < 5; i++) lens[i] = (unsigned char)tn[i];
     } else {
         nslots = fit_text(self, kind, tp, tn, L->event_slots_max, lens, full, &flags);
@@ -1329,8 +1437,8 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
          * generation's run carry a seq of that generation; an event racing the clear lands in
          * the old one, as it would had it claimed its seq just before the clear. */
         uint64_t h = ld_rlx(mem + L->hdr_head);
-        if (self->bpid != g_pid || self->bshard != sh || self->bnext + (uint64_t)nslots > self->bend ||
-            (h >> L->seq_bits) != (self->bhead >> L->seq_bits) || self->last_mono - self->bt0 > L->run_ttl_ns) {
+        if (UNLIKELY(self->bpid != g_pid || self->bshard != sh || self->bnext + (uint64_t)nslots > self->bend ||
+                     (h >> L->seq_bits) != (self->bhead >> L->seq_bits) || self->last_mono - self->bt0 > L->run_ttl_ns)) {
             if (self->bnext < self->bend) drop_run(self, sh, self->bnext);
             claim_run(self, sh, (uint64_t)nslots);
         }
@@ -1341,7 +1449,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         uint64_t slot = self->bslot;
         self->bnext += (uint64_t)nslots;
         self->bslot += (uint64_t)nslots;   /* nslots <= event_slots_max <= capacity: one wrap at most */
-        if (self->bslot >= (uint64_t)L->capacity) self->bslot -= (uint64_t)L->capacity;
+        if (UNLIKELY(self->bslot >= (uint64_t)L->capacity)) self->bslot -= (uint64_t)L->capacity;
         sync_era(L, sh, base);
         st_rlx(sh + L->shard_jmeta, (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) |
                                     ((uint64_t)(nslots - 1) << 32) | mbits);
@@ -1356,7 +1464,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
             /* Never wait. A busy slot (a writer still in it, perhaps stopped) drops this event,
              * counted as lost. A newer occupant means the ring went round while this run sat
              * unused: start a new run and try again. */
-            if (cur != 0 && (w_seq1(L, cur) >= seq + 1 || w_state(L, cur) == (uint64_t)L->st_busy)) {
+            if (UNLIKELY(cur != 0 && (w_seq1(L, cur) >= seq + 1 || w_state(L, cur) == (uint64_t)L->st_busy))) {
                 /* ...unless the occupant names a sequence number nobody has claimed yet: that word
                  * is garbage (a corrupted segment), and waiting it out would lose this slot for good. */
                 uint64_t claimed = ld_acq(mem + L->hdr_head) & seq_mask;
@@ -1366,8 +1474,8 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
                 }
             }
             st_rlx(sh + L->shard_jprev, cur);   /* ordered before the CAS by its release half */
-            if (__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, seq, (unsigned)sev, L->st_busy), 0,
-                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            if (LIKELY(__atomic_compare_exchange_n(U64(wp), &cur, w_make(L, seq, (unsigned)sev, L->st_busy), 0,
+                                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))) {
                 /* The slot is ours. If the run is now older than run_ttl_ns, a reader may
                  * already have decided this seq will never be written: put the old word back
                  * (nothing else of the slot was touched) and take a seq of a new run. This check
@@ -1375,7 +1483,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
                  * cannot slip a record in behind such a reader. */
                 int64_t now = mono_ns();
                 self->last_mono = now;
-                if (now - self->bt0 > L->run_ttl_ns) {
+                if (UNLIKELY(now - self->bt0 > L->run_ttl_ns)) {
                     st_rel(wp, cur);
                     retry = 1;
                     break;
@@ -1387,14 +1495,14 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
                 break;
             }
         }
-        if (!retry) break;
+        if (LIKELY(!retry)) break;
         drop_run(self, sh, seq);   /* give up the rest of this run, this seq included */
     }
     /* Events replaced by this one's slots: 0 or 1 for an event of one slot. An event of several
      * takes its continuation slots now (take_conts), and if it could not take them all, its
      * text is fitted again into those it has. */
     uint64_t over = outcome == (uint64_t)L->out_overwrote;
-    if (nslots > 1 && outcome != (uint64_t)L->out_lost) {
+    if (UNLIKELY(nslots > 1 && outcome != (uint64_t)L->out_lost)) {
         uint64_t meta0 = (uint64_t)tidx | ((uint64_t)sev << 8) | ((uint64_t)flags << 16) | mbits;
         Py_ssize_t got = take_conts(self, sh, seq, nslots, base, meta0, &over);
         if (got < nslots) {
@@ -1415,7 +1523,7 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         st_rlx(sh + L->shard_jx_info, x_info);
         st_rlx(sh + L->shard_jstep, 0);
     }
-    if (outcome != (uint64_t)L->out_lost) {
+    if (LIKELY(outcome != (uint64_t)L->out_lost)) {
         st_rel(sh + L->shard_journal, j_make(L, seq, L->ph_owned));
         *I64(rec + L->slot_ts_ns) = ts;
         *I64(rec + L->slot_value) = value;
@@ -1428,12 +1536,19 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         for (int i = 0; i < 5; i++) { memcpy(text, tp[i], lens[i]); text += lens[i]; }
         /* The continuations are published before the first slot (release stores, in order), so
          * a reader that sees the first slot committed finds them published or since replaced. */
-        if (nslots > 1) write_conts(self, seq, nslots - 1, tp, lens, full);
+        if (UNLIKELY(nslots > 1)) write_conts(self, seq, nslots - 1, tp, lens, full);
         /* The checksum covers every word but the slot word and itself, stale bytes included: a
          * reader that finds it wrong has a torn or foreign record and never returns it. */
         uint64_t sum = slot_sum(self, rec);
         *U64(rec + L->slot_checksum) = sum;
         st_rel(wp, w_make(L, seq, (unsigned)sev, L->st_committed));   /* publish */
+    }
+    /* The next event's slot, for writing, while this process does its other work (see warm). */
+    if (LIKELY(self->bnext < self->bend)) {
+        self->next_rec = mem + L->slots_off + (Py_ssize_t)self->bslot * L->slot_size;
+        prefetch_rec(self, self->next_rec);
+    } else {
+        self->next_rec = NULL;
     }
     /* The outcome is decided (published, or lost): the peer and latency adds, step by step.
      * This jmeta lands before the journal says EXTRAS, so a writer killed in between is settled
@@ -1478,13 +1593,18 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
         st_rlx(c_typ, b_typ + 1);
         if (c_mc) { st_rlx(c_mc, b_mc + 1); st_rlx(c_mb, b_mb + (uint64_t)value); }
         int64_t first = (int64_t)ld_rlx(sh + L->shard_first_ts), last = (int64_t)ld_rlx(sh + L->shard_last_ts);
-        if (b_rec == 0 || ts < first) st_rlx(sh + L->shard_first_ts, (uint64_t)ts);
+        if (UNLIKELY(b_rec == 0 || ts < first)) st_rlx(sh + L->shard_first_ts, (uint64_t)ts);
         if (b_rec == 0 || ts > last) st_rlx(sh + L->shard_last_ts, (uint64_t)ts);
     }
     if (c_out) st_rlx(c_out, b_out + (outcome == (uint64_t)L->out_lost ? 1 : over));
     st_rel(c_rec, b_rec + 1);
     st_rel(sh + L->shard_journal, 0);
     Py_RETURN_NONE;
+}
+
+static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    warm(self);
+    return write_args(self, args, nargs);
 }
 
 /* ---- record_message in one native call -------------------------------------------------
@@ -1504,7 +1624,16 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
         return NULL;
     }
     if (check_writable(self)) return NULL;
+    Tmpl t = {0};
+    long fl[2];
+    if (parse_write(self, PySequence_Fast_ITEMS(args[1]), 1u << 2 | 1u << 5 | 1u << 7 | 1u << 8, &t) ||
+        as_small(PyTuple_GET_ITEM(args[2], 0), 0, 255, "flags", &fl[0]) ||
+        as_small(PyTuple_GET_ITEM(args[2], 1), 0, 255, "flags", &fl[1]))
+        return NULL;
     clear_message(self);
+    self->msg_t = t;
+    self->msg_flags_c[0] = fl[0];
+    self->msg_flags_c[1] = fl[1];
     self->msg_slow = Py_NewRef(args[0]);
     self->msg_tmpl = Py_NewRef(args[1]);
     for (int i = 0; i < 2; i++) {
@@ -1515,6 +1644,7 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
 }
 
 static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    warm(self);
     if (!self->msg_slow) {
         if (check_writable(self)) return NULL;   /* closed: as write() says */
         PyErr_SetString(PyExc_TypeError, "message() has no route: call set_message first");
@@ -1526,13 +1656,12 @@ static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_
         int d = args[2] == self->msg_dir[0] ? 0 : args[2] == self->msg_dir[1] ? 1   /* literals are interned */
               : PyUnicode_Compare(args[2], self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(args[2], self->msg_dir[1]) == 0 ? 1 : -1;
         if (d >= 0) {
-            PyObject *argv[11];
-            for (int i = 0; i < 11; i++) argv[i] = PyTuple_GET_ITEM(self->msg_tmpl, i);
-            argv[2] = self->msg_flags[d];
-            argv[5] = args[3];
-            argv[7] = args[0];
-            argv[8] = args[1];
-            return Mapping_write(self, argv, 11);
+            if (check_writable(self) || ensure_shard(self)) return NULL;
+            const Tmpl *t = &self->msg_t;
+            const char *tp[5] = {t->tp[0], NULL, NULL, t->tp[3], t->tp[4]};
+            Py_ssize_t tn[5] = {t->tn[0], 0, 0, t->tn[3], t->tn[4]};
+            if (get_text(args[0], &tp[1], &tn[1]) || get_text(args[1], &tp[2], &tn[2])) return NULL;
+            return write_event(self, t->kind, t->sev, self->msg_flags_c[d], t->tidx, t->ts, size, tp, tn);
         }
     }
     /* The Python method may drop the last reference to this mapping's route: hold it. */
@@ -1587,18 +1716,23 @@ static PyObject *Span_exit(Span *self, PyObject *const *args, Py_ssize_t nargs) 
     int64_t ns = perf_ns() - self->t0;
     if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments"); return NULL; }
     Mapping *m = self->m;
-    PyObject *nso = PyLong_FromLongLong(ns);
-    if (!nso) return NULL;
     PyObject *r;
     if (args[0] == Py_None) {
-        if (!m->span_tmpl) { Py_DECREF(nso); if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
-        PyObject *argv[11];
-        for (int i = 0; i < 11; i++) argv[i] = PyTuple_GET_ITEM(m->span_tmpl, i);
-        argv[5] = nso;
-        argv[7] = self->peer;
-        argv[8] = self->op;
-        r = Mapping_write(m, argv, 11);
-    } else if (m->span_failed) {
+        warm(m);
+        if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
+        if (check_writable(m) || ensure_shard(m)) return NULL;
+        const Tmpl *t = &m->span_t;
+        const char *tp[5] = {t->tp[0], NULL, NULL, t->tp[3], t->tp[4]};
+        Py_ssize_t tn[5] = {t->tn[0], 0, 0, t->tn[3], t->tn[4]};
+        if (get_text(self->peer, &tp[1], &tn[1]) || get_text(self->op, &tp[2], &tn[2])) return NULL;
+        r = write_event(m, t->kind, t->sev, t->flags, t->tidx, t->ts, ns, tp, tn);
+        if (!r) return NULL;
+        Py_DECREF(r);
+        Py_RETURN_FALSE;
+    }
+    PyObject *nso = PyLong_FromLongLong(ns);
+    if (!nso) return NULL;
+    if (m->span_failed) {
         PyObject *fail = Py_NewRef(m->span_failed);
         PyObject *fargs[5] = {self->op, nso, self->peer, args[0], args[1]};
         r = PyObject_Vectorcall(fail, fargs, 5, NULL);
@@ -1637,6 +1771,9 @@ static PyObject *Mapping_set_span(Mapping *self, PyObject *const *args, Py_ssize
         return NULL;
     }
     if (check_writable(self)) return NULL;
+    Tmpl t = {0};
+    if (parse_write(self, PySequence_Fast_ITEMS(args[2]), 1u << 5 | 1u << 8, &t)) return NULL;
+    self->span_t = t;
     Py_XSETREF(self->span_slow, Py_NewRef(args[0]));
     Py_XSETREF(self->span_failed, Py_NewRef(args[1]));
     Py_XSETREF(self->span_tmpl, Py_NewRef(args[2]));
@@ -1794,7 +1931,7 @@ static PyObject *Mapping_peer_update(Mapping *self, PyObject *const *args, Py_ss
     Py_ssize_t shard = PyLong_AsSsize_t(args[3]);
     if (shard == -1 && PyErr_Occurred()) return NULL;
     if (shard < 0 || shard >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
-    char *e = peer_find(self, p, n, seq);
+    char *e = peer_find(self, p, n, seq, -1);
     if (e) {
         char *x = peer_ix_of(self, e);
         peer_life(&self->L, x, seq, c, (uint64_t)shard + 1);
