@@ -1685,24 +1685,14 @@ typedef struct {
     int64_t t0;
 } Span;
 
-static int Span_traverse(Span *self, visitproc visit, void *arg) {
-    Py_VISIT(self->m);
-    Py_VISIT(self->op);
-    Py_VISIT(self->peer);
-    return 0;
-}
-
-static int Span_clear(Span *self) {
+/* Not tracked by the GC: a Span holds its Mapping and two exact strs, none of which can refer
+ * back to it, so it is never part of a cycle -- and a span is allocated per timed block, where
+ * GC tracking would cost its list stores and count toward the next young collection. */
+static void Span_dealloc(Span *self) {
     Py_CLEAR(self->m);
     Py_CLEAR(self->op);
     Py_CLEAR(self->peer);
-    return 0;
-}
-
-static void Span_dealloc(Span *self) {
-    PyObject_GC_UnTrack(self);
-    Span_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyObject_Free(self);
 }
 
 static inline int64_t perf_ns(void) { return clock_ns(CLOCK_MONOTONIC); }   /* perf_counter_ns's clock */
@@ -1756,9 +1746,7 @@ static PyTypeObject SpanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmdiag._native.Span",
     .tp_basicsize = sizeof(Span),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)Span_traverse,
-    .tp_clear = (inquiry)Span_clear,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)Span_dealloc,
     .tp_doc = "Recorder.span's context manager: times its block, records it as a latency event.",
     .tp_methods = Span_methods,
@@ -1789,13 +1777,12 @@ static PyObject *Mapping_span(Mapping *self, PyObject *const *args, Py_ssize_t n
     if ((nargs == 1 || nargs == 2) && !kwnames && PyUnicode_CheckExact(args[0]) && PyUnicode_GET_LENGTH(args[0]) > 0 &&
         (nargs == 1 || PyUnicode_CheckExact(args[1]))) {
         if (check_writable(self)) return NULL;
-        Span *sp = PyObject_GC_New(Span, &SpanType);
+        Span *sp = PyObject_New(Span, &SpanType);
         if (!sp) return NULL;
         sp->m = (Mapping *)Py_NewRef(self);
         sp->op = Py_NewRef(args[0]);
         sp->peer = Py_NewRef(nargs == 2 ? args[1] : PyTuple_GET_ITEM(self->span_tmpl, 7));
         sp->t0 = 0;
-        PyObject_GC_Track(sp);
         return (PyObject *)sp;
     }
     PyObject *slow = Py_NewRef(self->span_slow);
