@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", metavar="DIR", type=Path,
                    help="also crawl with the crawler and shmdiag of another checkout (its extension built; "
                         "same ring layout), as modes baseline-shmdiag / baseline-alternate, interleaved")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="create the ring with enable_metrics=False: no per-peer, per-message-type or latency "
+                        "accounting at write time (what that accounting costs the crawler)")
     p.add_argument("--lap", action="store_true",
                    help="fill the ring once before the crawls (a ring in its steady state: every page of it "
                         "allocated; by default the crawls write a fresh ring's first lap)")
@@ -98,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     if bcoin_bin() is None:
         print("bench: bcoin is not installed (cd tools/crawler/node && npm ci)", file=sys.stderr)
         return 2
-    from shmdiag import Recorder
+    from shmdiag import Recorder, RecorderConfig
 
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as d, bcoin_nodes(a.nodes, Path(d)) as nodes, \
-            Recorder(max_events=RING_EVENTS) as rec:
+            Recorder.with_config(RecorderConfig(max_events=RING_EVENTS, enable_metrics=not a.no_metrics)) as rec:
         nodes[0].mine(1)
         time.sleep(1)
         if a.lap:
@@ -122,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         # What shmdiag's calls alone cost, measured in this process on the same ring: events per
         # message (record_message, plus a span per ping round trip) x ns per event.
         st = rec.get_stats()
-        n_msg = st.events_by_type.get("message", 0)
+        lap = RING_EVENTS if a.lap else 0  # the lap's messages are the bench's, not the crawls'
+        n_msg = st.events_by_type.get("message", 0) - lap
         n_lat = st.events_by_type.get("latency", 0)
-        n_other = st.total_events - n_msg - n_lat  # connects, disconnects, errors: priced as a message
+        n_other = st.total_events - lap - n_msg - n_lat  # connects, disconnects, errors: priced as a message
         ns_message, ns_span = micro(rec)
     med = {m: {k: statistics.median(x[k] for x in runs if x["mode"] == m)
                for k in ("cpu_us_per_message", "messages_per_s", "messages", "sys_us_per_message",
@@ -161,13 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                   "(`--record alternate`; CPU time and messages charged to the phase they fall in):", "",
                   "| crawl | us CPU per message, on | off | on - off (median of repeats) | on vs off | "
                   "range over repeats | phases per crawl |", "|---|---:|---:|---:|---:|---:|---:|", *alt_lines]
-    attributable_us = (ns_message * (n_msg + n_other) + ns_span * n_lat) / n_msg / 1000
-    lines += ["", f"shmdiag's own calls, CPU time in the bench process on the same ring: record_message "
-              f"{ns_message:.0f} ns, a span {ns_span:.0f} ns; per message in the shmdiag crawls "
-              f"{n_lat / n_msg:.2f} spans and {n_other / n_msg:.4f} other events, "
-              f"so {attributable_us:.2f} us per message = "
-              f"{100 * attributable_us / base:.2f}% of the crawler's CPU per message with recording off.",
-              "", f"shmdiag ring books after the runs: {books}"]
+    calls = f"shmdiag's own calls, CPU time in the bench process on the same ring: record_message " \
+            f"{ns_message:.0f} ns, a span {ns_span:.0f} ns"
+    if n_msg > 0:  # counted by type only with metrics on
+        attributable_us = (ns_message * (n_msg + n_other) + ns_span * n_lat) / n_msg / 1000
+        calls += (f"; per message in the shmdiag crawls {n_lat / n_msg:.2f} spans and {n_other / n_msg:.4f} other "
+                  f"events, so {attributable_us:.2f} us per message = {100 * attributable_us / base:.2f}% of the "
+                  f"crawler's CPU per message with recording off")
+    books_of = "shmdiag ring books after the runs" + (" (metrics off)" if a.no_metrics else "")
+    lines += ["", calls + ".", "", f"{books_of}: {books}"]
     text = "\n".join(lines)
     print(text)
     if not a.no_write:
