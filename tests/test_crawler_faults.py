@@ -243,3 +243,28 @@ def test_alternate_mode_records_only_in_its_on_phases(fakes, make_recorder):
     # The crawl's on-phase messages, plus any after the crawl's figures were taken (the last
     # phase stays as it is while connections close); never the off phases'.
     assert on["messages"] <= recorded < s["messages"], (recorded, s["alternate"], s["messages"])
+
+
+@pytest.mark.parametrize("only, kept, left_out", [("record_message", "message", "latency"),
+                                                  ("span", "latency", "message")])
+def test_alternate_only_switches_that_method_alone(fakes, make_recorder, only, kept, left_out):
+    """--alternate-only METHOD (what record_message or span costs alone): only that method's
+    events reach the ring; the other methods stay off in both phases."""
+    rec = make_recorder(100_000)
+    cp = subprocess.run(
+        [sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
+         "--processes", "1", "--duration", "2", "--timeout", "1.5", "--ping-interval", "0", "--record", "alternate",
+         "--alternate-only", only, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    by_type = rec.get_stats().events_by_type
+    assert by_type.get(kept, 0) > 0, by_type
+    assert by_type.get(left_out, 0) == 0 and by_type.get("connect", 0) == 0, by_type
+
+
+def test_alternate_only_needs_alternate(fakes):
+    cp = subprocess.run(
+        [sys.executable, "-m", "tools.crawler", "--seed", fakes.endpoint("good"), "--record", "off",
+         "--alternate-only", "span"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 2 and cp.stderr.strip().count("\n") == 0, (cp.returncode, cp.stderr)
+    assert "--alternate-only needs --record alternate" in cp.stderr

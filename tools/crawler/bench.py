@@ -39,6 +39,8 @@ def crawl(mode: str, seed: str, ring: str, workdir: Path, a: argparse.Namespace)
             "--record", record, "--json"]
     if record in ("shmdiag", "attached", "alternate"):
         args += ["--ring", ring]
+    if record == "alternate" and a.alternate_only:
+        args += ["--alternate-only", a.alternate_only]
     elif record in ("logging", "jsonl"):
         args += ["--log-file", str(workdir / f"crawl.{mode}")]
     # The working directory comes first on sys.path with -m: it picks the crawler and shmdiag.
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", metavar="DIR", type=Path,
                    help="also crawl with the crawler and shmdiag of another checkout (its extension built; "
                         "same ring layout), as modes baseline-shmdiag / baseline-alternate, interleaved")
+    p.add_argument("--alternate-only", choices=("record_message", "span"), default=None,
+                   help="alternate modes switch only this method (what record_message or span costs alone)")
     p.add_argument("--no-metrics", action="store_true",
                    help="create the ring with enable_metrics=False: no per-peer, per-message-type or latency "
                         "accounting at write time (what that accounting costs the crawler)")

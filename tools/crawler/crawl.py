@@ -32,7 +32,9 @@ bytes have moved for ``--settle`` seconds, and closes them when its stdin reache
 attached, ``logging`` to ``--log-file`` or orjson lines appended to ``--log-file``: the
 benchmark's alternatives (``tools/crawler/bench.py``). ``--record alternate`` switches shmdiag
 on and off every 50 ms (each poll of the main loop) and reports the CPU time per message of
-each phase (``alternate`` in the JSON summary): the cost of recording measured within one crawl.
+each phase (``alternate`` in the JSON summary): the cost of recording measured within one crawl;
+``--alternate-only METHOD`` switches only that Recorder method (``record_message`` or ``span``: what
+each costs), the others staying off.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ import zlib
 from typing import Any
 
 from tools.crawler import wire
-from tools.crawler.sinks import MODES, Alternating, make_sink
+from tools.crawler.sinks import ALTERNATE_ONLY, MODES, Alternating, make_sink
 
 POLL = 0.05  # seconds between inbox polls
 
@@ -286,7 +288,7 @@ class Worker:
         self.magic = wire.MAGIC[cfg["network"]]
         self.genesis = wire.hash_from_hex(wire.GENESIS[cfg["network"]])
         self.allow = [ipaddress.ip_network(n) for n in cfg["allow"]]
-        self.rec = make_sink(cfg["record"], cfg["ring"], cfg["log_file"])
+        self.rec = make_sink(cfg["record"], cfg["ring"], cfg["log_file"], cfg.get("alternate_only"))
         self.seen: dict[str, str] = {}  # endpoint (owned by this process) -> who told us ("seed" or a peer)
         self.heard: dict[str, set[str]] = {}  # endpoint (owned) -> everyone who told us, first or not
         self.outbox: dict[int, list[tuple[str, str]]] = {}
@@ -565,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=0.5, help="with --hold: seconds without traffic first")
     p.add_argument("--record", choices=MODES, default="shmdiag",
                    help="where diagnostics go (default shmdiag; the others are the benchmark's)")
+    p.add_argument("--alternate-only", choices=ALTERNATE_ONLY, default=None,
+                   help="with --record alternate: switch only this method on and off (the rest stay off)")
     p.add_argument("--log-file", help="file for --record logging / jsonl")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     return p
@@ -583,6 +587,8 @@ def _config(a: argparse.Namespace) -> dict:
         raise UsageError("--duration and --timeout must be positive")
     if a.record in ("shmdiag", "attached", "alternate") and not a.ring:
         raise UsageError(f"--ring is needed with --record {a.record}")
+    if a.alternate_only and a.record != "alternate":
+        raise UsageError("--alternate-only needs --record alternate")
     if a.record in ("logging", "jsonl") and not a.log_file:
         raise UsageError(f"--record {a.record} needs --log-file")
     allow = a.allow or ["127.0.0.0/8", "::1/128"]
@@ -595,7 +601,7 @@ def _config(a: argparse.Namespace) -> dict:
     return {"ring": a.ring, "processes": a.processes, "connections": a.connections, "duration": a.duration,
             "network": a.network, "timeout": a.timeout, "ping_interval": a.ping_interval, "dwell": a.dwell,
             "allow": allow, "hold": a.hold, "settle": a.settle, "record": a.record, "log_file": a.log_file,
-            "seeds": seeds}
+            "alternate_only": a.alternate_only, "seeds": seeds}
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import orjson
 MODES = ("shmdiag", "off", "attached", "logging", "jsonl", "alternate")
 _METHODS = ("record_peer_connection", "record_peer_disconnection", "record_message", "record_error",
             "record_latency", "span")
+ALTERNATE_ONLY = ("record_message", "span")  # what --alternate-only can single out
 
 
 class _NoSpan:
@@ -167,21 +168,24 @@ class Alternating:
     of separate crawls cannot promise (on a shared 2-vCPU machine crawls of the same mode differ
     by +-5 us per message)."""
 
-    def __init__(self, rec: Any) -> None:
+    def __init__(self, rec: Any, only: str | None = None) -> None:
         self._rec, self._null, self.on = rec, NullSink(), False
+        self._methods = (only,) if only else _METHODS  # only: the one method switched; the rest stay off
+        for name in _METHODS:
+            setattr(self, name, getattr(self._null, name))
         self.flip()
 
     def flip(self) -> None:
         self.on = not self.on
         target = self._rec if self.on else self._null
-        for name in _METHODS:
+        for name in self._methods:
             setattr(self, name, getattr(target, name))
 
     def close(self) -> None:
         self._rec.close()
 
 
-def make_sink(mode: str, ring: str | None, log_file: str | None) -> Any:
+def make_sink(mode: str, ring: str | None, log_file: str | None, alternate_only: str | None = None) -> Any:
     """The recorder the crawl code calls in one worker process."""
     if mode == "shmdiag":
         from shmdiag import Recorder
@@ -199,7 +203,7 @@ def make_sink(mode: str, ring: str | None, log_file: str | None) -> Any:
         from shmdiag import Recorder
 
         assert ring is not None
-        return Alternating(Recorder.attach(ring))
+        return Alternating(Recorder.attach(ring), alternate_only)
     if log_file is None:
         raise ValueError(f"--record {mode} needs --log-file")
     if mode == "logging":
