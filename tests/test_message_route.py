@@ -146,3 +146,23 @@ def test_the_native_span_after_close():
         sp("op")
     with pytest.raises(RecorderClosedError), open_span:
         pass
+
+
+def test_a_route_refuses_a_bad_template_when_set_and_keeps_the_old_one(make_recorder):
+    """The routes parse write()'s template once, when set: a bad one raises there, and the
+    route in place goes on recording as before."""
+    rec = make_recorder(100)
+    nat = rec._shards.seg.native  # the private native mapping: what message_writer configures
+    routes = (  # (set the route with this template, a good template: None where each call fills in)
+        (lambda t: nat.set_message(lambda *a: None, t, (0, 1), ("inbound", "outbound")),
+         (1, 0, None, 0, 0, None, "", None, None, "", "")),
+        (lambda t: nat.set_span(lambda *a: None, lambda *a: None, t), (1, 0, 0, 0, 0, None, "", "", None, "", "")),
+    )
+    for set_route, good in routes:
+        for i, value, what in ((0, 300, "kind"), (1, 9, "severity"), (6, 7, "str")):
+            with pytest.raises((ValueError, TypeError), match=what):
+                set_route(good[:i] + (value,) + good[i + 1:])
+    rec.record_message("p1", "inv", "inbound", 37)
+    with rec.span("ping", "p1"):
+        pass
+    assert [(e.event_type, e.peer_id) for e in rec.get_events(0)] == [("message", "p1"), ("latency", "p1")]

@@ -184,8 +184,8 @@ typedef struct {
     /* record_message's route (set_message): the Python method for anything but the common case,
      * write()'s 11 arguments with placeholders, the flags of each direction and its names. */
     PyObject *msg_slow, *msg_tmpl, *msg_flags[2], *msg_dir[2];
-    Tmpl msg_t;             /* msg_tmpl parsed once; msg_t.flags is inbound's, msg_flags_c[1] outbound's */
-    long msg_flags_c[2];
+    Tmpl msg_t;             /* msg_tmpl parsed once (flags, size, peer and type are each call's) */
+    long msg_flags_c[2];    /* each direction's flags, as msg_flags */
     /* span's route (set_span): the Python method, the Python handler of a block that raised,
      * and write()'s 11 arguments of a latency event with placeholders. */
     PyObject *span_slow, *span_failed, *span_tmpl;
@@ -1357,11 +1357,6 @@ static inline __attribute__((always_inline)) int as_i64(PyObject *o, int64_t *ou
     return 0;
 }
 
-/* write(kind, severity, flags, type_idx, ts_ns, value, event_type, peer_id, f1, f2, f3) -> None
- * (not the sequence number: no caller wants it, and an int above 256 is an allocation and a
- * free per event, ~5% of record_message).
- * ts_ns == 0 means "now". Every argument is converted before a sequence number is claimed, so a
- * bad argument raises and leaves no trace in the ring. */
 /* write()'s arguments, checked, as C values; a None where `holes` has bit i set is left as it
  * is in *t (a template's placeholder). */
 static int parse_write(Mapping *self, PyObject *const *args, unsigned holes, Tmpl *t) {
@@ -1602,6 +1597,11 @@ static PyObject *write_event(Mapping *self, long kind, long sev, long flags, lon
     Py_RETURN_NONE;
 }
 
+/* write(kind, severity, flags, type_idx, ts_ns, value, event_type, peer_id, f1, f2, f3) -> None
+ * (not the sequence number: no caller wants it, and an int above 256 is an allocation and a
+ * free per event, ~5% of record_message).
+ * ts_ns == 0 means "now". Every argument is converted before a sequence number is claimed, so a
+ * bad argument raises and leaves no trace in the ring. */
 static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     warm(self);
     return write_args(self, args, nargs);
