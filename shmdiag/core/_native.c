@@ -1607,6 +1607,17 @@ static PyObject *Mapping_write(Mapping *self, PyObject *const *args, Py_ssize_t 
     return write_args(self, args, nargs);
 }
 
+/* A route's event: its template t with the call's flags, value, peer and f1 (the message type,
+ * the operation). */
+static inline __attribute__((always_inline)) PyObject *write_route(Mapping *self, const Tmpl *t, long flags, int64_t value,
+                                                                  PyObject *peer, PyObject *f1) {
+    if (check_writable(self) || ensure_shard(self)) return NULL;
+    const char *tp[5] = {t->tp[0], NULL, NULL, t->tp[3], t->tp[4]};
+    Py_ssize_t tn[5] = {t->tn[0], 0, 0, t->tn[3], t->tn[4]};
+    if (get_text(peer, &tp[1], &tn[1]) || get_text(f1, &tp[2], &tn[2])) return NULL;
+    return write_event(self, t->kind, t->sev, flags, t->tidx, t->ts, value, tp, tn);
+}
+
 /* ---- record_message in one native call -------------------------------------------------
  *
  * set_message(slow, template, (inbound_flags, outbound_flags), ("inbound", "outbound")):
@@ -1655,14 +1666,7 @@ static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_
         PyUnicode_CheckExact(args[1]) && PyUnicode_CheckExact(args[2]) && small_int(args[3], &size) && size >= 0) {
         int d = args[2] == self->msg_dir[0] ? 0 : args[2] == self->msg_dir[1] ? 1   /* literals are interned */
               : PyUnicode_Compare(args[2], self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(args[2], self->msg_dir[1]) == 0 ? 1 : -1;
-        if (d >= 0) {
-            if (check_writable(self) || ensure_shard(self)) return NULL;
-            const Tmpl *t = &self->msg_t;
-            const char *tp[5] = {t->tp[0], NULL, NULL, t->tp[3], t->tp[4]};
-            Py_ssize_t tn[5] = {t->tn[0], 0, 0, t->tn[3], t->tn[4]};
-            if (get_text(args[0], &tp[1], &tn[1]) || get_text(args[1], &tp[2], &tn[2])) return NULL;
-            return write_event(self, t->kind, t->sev, self->msg_flags_c[d], t->tidx, t->ts, size, tp, tn);
-        }
+        if (d >= 0) return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
     }
     /* The Python method may drop the last reference to this mapping's route: hold it. */
     PyObject *slow = Py_NewRef(self->msg_slow);
@@ -1710,12 +1714,7 @@ static PyObject *Span_exit(Span *self, PyObject *const *args, Py_ssize_t nargs) 
     if (args[0] == Py_None) {
         warm(m);
         if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
-        if (check_writable(m) || ensure_shard(m)) return NULL;
-        const Tmpl *t = &m->span_t;
-        const char *tp[5] = {t->tp[0], NULL, NULL, t->tp[3], t->tp[4]};
-        Py_ssize_t tn[5] = {t->tn[0], 0, 0, t->tn[3], t->tn[4]};
-        if (get_text(self->peer, &tp[1], &tn[1]) || get_text(self->op, &tp[2], &tn[2])) return NULL;
-        r = write_event(m, t->kind, t->sev, t->flags, t->tidx, t->ts, ns, tp, tn);
+        r = write_route(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
         if (!r) return NULL;
         Py_DECREF(r);
         Py_RETURN_FALSE;
