@@ -23,7 +23,7 @@ from shmdiag.core import maintenance
 from shmdiag.core import owners as _owners
 from shmdiag.core import reader as _reader
 from shmdiag.core.config import RecorderConfig
-from shmdiag.core.errors import RecorderClosedError
+from shmdiag.core.errors import RecorderClosedError, ShmDiagError
 from shmdiag.core.filter import EventFilter
 from shmdiag.core.models import (
     DiagnosticEvent,
@@ -161,6 +161,7 @@ class Recorder:
         self._finalizer = multiprocessing.util.Finalize(self, _finalize, args=(seg, self._shards), exitpriority=100)
         self._bind_native_routes()
         self._collector: Collector | None = None
+        self._flusher: threading.Event | None = None  # set_batch's flusher thread runs until it is set
         if self._is_creator and collector:
             self._collector = Collector(self, self._logger)
             self._collector.start()
@@ -432,6 +433,51 @@ class Recorder:
         with self._lock:
             _owners.release_collector(self._seg)
 
+    def set_batch(self, events: int = 32, max_delay: float = 0.05) -> None:
+        """Write this process's ``record_message`` and ``span`` events in batches of up to
+        ``events`` (1-1024; 0 turns batching off), each written at most ``max_delay`` seconds after
+        it was recorded. Why: inside a busy program a write's cost is its cold cache lines, and
+        events written in a row share them (half the cost in the crawler benchmark). What it
+        changes: other processes see an event only once it is written; this process's events
+        keep their order (anything else it records writes the batch first); a process killed
+        with a batch pending loses it, counted by the reaper as recorded and lost. ``flush()``
+        writes the batch now; ``close()`` does too. A forked child does not batch (it writes each
+        event at once; it may call ``set_batch`` itself)."""
+        if isinstance(events, bool) or not isinstance(events, int) or not 0 <= events <= 1024:
+            raise ValueError(f"events must be an int from 0 to 1024, not {events!r}")
+        if isinstance(max_delay, bool) or not isinstance(max_delay, int | float) or not 0 < max_delay <= 60:
+            raise ValueError(f"max_delay must be a number of seconds in (0, 60], not {max_delay!r}")
+        delay_ns = int(max_delay * 1e9)
+        with self._lock:
+            self._check_open()
+            self._shards.set_batch(events, delay_ns)
+            if self._flusher is not None:
+                self._flusher.set()
+                self._flusher = None
+            if events:
+                # A process that goes quiet still writes its batch within max_delay.
+                self._flusher = stop = threading.Event()
+                me = weakref.ref(self)
+
+                def flusher() -> None:
+                    while not stop.wait(max_delay / 2):
+                        rec = me()
+                        if rec is None or rec._closed:
+                            return
+                        try:
+                            rec._shards.flush_older(delay_ns)
+                        except ShmDiagError:
+                            return
+                        del rec
+
+                threading.Thread(target=flusher, name=f"shmdiag-flush-{self._name}", daemon=True).start()
+
+    def flush(self) -> None:
+        """Write this process's batch now (``set_batch``); nothing to do without one."""
+        with self._lock:
+            self._check_open()
+            self._shards.flush()
+
     def reap_dead_writers(self) -> int:
         """Settle the shards of writers that died without detaching, so their last event is
         counted once (the collector's job, and this recorder's before a health check or an
@@ -506,6 +552,8 @@ class Recorder:
             if self._closed:
                 return
             self._closed = True
+            if self._flusher is not None:
+                self._flusher.set()
             self._insp.close()  # marks it closed; the segment is this recorder's to unmap
         if self._collector is not None:
             self._collector.stop()

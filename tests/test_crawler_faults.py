@@ -268,3 +268,18 @@ def test_alternate_only_needs_alternate(fakes):
         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 2 and cp.stderr.strip().count("\n") == 0, (cp.returncode, cp.stderr)
     assert "--alternate-only needs --record alternate" in cp.stderr
+
+
+def test_a_batched_crawl_records_every_message(fakes, make_recorder):
+    """--batch N (Recorder.set_batch in each crawl process): every message the crawler counted
+    reaches the ring by the end of the crawl, the last batch written at close."""
+    rec = make_recorder(100_000)
+    cp = subprocess.run(
+        [sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
+         "--processes", "1", "--duration", "1.5", "--timeout", "1.5", "--ping-interval", "0", "--batch", "16",
+         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    s = json.loads(cp.stdout)
+    by_type = rec.get_stats().events_by_type
+    assert s["messages"] > 100 and by_type.get("message") == s["messages"], (by_type, s["messages"])
+    assert by_type.get("latency", 0) > 0 and rec.accounting().lost == 0

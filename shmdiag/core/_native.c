@@ -85,7 +85,7 @@ typedef struct {
         shard_recorded, shard_overwritten, shard_lost, shard_abandoned, shard_expired,
         shard_first_ts, shard_last_ts, shard_sev, shard_type_count, type_slots, shard_run, shard_run_t0,
         shard_unused, shard_jstep, shard_jx_peer, shard_jx_bank, shard_jx_value, shard_jx_info,
-        shard_jbefore_msg, shard_msg_count, shard_msg_bytes, shard_jpin;
+        shard_jbefore_msg, shard_msg_count, shard_msg_bytes, shard_jpin, shard_staged;
     Py_ssize_t run_max, run_ttl_ns, run_claiming, run_len_bits;
     /* peers */
     Py_ssize_t peers_off, peer_size, max_peers, peer_slots, peer_window, addr_cap, msg_types, msg_name_size;
@@ -124,7 +124,7 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
     K(shard_first_ts), K(shard_last_ts),
     K(shard_sev), K(shard_type_count), K(type_slots), K(shard_run), K(shard_run_t0),
     K(shard_unused), K(shard_jstep), K(shard_jx_peer), K(shard_jx_bank), K(shard_jx_value), K(shard_jx_info),
-    K(shard_jbefore_msg), K(shard_msg_count), K(shard_msg_bytes), K(shard_jpin),
+    K(shard_jbefore_msg), K(shard_msg_count), K(shard_msg_bytes), K(shard_jpin), K(shard_staged),
     K(run_max), K(run_ttl_ns), K(run_claiming), K(run_len_bits),
     K(peers_off), K(peer_size), K(max_peers), K(peer_slots), K(peer_window), K(addr_cap), K(msg_types), K(msg_name_size),
     K(hdr_recycled_era), K(hdr_recycled), K(pindex_off), K(pidx_size), K(pidx_key_state), K(pidx_life), K(pidx_idle),
@@ -152,6 +152,17 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
  * the ones a cold call must fetch. */
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* A staged event: which route took it (0 record_message, 1 span), and what the call gave. */
+#define STAGE_PEER 64   /* layout.PEER_CAP: a longer peer id is written at once, not staged */
+#define STAGE_F1 32     /* layout.OP_NAME_SIZE (message types: MSG_NAME_SIZE, shorter) */
+#define BATCH_MAX 1024
+struct Staged {
+    unsigned char route, n1, n2;
+    long flags;
+    int64_t ts, value;
+    char b1[STAGE_PEER], b2[STAGE_F1];
+};
 
 /* write()'s eleven arguments as C values: a route's template, parsed when it is set (its texts
  * point into the template's str objects, which the Mapping holds). */
@@ -190,6 +201,15 @@ typedef struct {
      * and write()'s 11 arguments of a latency event with placeholders. */
     PyObject *span_slow, *span_failed, *span_tmpl;
     Tmpl span_t;            /* span_tmpl parsed once */
+    /* The batch (set_batch, by process batch_pid: a forked child does not batch, and leaves
+     * its copy of the parent's batch to the parent): events the routes took and have not
+     * written yet, in call order; written when batch_max are staged, when the first is
+     * batch_delay_ns old at the next call, before any other write, and by flush(). */
+    struct Staged *batch;
+    int batch_max, nbatch;
+    pid_t batch_pid;
+    uint64_t staged[2];     /* the shard's "staged" words, which only this process writes */
+    int64_t batch_delay_ns, batch_t0;
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
@@ -205,6 +225,9 @@ typedef struct {
     pid_t pf_pid;
     int pf_off;
 } Mapping;
+
+static void batch_write(Mapping *self);
+static int batch_flush(Mapping *self);
 
 #define U64(p) ((uint64_t *)(p))
 #define I64(p) ((int64_t *)(p))
@@ -890,8 +913,11 @@ static int Mapping_clear(Mapping *self) {
 
 static void Mapping_dealloc(Mapping *self) {
     PyObject_GC_UnTrack(self);
+    batch_write(self);
     Mapping_clear(self);
     PyMem_RawFree(self->pf_map);
+    PyMem_RawFree(self->batch);
+    self->batch = NULL;
     self->pf_map = NULL;
     if (self->mem) { self->mem = NULL; PyBuffer_Release(&self->view); }
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -982,6 +1008,7 @@ static int check_writable(Mapping *self) {
 
 static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
     /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
+    batch_write(self);   /* what this process staged, while the ring is still mapped */
     if (self->mem) { self->mem = NULL; self->shard = NULL; self->nhot = 0; self->next_rec = NULL; PyBuffer_Release(&self->view); }
     Py_CLEAR(self->provider);
     clear_routes(self);
@@ -1381,6 +1408,7 @@ static PyObject *write_args(Mapping *self, PyObject *const *args, Py_ssize_t nar
     if (nargs != 11) { PyErr_SetString(PyExc_TypeError, "write() takes 11 arguments"); return NULL; }
     if (check_writable(self)) return NULL;
     if (ensure_shard(self)) return NULL;
+    if (self->nbatch && batch_flush(self)) return NULL;   /* after what this process staged */
     Tmpl t;
     if (parse_write(self, args, 0, &t)) return NULL;
     return write_event(self, t.kind, t.sev, t.flags, t.tidx, t.ts, t.value, t.tp, t.tn);
@@ -1626,6 +1654,135 @@ static inline __attribute__((always_inline)) PyObject *write_route(Mapping *self
  * with template t's placeholders 2, 5, 7, 8 filled (flags, size, peer, type); anything else
  * (other types, keywords, errors to raise) goes to slow(...), the Python method, unchanged.
  * The Recorder binds it only when it logs nothing at DEBUG (the Python method's one extra). */
+/* ---- batches (Recorder.set_batch) -------------------------------------------------------
+ *
+ * Inside a busy program a write costs what its cold lines cost (bench/results/crawler.md);
+ * written in a row, the events of a batch find them warm. The routes stage their events in this
+ * process's memory, and the shard's "staged" words count them per route. A write takes its
+ * event out of "staged" just before write_event: a writer SIGKILLed between the two loses that
+ * one event uncounted (the other order would count it twice: as staged, and by the journal);
+ * killed anywhere else, the reaper counts what "staged" says as recorded and lost
+ * (settle_staged). Events reach the ring in call order: anything else this process writes goes
+ * after a flush. Other processes see them only once written. */
+static void batch_write(Mapping *self) {
+    int n = self->nbatch;
+    self->nbatch = 0;
+    if (n == 0 || self->batch_pid != g_pid || !self->mem || !self->shard || self->shard_pid != g_pid) return;
+    const Layout *L = &self->L;
+    for (int i = 0; i < n; i++) {
+        const struct Staged *e = &self->batch[i];
+        const Tmpl *t = e->route ? &self->span_t : &self->msg_t;
+        const char *tp[5] = {t->tp[0], e->b1, e->b2, t->tp[3], t->tp[4]};
+        Py_ssize_t tn[5] = {t->tn[0], e->n1, e->n2, t->tn[3], t->tn[4]};
+        st_rlx(self->shard + L->shard_staged + 8 * e->route, --self->staged[e->route]);
+        PyObject *r = write_event(self, t->kind, t->sev, e->flags, t->tidx, e->ts, e->value, tp, tn);
+        Py_XDECREF(r);   /* write_event cannot fail once the writer is open and has its shard */
+    }
+}
+
+static int batch_flush(Mapping *self) {
+    if (self->nbatch == 0) return 0;
+    if (self->batch_pid != g_pid) {   /* a forked child's copy: the parent's to write, and count */
+        self->nbatch = 0;
+        self->staged[0] = self->staged[1] = 0;
+        return 0;
+    }
+    if (check_writable(self) || ensure_shard(self)) return -1;
+    warm(self);
+    batch_write(self);
+    return 0;
+}
+
+/* Stage a route's event: 1 staged, 0 not stageable (too long a text: the caller writes it after
+ * a flush), -1 an error. */
+static int batch_stage(Mapping *self, int route, long flags, int64_t value, PyObject *peer, PyObject *f1) {
+    const char *p1, *p2;
+    Py_ssize_t n1, n2;
+    if (get_text(peer, &p1, &n1) || get_text(f1, &p2, &n2)) return -1;
+    if (n1 > STAGE_PEER || n2 > STAGE_F1) return 0;
+    if (check_writable(self) || ensure_shard(self)) return -1;
+    int64_t ts = now_ns();
+    if (self->nbatch == 0) self->batch_t0 = ts;
+    struct Staged *e = &self->batch[self->nbatch++];
+    e->route = (unsigned char)route; e->n1 = (unsigned char)n1; e->n2 = (unsigned char)n2;
+    e->flags = flags; e->ts = ts; e->value = value;
+    memcpy(e->b1, p1, (size_t)n1);
+    memcpy(e->b2, p2, (size_t)n2);
+    /* A store, not a load and a store: this line is cold at most calls, and a store waits for
+     * nothing. The private count mirrors the word, which only this process writes. */
+    st_rlx(self->shard + self->L.shard_staged + 8 * route, ++self->staged[route]);
+    if (self->nbatch >= self->batch_max || ts - self->batch_t0 >= self->batch_delay_ns) {
+        warm(self);
+        batch_write(self);
+    }
+    return 1;
+}
+
+/* set_batch(events, delay_ns): stage up to `events` events of the routes (0: none, the default),
+ * written at the latest at the first call `delay_ns` after the oldest; what is staged is written
+ * first. */
+static PyObject *Mapping_set_batch(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    long n;
+    int64_t delay;
+    if (nargs != 2 || !PyLong_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "set_batch(events, delay_ns)");
+        return NULL;
+    }
+    if (as_small(args[0], 0, BATCH_MAX, "batch size", &n) || as_i64(args[1], &delay)) return NULL;
+    if (delay < 0) { PyErr_SetString(PyExc_ValueError, "delay_ns must be >= 0"); return NULL; }
+    if (check_writable(self) || batch_flush(self)) return NULL;
+    if (n > 0 && !self->batch) {
+        self->batch = PyMem_RawCalloc(BATCH_MAX, sizeof(struct Staged));
+        if (!self->batch) return PyErr_NoMemory();
+    }
+    self->batch_max = (int)n;
+    self->batch_delay_ns = delay;
+    self->batch_pid = g_pid;
+    Py_RETURN_NONE;
+}
+
+/* flush(): write what is staged now. */
+static PyObject *Mapping_flush(Mapping *self, PyObject *unused) {
+    if (batch_flush(self)) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* flush_older(ns): write what is staged if the oldest is at least ns old (the idle flusher). */
+static PyObject *Mapping_flush_older(Mapping *self, PyObject *arg) {
+    int64_t ns;
+    if (as_i64(arg, &ns)) return NULL;
+    if (self->nbatch && now_ns() - self->batch_t0 >= ns && batch_flush(self)) return NULL;
+    return PyLong_FromLong(self->batch_pid == g_pid ? self->nbatch : 0);
+}
+
+/* settle_staged(shard, message_type_idx, latency_type_idx): a dead writer's staged events,
+ * counted as recorded and lost (severity DEBUG, of their type) in its shard's counters of the
+ * current era, then cleared. Only for the reaper, which owns the shard (REAPING). */
+static PyObject *Mapping_settle_staged(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    long i, tm, tl;
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "settle_staged(shard, message_type, latency_type)"); return NULL; }
+    if (check_writable(self)) return NULL;
+    const Layout *L = &self->L;
+    if (as_small(args[0], 0, L->max_shards - 1, "shard", &i) || as_small(args[1], 0, L->type_slots - 1, "type index", &tm) ||
+        as_small(args[2], 0, L->type_slots - 1, "type index", &tl))
+        return NULL;
+    char *sh = self->mem + L->shards_off + i * L->shard_size;
+    uint64_t s[2] = {ld_acq(sh + L->shard_staged), ld_acq(sh + L->shard_staged + 8)};
+    if (s[0] == 0 && s[1] == 0) return PyLong_FromLong(0);
+    sync_era(L, sh, era_base(self, ld_acq(self->mem + L->hdr_head)));
+    uint64_t n = s[0] + s[1];
+    st_rlx(sh + L->shard_lost, ld_rlx(sh + L->shard_lost) + n);
+    if (L->metrics) {
+        st_rlx(sh + L->shard_sev, ld_rlx(sh + L->shard_sev) + n);
+        st_rlx(sh + L->shard_type_count + 8 * tm, ld_rlx(sh + L->shard_type_count + 8 * tm) + s[0]);
+        st_rlx(sh + L->shard_type_count + 8 * tl, ld_rlx(sh + L->shard_type_count + 8 * tl) + s[1]);
+    }
+    st_rel(sh + L->shard_recorded, ld_rlx(sh + L->shard_recorded) + n);   /* last, as a writer's count */
+    st_rlx(sh + L->shard_staged, 0);
+    st_rlx(sh + L->shard_staged + 8, 0);
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyCallable_Check(args[0]) || !PyTuple_CheckExact(args[1]) || PyTuple_GET_SIZE(args[1]) != 11 ||
         !PyTuple_CheckExact(args[2]) || PyTuple_GET_SIZE(args[2]) != 2 || !PyTuple_CheckExact(args[3]) ||
@@ -1655,7 +1812,6 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
 }
 
 static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    warm(self);
     if (!self->msg_slow) {
         if (check_writable(self)) return NULL;   /* closed: as write() says */
         PyErr_SetString(PyExc_TypeError, "message() has no route: call set_message first");
@@ -1666,7 +1822,16 @@ static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_
         PyUnicode_CheckExact(args[1]) && PyUnicode_CheckExact(args[2]) && small_int(args[3], &size) && size >= 0) {
         int d = args[2] == self->msg_dir[0] ? 0 : args[2] == self->msg_dir[1] ? 1   /* literals are interned */
               : PyUnicode_Compare(args[2], self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(args[2], self->msg_dir[1]) == 0 ? 1 : -1;
-        if (d >= 0) return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
+        if (d >= 0) {
+            if (self->batch_max > 0 && self->batch_pid == g_pid) {
+                int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1]);
+                if (st < 0) return NULL;
+                if (st > 0) Py_RETURN_NONE;
+            }
+            if (self->nbatch && batch_flush(self)) return NULL;
+            warm(self);   /* not for a staged event: it touches none of those lines */
+            return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
+        }
     }
     /* The Python method may drop the last reference to this mapping's route: hold it. */
     PyObject *slow = Py_NewRef(self->msg_slow);
@@ -1712,8 +1877,14 @@ static PyObject *Span_exit(Span *self, PyObject *const *args, Py_ssize_t nargs) 
     Mapping *m = self->m;
     PyObject *r;
     if (args[0] == Py_None) {
-        warm(m);
         if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
+        if (m->batch_max > 0 && m->batch_pid == g_pid) {
+            int st = batch_stage(m, 1, m->span_t.flags, ns, self->peer, self->op);
+            if (st < 0) return NULL;
+            if (st > 0) Py_RETURN_FALSE;
+        }
+        if (m->nbatch && batch_flush(m)) return NULL;
+        warm(m);
         r = write_route(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
         if (!r) return NULL;
         Py_DECREF(r);
@@ -2416,6 +2587,10 @@ static PyMethodDef Mapping_methods[] = {
      "Route for span(): the Python method, the handler of a block that raised, write()'s arguments."},
     {"span", (PyCFunction)(void (*)(void))Mapping_span, METH_FASTCALL | METH_KEYWORDS,
      "span(op, peer_id='') as a native context manager (see set_span)."},
+    {"set_batch", (PyCFunction)(void (*)(void))Mapping_set_batch, METH_FASTCALL, NULL},
+    {"flush", (PyCFunction)Mapping_flush, METH_NOARGS, NULL},
+    {"flush_older", (PyCFunction)Mapping_flush_older, METH_O, NULL},
+    {"settle_staged", (PyCFunction)(void (*)(void))Mapping_settle_staged, METH_FASTCALL, NULL},
     {"message", (PyCFunction)(void (*)(void))Mapping_message, METH_FASTCALL | METH_KEYWORDS,
      "record_message(peer_id, msg_type, direction, size) in one native call (see set_message)."},
     {"bind_shard", (PyCFunction)Mapping_bind_shard, METH_O, "Use shard i for this process's counters."},

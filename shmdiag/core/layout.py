@@ -267,6 +267,10 @@ SHARD = _struct(
     # still holds it (see peer_find and settle_pin in _native.c; a boundary either side of the
     # window leaves the pin held, never releases it twice).
     ("jpin", "<u8", 2896),
+    # Events this writer has taken and not yet written (Recorder.set_batch): messages, latency
+    # events. A reaper counts a dead writer's as recorded and lost (severity DEBUG, their type):
+    # they were in its private memory. Not an era counter: live, never zeroed by a clear.
+    ("staged", "<u8", (2,), 2904),
     ("msg_count", "<u8", (2, MSG_TYPES), 2944),
     ("msg_bytes", "<u8", (2, MSG_TYPES), 2944 + 16 * MSG_TYPES),
 )

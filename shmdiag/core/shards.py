@@ -86,6 +86,19 @@ class ShardManager:
                                     "", ""))
         return nat.span
 
+    def set_batch(self, events: int, delay_ns: int) -> None:
+        """Stage up to ``events`` events of the native routes in this process and write them in
+        a row (0: write each at once); see "batches" in _native.c."""
+        self.seg.native.set_batch(events, delay_ns)
+
+    def flush(self) -> None:
+        """Write what this process has staged."""
+        self.seg.native.flush()
+
+    def flush_older(self, delay_ns: int) -> int:
+        """Write what is staged if the oldest waited ``delay_ns``; returns how many stay staged."""
+        return int(self.seg.native.flush_older(delay_ns))
+
     def ensure(self) -> int:
         """Bind a shard for the current process (called by the native writer on demand)."""
         with self._lock:
@@ -125,6 +138,7 @@ class ShardManager:
         with self._lock:
             if self.index is None or self.pid != os.getpid() or self.seg.native.closed:
                 return
+            self.seg.native.flush()  # a batch (Recorder.set_batch) pending: written while the shard is ours
             # The rest of this process's run goes back to the head if nobody claimed after it,
             # so a writer's last run does not leave the ring short (else it is counted unused).
             self.seg.native.drop_run()
@@ -216,6 +230,8 @@ class ShardManager:
         if not seg.native.cas(off, cur, L.owner_make(pid, L.SH_REAPING)):
             return False
         self._settle_journal(i)
+        # Events it had staged (Recorder.set_batch) and not written: recorded, and lost.
+        seg.native.settle_staged(i, L.BUILTIN_TYPES.index("message"), L.BUILTIN_TYPES.index("latency"))
         # After its adds are settled (whatever the journal's phase, a cleared era's event
         # included), the peer pin the dead writer still held, if any, and only that one: its
         # shard's "jpin" names it (settle_pin in _native.c says why this order is safe).

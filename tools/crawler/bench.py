@@ -39,6 +39,8 @@ def crawl(mode: str, seed: str, ring: str, workdir: Path, a: argparse.Namespace)
             "--record", record, "--json"]
     if record in ("shmdiag", "attached", "alternate"):
         args += ["--ring", ring]
+    if record in ("shmdiag", "alternate") and a.batch and not mode.startswith(BASELINE):
+        args += ["--batch", str(a.batch)]
     if record == "alternate" and a.alternate_only:
         args += ["--alternate-only", a.alternate_only]
     elif record in ("logging", "jsonl"):
@@ -86,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", metavar="DIR", type=Path,
                    help="also crawl with the crawler and shmdiag of another checkout (its extension built; "
                         "same ring layout), as modes baseline-shmdiag / baseline-alternate, interleaved")
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="crawls through this checkout's shmdiag write N events at a time (Recorder.set_batch); "
+                        "--baseline crawls never do")
     p.add_argument("--alternate-only", choices=("record_message", "span"), default=None,
                    help="alternate modes switch only this method (what record_message or span costs alone)")
     p.add_argument("--no-metrics", action="store_true",

@@ -288,7 +288,8 @@ class Worker:
         self.magic = wire.MAGIC[cfg["network"]]
         self.genesis = wire.hash_from_hex(wire.GENESIS[cfg["network"]])
         self.allow = [ipaddress.ip_network(n) for n in cfg["allow"]]
-        self.rec = make_sink(cfg["record"], cfg["ring"], cfg["log_file"], cfg.get("alternate_only"))
+        self.rec = make_sink(cfg["record"], cfg["ring"], cfg["log_file"], cfg.get("alternate_only"),
+                             cfg.get("batch", 0))
         self.seen: dict[str, str] = {}  # endpoint (owned by this process) -> who told us ("seed" or a peer)
         self.heard: dict[str, set[str]] = {}  # endpoint (owned) -> everyone who told us, first or not
         self.outbox: dict[int, list[tuple[str, str]]] = {}
@@ -567,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=0.5, help="with --hold: seconds without traffic first")
     p.add_argument("--record", choices=MODES, default="shmdiag",
                    help="where diagnostics go (default shmdiag; the others are the benchmark's)")
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="shmdiag writes each process's messages and spans N at a time (Recorder.set_batch; "
+                        "default 0: each at once)")
     p.add_argument("--alternate-only", choices=ALTERNATE_ONLY, default=None,
                    help="with --record alternate: switch only this method on and off (the rest stay off)")
     p.add_argument("--log-file", help="file for --record logging / jsonl")
@@ -587,6 +591,8 @@ def _config(a: argparse.Namespace) -> dict:
         raise UsageError("--duration and --timeout must be positive")
     if a.record in ("shmdiag", "attached", "alternate") and not a.ring:
         raise UsageError(f"--ring is needed with --record {a.record}")
+    if not 0 <= a.batch <= 1024:
+        raise UsageError("--batch must be from 0 to 1024")
     if a.alternate_only and a.record != "alternate":
         raise UsageError("--alternate-only needs --record alternate")
     if a.record in ("logging", "jsonl") and not a.log_file:
@@ -601,7 +607,7 @@ def _config(a: argparse.Namespace) -> dict:
     return {"ring": a.ring, "processes": a.processes, "connections": a.connections, "duration": a.duration,
             "network": a.network, "timeout": a.timeout, "ping_interval": a.ping_interval, "dwell": a.dwell,
             "allow": allow, "hold": a.hold, "settle": a.settle, "record": a.record, "log_file": a.log_file,
-            "alternate_only": a.alternate_only, "seeds": seeds}
+            "alternate_only": a.alternate_only, "batch": a.batch, "seeds": seeds}
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -185,13 +185,17 @@ class Alternating:
         self._rec.close()
 
 
-def make_sink(mode: str, ring: str | None, log_file: str | None, alternate_only: str | None = None) -> Any:
-    """The recorder the crawl code calls in one worker process."""
+def make_sink(mode: str, ring: str | None, log_file: str | None, alternate_only: str | None = None,
+              batch: int = 0) -> Any:
+    """The recorder the crawl code calls in one worker process (``batch``: Recorder.set_batch)."""
     if mode == "shmdiag":
         from shmdiag import Recorder
 
         assert ring is not None
-        return Recorder.attach(ring)
+        rec = Recorder.attach(ring)
+        if batch:
+            rec.set_batch(batch)
+        return rec
     if mode == "off":
         return NullSink()
     if mode == "attached":
@@ -203,7 +207,10 @@ def make_sink(mode: str, ring: str | None, log_file: str | None, alternate_only:
         from shmdiag import Recorder
 
         assert ring is not None
-        return Alternating(Recorder.attach(ring), alternate_only)
+        rec = Recorder.attach(ring)
+        if batch:
+            rec.set_batch(batch)
+        return Alternating(rec, alternate_only)
     if log_file is None:
         raise ValueError(f"--record {mode} needs --log-file")
     if mode == "logging":

@@ -1,0 +1,156 @@
+"""Recorder.set_batch: a process's record_message and span events staged and written in a row.
+They must reach the ring whole and in call order, within max_delay of a quiet process, at close;
+and a process killed with a batch pending has it counted as recorded and lost, books balanced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from shmdiag import Inspector, Recorder, RecorderClosedError
+
+from helpers import wait_for
+
+
+def _seen(name: str) -> list[tuple[str, str, str]]:
+    """What another process would read: (type, peer, message) of every retained event."""
+    with Inspector.attach(name) as ins:
+        return [(e.event_type, e.peer_id, e.message) for e in ins.get_events(0)]
+
+
+def test_a_batch_is_written_when_full_and_before_any_other_event_in_call_order(make_recorder):
+    rec = make_recorder(1000, collector=False)
+    rec.set_batch(4, max_delay=60)
+    rec.record_message("p1", "inv", "inbound", 1)
+    with rec.span("ping", "p1"):
+        pass
+    rec.record_message("p1", "pong", "inbound", 2)
+    assert _seen(rec.name) == []  # staged: nobody sees them yet
+    rec.record_message("p2", "tx", "outbound", 3)  # the fourth: the batch is written
+    assert [t for t, _, _ in _seen(rec.name)] == ["message", "latency", "message", "message"]
+    rec.record_message("p3", "inv", "inbound", 4)
+    rec.record_error("p3", "refused", "connect")  # not batched: what was staged goes first
+    seen = _seen(rec.name)
+    assert [(t, p) for t, p, _ in seen[-2:]] == [("message", "p3"), ("error", "p3")]
+    stats = rec.get_stats()
+    assert stats.total_events == 6 and stats.events_by_type == {"message": 4, "latency": 1, "error": 1}
+    assert {d.peer_id: d.bytes_received for d in rec.get_peer_diagnostics()} == {"p1": 3, "p2": 0, "p3": 4}
+
+
+def test_a_quiet_process_writes_its_batch_within_max_delay(make_recorder):
+    rec = make_recorder(1000, collector=False)
+    rec.set_batch(32, max_delay=0.05)
+    for i in range(3):
+        rec.record_message("p1", "inv", "inbound", i)
+    wait_for(lambda: len(_seen(rec.name)) == 3, timeout=10, what="the flusher to write the batch")
+
+
+def test_flush_close_and_turning_batching_off_write_the_batch(make_recorder):
+    rec = make_recorder(1000, collector=False)
+    other = make_recorder(attach=rec.name)
+    other.set_batch(16, max_delay=60)
+    other.record_message("p1", "inv", "inbound", 1)
+    other.flush()
+    assert len(_seen(rec.name)) == 1
+    other.record_message("p1", "inv", "inbound", 2)
+    other.set_batch(0)  # off: the batch first, then every event at once
+    assert len(_seen(rec.name)) == 2
+    other.record_message("p1", "inv", "inbound", 3)
+    assert len(_seen(rec.name)) == 3
+    other.set_batch(16, max_delay=60)
+    with other.span("ping", "p1"):
+        pass
+    other.close()
+    assert [t for t, _, _ in _seen(rec.name)] == ["message"] * 3 + ["latency"]
+    with pytest.raises(RecorderClosedError):
+        other.flush()
+
+
+@pytest.mark.parametrize("args", [(-1,), (1025,), (True,), (1.5,), (8, 0), (8, -1.0), (8, 61), (8, "1")])
+def test_bad_batch_arguments_are_refused(make_recorder, args):
+    rec = make_recorder(100, collector=False)
+    with pytest.raises(ValueError):
+        rec.set_batch(*args)
+
+
+KILLED_WITH_A_BATCH = textwrap.dedent(
+    """
+    import sys, time
+    from shmdiag import Recorder
+    rec = Recorder.attach(sys.argv[1])
+    rec.record_message("w", "version", "outbound", 126)   # written: not batched yet
+    rec.set_batch(64, max_delay=60)
+    for i in range(10):
+        rec.record_message("w", "inv", "inbound", 37)
+    for i in range(5):
+        with rec.span("ping", "w"):
+            pass
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.multiprocess
+def test_a_writer_killed_with_a_batch_pending_has_it_counted_as_recorded_and_lost(make_recorder, procs):
+    rec = make_recorder(1000, collector=False)
+    p = subprocess.Popen([sys.executable, "-c", KILLED_WITH_A_BATCH, rec.name], stdout=subprocess.PIPE)
+    procs.append(p)
+    assert p.stdout.readline() == b"ready\n"
+    assert len(_seen(rec.name)) == 1
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert rec.reap_dead_writers() == 1
+    acct = rec.accounting()
+    assert (acct.recorded, acct.lost, acct.retained) == (16, 15, 1), acct
+    assert acct.recorded == acct.retained + acct.overwritten + acct.lost + acct.abandoned + acct.expired
+    stats = rec.get_stats()
+    assert stats.events_by_type == {"message": 11, "latency": 5}, stats.events_by_type
+    assert rec.reap_dead_writers() == 0 and rec.accounting() == acct  # settled once
+
+
+FORKS = textwrap.dedent(
+    """
+    import os, sys
+    from shmdiag import Recorder
+    rec = Recorder.attach(sys.argv[1])
+    rec.set_batch(32, max_delay=60)
+    for i in range(3):
+        rec.record_message("parent", "inv", "inbound", i)
+    pid = os.fork()
+    if pid == 0:   # the child does not batch, and leaves the parent's staged events alone
+        rec.record_message("child", "inv", "inbound", 9)
+        print(len(list(Recorder.attach(sys.argv[1]).get_events(0))), flush=True)
+        rec.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    rec.close()
+    """
+)
+
+
+@pytest.mark.multiprocess
+def test_a_forked_child_does_not_batch_nor_write_its_parents_batch(make_recorder):
+    rec = make_recorder(1000, collector=False)
+    out = subprocess.run([sys.executable, "-c", FORKS, rec.name], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"  # the child's event, at once; the parent's 3 still staged
+    assert sorted(p for _, p, _ in _seen(rec.name)) == ["child", "parent", "parent", "parent"]
+
+
+def test_batching_is_per_recorder_process_and_keeps_working_with_a_recorder_gone(make_recorder):
+    """The flusher holds the recorder weakly: a dropped recorder is finalized, its batch written."""
+    rec = make_recorder(1000, collector=False)
+    other = Recorder.attach(rec.name)
+    other.set_batch(8, max_delay=60)
+    other.record_message("p1", "inv", "inbound", 1)
+    del other
+    import gc
+
+    gc.collect()
+    wait_for(lambda: len(_seen(rec.name)) == 1, timeout=10, what="the dropped recorder's batch")
