@@ -34,7 +34,8 @@ benchmark's alternatives (``tools/crawler/bench.py``). ``--record alternate`` sw
 on and off every 50 ms (each poll of the main loop) and reports the CPU time per message of
 each phase (``alternate`` in the JSON summary): the cost of recording measured within one crawl;
 ``--alternate-only METHOD`` switches only that Recorder method (``record_message`` or ``span``: what
-each costs), the others staying off.
+each costs), the others staying off. ``--batch N`` has each crawl process write its messages and
+spans N at a time (``Recorder.set_batch``).
 """
 
 from __future__ import annotations
