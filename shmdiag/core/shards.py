@@ -138,7 +138,10 @@ class ShardManager:
         with self._lock:
             if self.index is None or self.pid != os.getpid() or self.seg.native.closed:
                 return
-            self.seg.native.flush()  # a batch (Recorder.set_batch) pending: written while the shard is ours
+            # A batch (Recorder.set_batch) pending: written while the shard is ours, and batching
+            # off, so an event another thread records from here on is written, not staged where
+            # nothing would write or count it.
+            self.seg.native.set_batch(0, 0)
             # The rest of this process's run goes back to the head if nobody claimed after it,
             # so a writer's last run does not leave the ring short (else it is counted unused).
             self.seg.native.drop_run()
