@@ -224,14 +224,19 @@ def test_sigterm_ends_the_crawl_cleanly(fakes, make_recorder):
     assert d.status == "disconnected"
 
 
+def _crawl_good(fakes, ring: str, *extra: str, duration: str = "2") -> subprocess.CompletedProcess:
+    """One crawl process pinging the good fake peer back to back for `duration` s, JSON out."""
+    return subprocess.run(
+        [sys.executable, "-m", "tools.crawler", "--ring", ring, "--seed", fakes.endpoint("good"),
+         "--processes", "1", "--duration", duration, "--timeout", "1.5", "--ping-interval", "0", *extra, "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 def test_alternate_mode_records_only_in_its_on_phases(fakes, make_recorder):
     """--record alternate (the benchmark's in-process A/B) switches shmdiag on and off at each
     poll: every message of the crawl falls in one phase, and only the on phases' reach the ring."""
     rec = make_recorder(100_000)
-    cp = subprocess.run(
-        [sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
-         "--processes", "1", "--duration", "2", "--timeout", "1.5", "--ping-interval", "0", "--record", "alternate",
-         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cp = _crawl_good(fakes, rec.name, "--record", "alternate")
     assert cp.returncode == 0, cp.stderr
     s = json.loads(cp.stdout)
     on, off = s["alternate"]["on"], s["alternate"]["off"]
@@ -251,10 +256,7 @@ def test_alternate_only_switches_that_method_alone(fakes, make_recorder, only, k
     """--alternate-only METHOD (what record_message or span costs alone): only that method's
     events reach the ring; the other methods stay off in both phases."""
     rec = make_recorder(100_000)
-    cp = subprocess.run(
-        [sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
-         "--processes", "1", "--duration", "2", "--timeout", "1.5", "--ping-interval", "0", "--record", "alternate",
-         "--alternate-only", only, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cp = _crawl_good(fakes, rec.name, "--record", "alternate", "--alternate-only", only)
     assert cp.returncode == 0, cp.stderr
     by_type = rec.get_stats().events_by_type
     assert by_type.get(kept, 0) > 0, by_type
@@ -274,10 +276,7 @@ def test_a_batched_crawl_records_every_message(fakes, make_recorder):
     """--batch N (Recorder.set_batch in each crawl process): every message the crawler counted
     reaches the ring by the end of the crawl, the last batch written at close."""
     rec = make_recorder(100_000)
-    cp = subprocess.run(
-        [sys.executable, "-m", "tools.crawler", "--ring", rec.name, "--seed", fakes.endpoint("good"),
-         "--processes", "1", "--duration", "1.5", "--timeout", "1.5", "--ping-interval", "0", "--batch", "16",
-         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cp = _crawl_good(fakes, rec.name, "--batch", "16", duration="1.5")
     assert cp.returncode == 0, cp.stderr
     s = json.loads(cp.stdout)
     by_type = rec.get_stats().events_by_type
