@@ -443,10 +443,14 @@ class Recorder:
         with a batch pending loses it, counted by the reaper as recorded and lost. ``flush()``
         writes the batch now; ``close()`` does too. A forked child does not batch (it writes each
         event at once; it may call ``set_batch`` itself)."""
-        if isinstance(events, bool) or not isinstance(events, int) or not 0 <= events <= 1024:
-            raise ValueError(f"events must be an int from 0 to 1024, not {events!r}")
-        if isinstance(max_delay, bool) or not isinstance(max_delay, int | float) or not 0 < max_delay <= 60:
-            raise ValueError(f"max_delay must be a number of seconds in (0, 60], not {max_delay!r}")
+        if isinstance(events, bool) or not isinstance(events, int):
+            raise TypeError(f"events must be an int, not {type(events).__name__}")
+        if isinstance(max_delay, bool) or not isinstance(max_delay, int | float):
+            raise TypeError(f"max_delay must be a number of seconds, not {type(max_delay).__name__}")
+        if not 0 <= events <= 1024:
+            raise ValueError(f"events must be from 0 to 1024, got {events}")
+        if not 0 < max_delay <= 60:
+            raise ValueError(f"max_delay must be in (0, 60] seconds, got {max_delay}")
         delay_ns = int(max_delay * 1e9)
         with self._lock:
             self._check_open()

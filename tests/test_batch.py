@@ -71,11 +71,15 @@ def test_flush_close_and_turning_batching_off_write_the_batch(make_recorder):
         other.flush()
 
 
-@pytest.mark.parametrize("args", [(-1,), (1025,), (True,), (1.5,), (8, 0), (8, -1.0), (8, 61), (8, "1")])
-def test_bad_batch_arguments_are_refused(make_recorder, args):
+@pytest.mark.parametrize("args, error", [((-1,), ValueError), ((1025,), ValueError), ((True,), TypeError),
+                                         ((1.5,), TypeError), ((8, 0), ValueError), ((8, -1.0), ValueError),
+                                         ((8, 61), ValueError), ((8, "1"), TypeError)])
+def test_bad_batch_arguments_are_refused_and_change_nothing(make_recorder, args, error):
     rec = make_recorder(100, collector=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(error):
         rec.set_batch(*args)
+    rec.record_message("p1", "inv", "inbound", 1)  # still written at once
+    assert len(_seen(rec.name)) == 1
 
 
 KILLED_WITH_A_BATCH = textwrap.dedent(
