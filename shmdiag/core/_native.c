@@ -1752,7 +1752,7 @@ static PyObject *Mapping_flush_older(Mapping *self, PyObject *arg) {
     int64_t ns;
     if (as_i64(arg, &ns)) return NULL;
     if (self->nbatch && now_ns() - self->batch_t0 >= ns && batch_flush(self)) return NULL;
-    return PyLong_FromLong(self->batch_pid == g_pid ? self->nbatch : 0);
+    Py_RETURN_NONE;
 }
 
 /* settle_staged(shard, message_type_idx, latency_type_idx): a dead writer's staged events,

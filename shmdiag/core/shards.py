@@ -95,9 +95,9 @@ class ShardManager:
         """Write what this process has staged."""
         self.seg.native.flush()
 
-    def flush_older(self, delay_ns: int) -> int:
-        """Write what is staged if the oldest waited ``delay_ns``; returns how many stay staged."""
-        return int(self.seg.native.flush_older(delay_ns))
+    def flush_older(self, delay_ns: int) -> None:
+        """Write what is staged if the oldest waited ``delay_ns`` (the flusher's check)."""
+        self.seg.native.flush_older(delay_ns)
 
     def ensure(self) -> int:
         """Bind a shard for the current process (called by the native writer on demand)."""
