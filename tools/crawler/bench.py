@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tools.crawler.bcoin import bcoin_bin, bcoin_nodes
+from tools.crawler.sinks import ALTERNATE_ONLY
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "bench" / "results"
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=0, metavar="N",
                    help="crawls through this checkout's shmdiag write N events at a time (Recorder.set_batch); "
                         "--baseline crawls never do")
-    p.add_argument("--alternate-only", choices=("record_message", "span"), default=None,
+    p.add_argument("--alternate-only", choices=ALTERNATE_ONLY, default=None,
                    help="alternate modes switch only this method (what record_message or span costs alone)")
     p.add_argument("--no-metrics", action="store_true",
                    help="create the ring with enable_metrics=False: no per-peer, per-message-type or latency "

@@ -185,17 +185,21 @@ class Alternating:
         self._rec.close()
 
 
+def _attach(ring: str | None, batch: int) -> Any:
+    from shmdiag import Recorder
+
+    assert ring is not None
+    rec = Recorder.attach(ring)
+    if batch:
+        rec.set_batch(batch)
+    return rec
+
+
 def make_sink(mode: str, ring: str | None, log_file: str | None, alternate_only: str | None = None,
               batch: int = 0) -> Any:
     """The recorder the crawl code calls in one worker process (``batch``: Recorder.set_batch)."""
     if mode == "shmdiag":
-        from shmdiag import Recorder
-
-        assert ring is not None
-        rec = Recorder.attach(ring)
-        if batch:
-            rec.set_batch(batch)
-        return rec
+        return _attach(ring, batch)
     if mode == "off":
         return NullSink()
     if mode == "attached":
@@ -204,13 +208,7 @@ def make_sink(mode: str, ring: str | None, log_file: str | None, alternate_only:
         assert ring is not None
         return AttachedNullSink(Recorder.attach(ring))
     if mode == "alternate":
-        from shmdiag import Recorder
-
-        assert ring is not None
-        rec = Recorder.attach(ring)
-        if batch:
-            rec.set_batch(batch)
-        return Alternating(rec, alternate_only)
+        return Alternating(_attach(ring, batch), alternate_only)
     if log_file is None:
         raise ValueError(f"--record {mode} needs --log-file")
     if mode == "logging":
