@@ -75,8 +75,8 @@ def run(tree: str | None, calls: int, trash: str, batch: int) -> dict[str, list[
     if tree:
         env["PYTHONPATH"] = tree
     # cwd "/": with -c the cwd comes before PYTHONPATH on sys.path
-    cp = subprocess.run([sys.executable, "-c", CHILD, str(calls), trash, str(batch)], env=env, capture_output=True, text=True,
-                        timeout=900, check=True, cwd="/")
+    cp = subprocess.run([sys.executable, "-c", CHILD, str(calls), trash, str(batch)], env=env, capture_output=True,
+                        text=True, timeout=900, check=True, cwd="/")
     return json.loads(cp.stdout)
 
 
