@@ -153,16 +153,19 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-/* A staged event: which route took it (0 record_message, 1 span), and what the call gave. */
+/* A staged event: which route took it (0 record_message, 1 span), and what the call gave. Its
+ * n1 + n2 text bytes (peer, then message type or operation) follow it, and the next event
+ * starts at the next multiple of 8: packed, a crawler's event takes 48 bytes of the batch, so
+ * staging writes, and the batch's write reads back, under one cache line per event. */
 #define STAGE_PEER 64   /* layout.PEER_CAP: a longer peer id is written at once, not staged */
 #define STAGE_F1 32     /* layout.OP_NAME_SIZE (message types: MSG_NAME_SIZE, shorter) */
 #define BATCH_MAX 1024
 struct Staged {
     unsigned char route, n1, n2;
-    long flags;
+    int flags;
     int64_t ts, value;
-    char b1[STAGE_PEER], b2[STAGE_F1];
 };
+#define STAGED_MAX ((sizeof(struct Staged) + STAGE_PEER + STAGE_F1 + 7) & ~(size_t)7)
 
 /* write()'s eleven arguments as C values: a route's template, parsed when it is set (its texts
  * point into the template's str objects, which the Mapping holds). */
@@ -175,41 +178,48 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    /* What a staged call reads and writes (Mapping_message, Span_exit, batch_stage) comes first,
+     * together: inside a busy program each line of it is a cache miss per call. */
     char *mem;              /* NULL once released */
     char *shard;            /* this process's counter shard, or NULL */
-    /* What warm() asks for at a write's first instruction (see there), next to the pointers
-     * above so that one line brings them: the shard's and the header's lines every event
-     * touches (set by bind_shard), and the slot the next event of this run goes to. */
+    char *staged_word;      /* the shard's "staged" words (shard + L.shard_staged), or NULL */
+    pid_t shard_pid;
+    int readonly;           /* mapped without write access: every operation that stores raises */
+    /* The batch (set_batch, by process batch_pid: a forked child does not batch, and leaves
+     * its copy of the parent's batch to the parent): nbatch events the routes took and have
+     * not written yet, in call order, packed from bbuf to bpos (struct Staged); written when
+     * batch_max are staged, when the first is batch_delay_ns old at the next call, before any
+     * other write, and by flush(). */
+    int batch_max, nbatch;
+    pid_t batch_pid;
+    int span_flags_c;       /* span_t.flags */
+    int msg_flags_c[2];     /* record_message's flags of each direction, as msg_flags */
+    PyObject *msg_slow, *msg_dir[2], *span_slow, *span_tmpl;   /* of the routes: see below */
+    char *bbuf, *bpos;
+    int64_t batch_delay_ns, batch_t0;
+    uint64_t staged[2];     /* the "staged" words' values, which only this process writes */
+    /* What warm() asks for at a write's first instruction (see there): the shard's and the
+     * header's lines every event touches (set by bind_shard), and the slot the next event of
+     * this run goes to. */
     char *hot[HOT_MAX];
     char *next_rec;
     int nhot;
-    int readonly;           /* mapped without write access: every operation that stores raises */
     Py_buffer view;
     Layout L;
     uint64_t keys[NWORDS_MAX];
     Py_ssize_t nwords;
     unsigned char order[256][3];   /* per kind: f1..f3 (text indices 2..4) in the order they get room */
     int peer_shift;         /* log2(peer_size): an entry's row from its offset without a division */
-    pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
-    /* record_message's route (set_message): the Python method for anything but the common case,
-     * write()'s 11 arguments with placeholders, the flags of each direction and its names. */
-    PyObject *msg_slow, *msg_tmpl, *msg_flags[2], *msg_dir[2];
+    /* record_message's route (set_message): msg_slow, the Python method for anything but the
+     * common case; write()'s 11 arguments with placeholders; the flags of each direction (as
+     * Python ints; msg_flags_c) and their names (msg_dir). */
+    PyObject *msg_tmpl, *msg_flags[2];
     Tmpl msg_t;             /* msg_tmpl parsed once (flags, size, peer and type are each call's) */
-    long msg_flags_c[2];    /* each direction's flags, as msg_flags */
-    /* span's route (set_span): the Python method, the Python handler of a block that raised,
-     * and write()'s 11 arguments of a latency event with placeholders. */
-    PyObject *span_slow, *span_failed, *span_tmpl;
+    /* span's route (set_span): span_slow, the Python method; the Python handler of a block
+     * that raised; and span_tmpl, write()'s 11 arguments of a latency event with placeholders. */
+    PyObject *span_failed;
     Tmpl span_t;            /* span_tmpl parsed once */
-    /* The batch (set_batch, by process batch_pid: a forked child does not batch, and leaves
-     * its copy of the parent's batch to the parent): events the routes took and have not
-     * written yet, in call order; written when batch_max are staged, when the first is
-     * batch_delay_ns old at the next call, before any other write, and by flush(). */
-    struct Staged *batch;
-    int batch_max, nbatch;
-    pid_t batch_pid;
-    uint64_t staged[2];     /* the shard's "staged" words, which only this process writes */
-    int64_t batch_delay_ns, batch_t0;
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
@@ -916,8 +926,8 @@ static void Mapping_dealloc(Mapping *self) {
     batch_write(self);
     Mapping_clear(self);
     PyMem_RawFree(self->pf_map);
-    PyMem_RawFree(self->batch);
-    self->batch = NULL;
+    PyMem_RawFree(self->bbuf);
+    self->bbuf = self->bpos = NULL;
     self->pf_map = NULL;
     if (self->mem) { self->mem = NULL; PyBuffer_Release(&self->view); }
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1009,7 +1019,11 @@ static int check_writable(Mapping *self) {
 static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
     /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
     batch_write(self);   /* what this process staged, while the ring is still mapped */
-    if (self->mem) { self->mem = NULL; self->shard = NULL; self->nhot = 0; self->next_rec = NULL; PyBuffer_Release(&self->view); }
+    if (self->mem) {
+        self->mem = self->shard = self->staged_word = self->next_rec = NULL;
+        self->nhot = 0;
+        PyBuffer_Release(&self->view);
+    }
     Py_CLEAR(self->provider);
     clear_routes(self);
     Py_RETURN_NONE;
@@ -1017,11 +1031,12 @@ static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
 
 static PyObject *Mapping_bind_shard(Mapping *self, PyObject *arg) {
     if (check_writable(self)) return NULL;
-    if (arg == Py_None) { self->shard = NULL; self->nhot = 0; Py_RETURN_NONE; }
+    if (arg == Py_None) { self->shard = self->staged_word = NULL; self->nhot = 0; Py_RETURN_NONE; }
     Py_ssize_t i = PyLong_AsSsize_t(arg);
     if (i == -1 && PyErr_Occurred()) return NULL;
     if (i < 0 || i >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
     self->shard = self->mem + self->L.shards_off + i * self->L.shard_size;
+    self->staged_word = self->shard + self->L.shard_staged;
     self->shard_pid = g_pid;
     set_hot(self);
     Py_RETURN_NONE;
@@ -1667,14 +1682,17 @@ static inline __attribute__((always_inline)) PyObject *write_route(Mapping *self
 static void batch_write(Mapping *self) {
     int n = self->nbatch;
     self->nbatch = 0;
+    self->bpos = self->bbuf;
     if (n == 0 || self->batch_pid != g_pid || !self->mem || !self->shard || self->shard_pid != g_pid) return;
-    const Layout *L = &self->L;
+    const char *pos = self->bbuf;
     for (int i = 0; i < n; i++) {
-        const struct Staged *e = &self->batch[i];
+        const struct Staged *e = (const struct Staged *)pos;
+        const char *text = (const char *)(e + 1);
+        pos += (sizeof *e + e->n1 + e->n2 + 7) & ~(size_t)7;
         const Tmpl *t = e->route ? &self->span_t : &self->msg_t;
-        const char *tp[5] = {t->tp[0], e->b1, e->b2, t->tp[3], t->tp[4]};
+        const char *tp[5] = {t->tp[0], text, text + e->n1, t->tp[3], t->tp[4]};
         Py_ssize_t tn[5] = {t->tn[0], e->n1, e->n2, t->tn[3], t->tn[4]};
-        st_rlx(self->shard + L->shard_staged + 8 * e->route, --self->staged[e->route]);
+        st_rlx(self->staged_word + 8 * e->route, --self->staged[e->route]);
         PyObject *r = write_event(self, t->kind, t->sev, e->flags, t->tidx, e->ts, e->value, tp, tn);
         Py_XDECREF(r);   /* write_event cannot fail once the writer is open and has its shard */
     }
@@ -1684,6 +1702,7 @@ static int batch_flush(Mapping *self) {
     if (self->nbatch == 0) return 0;
     if (self->batch_pid != g_pid) {   /* a forked child's copy: the parent's to write, and count */
         self->nbatch = 0;
+        self->bpos = self->bbuf;
         self->staged[0] = self->staged[1] = 0;
         return 0;
     }
@@ -1693,28 +1712,44 @@ static int batch_flush(Mapping *self) {
     return 0;
 }
 
-/* Stage a route's event: 1 staged, 0 not stageable (too long a text: the caller writes it after
- * a flush), -1 an error. */
-static int batch_stage(Mapping *self, int route, long flags, int64_t value, PyObject *peer, PyObject *f1) {
+/* The batch is full, or its first event max_delay old: write it (out of line, as is everything
+ * but staging itself, so that a staged call runs through as few code lines as it can). */
+static __attribute__((noinline)) void batch_due(Mapping *self) {
+    warm(self);
+    batch_write(self);
+}
+
+/* Open, writable, with this process's shard: what staging needs, and has at every call but the
+ * first (a bound staged_word means open, writable and a shard: bind_shard checked, release
+ * clears it). */
+static __attribute__((noinline)) int stage_shard(Mapping *self) {
+    return check_writable(self) || ensure_shard(self) ? -1 : 0;
+}
+
+/* Stage a route's event: 1 staged; 0 not staged (this process does not batch, or a text is too
+ * long: the caller writes it at once, after a flush); -1 an error. */
+static inline __attribute__((always_inline)) int batch_stage(Mapping *self, int route, int flags, int64_t value,
+                                                             PyObject *peer, PyObject *f1) {
+    if (!(self->batch_max > 0 && self->batch_pid == g_pid)) return 0;
+    if (UNLIKELY(!self->staged_word || self->shard_pid != g_pid) && stage_shard(self)) return -1;
     const char *p1, *p2;
     Py_ssize_t n1, n2;
-    if (get_text(peer, &p1, &n1) || get_text(f1, &p2, &n2)) return -1;
-    if (n1 > STAGE_PEER || n2 > STAGE_F1) return 0;
-    if (check_writable(self) || ensure_shard(self)) return -1;
+    if (UNLIKELY(get_text(peer, &p1, &n1) || get_text(f1, &p2, &n2))) return -1;
+    if (UNLIKELY(n1 > STAGE_PEER || n2 > STAGE_F1)) return 0;
     int64_t ts = now_ns();
     if (self->nbatch == 0) self->batch_t0 = ts;
-    struct Staged *e = &self->batch[self->nbatch++];
+    self->nbatch++;
+    struct Staged *e = (struct Staged *)self->bpos;
+    char *text = (char *)(e + 1);
     e->route = (unsigned char)route; e->n1 = (unsigned char)n1; e->n2 = (unsigned char)n2;
     e->flags = flags; e->ts = ts; e->value = value;
-    memcpy(e->b1, p1, (size_t)n1);
-    memcpy(e->b2, p2, (size_t)n2);
+    memcpy(text, p1, (size_t)n1);
+    memcpy(text + n1, p2, (size_t)n2);
+    self->bpos += (sizeof *e + (size_t)n1 + (size_t)n2 + 7) & ~(size_t)7;
     /* A store, not a load and a store: this line is cold at most calls, and a store waits for
      * nothing. The private count mirrors the word, which only this process writes. */
-    st_rlx(self->shard + self->L.shard_staged + 8 * route, ++self->staged[route]);
-    if (self->nbatch >= self->batch_max || ts - self->batch_t0 >= self->batch_delay_ns) {
-        warm(self);
-        batch_write(self);
-    }
+    st_rlx(self->staged_word + 8 * route, ++self->staged[route]);
+    if (UNLIKELY(self->nbatch >= self->batch_max || ts - self->batch_t0 >= self->batch_delay_ns)) batch_due(self);
     return 1;
 }
 
@@ -1731,9 +1766,9 @@ static PyObject *Mapping_set_batch(Mapping *self, PyObject *const *args, Py_ssiz
     if (as_small(args[0], 0, BATCH_MAX, "batch size", &n) || as_i64(args[1], &delay)) return NULL;
     if (delay < 0) { PyErr_SetString(PyExc_ValueError, "delay_ns must be >= 0"); return NULL; }
     if (check_writable(self) || batch_flush(self)) return NULL;
-    if (n > 0 && !self->batch) {
-        self->batch = PyMem_RawCalloc(BATCH_MAX, sizeof(struct Staged));
-        if (!self->batch) return PyErr_NoMemory();
+    if (n > 0 && !self->bbuf) {   /* room for BATCH_MAX of the longest: one allocation, ever */
+        self->bbuf = self->bpos = PyMem_RawMalloc(BATCH_MAX * STAGED_MAX);
+        if (!self->bbuf) return PyErr_NoMemory();
     }
     self->batch_max = (int)n;
     self->batch_delay_ns = delay;
@@ -1793,15 +1828,15 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
     }
     if (check_writable(self)) return NULL;
     Tmpl t = {0};
-    long fl[2];
+    long fl[2];   /* flags are 0..255 */
     if (parse_write(self, PySequence_Fast_ITEMS(args[1]), 1u << 2 | 1u << 5 | 1u << 7 | 1u << 8, &t) ||
         as_small(PyTuple_GET_ITEM(args[2], 0), 0, 255, "flags", &fl[0]) ||
         as_small(PyTuple_GET_ITEM(args[2], 1), 0, 255, "flags", &fl[1]))
         return NULL;
     clear_message(self);
     self->msg_t = t;
-    self->msg_flags_c[0] = fl[0];
-    self->msg_flags_c[1] = fl[1];
+    self->msg_flags_c[0] = (int)fl[0];
+    self->msg_flags_c[1] = (int)fl[1];
     self->msg_slow = Py_NewRef(args[0]);
     self->msg_tmpl = Py_NewRef(args[1]);
     for (int i = 0; i < 2; i++) {
@@ -1811,33 +1846,46 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
-static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+/* The common case not staged: written now, after what is staged. */
+static __attribute__((noinline)) PyObject *message_now(Mapping *self, int d, long size, PyObject *const *args) {
+    if (self->nbatch && batch_flush(self)) return NULL;
+    warm(self);   /* not for a staged event: it touches none of those lines */
+    return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
+}
+
+/* Anything else: the Python method, which may drop the last reference to this mapping's route
+ * (hold it). */
+static __attribute__((noinline, cold)) PyObject *message_slow(Mapping *self, PyObject *const *args, Py_ssize_t nargs,
+                                                              PyObject *kwnames) {
     if (!self->msg_slow) {
         if (check_writable(self)) return NULL;   /* closed: as write() says */
         PyErr_SetString(PyExc_TypeError, "message() has no route: call set_message first");
         return NULL;
     }
-    long size;
-    if (nargs == 4 && !kwnames && PyUnicode_CheckExact(args[0]) && PyUnicode_GET_LENGTH(args[0]) > 0 &&
-        PyUnicode_CheckExact(args[1]) && PyUnicode_CheckExact(args[2]) && small_int(args[3], &size) && size >= 0) {
-        int d = args[2] == self->msg_dir[0] ? 0 : args[2] == self->msg_dir[1] ? 1   /* literals are interned */
-              : PyUnicode_Compare(args[2], self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(args[2], self->msg_dir[1]) == 0 ? 1 : -1;
-        if (d >= 0) {
-            if (self->batch_max > 0 && self->batch_pid == g_pid) {
-                int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1]);
-                if (st < 0) return NULL;
-                if (st > 0) Py_RETURN_NONE;
-            }
-            if (self->nbatch && batch_flush(self)) return NULL;
-            warm(self);   /* not for a staged event: it touches none of those lines */
-            return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
-        }
-    }
-    /* The Python method may drop the last reference to this mapping's route: hold it. */
     PyObject *slow = Py_NewRef(self->msg_slow);
     PyObject *r = PyObject_Vectorcall(slow, args, (size_t)nargs, kwnames);
     Py_DECREF(slow);
     return r;
+}
+
+static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    long size;
+    if (LIKELY(self->msg_slow && nargs == 4 && !kwnames && PyUnicode_CheckExact(args[0]) &&
+               PyUnicode_GET_LENGTH(args[0]) > 0 && PyUnicode_CheckExact(args[1]) && small_int(args[3], &size) &&
+               size >= 0)) {
+        /* The direction by identity first (literals are interned): no look into the object. */
+        PyObject *dir = args[2];
+        int d = dir == self->msg_dir[0] ? 0 : dir == self->msg_dir[1] ? 1
+              : !PyUnicode_CheckExact(dir) ? -1
+              : PyUnicode_Compare(dir, self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(dir, self->msg_dir[1]) == 0 ? 1 : -1;
+        if (LIKELY(d >= 0)) {
+            int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1]);
+            if (LIKELY(st > 0)) Py_RETURN_NONE;
+            if (st < 0) return NULL;
+            return message_now(self, d, size, args);
+        }
+    }
+    return message_slow(self, args, nargs, kwnames);
 }
 
 /* ---- span in native calls --------------------------------------------------------------
@@ -1871,25 +1919,35 @@ static PyObject *Span_enter(Span *self, PyObject *unused) {
     return Py_NewRef(self);
 }
 
+/* A clean block's event not staged: written now, after what is staged. */
+static __attribute__((noinline)) PyObject *span_now(Span *self, int64_t ns) {
+    Mapping *m = self->m;
+    if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
+    if (m->nbatch && batch_flush(m)) return NULL;
+    warm(m);
+    PyObject *r = write_route(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static __attribute__((noinline, cold)) PyObject *span_raised(Span *self, int64_t ns, PyObject *const *args);
+
 static PyObject *Span_exit(Span *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t ns = perf_ns() - self->t0;
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments"); return NULL; }
+    if (UNLIKELY(nargs != 3)) { PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments"); return NULL; }
+    if (UNLIKELY(args[0] != Py_None)) return span_raised(self, ns, args);
+    Mapping *m = self->m;
+    int st = m->span_tmpl ? batch_stage(m, 1, m->span_flags_c, ns, self->peer, self->op) : 0;
+    if (LIKELY(st > 0)) Py_RETURN_FALSE;
+    if (st < 0) return NULL;
+    return span_now(self, ns);
+}
+
+/* A block that raised: the Python handler records it (as record_error does). */
+static PyObject *span_raised(Span *self, int64_t ns, PyObject *const *args) {
     Mapping *m = self->m;
     PyObject *r;
-    if (args[0] == Py_None) {
-        if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
-        if (m->batch_max > 0 && m->batch_pid == g_pid) {
-            int st = batch_stage(m, 1, m->span_t.flags, ns, self->peer, self->op);
-            if (st < 0) return NULL;
-            if (st > 0) Py_RETURN_FALSE;
-        }
-        if (m->nbatch && batch_flush(m)) return NULL;
-        warm(m);
-        r = write_route(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
-        if (!r) return NULL;
-        Py_DECREF(r);
-        Py_RETURN_FALSE;
-    }
     PyObject *nso = PyLong_FromLongLong(ns);
     if (!nso) return NULL;
     if (m->span_failed) {
@@ -1932,6 +1990,7 @@ static PyObject *Mapping_set_span(Mapping *self, PyObject *const *args, Py_ssize
     Tmpl t = {0};
     if (parse_write(self, PySequence_Fast_ITEMS(args[2]), 1u << 5 | 1u << 8, &t)) return NULL;
     self->span_t = t;
+    self->span_flags_c = (int)t.flags;
     Py_XSETREF(self->span_slow, Py_NewRef(args[0]));
     Py_XSETREF(self->span_failed, Py_NewRef(args[1]));
     Py_XSETREF(self->span_tmpl, Py_NewRef(args[2]));
