@@ -2234,10 +2234,29 @@ static PyObject *Mapping_shard_counters(Mapping *self, PyObject *const *args, Py
 }
 
 /* drop_run(): give up the rest of this process's run (at close: see drop_run above). */
-static PyObject *Mapping_drop_run(Mapping *self, PyObject *unused) {
+/* give_back(owner_offset, active, exited) -> bool: this process is done with its shard. In one
+ * native call, so that no other thread of the process (they need the GIL) writes in between:
+ * what is staged is written and batching turned off, the rest of the run given back (drop_run),
+ * the owner word CASed from active to exited, and the shard unbound. A thread that records
+ * after this finds no shard and asks the provider, which refuses (ShardManager.release). As
+ * separate calls from Python, another thread could write between the owner CAS and the
+ * unbinding: into a shard already given back, which another process may be taking. */
+static PyObject *Mapping_give_back(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "give_back(owner_offset, active, exited)"); return NULL; }
     if (check_writable(self)) return NULL;
+    char *p = word_at(self, args[0]);
+    if (!p) return NULL;
+    uint64_t e = PyLong_AsUnsignedLongLong(args[1]);
+    if (e == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    uint64_t d = PyLong_AsUnsignedLongLong(args[2]);
+    if (d == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    batch_write(self);
+    self->batch_max = 0;
     if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
-    Py_RETURN_NONE;
+    int ok = __atomic_compare_exchange_n(U64(p), &e, d, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    self->shard = self->staged_word = NULL;
+    self->nhot = 0;
+    return PyBool_FromLong(ok);
 }
 
 /* settle_extras(shard, from_step): a reaper finishing a dead writer's peer and
@@ -2678,7 +2697,8 @@ static PyMethodDef Mapping_methods[] = {
     {"shard_counters", (PyCFunction)(void (*)(void))Mapping_shard_counters, METH_FASTCALL,
      "Copy every shard's counters, each at one moment of its history (loads only)."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
-    {"drop_run", (PyCFunction)Mapping_drop_run, METH_NOARGS, "Give up the rest of this process's run (at close)."},
+    {"give_back", (PyCFunction)(void (*)(void))Mapping_give_back, METH_FASTCALL,
+     "give_back(owner_offset, active, exited) -> bool: write the batch, give up the run, mark the shard exited and unbind it, in one call."},
     {"settle_pin", (PyCFunction)Mapping_settle_pin, METH_O,
      "settle_pin(shard) -> bool: release the peer pin a dead writer of that shard still held (its jpin word)."},
     {"settle_extras", (PyCFunction)(void (*)(void))Mapping_settle_extras, METH_FASTCALL,
