@@ -438,14 +438,14 @@ class Recorder:
         ``events`` (1-1024; 0 turns batching off), each written at most ``max_delay`` seconds after
         it was recorded. Why: inside a busy program a write's cost is its cold cache lines, and
         events written in a row share them (in the crawler benchmark shmdiag's cost falls from
-        +4.7% of the crawler's CPU to about +2%). Hence the default of 256: written with cold
-        caches, a batch of 32 cost 195 ns an event against 110 ns warm, one of 256 103 ns
-        against 93 (``bench/batch_write.py``). What it
-        changes: other processes see an event only once it is written; this process's events
-        keep their order (anything else it records writes the batch first); a process killed
-        with a batch pending loses it, counted by the reaper as recorded and lost. ``flush()``
-        writes the batch now; ``close()`` does too. A forked child does not batch (it writes each
-        event at once; it may call ``set_batch`` itself)."""
+        +3.8%..+4.7% of the crawler's CPU to +1.7%..+2.7%). Hence the default of 256: written with
+        cold caches, a batch of 32 cost 195 ns an event against 110 ns warm, one of 256 103 ns
+        against 93 (``bench/batch_write.py``). What it changes: other processes see an event
+        only once it is written; this process's events keep their order (anything else it
+        records writes the batch first); a process killed with a batch pending loses it, counted
+        by the reaper as recorded and lost. ``flush()`` writes the batch now; ``close()`` does
+        too. A forked child does not batch (it writes each event at once; it may call
+        ``set_batch`` itself)."""
         if isinstance(events, bool) or not isinstance(events, int):
             raise TypeError(f"events must be an int, not {type(events).__name__}")
         if isinstance(max_delay, bool) or not isinstance(max_delay, int | float):
