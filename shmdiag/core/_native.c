@@ -2062,15 +2062,22 @@ static PyObject *Mapping_store(Mapping *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* The (offset, expected, desired) of a CAS on a word of the segment (cas, give_back). */
+static int cas_args(Mapping *self, PyObject *const *args, Py_ssize_t nargs, const char *usage, char **p,
+                    uint64_t *e, uint64_t *d) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, usage); return -1; }
+    if (check_writable(self) || !(*p = word_at(self, args[0]))) return -1;
+    *e = PyLong_AsUnsignedLongLong(args[1]);
+    if (*e == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    *d = PyLong_AsUnsignedLongLong(args[2]);
+    if (*d == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    return 0;
+}
+
 static PyObject *Mapping_cas(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "cas(offset, expected, desired)"); return NULL; }
-    if (check_writable(self)) return NULL;
-    char *p = word_at(self, args[0]);
-    if (!p) return NULL;
-    uint64_t e = PyLong_AsUnsignedLongLong(args[1]);
-    if (e == (uint64_t)-1 && PyErr_Occurred()) return NULL;
-    uint64_t d = PyLong_AsUnsignedLongLong(args[2]);
-    if (d == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    char *p;
+    uint64_t e, d;
+    if (cas_args(self, args, nargs, "cas(offset, expected, desired)", &p, &e, &d)) return NULL;
     return PyBool_FromLong(__atomic_compare_exchange_n(U64(p), &e, d, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 }
 
@@ -2242,14 +2249,9 @@ static PyObject *Mapping_shard_counters(Mapping *self, PyObject *const *args, Py
  * separate calls from Python, another thread could write between the owner CAS and the
  * unbinding: into a shard already given back, which another process may be taking. */
 static PyObject *Mapping_give_back(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "give_back(owner_offset, active, exited)"); return NULL; }
-    if (check_writable(self)) return NULL;
-    char *p = word_at(self, args[0]);
-    if (!p) return NULL;
-    uint64_t e = PyLong_AsUnsignedLongLong(args[1]);
-    if (e == (uint64_t)-1 && PyErr_Occurred()) return NULL;
-    uint64_t d = PyLong_AsUnsignedLongLong(args[2]);
-    if (d == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    char *p;
+    uint64_t e, d;
+    if (cas_args(self, args, nargs, "give_back(owner_offset, active, exited)", &p, &e, &d)) return NULL;
     batch_write(self);
     self->batch_max = 0;
     if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
