@@ -2241,6 +2241,17 @@ static PyObject *Mapping_shard_counters(Mapping *self, PyObject *const *args, Py
 }
 
 /* drop_run(): give up the rest of this process's run (at close: see drop_run above). */
+/* The rest of this process's run, given up (drop_run): back to the head if nobody claimed after it. */
+static void give_up_run(Mapping *self) {
+    if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
+}
+
+static PyObject *Mapping_drop_run(Mapping *self, PyObject *unused) {
+    if (check_writable(self)) return NULL;
+    give_up_run(self);
+    Py_RETURN_NONE;
+}
+
 /* give_back(owner_offset, active, exited) -> bool: this process is done with its shard. In one
  * native call, so that no other thread of the process (they need the GIL) writes in between:
  * what is staged is written and batching turned off, the rest of the run given back (drop_run),
@@ -2254,7 +2265,7 @@ static PyObject *Mapping_give_back(Mapping *self, PyObject *const *args, Py_ssiz
     if (cas_args(self, args, nargs, "give_back(owner_offset, active, exited)", &p, &e, &d)) return NULL;
     batch_write(self);
     self->batch_max = 0;
-    if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
+    give_up_run(self);
     int ok = __atomic_compare_exchange_n(U64(p), &e, d, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     self->shard = self->staged_word = NULL;
     self->nhot = 0;
@@ -2699,6 +2710,7 @@ static PyMethodDef Mapping_methods[] = {
     {"shard_counters", (PyCFunction)(void (*)(void))Mapping_shard_counters, METH_FASTCALL,
      "Copy every shard's counters, each at one moment of its history (loads only)."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
+    {"drop_run", (PyCFunction)Mapping_drop_run, METH_NOARGS, "Give up the rest of this process's run (give_back does, at close)."},
     {"give_back", (PyCFunction)(void (*)(void))Mapping_give_back, METH_FASTCALL,
      "give_back(owner_offset, active, exited) -> bool: write the batch, give up the run, mark the shard exited and unbind it, in one call."},
     {"settle_pin", (PyCFunction)Mapping_settle_pin, METH_O,
