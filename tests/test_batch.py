@@ -82,6 +82,38 @@ def test_bad_batch_arguments_are_refused_and_change_nothing(make_recorder, args,
     assert len(_seen(rec.name)) == 1
 
 
+def _texts(name: str) -> list[tuple]:
+    """Every retained event as far as its texts and size go (a span's duration aside)."""
+    with Inspector.attach(name) as ins:
+        return [(e.event_type, e.peer_id, e.truncated,
+                 sorted((k, v) for k, v in e.metadata.items() if k != "seconds")) for e in ins.get_events(0)]
+
+
+def test_a_batch_of_every_text_length_reads_back_as_the_same_events_written_at_once(make_recorder):
+    """A batch packs each event's texts right after it, 8-byte aligned: peers and names of every
+    length up to the staging limits and past them (written at once, after the batch), ASCII or
+    not, must come back as the same calls made without batching do."""
+    calls = []
+    for n in range(1, 72):
+        peer = ("é" * (n // 2) + "p" * (n % 2)) if n % 3 == 0 else f"{n:x}".rjust(n, "p")
+        calls.append(("message", peer, "t" * (n % 20 + 1), "outbound" if n % 2 else "inbound", n))
+        calls.append(("span", peer[: n % 7], "o" * (n % 36 + 1)))
+    calls.append(("message", "p", "inv", "inbound", 1))
+    plain, batched = make_recorder(1000, collector=False), make_recorder(1000, collector=False)
+    batched.set_batch(1024, max_delay=60)
+    for rec in (plain, batched):
+        for call in calls:
+            if call[0] == "message":
+                rec.record_message(*call[1:])
+            else:
+                with rec.span(call[2], call[1]):
+                    pass
+    assert len(_seen(batched.name)) == len(calls) - 1  # the texts past the limits went at once
+    batched.flush()
+    assert _texts(batched.name) == _texts(plain.name)
+    assert len(_texts(plain.name)) == len(calls)
+
+
 KILLED_WITH_A_BATCH = textwrap.dedent(
     """
     import sys, time

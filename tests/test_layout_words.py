@@ -66,12 +66,15 @@ def test_helpers_take_ints_and_arrays_alike():
 
 
 def test_the_native_key_hash_is_layout_key_hash(make_recorder):
-    """Keys of every length around the 8-byte words the hash takes, and a message type per key:
-    the words the writer publishes are those layout.key_hash names."""
+    """Keys of every length around the 8-byte words the hash takes (bytes all different, so that
+    a byte out of place changes the hash), and a message type per key: the words the writer
+    publishes are those layout.key_hash names, and each key, written again, finds its entry."""
     rec = make_recorder(1000, max_peers=64)
-    keys = ["p" * n for n in range(1, 20)] + ["ü" * 5, "203.0.113.5:8333", "x" * 64]
-    for i, k in enumerate(keys):
-        rec.record_message(k, f"t{i}", "inbound", 1)
+    keys = ["ABCDEFGHIJKLMNOPQRSTU"[:n] for n in range(1, 20)] + ["ü" * 5, "203.0.113.5:8333", "x" * 64]
+    for _ in range(2):
+        for i, k in enumerate(keys):
+            rec.record_message(k, f"t{i}", "inbound", 1)
+    assert {d.peer_id: d.messages_received for d in rec.get_peer_diagnostics()} == dict.fromkeys(keys, 2)
     seg = rec._seg
     ks = seg.peer_index["key_state"]
     want = sorted(L.key_make(L.key_hash(k.encode())) + (0 << L.KEY_PIN_SHIFT) for k in keys)

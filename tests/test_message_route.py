@@ -148,6 +148,28 @@ def test_the_native_span_after_close():
         pass
 
 
+def test_spans_kept_nested_or_outliving_their_recorder_are_each_their_own():
+    """A span kept before its block, or opened inside another's block, records its own op and
+    peer; one kept past its recorder's end refuses, and does not reach into a freed recorder."""
+    rec = Recorder.with_config(RecorderConfig(max_events=100), collector=False)
+    with rec.span("a", "p1"):
+        pass
+    kept = rec.span("b", "p2")  # kept before its block: the next span cannot be the same one
+    with rec.span("outer", "p3"), rec.span("inner", "p4"):
+        pass
+    with kept:
+        pass
+    with rec.span("c"):
+        pass
+    assert [(e.metadata["op"], e.peer_id) for e in rec.get_events(0)] == [
+        ("a", "p1"), ("inner", "p4"), ("outer", "p3"), ("b", "p2"), ("c", "")]
+    rec.close()
+    del rec
+    gc.collect()  # the recorder and its mapping are gone; the spans kept are not
+    with pytest.raises(RecorderClosedError), kept:
+        pass
+
+
 def test_a_route_refuses_a_bad_template_when_set_and_keeps_the_old_one(make_recorder):
     """The routes parse write()'s template once, when set: a bad one raises there, and the
     route in place goes on recording as before."""

@@ -210,6 +210,27 @@ def test_close_from_another_thread_while_writing(make_recorder):
     assert r.health_check().status == "stopped"
 
 
+def test_a_shard_given_back_takes_no_more_events_and_none_is_taken_again(make_recorder):
+    """close() gives this process's shard back (ShardManager.release) before it unmaps the ring.
+    A thread that records in between must neither write into the shard given back (another
+    process may be taking it) nor take a new one: it gets RecorderClosedError."""
+    r = make_recorder(100, collector=False)
+    r.set_batch(8, max_delay=60)
+    r.record_message("p", "inv", "inbound", 1)  # staged
+    i = r._shards.index
+    r._shards.release()  # what close() does first
+    shards = r._seg.shards
+    assert L.owner_state(int(shards["owner"][i])) == L.SH_EXITED
+    assert int(shards["recorded"][i]) == 1  # the staged event was written before
+    for late in (lambda: r.record_message("p", "inv", "inbound", 2), lambda: r.record_error("p", "x", "op"),
+                 lambda: r.span("ping", "p").__exit__(None, None, None)):
+        with pytest.raises(RecorderClosedError):
+            late()
+    assert int(shards["recorded"][i]) == 1
+    assert not (L.owner_state(shards["owner"]) == L.SH_ACTIVE).any()  # no shard taken again
+    r.close()
+
+
 def test_context_manager_closes(ring_name):
     with Recorder(max_events=5, name=ring_name) as r:
         assert os.path.exists(shm_path(ring_name))

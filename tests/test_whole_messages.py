@@ -166,11 +166,19 @@ WRITER = textwrap.dedent(
 )
 
 
-def _check_whole(e: DiagnosticEvent) -> tuple[int, int]:
+def _check_whole(e: DiagnosticEvent, lapped: bool = False) -> tuple[int, int]:
     tag, _, body = e.message.partition(":")
     w, i, size = (int(x) for x in tag[1:].split("-"))
+    error = chr(ord("A") + w) * (i % 500)
+    if lapped and e.truncated:
+        # In a ring that laps, a continuation slot can still be busy with a writer a lap behind
+        # (preempted mid-event): the event is cut there, never waited for (_native.c,
+        # take_conts). Cut, but never mixed with another writer's bytes.
+        assert body == chr(ord("a") + w) * len(body) and len(body) < size, (tag, body[:50])
+        assert error.startswith(e.error or "") and e.metadata in ({}, {"w": w, "i": i}) and e.peer_id == f"p{w}"
+        return w, i
     assert body == chr(ord("a") + w) * size, (tag, body[:50])
-    assert e.error == chr(ord("A") + w) * (i % 500)
+    assert e.error == error
     assert e.metadata == {"w": w, "i": i} and e.peer_id == f"p{w}" and e.truncated is False
     return w, i
 
@@ -196,7 +204,7 @@ def test_concurrent_writers_never_interleave_an_event(make_recorder, tmp_path, c
         _, err = w.communicate(timeout=120)
         assert w.returncode == 0, err
     events = [e for e in rec.get_events(0) if e.event_type == "long"]
-    seen = {_check_whole(e) for e in events}
+    seen = {_check_whole(e, lapped=capacity < 100_000) for e in events}
     assert len(seen) == len(events)
     acct = rec.accounting()
     assert acct.recorded == nw * (n + -(-n // 3))

@@ -153,16 +153,19 @@ static const struct { const char *name; size_t off; } layout_keys[] = {
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-/* A staged event: which route took it (0 record_message, 1 span), and what the call gave. */
+/* A staged event: which route took it (0 record_message, 1 span), and what the call gave. Its
+ * n1 + n2 text bytes (peer, then message type or operation) follow it, and the next event
+ * starts at the next multiple of 8: packed, a crawler's event takes 48 bytes of the batch, so
+ * staging writes, and the batch's write reads back, under one cache line per event. */
 #define STAGE_PEER 64   /* layout.PEER_CAP: a longer peer id is written at once, not staged */
 #define STAGE_F1 32     /* layout.OP_NAME_SIZE (message types: MSG_NAME_SIZE, shorter) */
 #define BATCH_MAX 1024
 struct Staged {
     unsigned char route, n1, n2;
-    long flags;
+    int flags;
     int64_t ts, value;
-    char b1[STAGE_PEER], b2[STAGE_F1];
 };
+#define STAGED_MAX ((sizeof(struct Staged) + STAGE_PEER + STAGE_F1 + 7) & ~(size_t)7)
 
 /* write()'s eleven arguments as C values: a route's template, parsed when it is set (its texts
  * point into the template's str objects, which the Mapping holds). */
@@ -175,41 +178,48 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
+    /* What a staged call reads and writes (Mapping_message, Span_exit, batch_stage) comes first,
+     * together: inside a busy program each line of it is a cache miss per call. */
     char *mem;              /* NULL once released */
     char *shard;            /* this process's counter shard, or NULL */
-    /* What warm() asks for at a write's first instruction (see there), next to the pointers
-     * above so that one line brings them: the shard's and the header's lines every event
-     * touches (set by bind_shard), and the slot the next event of this run goes to. */
+    char *staged_word;      /* the shard's "staged" words (shard + L.shard_staged), or NULL */
+    pid_t shard_pid;
+    int readonly;           /* mapped without write access: every operation that stores raises */
+    /* The batch (set_batch, by process batch_pid: a forked child does not batch, and leaves
+     * its copy of the parent's batch to the parent): nbatch events the routes took and have
+     * not written yet, in call order, packed from bbuf to bpos (struct Staged); written when
+     * batch_max are staged, when the first is batch_delay_ns old at the next call, before any
+     * other write, and by flush(). */
+    int batch_max, nbatch;
+    pid_t batch_pid;
+    int span_flags_c;       /* span_t.flags */
+    int msg_flags_c[2];     /* record_message's flags of each direction, as msg_flags */
+    PyObject *msg_slow, *msg_dir[2], *span_slow, *span_tmpl;   /* of the routes: see below */
+    char *bbuf, *bpos;
+    int64_t batch_delay_ns, batch_t0;
+    uint64_t staged[2];     /* the "staged" words' values, which only this process writes */
+    /* What warm() asks for at a write's first instruction (see there): the shard's and the
+     * header's lines every event touches (set by bind_shard), and the slot the next event of
+     * this run goes to. */
     char *hot[HOT_MAX];
     char *next_rec;
     int nhot;
-    int readonly;           /* mapped without write access: every operation that stores raises */
     Py_buffer view;
     Layout L;
     uint64_t keys[NWORDS_MAX];
     Py_ssize_t nwords;
     unsigned char order[256][3];   /* per kind: f1..f3 (text indices 2..4) in the order they get room */
     int peer_shift;         /* log2(peer_size): an entry's row from its offset without a division */
-    pid_t shard_pid;
     PyObject *provider;     /* called when write() finds no shard for this pid (first write, after fork) */
-    /* record_message's route (set_message): the Python method for anything but the common case,
-     * write()'s 11 arguments with placeholders, the flags of each direction and its names. */
-    PyObject *msg_slow, *msg_tmpl, *msg_flags[2], *msg_dir[2];
+    /* record_message's route (set_message): msg_slow, the Python method for anything but the
+     * common case; write()'s 11 arguments with placeholders; the flags of each direction (as
+     * Python ints; msg_flags_c) and their names (msg_dir). */
+    PyObject *msg_tmpl, *msg_flags[2];
     Tmpl msg_t;             /* msg_tmpl parsed once (flags, size, peer and type are each call's) */
-    long msg_flags_c[2];    /* each direction's flags, as msg_flags */
-    /* span's route (set_span): the Python method, the Python handler of a block that raised,
-     * and write()'s 11 arguments of a latency event with placeholders. */
-    PyObject *span_slow, *span_failed, *span_tmpl;
+    /* span's route (set_span): span_slow, the Python method; the Python handler of a block
+     * that raised; and span_tmpl, write()'s 11 arguments of a latency event with placeholders. */
+    PyObject *span_failed;
     Tmpl span_t;            /* span_tmpl parsed once */
-    /* The batch (set_batch, by process batch_pid: a forked child does not batch, and leaves
-     * its copy of the parent's batch to the parent): events the routes took and have not
-     * written yet, in call order; written when batch_max are staged, when the first is
-     * batch_delay_ns old at the next call, before any other write, and by flush(). */
-    struct Staged *batch;
-    int batch_max, nbatch;
-    pid_t batch_pid;
-    uint64_t staged[2];     /* the shard's "staged" words, which only this process writes */
-    int64_t batch_delay_ns, batch_t0;
     /* This process's run of sequence numbers [bnext, bend), claimed with head word bhead (its
      * generation) at CLOCK_MONOTONIC bt0, for shard bshard by process bpid; and its rate:
      * win_count events since win_start, rate_n in the window before. */
@@ -279,6 +289,20 @@ static inline __attribute__((always_inline)) int get_text(PyObject *o, const cha
     return -1;
 }
 
+/* The n < 8 bytes at p as a little-endian word, zero-extended: two overlapping loads (or three
+ * bytes), never reading outside p[0:n], where a byte loop took ~6 instructions a byte. */
+static inline __attribute__((always_inline)) uint64_t tail_word(const char *p, Py_ssize_t n) {
+    if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + n - 4, 4);   /* bytes n-4..n-1: where they overlap lo, the same bytes */
+        return lo | ((uint64_t)hi << (8 * (n - 4)));
+    }
+    if (n <= 0) return 0;
+    return (uint64_t)(unsigned char)p[0] | (uint64_t)(unsigned char)p[n / 2] << (8 * (n / 2)) |
+           (uint64_t)(unsigned char)p[n - 1] << (8 * (n - 1));
+}
+
 /* The hash of peer keys and registry names (layout.key_hash is the same in Python): eight bytes
  * per multiply, so a 20-byte peer address costs 3 multiplies where FNV-1a's byte loop cost 20
  * in one dependent chain; then a finaliser (murmur3's) so every bit of the key reaches every bit
@@ -291,9 +315,7 @@ static inline __attribute__((always_inline)) uint64_t key_hash(const char *p, Py
         h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
         h ^= h >> 32;
     }
-    uint64_t w = 0;
-    for (Py_ssize_t i = 0; i < n; i++) w |= (uint64_t)(unsigned char)p[i] << (8 * i);
-    h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+    h = (h ^ tail_word(p, n)) * 0xFF51AFD7ED558CCDULL;
     h ^= h >> 33; h *= 0xC4CEB9FE1A85EC53ULL; h ^= h >> 33;
     return h;
 }
@@ -306,9 +328,7 @@ static inline __attribute__((always_inline)) int same_bytes(const char *a, const
         memcpy(&y, b, 8);
         if (x != y) return 0;
     }
-    for (; n > 0; n--)
-        if (*a++ != *b++) return 0;
-    return 1;
+    return tail_word(a, n) == tail_word(b, n);
 }
 
 /* A position in [0, n) from 32 bits of a hash, by a multiply and a shift rather than a division
@@ -916,8 +936,8 @@ static void Mapping_dealloc(Mapping *self) {
     batch_write(self);
     Mapping_clear(self);
     PyMem_RawFree(self->pf_map);
-    PyMem_RawFree(self->batch);
-    self->batch = NULL;
+    PyMem_RawFree(self->bbuf);
+    self->bbuf = self->bpos = NULL;
     self->pf_map = NULL;
     if (self->mem) { self->mem = NULL; PyBuffer_Release(&self->view); }
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1009,7 +1029,11 @@ static int check_writable(Mapping *self) {
 static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
     /* Runs under the GIL, as does every write(): no write can be half-way through the memory. */
     batch_write(self);   /* what this process staged, while the ring is still mapped */
-    if (self->mem) { self->mem = NULL; self->shard = NULL; self->nhot = 0; self->next_rec = NULL; PyBuffer_Release(&self->view); }
+    if (self->mem) {
+        self->mem = self->shard = self->staged_word = self->next_rec = NULL;
+        self->nhot = 0;
+        PyBuffer_Release(&self->view);
+    }
     Py_CLEAR(self->provider);
     clear_routes(self);
     Py_RETURN_NONE;
@@ -1017,11 +1041,12 @@ static PyObject *Mapping_release(Mapping *self, PyObject *unused) {
 
 static PyObject *Mapping_bind_shard(Mapping *self, PyObject *arg) {
     if (check_writable(self)) return NULL;
-    if (arg == Py_None) { self->shard = NULL; self->nhot = 0; Py_RETURN_NONE; }
+    if (arg == Py_None) { self->shard = self->staged_word = NULL; self->nhot = 0; Py_RETURN_NONE; }
     Py_ssize_t i = PyLong_AsSsize_t(arg);
     if (i == -1 && PyErr_Occurred()) return NULL;
     if (i < 0 || i >= self->L.max_shards) { PyErr_SetString(PyExc_IndexError, "shard index out of range"); return NULL; }
     self->shard = self->mem + self->L.shards_off + i * self->L.shard_size;
+    self->staged_word = self->shard + self->L.shard_staged;
     self->shard_pid = g_pid;
     set_hot(self);
     Py_RETURN_NONE;
@@ -1556,7 +1581,10 @@ static PyObject *write_event(Mapping *self, long kind, long sev, long flags, lon
         *(unsigned char *)(rec + L->slot_flags) = (unsigned char)flags;
         memcpy(rec + L->slot_lens, lens, 5);
         char *text = rec + L->slot_text;
-        for (int i = 0; i < 5; i++) { memcpy(text, tp[i], lens[i]); text += lens[i]; }
+        for (int i = 0; i < 5; i++) {
+            if (lens[i]) memcpy(text, tp[i], lens[i]);   /* a call into libc: not for an empty text */
+            text += lens[i];
+        }
         /* The continuations are published before the first slot (release stores, in order), so
          * a reader that sees the first slot committed finds them published or since replaced. */
         if (UNLIKELY(nslots > 1)) write_conts(self, seq, nslots - 1, tp, lens, full);
@@ -1667,14 +1695,17 @@ static inline __attribute__((always_inline)) PyObject *write_route(Mapping *self
 static void batch_write(Mapping *self) {
     int n = self->nbatch;
     self->nbatch = 0;
+    self->bpos = self->bbuf;
     if (n == 0 || self->batch_pid != g_pid || !self->mem || !self->shard || self->shard_pid != g_pid) return;
-    const Layout *L = &self->L;
+    const char *pos = self->bbuf;
     for (int i = 0; i < n; i++) {
-        const struct Staged *e = &self->batch[i];
+        const struct Staged *e = (const struct Staged *)pos;
+        const char *text = (const char *)(e + 1);
+        pos += (sizeof *e + e->n1 + e->n2 + 7) & ~(size_t)7;
         const Tmpl *t = e->route ? &self->span_t : &self->msg_t;
-        const char *tp[5] = {t->tp[0], e->b1, e->b2, t->tp[3], t->tp[4]};
+        const char *tp[5] = {t->tp[0], text, text + e->n1, t->tp[3], t->tp[4]};
         Py_ssize_t tn[5] = {t->tn[0], e->n1, e->n2, t->tn[3], t->tn[4]};
-        st_rlx(self->shard + L->shard_staged + 8 * e->route, --self->staged[e->route]);
+        st_rlx(self->staged_word + 8 * e->route, --self->staged[e->route]);
         PyObject *r = write_event(self, t->kind, t->sev, e->flags, t->tidx, e->ts, e->value, tp, tn);
         Py_XDECREF(r);   /* write_event cannot fail once the writer is open and has its shard */
     }
@@ -1684,6 +1715,7 @@ static int batch_flush(Mapping *self) {
     if (self->nbatch == 0) return 0;
     if (self->batch_pid != g_pid) {   /* a forked child's copy: the parent's to write, and count */
         self->nbatch = 0;
+        self->bpos = self->bbuf;
         self->staged[0] = self->staged[1] = 0;
         return 0;
     }
@@ -1693,28 +1725,44 @@ static int batch_flush(Mapping *self) {
     return 0;
 }
 
-/* Stage a route's event: 1 staged, 0 not stageable (too long a text: the caller writes it after
- * a flush), -1 an error. */
-static int batch_stage(Mapping *self, int route, long flags, int64_t value, PyObject *peer, PyObject *f1) {
+/* The batch is full, or its first event max_delay old: write it (out of line, as is everything
+ * but staging itself, so that a staged call runs through as few code lines as it can). */
+static __attribute__((noinline)) void batch_due(Mapping *self) {
+    warm(self);
+    batch_write(self);
+}
+
+/* Open, writable, with this process's shard: what staging needs, and has at every call but the
+ * first (a bound staged_word means open, writable and a shard: bind_shard checked, release
+ * clears it). */
+static __attribute__((noinline)) int stage_shard(Mapping *self) {
+    return check_writable(self) || ensure_shard(self) ? -1 : 0;
+}
+
+/* Stage a route's event: 1 staged; 0 not staged (this process does not batch, or a text is too
+ * long: the caller writes it at once, after a flush); -1 an error. */
+static inline __attribute__((always_inline)) int batch_stage(Mapping *self, int route, int flags, int64_t value,
+                                                             PyObject *peer, PyObject *f1) {
+    if (!(self->batch_max > 0 && self->batch_pid == g_pid)) return 0;
+    if (UNLIKELY(!self->staged_word || self->shard_pid != g_pid) && stage_shard(self)) return -1;
     const char *p1, *p2;
     Py_ssize_t n1, n2;
-    if (get_text(peer, &p1, &n1) || get_text(f1, &p2, &n2)) return -1;
-    if (n1 > STAGE_PEER || n2 > STAGE_F1) return 0;
-    if (check_writable(self) || ensure_shard(self)) return -1;
+    if (UNLIKELY(get_text(peer, &p1, &n1) || get_text(f1, &p2, &n2))) return -1;
+    if (UNLIKELY(n1 > STAGE_PEER || n2 > STAGE_F1)) return 0;
     int64_t ts = now_ns();
     if (self->nbatch == 0) self->batch_t0 = ts;
-    struct Staged *e = &self->batch[self->nbatch++];
+    self->nbatch++;
+    struct Staged *e = (struct Staged *)self->bpos;
+    char *text = (char *)(e + 1);
     e->route = (unsigned char)route; e->n1 = (unsigned char)n1; e->n2 = (unsigned char)n2;
     e->flags = flags; e->ts = ts; e->value = value;
-    memcpy(e->b1, p1, (size_t)n1);
-    memcpy(e->b2, p2, (size_t)n2);
+    memcpy(text, p1, (size_t)n1);
+    memcpy(text + n1, p2, (size_t)n2);
+    self->bpos += (sizeof *e + (size_t)n1 + (size_t)n2 + 7) & ~(size_t)7;
     /* A store, not a load and a store: this line is cold at most calls, and a store waits for
      * nothing. The private count mirrors the word, which only this process writes. */
-    st_rlx(self->shard + self->L.shard_staged + 8 * route, ++self->staged[route]);
-    if (self->nbatch >= self->batch_max || ts - self->batch_t0 >= self->batch_delay_ns) {
-        warm(self);
-        batch_write(self);
-    }
+    st_rlx(self->staged_word + 8 * route, ++self->staged[route]);
+    if (UNLIKELY(self->nbatch >= self->batch_max || ts - self->batch_t0 >= self->batch_delay_ns)) batch_due(self);
     return 1;
 }
 
@@ -1731,9 +1779,9 @@ static PyObject *Mapping_set_batch(Mapping *self, PyObject *const *args, Py_ssiz
     if (as_small(args[0], 0, BATCH_MAX, "batch size", &n) || as_i64(args[1], &delay)) return NULL;
     if (delay < 0) { PyErr_SetString(PyExc_ValueError, "delay_ns must be >= 0"); return NULL; }
     if (check_writable(self) || batch_flush(self)) return NULL;
-    if (n > 0 && !self->batch) {
-        self->batch = PyMem_RawCalloc(BATCH_MAX, sizeof(struct Staged));
-        if (!self->batch) return PyErr_NoMemory();
+    if (n > 0 && !self->bbuf) {   /* room for BATCH_MAX of the longest: one allocation, ever */
+        self->bbuf = self->bpos = PyMem_RawMalloc(BATCH_MAX * STAGED_MAX);
+        if (!self->bbuf) return PyErr_NoMemory();
     }
     self->batch_max = (int)n;
     self->batch_delay_ns = delay;
@@ -1793,15 +1841,15 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
     }
     if (check_writable(self)) return NULL;
     Tmpl t = {0};
-    long fl[2];
+    long fl[2];   /* flags are 0..255 */
     if (parse_write(self, PySequence_Fast_ITEMS(args[1]), 1u << 2 | 1u << 5 | 1u << 7 | 1u << 8, &t) ||
         as_small(PyTuple_GET_ITEM(args[2], 0), 0, 255, "flags", &fl[0]) ||
         as_small(PyTuple_GET_ITEM(args[2], 1), 0, 255, "flags", &fl[1]))
         return NULL;
     clear_message(self);
     self->msg_t = t;
-    self->msg_flags_c[0] = fl[0];
-    self->msg_flags_c[1] = fl[1];
+    self->msg_flags_c[0] = (int)fl[0];
+    self->msg_flags_c[1] = (int)fl[1];
     self->msg_slow = Py_NewRef(args[0]);
     self->msg_tmpl = Py_NewRef(args[1]);
     for (int i = 0; i < 2; i++) {
@@ -1811,33 +1859,46 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
-static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+/* The common case not staged: written now, after what is staged. */
+static __attribute__((noinline)) PyObject *message_now(Mapping *self, int d, long size, PyObject *const *args) {
+    if (self->nbatch && batch_flush(self)) return NULL;
+    warm(self);   /* not for a staged event: it touches none of those lines */
+    return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
+}
+
+/* Anything else: the Python method, which may drop the last reference to this mapping's route
+ * (hold it). */
+static __attribute__((noinline, cold)) PyObject *message_slow(Mapping *self, PyObject *const *args, Py_ssize_t nargs,
+                                                              PyObject *kwnames) {
     if (!self->msg_slow) {
         if (check_writable(self)) return NULL;   /* closed: as write() says */
         PyErr_SetString(PyExc_TypeError, "message() has no route: call set_message first");
         return NULL;
     }
-    long size;
-    if (nargs == 4 && !kwnames && PyUnicode_CheckExact(args[0]) && PyUnicode_GET_LENGTH(args[0]) > 0 &&
-        PyUnicode_CheckExact(args[1]) && PyUnicode_CheckExact(args[2]) && small_int(args[3], &size) && size >= 0) {
-        int d = args[2] == self->msg_dir[0] ? 0 : args[2] == self->msg_dir[1] ? 1   /* literals are interned */
-              : PyUnicode_Compare(args[2], self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(args[2], self->msg_dir[1]) == 0 ? 1 : -1;
-        if (d >= 0) {
-            if (self->batch_max > 0 && self->batch_pid == g_pid) {
-                int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1]);
-                if (st < 0) return NULL;
-                if (st > 0) Py_RETURN_NONE;
-            }
-            if (self->nbatch && batch_flush(self)) return NULL;
-            warm(self);   /* not for a staged event: it touches none of those lines */
-            return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
-        }
-    }
-    /* The Python method may drop the last reference to this mapping's route: hold it. */
     PyObject *slow = Py_NewRef(self->msg_slow);
     PyObject *r = PyObject_Vectorcall(slow, args, (size_t)nargs, kwnames);
     Py_DECREF(slow);
     return r;
+}
+
+static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    long size;
+    if (LIKELY(self->msg_slow && nargs == 4 && !kwnames && PyUnicode_CheckExact(args[0]) &&
+               PyUnicode_GET_LENGTH(args[0]) > 0 && PyUnicode_CheckExact(args[1]) && small_int(args[3], &size) &&
+               size >= 0)) {
+        /* The direction by identity first (literals are interned): no look into the object. */
+        PyObject *dir = args[2];
+        int d = dir == self->msg_dir[0] ? 0 : dir == self->msg_dir[1] ? 1
+              : !PyUnicode_CheckExact(dir) ? -1
+              : PyUnicode_Compare(dir, self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(dir, self->msg_dir[1]) == 0 ? 1 : -1;
+        if (LIKELY(d >= 0)) {
+            int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1]);
+            if (LIKELY(st > 0)) Py_RETURN_NONE;
+            if (st < 0) return NULL;
+            return message_now(self, d, size, args);
+        }
+    }
+    return message_slow(self, args, nargs, kwnames);
 }
 
 /* ---- span in native calls --------------------------------------------------------------
@@ -1871,25 +1932,35 @@ static PyObject *Span_enter(Span *self, PyObject *unused) {
     return Py_NewRef(self);
 }
 
+/* A clean block's event not staged: written now, after what is staged. */
+static __attribute__((noinline)) PyObject *span_now(Span *self, int64_t ns) {
+    Mapping *m = self->m;
+    if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
+    if (m->nbatch && batch_flush(m)) return NULL;
+    warm(m);
+    PyObject *r = write_route(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static __attribute__((noinline, cold)) PyObject *span_raised(Span *self, int64_t ns, PyObject *const *args);
+
 static PyObject *Span_exit(Span *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t ns = perf_ns() - self->t0;
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments"); return NULL; }
+    if (UNLIKELY(nargs != 3)) { PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments"); return NULL; }
+    if (UNLIKELY(args[0] != Py_None)) return span_raised(self, ns, args);
+    Mapping *m = self->m;
+    int st = m->span_tmpl ? batch_stage(m, 1, m->span_flags_c, ns, self->peer, self->op) : 0;
+    if (LIKELY(st > 0)) Py_RETURN_FALSE;
+    if (st < 0) return NULL;
+    return span_now(self, ns);
+}
+
+/* A block that raised: the Python handler records it (as record_error does). */
+static PyObject *span_raised(Span *self, int64_t ns, PyObject *const *args) {
     Mapping *m = self->m;
     PyObject *r;
-    if (args[0] == Py_None) {
-        if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
-        if (m->batch_max > 0 && m->batch_pid == g_pid) {
-            int st = batch_stage(m, 1, m->span_t.flags, ns, self->peer, self->op);
-            if (st < 0) return NULL;
-            if (st > 0) Py_RETURN_FALSE;
-        }
-        if (m->nbatch && batch_flush(m)) return NULL;
-        warm(m);
-        r = write_route(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
-        if (!r) return NULL;
-        Py_DECREF(r);
-        Py_RETURN_FALSE;
-    }
     PyObject *nso = PyLong_FromLongLong(ns);
     if (!nso) return NULL;
     if (m->span_failed) {
@@ -1932,6 +2003,7 @@ static PyObject *Mapping_set_span(Mapping *self, PyObject *const *args, Py_ssize
     Tmpl t = {0};
     if (parse_write(self, PySequence_Fast_ITEMS(args[2]), 1u << 5 | 1u << 8, &t)) return NULL;
     self->span_t = t;
+    self->span_flags_c = (int)t.flags;
     Py_XSETREF(self->span_slow, Py_NewRef(args[0]));
     Py_XSETREF(self->span_failed, Py_NewRef(args[1]));
     Py_XSETREF(self->span_tmpl, Py_NewRef(args[2]));
@@ -1990,15 +2062,22 @@ static PyObject *Mapping_store(Mapping *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* The (offset, expected, desired) of a CAS on a word of the segment (cas, give_back). */
+static int cas_args(Mapping *self, PyObject *const *args, Py_ssize_t nargs, const char *usage, char **p,
+                    uint64_t *e, uint64_t *d) {
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, usage); return -1; }
+    if (check_writable(self) || !(*p = word_at(self, args[0]))) return -1;
+    *e = PyLong_AsUnsignedLongLong(args[1]);
+    if (*e == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    *d = PyLong_AsUnsignedLongLong(args[2]);
+    if (*d == (uint64_t)-1 && PyErr_Occurred()) return -1;
+    return 0;
+}
+
 static PyObject *Mapping_cas(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "cas(offset, expected, desired)"); return NULL; }
-    if (check_writable(self)) return NULL;
-    char *p = word_at(self, args[0]);
-    if (!p) return NULL;
-    uint64_t e = PyLong_AsUnsignedLongLong(args[1]);
-    if (e == (uint64_t)-1 && PyErr_Occurred()) return NULL;
-    uint64_t d = PyLong_AsUnsignedLongLong(args[2]);
-    if (d == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    char *p;
+    uint64_t e, d;
+    if (cas_args(self, args, nargs, "cas(offset, expected, desired)", &p, &e, &d)) return NULL;
     return PyBool_FromLong(__atomic_compare_exchange_n(U64(p), &e, d, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 }
 
@@ -2162,10 +2241,35 @@ static PyObject *Mapping_shard_counters(Mapping *self, PyObject *const *args, Py
 }
 
 /* drop_run(): give up the rest of this process's run (at close: see drop_run above). */
+/* The rest of this process's run, given up (drop_run): back to the head if nobody claimed after it. */
+static void give_up_run(Mapping *self) {
+    if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
+}
+
 static PyObject *Mapping_drop_run(Mapping *self, PyObject *unused) {
     if (check_writable(self)) return NULL;
-    if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
+    give_up_run(self);
     Py_RETURN_NONE;
+}
+
+/* give_back(owner_offset, active, exited) -> bool: this process is done with its shard. In one
+ * native call, so that no other thread of the process (they need the GIL) writes in between:
+ * what is staged is written and batching turned off, the rest of the run given back (drop_run),
+ * the owner word CASed from active to exited, and the shard unbound. A thread that records
+ * after this finds no shard and asks the provider, which refuses (ShardManager.release). As
+ * separate calls from Python, another thread could write between the owner CAS and the
+ * unbinding: into a shard already given back, which another process may be taking. */
+static PyObject *Mapping_give_back(Mapping *self, PyObject *const *args, Py_ssize_t nargs) {
+    char *p;
+    uint64_t e, d;
+    if (cas_args(self, args, nargs, "give_back(owner_offset, active, exited)", &p, &e, &d)) return NULL;
+    batch_write(self);
+    self->batch_max = 0;
+    give_up_run(self);
+    int ok = __atomic_compare_exchange_n(U64(p), &e, d, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    self->shard = self->staged_word = NULL;
+    self->nhot = 0;
+    return PyBool_FromLong(ok);
 }
 
 /* settle_extras(shard, from_step): a reaper finishing a dead writer's peer and
@@ -2606,7 +2710,9 @@ static PyMethodDef Mapping_methods[] = {
     {"shard_counters", (PyCFunction)(void (*)(void))Mapping_shard_counters, METH_FASTCALL,
      "Copy every shard's counters, each at one moment of its history (loads only)."},
     {"fence", (PyCFunction)Mapping_fence, METH_NOARGS, "Full memory fence (between reader copies)."},
-    {"drop_run", (PyCFunction)Mapping_drop_run, METH_NOARGS, "Give up the rest of this process's run (at close)."},
+    {"drop_run", (PyCFunction)Mapping_drop_run, METH_NOARGS, "Give up the rest of this process's run (give_back does, at close)."},
+    {"give_back", (PyCFunction)(void (*)(void))Mapping_give_back, METH_FASTCALL,
+     "give_back(owner_offset, active, exited) -> bool: write the batch, give up the run, mark the shard exited and unbind it, in one call."},
     {"settle_pin", (PyCFunction)Mapping_settle_pin, METH_O,
      "settle_pin(shard) -> bool: release the peer pin a dead writer of that shard still held (its jpin word)."},
     {"settle_extras", (PyCFunction)(void (*)(void))Mapping_settle_extras, METH_FASTCALL,

@@ -58,6 +58,7 @@ class ShardManager:
         self.index: int | None = None
         self.pid: int | None = None
         self.types: dict[str, int] = {}
+        self.released = False  # release() ran in this process: no shard is taken again
         self._lock = lock  # the recorder's: no close() while a shard is being taken
 
     # -- owning a shard --------------------------------------------------------------------
@@ -104,7 +105,7 @@ class ShardManager:
         with self._lock:
             if self.index is not None and self.pid == os.getpid():
                 return self.index
-            if self.seg.native.closed:
+            if self.seg.native.closed or (self.released and self.pid == os.getpid()):
                 raise RecorderClosedError(f"recorder {self.seg.name!r} is closed")
             self.index = None
             self.types = {}
@@ -138,16 +139,15 @@ class ShardManager:
         with self._lock:
             if self.index is None or self.pid != os.getpid() or self.seg.native.closed:
                 return
-            # A batch (Recorder.set_batch) pending: written while the shard is ours, and batching
-            # off, so an event another thread records from here on is written, not staged where
-            # nothing would write or count it.
-            self.seg.native.set_batch(0, 0)
-            # The rest of this process's run goes back to the head if nobody claimed after it,
-            # so a writer's last run does not leave the ring short (else it is counted unused).
-            self.seg.native.drop_run()
+            # From here on this process writes no more: a thread that records after this finds no
+            # shard, and ensure() refuses to take another (the ring is being closed).
+            self.released = True
+            # In one native call, which no other thread can interleave (see give_back): a batch
+            # (Recorder.set_batch) pending is written while the shard is ours; the rest of this
+            # process's run goes back to the head if nobody claimed after it (else it is counted
+            # unused); the shard is marked exited, then unbound.
             off = self.seg.shard_word(self.index, "owner")
-            self.seg.native.cas(off, L.owner_make(self.pid, L.SH_ACTIVE), L.owner_make(self.pid, L.SH_EXITED))
-            self.seg.native.bind_shard(None)
+            self.seg.native.give_back(off, L.owner_make(self.pid, L.SH_ACTIVE), L.owner_make(self.pid, L.SH_EXITED))
             self.index = None
 
     def _load_types(self, i: int) -> None:

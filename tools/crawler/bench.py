@@ -40,8 +40,9 @@ def crawl(mode: str, seed: str, ring: str, workdir: Path, a: argparse.Namespace)
             "--record", record, "--json"]
     if record in ("shmdiag", "attached", "alternate"):
         args += ["--ring", ring]
-    if record in ("shmdiag", "alternate") and a.batch and not mode.startswith(BASELINE):
-        args += ["--batch", str(a.batch)]
+    batch = a.baseline_batch if mode.startswith(BASELINE) else a.batch
+    if record in ("shmdiag", "alternate") and batch:
+        args += ["--batch", str(batch)]
     if record == "alternate" and a.alternate_only:
         args += ["--alternate-only", a.alternate_only]
     elif record in ("logging", "jsonl"):
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also crawl with the crawler and shmdiag of another checkout (its extension built; "
                         "same ring layout), as modes baseline-shmdiag / baseline-alternate, interleaved")
     p.add_argument("--batch", type=int, default=0, metavar="N",
-                   help="crawls through this checkout's shmdiag write N events at a time (Recorder.set_batch); "
-                        "--baseline crawls never do")
+                   help="crawls through this checkout's shmdiag write N events at a time (Recorder.set_batch)")
+    p.add_argument("--baseline-batch", type=int, default=0, metavar="N",
+                   help="the same for the --baseline crawls (a checkout whose crawler takes --batch)")
     p.add_argument("--alternate-only", choices=ALTERNATE_ONLY, default=None,
                    help="alternate modes switch only this method (what record_message or span costs alone)")
     p.add_argument("--no-metrics", action="store_true",

@@ -463,6 +463,8 @@ class Worker:
         pc0, pm0 = cpu0, 0
         while True:
             if alt is not None and crawl_figures is None:  # charge the phase that ends, then switch
+                if alt.on:
+                    alt.flush()  # what the on phase staged is its own to write, not the next phase's
                 c = time.process_time()
                 phase_cpu[alt.on] += c - pc0
                 phase_msgs[alt.on] += self.msgs - pm0

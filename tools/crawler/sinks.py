@@ -181,6 +181,11 @@ class Alternating:
         for name in self._methods:
             setattr(self, name, getattr(target, name))
 
+    def flush(self) -> None:
+        """Write what the Recorder staged (Recorder.set_batch): at the end of an on phase, so that
+        the flusher does not write it during the off phase and charge it there."""
+        self._rec.flush()
+
     def close(self) -> None:
         self._rec.close()
 
