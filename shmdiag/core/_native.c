@@ -1711,20 +1711,6 @@ static void batch_write(Mapping *self) {
     }
 }
 
-static int batch_flush(Mapping *self) {
-    if (self->nbatch == 0) return 0;
-    if (self->batch_pid != g_pid) {   /* a forked child's copy: the parent's to write, and count */
-        self->nbatch = 0;
-        self->bpos = self->bbuf;
-        self->staged[0] = self->staged[1] = 0;
-        return 0;
-    }
-    if (check_writable(self) || ensure_shard(self)) return -1;
-    warm(self);
-    batch_write(self);
-    return 0;
-}
-
 /* The batch is full, or its first event max_delay old: write it (out of line, as is everything
  * but staging itself, so that a staged call runs through as few code lines as it can). */
 static __attribute__((noinline)) void batch_due(Mapping *self) {
@@ -1737,6 +1723,19 @@ static __attribute__((noinline)) void batch_due(Mapping *self) {
  * clears it). */
 static __attribute__((noinline)) int stage_shard(Mapping *self) {
     return check_writable(self) || ensure_shard(self) ? -1 : 0;
+}
+
+static int batch_flush(Mapping *self) {
+    if (self->nbatch == 0) return 0;
+    if (self->batch_pid != g_pid) {   /* a forked child's copy: the parent's to write, and count */
+        self->nbatch = 0;
+        self->bpos = self->bbuf;
+        self->staged[0] = self->staged[1] = 0;
+        return 0;
+    }
+    if (stage_shard(self)) return -1;
+    batch_due(self);
+    return 0;
 }
 
 /* Stage a route's event: 1 staged; 0 not staged (this process does not batch, or a text is too
