@@ -3,12 +3,15 @@
 The page's figures agree with the API, an event recorded shows in the live tail at once, text
 from the network (peer ids, addresses, event types, messages) shows as text and runs nothing
 under the Content-Security-Policy, and no script error or CSP violation reaches the console.
-A screenshot goes to bench/results/dashboard.png (the README shows it).
+The test takes a screenshot of the page at work; with SHMDIAG_SCREENSHOT=1 it replaces
+bench/results/dashboard.png (the README shows it), otherwise it goes to the test's tmp_path, so
+that running the suite leaves the checkout as it was.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -33,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "bench" / "results" / "dashboard.png"
+README_SCREENSHOT = Path(__file__).resolve().parents[1] / "bench" / "results" / "dashboard.png"
 XSS_PEER = '<img src=x onerror="window.__xss=1">'
 XSS_ADDR = "<script>window.__xss=2</script>:8333"
 XSS_TYPE = "<svg onload=window.__xss=3>"
@@ -63,7 +66,8 @@ def browser():
     driver.quit()
 
 
-def test_the_dashboard_in_chromium(browser, procs):
+def test_the_dashboard_in_chromium(browser, procs, tmp_path):
+    shot = README_SCREENSHOT if os.environ.get("SHMDIAG_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
     rec = Recorder.with_config(RecorderConfig(name=unique_name("dash"), max_events=50_000), collector=False)
     try:
         rec.record_peer_connection(XSS_PEER, XSS_ADDR)
@@ -85,9 +89,9 @@ def test_the_dashboard_in_chromium(browser, procs):
         wait.until(lambda d: d.find_element(By.ID, "ring").text == rec.name)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#writers tbody tr")) >= 2)
         time.sleep(4)  # a few seconds of traffic on the charts, then a picture of the page at work
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOT))
-        assert SCREENSHOT.stat().st_size > 10_000
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
         assert gen.wait(timeout=60) == 0
 
         # Writers stopped: the page's figures must come to equal the API's.
