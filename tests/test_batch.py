@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -40,6 +41,32 @@ def test_a_batch_is_written_when_full_and_before_any_other_event_in_call_order(m
     stats = rec.get_stats()
     assert stats.total_events == 6 and stats.events_by_type == {"message": 4, "latency": 1, "error": 1}
     assert {d.peer_id: d.bytes_received for d in rec.get_peer_diagnostics()} == {"p1": 3, "p2": 0, "p3": 4}
+
+
+def test_staged_events_carry_the_wall_clock_time_of_their_call(make_recorder):
+    """A staged message is stamped at its call; a staged span at the end of its block, from the
+    block's own monotonic reading and the batch's wall-minus-monotonic offset (one clock read
+    saved). Either way the stamp lies between wall-clock readings taken around it."""
+    rec = make_recorder(1000, collector=False)
+    rec.set_batch(8, max_delay=60)
+    marks = [time.time()]
+    rec.record_message("p1", "inv", "inbound", 1)  # the batch's first event: its offset is read
+    marks.append(time.time())
+    time.sleep(0.02)
+    with rec.span("ping", "p1"):
+        time.sleep(0.02)
+        marks.append(time.time())
+    marks.append(time.time())
+    with rec.span("ping", "p1"):
+        pass
+    marks.append(time.time())
+    rec.flush()
+    with Inspector.attach(rec.name) as ins:
+        stamps = [e.timestamp.timestamp() for e in ins.get_events(0)]
+    assert len(stamps) == 3
+    us = 1e-6  # event times read back have microseconds
+    for (lo, hi), ts in zip([(marks[0], marks[1]), (marks[2], marks[3]), (marks[3], marks[4])], stamps, strict=True):
+        assert lo - us <= ts <= hi + us, (lo, ts, hi)
 
 
 def test_a_quiet_process_writes_its_batch_within_max_delay(make_recorder):

@@ -196,7 +196,7 @@ typedef struct {
     int msg_flags_c[2];     /* record_message's flags of each direction, as msg_flags */
     PyObject *msg_slow, *msg_dir[2], *span_slow, *span_tmpl;   /* of the routes: see below */
     char *bbuf, *bpos;
-    int64_t batch_delay_ns, batch_t0;
+    int64_t batch_delay_ns, batch_t0, batch_off;   /* batch_off: see batch_stage */
     uint64_t staged[2];     /* the "staged" words' values, which only this process writes */
     /* What warm() asks for at a write's first instruction (see there): the shard's and the
      * header's lines every event touches (set by bind_shard), and the slot the next event of
@@ -1091,6 +1091,7 @@ static inline int64_t now_ns(void) { return clock_ns(CLOCK_REALTIME); }
 #endif
 
 static inline int64_t mono_ns(void) { return clock_ns(RUN_CLOCK); }
+static inline int64_t perf_ns(void) { return clock_ns(CLOCK_MONOTONIC); }   /* perf_counter_ns's clock */
 
 /* ---- pre-faulting a writer's slots -------------------------------------------------------
  *
@@ -1739,17 +1740,28 @@ static int batch_flush(Mapping *self) {
 }
 
 /* Stage a route's event: 1 staged; 0 not staged (this process does not batch, or a text is too
- * long: the caller writes it at once, after a flush); -1 an error. */
+ * long: the caller writes it at once, after a flush); -1 an error. `mono`: the caller's own
+ * CLOCK_MONOTONIC reading at the event (a span's end), 0 if it has none. An event is stamped with
+ * the wall clock; one with a reading gets it as that reading plus the batch's wall-minus-monotonic
+ * offset, read with the batch's first event, and saves a clock read (~25 ns, a tenth of a span).
+ * Both clocks run at the same NTP-slewed rate, so the two stamps differ only if the wall clock is
+ * stepped during the batch: then a span's stamp keeps the old offset until the next batch
+ * (max_delay at most), as an unbatched event stamped just before the step would. */
 static inline __attribute__((always_inline)) int batch_stage(Mapping *self, int route, int flags, int64_t value,
-                                                             PyObject *peer, PyObject *f1) {
+                                                             PyObject *peer, PyObject *f1, int64_t mono) {
     if (!(self->batch_max > 0 && self->batch_pid == g_pid)) return 0;
     if (UNLIKELY(!self->staged_word || self->shard_pid != g_pid) && stage_shard(self)) return -1;
     const char *p1, *p2;
     Py_ssize_t n1, n2;
     if (UNLIKELY(get_text(peer, &p1, &n1) || get_text(f1, &p2, &n2))) return -1;
     if (UNLIKELY(n1 > STAGE_PEER || n2 > STAGE_F1)) return 0;
-    int64_t ts = now_ns();
-    if (self->nbatch == 0) self->batch_t0 = ts;
+    int64_t ts;
+    if (mono && self->nbatch) {
+        ts = mono + self->batch_off;
+    } else {
+        ts = now_ns();
+        if (self->nbatch == 0) { self->batch_t0 = ts; self->batch_off = ts - perf_ns(); }
+    }
     self->nbatch++;
     struct Staged *e = (struct Staged *)self->bpos;
     char *text = (char *)(e + 1);
@@ -1891,7 +1903,7 @@ static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_
               : !PyUnicode_CheckExact(dir) ? -1
               : PyUnicode_Compare(dir, self->msg_dir[0]) == 0 ? 0 : PyUnicode_Compare(dir, self->msg_dir[1]) == 0 ? 1 : -1;
         if (LIKELY(d >= 0)) {
-            int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1]);
+            int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1], 0);
             if (LIKELY(st > 0)) Py_RETURN_NONE;
             if (st < 0) return NULL;
             return message_now(self, d, size, args);
@@ -1924,7 +1936,6 @@ static void Span_dealloc(Span *self) {
     PyObject_Free(self);
 }
 
-static inline int64_t perf_ns(void) { return clock_ns(CLOCK_MONOTONIC); }   /* perf_counter_ns's clock */
 
 static PyObject *Span_enter(Span *self, PyObject *unused) {
     self->t0 = perf_ns();
@@ -1946,11 +1957,11 @@ static __attribute__((noinline)) PyObject *span_now(Span *self, int64_t ns) {
 static __attribute__((noinline, cold)) PyObject *span_raised(Span *self, int64_t ns, PyObject *const *args);
 
 static PyObject *Span_exit(Span *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t ns = perf_ns() - self->t0;
+    int64_t t1 = perf_ns(), ns = t1 - self->t0;
     if (UNLIKELY(nargs != 3)) { PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 arguments"); return NULL; }
     if (UNLIKELY(args[0] != Py_None)) return span_raised(self, ns, args);
     Mapping *m = self->m;
-    int st = m->span_tmpl ? batch_stage(m, 1, m->span_flags_c, ns, self->peer, self->op) : 0;
+    int st = m->span_tmpl ? batch_stage(m, 1, m->span_flags_c, ns, self->peer, self->op, t1) : 0;
     if (LIKELY(st > 0)) Py_RETURN_FALSE;
     if (st < 0) return NULL;
     return span_now(self, ns);
