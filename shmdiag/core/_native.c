@@ -1936,7 +1936,6 @@ static void Span_dealloc(Span *self) {
     PyObject_Free(self);
 }
 
-
 static PyObject *Span_enter(Span *self, PyObject *unused) {
     self->t0 = perf_ns();
     return Py_NewRef(self);
