@@ -10,8 +10,8 @@ shared). Each writer attaches, warms up, waits at a barrier, then calls ``record
 a loop for ``--seconds``. Printed: the events/s of all writers together and their CPU time per
 event. A writer adds every event to its peer's counters with atomic adds, so writers of the
 same peers on different cores pass those cache lines back and forth; what that costs depends
-on where the machine runs the cores (on this shared VM the same run gave two levels, about
-185 and 290 ns an event with shared peers, from one minute to the next). Nothing is asserted.
+on where the machine runs the cores (on this shared VM the same set-up cost about 185 ns an
+event with shared peers in some minutes and 290 in others). Nothing is asserted.
 """
 
 from __future__ import annotations
