@@ -1870,11 +1870,13 @@ static PyObject *Mapping_set_message(Mapping *self, PyObject *const *args, Py_ss
     Py_RETURN_NONE;
 }
 
-/* The common case not staged: written now, after what is staged. */
-static __attribute__((noinline)) PyObject *message_now(Mapping *self, int d, long size, PyObject *const *args) {
+/* A route's event not staged: written now, after what is staged (call order). Out of line, so
+ * that a staged call runs through none of it. */
+static __attribute__((noinline)) PyObject *route_now(Mapping *self, const Tmpl *t, long flags, int64_t value,
+                                                     PyObject *peer, PyObject *f1) {
     if (self->nbatch && batch_flush(self)) return NULL;
     warm(self);   /* not for a staged event: it touches none of those lines */
-    return write_route(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
+    return write_route(self, t, flags, value, peer, f1);
 }
 
 /* Anything else: the Python method, which may drop the last reference to this mapping's route
@@ -1906,7 +1908,7 @@ static PyObject *Mapping_message(Mapping *self, PyObject *const *args, Py_ssize_
             int st = batch_stage(self, 0, self->msg_flags_c[d], size, args[0], args[1], 0);
             if (LIKELY(st > 0)) Py_RETURN_NONE;
             if (st < 0) return NULL;
-            return message_now(self, d, size, args);
+            return route_now(self, &self->msg_t, self->msg_flags_c[d], size, args[0], args[1]);
         }
     }
     return message_slow(self, args, nargs, kwnames);
@@ -1941,13 +1943,11 @@ static PyObject *Span_enter(Span *self, PyObject *unused) {
     return Py_NewRef(self);
 }
 
-/* A clean block's event not staged: written now, after what is staged. */
+/* A clean block's event not staged: written now (route_now). */
 static __attribute__((noinline)) PyObject *span_now(Span *self, int64_t ns) {
     Mapping *m = self->m;
     if (!m->span_tmpl) { if (check_writable(m)) return NULL; PyErr_SetString(PyExc_TypeError, "no span route"); return NULL; }
-    if (m->nbatch && batch_flush(m)) return NULL;
-    warm(m);
-    PyObject *r = write_route(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
+    PyObject *r = route_now(m, &m->span_t, m->span_t.flags, ns, self->peer, self->op);
     if (!r) return NULL;
     Py_DECREF(r);
     Py_RETURN_FALSE;
@@ -2249,12 +2249,12 @@ static PyObject *Mapping_shard_counters(Mapping *self, PyObject *const *args, Py
     return PyLong_FromSsize_t(bad);
 }
 
-/* drop_run(): give up the rest of this process's run (at close: see drop_run above). */
 /* The rest of this process's run, given up (drop_run): back to the head if nobody claimed after it. */
 static void give_up_run(Mapping *self) {
     if (self->shard && self->shard_pid == g_pid && self->bnext < self->bend) drop_run(self, self->shard, self->bnext);
 }
 
+/* drop_run(): give up the rest of this process's run (give_back does it at close). */
 static PyObject *Mapping_drop_run(Mapping *self, PyObject *unused) {
     if (check_writable(self)) return NULL;
     give_up_run(self);
